@@ -1,0 +1,187 @@
+"""Command-line interface: parse, validate, call the pipeline, print a summary. Nothing else.
+
+The three pruning commands share one option list; each adds the options its registered methods
+declare (``Pruner.cli_options``), so new methods never edit this file.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from llmprune.errors import LlmpruneError
+from llmprune.progress import console
+
+app = typer.Typer(
+    name="llmprune",
+    help="Prune Hugging Face causal LMs: uniform structured, global structured, and 2:4.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+STRATEGY_HELP = {
+    "uniform": "Structured pruning with the same width in every layer (heads/KV groups and MLP channels). "
+    "Output: a smaller dense model with a plain config.",
+    "global": "Global structured pruning: searches a per-layer sparsity distribution under a global budget. "
+    "Output: heterogeneous per-layer widths.",
+    "semi24": "2:4 semi-structured pruning of every q,k,v,o,gate,up,down weight. "
+    "Output: dense weights with the exact 2:4 zero pattern and a sidecar describing it.",
+}
+
+
+def fail(message: str, code: int) -> None:
+    """Print one line to stderr and exit with ``code``."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn known failures into one line and a distinct exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LlmpruneError as err:
+            fail(str(err), err.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted (rerun with --resume to continue where supported)", 130)
+        except MemoryError:
+            fail("out of memory; lower --nsamples/--batch-size or use a machine with more memory", 11)
+        except RuntimeError as err:
+            if "out of memory" in str(err).lower():
+                fail("out of device memory; lower --batch-size or --nsamples, or use --dtype bfloat16", 11)
+            raise
+
+    return wrapper
+
+
+def _common_parameters(strategy: str) -> list[inspect.Parameter]:
+    from llmprune.pruners.base import default_method, methods
+
+    known = methods(strategy)
+    listing = "; ".join(f"[bold]{name}[/]: {cls.summary}" for name, cls in sorted(known.items()))
+    sparsity_help = (
+        "Fraction of decoder-layer linear weights to remove (q,k,v,o,gate,up,down; embeddings and "
+        "lm_head are never pruned), in [0, 1)."
+        if strategy != "semi24"
+        else "2:4 always removes half of each targeted weight; only 0.5 is accepted."
+    )
+    P = inspect.Parameter
+    spec: list[tuple[str, Any, Any]] = [
+        ("model", str, typer.Argument(..., help="Hub id (e.g. meta-llama/Llama-3.1-8B) or local model folder.", show_default=False)),
+        ("output", Path, typer.Option(..., "-o", "--output", help="Output folder (written atomically; must not exist unless --overwrite).", show_default=False)),
+        ("sparsity", Optional[float], typer.Option(None, help=sparsity_help + " \\[default: 0.5]", show_default=False)),
+        ("method", Optional[str], typer.Option(None, help=f"Method. {listing}. \\[default: {default_method(strategy)}]", show_default=False)),
+        ("calib", str, typer.Option("wikitext2", help="Calibration text: a .txt (documents separated by blank lines), .jsonl (field 'text') or .parquet file, or a hub dataset name (wikitext2, c4). Never use evaluation text.")),
+        ("nsamples", int, typer.Option(128, help="Number of calibration sequences.")),
+        ("seqlen", Optional[int], typer.Option(None, help="Tokens per calibration sequence. \\[default: min(2048, model context)]", show_default=False)),
+        ("seed", int, typer.Option(0, help="Random seed for calibration sampling and any stochastic step; same seed, same result.")),
+        ("device", str, typer.Option("auto", help="Compute device: auto (cuda if available), cpu, cuda, cuda:1, ...")),
+        ("dtype", str, typer.Option("auto", help="Dtype the model runs in: auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16. Statistics are always float32.")),
+        ("save_dtype", str, typer.Option("auto", help="Dtype of the exported weights: auto (the checkpoint's), float32, bfloat16, float16.")),
+        ("attn_unit", str, typer.Option("group", help="Attention pruning unit: 'group' removes whole KV groups (KV head + its query heads); 'query' removes query heads, the same number from every group.")),
+        ("batch_size", int, typer.Option(8, help="Sequences per forward pass during calibration.")),
+        ("max_shard_size", str, typer.Option("5GB", help="Largest safetensors shard in the output.")),
+        ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace an existing output folder (only after the new one is complete).")),
+        ("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same command from its last checkpoint (methods that train or search).")),
+    ]
+    if strategy == "semi24":
+        spec = [s for s in spec if s[0] != "attn_unit"]
+    return [P(name, P.KEYWORD_ONLY, default=default, annotation=ann) for name, ann, default in spec]
+
+
+def _method_parameters(strategy: str) -> list[inspect.Parameter]:
+    from llmprune.pruners.base import cli_options
+
+    params = []
+    for opt in cli_options(strategy):
+        flag = "--" + opt.name.replace("_", "-")
+        decls = [f"{flag}/--no-{opt.name.replace('_', '-')}"] if opt.type is bool else [flag]
+        params.append(
+            inspect.Parameter(
+                opt.name, inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(opt.default, *decls, help=opt.help),
+                annotation=Optional[opt.type] if opt.default is None else opt.type,
+            )
+        )
+    return params
+
+
+def _prune_command(strategy: str) -> Callable[..., None]:
+    common = _common_parameters(strategy)
+    extra = _method_parameters(strategy)
+    common_names = {p.name for p in common}
+
+    @friendly_errors
+    def command(**kwargs: Any) -> None:
+        from llmprune.config import PruneSettings, validated
+        from llmprune.pipeline import run_prune
+        from llmprune.pruners.base import default_method
+        from llmprune.summary import print_prune_summary
+
+        values = {k: v for k, v in kwargs.items() if k in common_names}
+        method_options = {k: v for k, v in kwargs.items() if k not in common_names}
+        values["method"] = values["method"] or default_method(strategy)
+        if strategy == "semi24":
+            if values["sparsity"] not in (None, 0.5):
+                from llmprune.errors import UsageError
+
+                raise UsageError(f"--sparsity {values['sparsity']}: 2:4 always removes half (only 0.5 is accepted)")
+            values["sparsity"] = 0.5
+        elif values["sparsity"] is None:
+            values["sparsity"] = 0.5
+        settings = validated(PruneSettings, strategy=strategy, method_options=method_options, **values)
+        report = run_prune(settings)
+        print_prune_summary(report)
+
+    command.__signature__ = inspect.Signature(common + extra)  # type: ignore[attr-defined]
+    command.__doc__ = STRATEGY_HELP[strategy]
+    command.__name__ = f"{strategy}_command"
+    return command
+
+
+for _strategy in ("uniform", "global", "semi24"):
+    app.command(name=_strategy, help=STRATEGY_HELP[_strategy])(_prune_command(_strategy))
+
+
+@app.command(name="eval")
+@friendly_errors
+def eval_command(
+    model: str = typer.Argument(..., help="Hub id, local model folder, or an llmprune output folder.", show_default=False),
+    data: str = typer.Option("wikitext2", help="Evaluation text: a .txt/.jsonl/.parquet file or a hub dataset name (wikitext2 test split, c4 validation)."),
+    seqlen: Optional[int] = typer.Option(None, help="Window length in tokens (non-overlapping windows, remainder dropped). \\[default: min(2048, model context)]", show_default=False),
+    batch_size: int = typer.Option(8, help="Windows per forward pass."),
+    speed: bool = typer.Option(False, "--speed", help="Also measure prefill and decode tokens/s (warm-up and repeated runs, median)."),
+    speed_repeats: int = typer.Option(5, help="Timed repeats for --speed."),
+    device: str = typer.Option("auto", help="Compute device: auto, cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("auto", help="auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON to this file.", show_default=False),
+) -> None:
+    """Perplexity (methods.md §0), parameter counts and optional throughput, as a table and JSON."""
+    from llmprune.evaluation_run import EvalSettings, run_eval
+    from llmprune.config import validated
+    from llmprune.summary import print_eval_summary
+
+    settings = validated(
+        EvalSettings, model=model, data=data, seqlen=seqlen, batch_size=batch_size, speed=speed,
+        speed_repeats=speed_repeats, device=device, dtype=dtype, json_path=json_path,
+    )
+    report = run_eval(settings)
+    print_eval_summary(report)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="llmprune")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Validated settings of the pruning and evaluation commands (pydantic, one place for limits)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llmprune.errors import UsageError
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+class PruneSettings(BaseModel):
+    """Everything a pruning run was asked to do; written verbatim into the report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["uniform", "global", "semi24"]
+    method: str
+    model: str
+    output: Path
+    sparsity: float = 0.5
+    calib: str = "wikitext2"
+    nsamples: int = 128
+    seqlen: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    save_dtype: str = "auto"
+    attn_unit: Literal["group", "query"] = "group"
+    batch_size: int = 8
+    overwrite: bool = False
+    resume: bool = False
+    max_shard_size: str = "5GB"
+    method_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, v: float) -> float:
+        if math.isnan(v) or not 0.0 <= v < 1.0:
+            raise ValueError(f"--sparsity must be in [0, 1), got {v}")
+        return v
+
+    @field_validator("nsamples", "seqlen", "batch_size")
+    @classmethod
+    def _positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        return v
+
+    @field_validator("dtype", "save_dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in DTYPE_CHOICES:
+            raise ValueError(f"must be one of {', '.join(DTYPE_CHOICES)}, got {v!r}")
+        return v
+
+
+def validated(settings_class: type[BaseModel], **values: Any) -> BaseModel:
+    """Build a settings object, turning validation errors into one-line UsageErrors."""
+    try:
+        return settings_class(**values)
+    except Exception as err:
+        errors = getattr(err, "errors", None)
+        if callable(errors):
+            first = errors()[0]
+            loc = "--" + "-".join(str(p) for p in first.get("loc", ())).replace("_", "-")
+            msg = str(first.get("msg", "")).removeprefix("Value error, ")
+            raise UsageError(f"invalid {loc}: {msg}") from err
+        raise UsageError(str(err)) from err

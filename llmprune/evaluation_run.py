@@ -1,0 +1,99 @@
+"""The ``eval`` command's orchestration: load, measure, assemble a JSON-ready report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from llmprune.config import DTYPE_CHOICES
+from llmprune.data import evaluation_windows
+from llmprune.errors import UsageError
+from llmprune.evaluate import count_parameters, perplexity, throughput
+from llmprune.export import REPORT_FILE, SPARSITY_FILE
+from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_device, resolve_dtype, resolve_seqlen
+from llmprune.progress import Reporter
+
+
+class EvalSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    data: str = "wikitext2"
+    seqlen: int | None = None
+    batch_size: int = 8
+    speed: bool = False
+    speed_repeats: int = 5
+    device: str = "auto"
+    dtype: str = "auto"
+    json_path: Path | None = None
+
+    @field_validator("batch_size", "speed_repeats")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in DTYPE_CHOICES:
+            raise ValueError(f"must be one of {', '.join(DTYPE_CHOICES)}, got {v!r}")
+        return v
+
+
+def pruning_info(model: str) -> dict[str, Any]:
+    """What llmprune recorded when it made this folder (empty for other models)."""
+    folder = Path(model).expanduser()
+    info: dict[str, Any] = {}
+    report = folder / REPORT_FILE
+    if report.is_file():
+        data = json.loads(report.read_text())
+        info = {k: data.get(k) for k in ("strategy", "method", "achieved_sparsity")}
+    info["semi24"] = (folder / SPARSITY_FILE).is_file()
+    return info
+
+
+def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict[str, Any]:
+    reporter = reporter or Reporter()
+    t0 = time.perf_counter()
+    if settings.json_path is not None and settings.json_path.is_dir():
+        raise UsageError(f"--json {settings.json_path} is a folder; give a file path")
+    device = resolve_device(settings.device)
+    config = load_config(settings.model)
+    seqlen = resolve_seqlen(settings.seqlen, config)
+    dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
+    model, adapter, tokenizer = load_model(settings.model, device, dtype)
+    windows = evaluation_windows(tokenizer, settings.data, seqlen)
+    with reporter.live():
+        task = reporter.task("perplexity", total=(windows.shape[0] + settings.batch_size - 1) // settings.batch_size)
+        ppl, nll = perplexity(model, windows, settings.batch_size, device, progress=task.advance)
+    report: dict[str, Any] = {
+        "model": settings.model,
+        "data": settings.data,
+        "perplexity": ppl,
+        "mean_nll": nll,
+        "seqlen": seqlen,
+        "eval_windows": int(windows.shape[0]),
+        "eval_tokens": int(windows.numel()),
+        **count_parameters(model, adapter),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "pruning": pruning_info(settings.model),
+    }
+    if settings.speed:
+        model.config.use_cache = True
+        report.update(
+            throughput(model, model.config.vocab_size, prefill_tokens=seqlen, repeats=settings.speed_repeats)
+        )
+        report["torch_threads"] = torch.get_num_threads()
+    report["time_s"] = time.perf_counter() - t0
+    if settings.json_path is not None:
+        settings.json_path.parent.mkdir(parents=True, exist_ok=True)
+        settings.json_path.write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,141 @@
+"""Write pruned models as folders that load with plain transformers; atomically.
+
+The folder is assembled under a hidden temporary name beside the target and renamed at the end,
+so an interrupted export never leaves a half-written OUT, and an existing OUT is only replaced
+(with ``--overwrite``) once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmprune.errors import NumericalError, OutputExistsError
+from llmprune.masks import max_nonzeros_per_group
+from llmprune.plan import PrunePlan
+
+REPORT_FILE = "llmprune_report.json"
+SPARSITY_FILE = "llmprune_sparsity.json"
+
+
+def check_output(output: Path, model_source: str, overwrite: bool) -> None:
+    """Refuse outputs that exist (without --overwrite), are files, or would touch the input."""
+    out = output.expanduser().resolve()
+    src = Path(model_source).expanduser()
+    if src.exists():
+        src = src.resolve()
+        if out == src or src in out.parents or out in src.parents:
+            raise OutputExistsError(f"output {output} overlaps the input model folder {model_source}; choose another -o")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output path {output} exists and is a file")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output folder {output} exists; pass --overwrite to replace it")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise OutputExistsError(f"cannot write to {parent} (read-only location)")
+
+
+def staging_dir(output: Path) -> Path:
+    out = output.expanduser().resolve()
+    return out.parent / f".{out.name}.llmprune-tmp"
+
+
+def work_dir(output: Path) -> Path:
+    """Where long-running methods keep checkpoints for --resume (removed after success)."""
+    out = output.expanduser().resolve()
+    return out.parent / f".{out.name}.llmprune-work"
+
+
+def finalize(staging: Path, output: Path) -> None:
+    """Move the finished staging folder to OUT, replacing an old OUT only at the very end."""
+    out = output.expanduser().resolve()
+    old = out.parent / f".{out.name}.llmprune-old"
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def verify_semi24(model: nn.Module, targets: list[str]) -> dict[str, Any]:
+    """Check that every targeted weight has at most 2 non-zeros per group of 4 inputs."""
+    modules = dict(model.named_modules())
+    zeros = total = 0
+    for name in targets:
+        weight = modules[name].weight.detach()
+        worst = max_nonzeros_per_group(weight)
+        if worst > 2:
+            raise NumericalError(f"{name} violates 2:4 ({worst} non-zeros in a group of 4)")
+        zeros += int((weight == 0).sum())
+        total += weight.numel()
+    return {"zero_fraction": zeros / max(total, 1), "targeted_params": total}
+
+
+def sparsity_sidecar(plan: PrunePlan, verified: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": "semi-structured",
+        "pattern": "2:4",
+        "n": 2,
+        "m": 4,
+        "axis": "input",
+        "description": "in every row of each listed weight ([out, in]), each group of 4 consecutive "
+        "input elements has at most 2 non-zeros; weights are stored dense with explicit zeros",
+        "targets": plan.semi24_targets,
+        "verified": True,
+        **verified,
+    }
+
+
+def save_pruned(
+    model: nn.Module,
+    tokenizer: Any,
+    plan: PrunePlan,
+    report: dict[str, Any],
+    output: Path,
+    save_dtype: torch.dtype,
+    max_shard_size: str = "5GB",
+    extra_files: dict[str, Any] | None = None,
+) -> Path:
+    """Write weights, config, tokenizer, plan, report (and 2:4 sidecar) atomically to OUT."""
+    staging = staging_dir(output)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        if plan.kind == "semi24":
+            verified = verify_semi24(model, plan.semi24_targets)
+            _write_json(staging / SPARSITY_FILE, sparsity_sidecar(plan, verified))
+        model.to(save_dtype)
+        model.config.dtype = save_dtype
+        model.config.use_cache = True
+        architectures = list(model.config.architectures or [])
+        model.save_pretrained(staging, max_shard_size=max_shard_size)
+        model.config.architectures = architectures or model.config.architectures
+        # save_pretrained names the Python class in "architectures"; the config may have moved
+        # to an equivalent family (Llama -> Mistral), so write the config itself last.
+        model.config.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        plan.save(staging)
+        for name, payload in (extra_files or {}).items():
+            _write_json(staging / name, payload)
+        _write_json(staging / REPORT_FILE, report)
+        finalize(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

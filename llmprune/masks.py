@@ -1,0 +1,79 @@
+"""Shared selection math: uniform widths for a budget, top-k units, N:M masks."""
+
+from __future__ import annotations
+
+import torch
+
+from llmprune.arch import Geometry
+
+
+def attn_step(geom: Geometry, attn_unit: str) -> int:
+    """Granularity of attention pruning in units: query heads go one per KV group at a time."""
+    return 1 if attn_unit == "group" else geom.num_kv_heads
+
+
+def attn_params_kept(geom: Geometry, attn_unit: str, kept_units: int) -> int:
+    """Attention linear parameters of one layer keeping ``kept_units`` units."""
+    if attn_unit == "group":
+        return kept_units * geom.attn_unit_params("group")
+    kv = geom.num_kv_heads if kept_units else 0
+    return geom.hidden_size * geom.head_dim * 2 * (kept_units + kv)
+
+
+def uniform_widths(geom: Geometry, sparsity: float, attn_unit: str) -> tuple[int, int]:
+    """Per-layer kept (attention units, MLP channels) meeting the sparsity budget.
+
+    Attention keeps the requested fraction rounded to its granularity (at least one step); the MLP
+    width absorbs the rounding so the total is within one channel per layer of the budget.
+    """
+    n_attn = geom.attn_unit_count(attn_unit)
+    step = attn_step(geom, attn_unit)
+    per_layer_dense = geom.layer_linear_params(geom.num_heads, geom.num_kv_heads, geom.intermediate_size)
+    target = (1.0 - sparsity) * per_layer_dense
+    k_attn = int(round((1.0 - sparsity) * n_attn / step)) * step
+    k_attn = min(max(k_attn, step), n_attn)
+    k_mlp = int(round((target - attn_params_kept(geom, attn_unit, k_attn)) / geom.mlp_unit_params))
+    k_mlp = min(max(k_mlp, 1), geom.intermediate_size)
+    return k_attn, k_mlp
+
+
+def topk_sorted(scores: torch.Tensor, k: int) -> list[int]:
+    """Indices of the ``k`` largest scores, sorted ascending (ties broken by lower index)."""
+    if k >= scores.numel():
+        return list(range(scores.numel()))
+    order = torch.argsort(scores.double(), descending=True, stable=True)
+    return sorted(order[:k].tolist())
+
+
+def select_attention_units(scores: torch.Tensor, k: int, geom: Geometry, attn_unit: str) -> list[int]:
+    """Top-k attention units; for query heads, the same number from every KV group."""
+    if attn_unit == "group":
+        return topk_sorted(scores, k)
+    g, per_group = geom.group_size, k // geom.num_kv_heads
+    kept: list[int] = []
+    for j in range(geom.num_kv_heads):
+        kept += [j * g + h for h in topk_sorted(scores[j * g : (j + 1) * g], per_group)]
+    return sorted(kept)
+
+
+def head_scores_from_rows(row_scores: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Sum per-row (or per-column) scores into per-head scores."""
+    return row_scores.view(-1, head_dim).sum(dim=1)
+
+
+def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Boolean mask keeping the ``n`` largest scores in each group of ``m`` consecutive inputs."""
+    out_features, in_features = scores.shape
+    if in_features % m:
+        raise ValueError(f"input dimension {in_features} is not a multiple of {m}")
+    groups = scores.reshape(out_features, in_features // m, m)
+    top = torch.topk(groups, n, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, top, True)
+    return mask.reshape(out_features, in_features)
+
+
+def max_nonzeros_per_group(weight: torch.Tensor, m: int = 4) -> int:
+    """Largest number of non-zeros in any group of ``m`` consecutive inputs (2 for valid 2:4)."""
+    out_features, in_features = weight.shape
+    groups = (weight != 0).reshape(out_features, in_features // m, m)
+    return int(groups.sum(-1).max())

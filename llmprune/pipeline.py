@@ -1,0 +1,149 @@
+"""The pruning pipeline: load → calibrate → Pruner.prune → surgery → export, with a report.
+
+Every strategy goes through ``run_prune``; a strategy only supplies its Pruner.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import shutil
+import time
+from typing import Any
+
+import torch
+
+import llmprune
+from llmprune.arch import ArchAdapter
+from llmprune.config import PruneSettings
+from llmprune.data import calibration_samples
+from llmprune.errors import ResumeError
+from llmprune.export import REPORT_FILE, check_output, save_pruned, work_dir
+from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_device, resolve_dtype, resolve_seqlen
+from llmprune.plan import PrunePlan
+from llmprune.progress import Reporter
+from llmprune.pruners.base import PruneContext, get_pruner_class
+from llmprune.surgery import apply_plan
+
+
+def package_versions() -> dict[str, str]:
+    import transformers
+
+    return {
+        "llmprune": llmprune.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak resident memory of this process (and of CUDA allocations) in MiB."""
+    peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        peak["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def layer_sparsity(model: torch.nn.Module, adapter: ArchAdapter, plan: PrunePlan) -> list[float]:
+    """Achieved sparsity of each decoder layer's linear weights against the dense layer."""
+    dense = plan.dense
+    dense_layer = (
+        dense["hidden_size"] * dense["head_dim"] * 2 * (dense["num_heads"] + dense["num_kv_heads"])
+        + 3 * dense["hidden_size"] * dense["intermediate_size"]
+    )
+    result = []
+    for layer in adapter.layers(model):
+        weights = [m.weight for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+        if plan.kind == "semi24":
+            kept = sum(int((w != 0).sum()) for w in weights)
+        else:
+            kept = sum(w.numel() for w in weights)
+        result.append(1.0 - kept / dense_layer)
+    return result
+
+
+def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run one pruning command end to end and return the report (also written to OUT)."""
+    reporter = reporter or Reporter()
+    t_start = time.perf_counter()
+    pruner_cls = get_pruner_class(settings.strategy, settings.method)
+    pruner = pruner_cls(settings.method_options)
+    check_output(settings.output, settings.model, settings.overwrite)
+    work = work_dir(settings.output)
+    if settings.resume and not pruner_cls.resumable:
+        reporter.log(f"[yellow]note:[/] {settings.strategy} --method {settings.method} is one-shot; --resume has nothing to resume")
+    if settings.resume and pruner_cls.resumable and not work.exists():
+        raise ResumeError(f"--resume: no checkpoint folder {work} from an earlier run of this output")
+    if not settings.resume and work.exists():
+        shutil.rmtree(work)
+
+    device = resolve_device(settings.device)
+    config = load_config(settings.model)
+    settings.seqlen = resolve_seqlen(settings.seqlen, config)
+    compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
+    save_dtype = checkpoint_dtype(config) or torch.float32
+    if settings.save_dtype != "auto":
+        save_dtype = resolve_dtype(settings.save_dtype, device, None)
+
+    torch.manual_seed(settings.seed)
+    model, adapter, tokenizer = load_model(settings.model, device, compute_dtype)
+    dense_params = adapter.decoder_linear_params(model)
+    dense_total = sum(p.numel() for p in model.parameters())
+    calib = None
+    if pruner_cls.needs_calibration:
+        calib = calibration_samples(tokenizer, settings.calib, settings.nsamples, settings.seqlen, settings.seed)
+    t_loaded = time.perf_counter()
+
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = PruneContext(
+        model=model, adapter=adapter, tokenizer=tokenizer, calib=calib, settings=settings,
+        device=device, work_dir=work, progress=reporter,
+    )
+    with reporter.live():
+        plan = pruner.prune(ctx)
+    t_pruned = time.perf_counter()
+    apply_plan(model, adapter, plan)
+
+    kept_params = adapter.decoder_linear_params(model)
+    per_layer = layer_sparsity(model, adapter, plan)
+    if plan.kind == "semi24":
+        nonzero = sum(
+            int((lin.weight != 0).sum()) for layer in adapter.layers(model) for lin in adapter.linears(layer).values()
+        )
+        achieved = 1.0 - nonzero / dense_params
+    else:
+        achieved = 1.0 - kept_params / dense_params
+    report: dict[str, Any] = {
+        "strategy": settings.strategy,
+        "method": settings.method,
+        "settings": settings.model_dump(mode="json"),
+        "options": pruner.options.model_dump(mode="json"),
+        "seed": settings.seed,
+        "device": str(device),
+        "compute_dtype": str(compute_dtype).removeprefix("torch."),
+        "save_dtype": str(save_dtype).removeprefix("torch."),
+        "dense_geometry": plan.dense or None,
+        "requested_sparsity": settings.sparsity if settings.strategy != "semi24" else 0.5,
+        "achieved_sparsity": achieved,
+        "layer_sparsity": per_layer,
+        "layer_widths": plan.layer_widths() if plan.kind == "structured" else None,
+        "params_decoder_linear_dense": dense_params,
+        "params_decoder_linear": kept_params if plan.kind == "structured" else nonzero,
+        "params_total_dense": dense_total,
+        "params_total": sum(p.numel() for p in model.parameters()),
+        "calibration": {"source": settings.calib, "nsamples": settings.nsamples, "seqlen": settings.seqlen}
+        if calib is not None else None,
+        "time_load_s": t_loaded - t_start,
+        "time_prune_s": t_pruned - t_loaded,
+        "versions": package_versions(),
+        "output": str(settings.output),
+        **ctx.extras.get("report", {}),
+    }
+    report.update(peak_memory())
+    report["time_total_s"] = time.perf_counter() - t_start
+    save_pruned(model, tokenizer, plan, report, settings.output, save_dtype, settings.max_shard_size,
+                ctx.extras.get("files"))
+    shutil.rmtree(work, ignore_errors=True)
+    report["time_total_s"] = time.perf_counter() - t_start
+    return report

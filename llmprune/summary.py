@@ -1,0 +1,56 @@
+"""Readable end-of-run tables for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from llmprune.progress import console
+
+
+def _millions(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:,.2f}M"
+
+
+def print_prune_summary(report: dict[str, Any]) -> None:
+    table = Table(title=f"llmprune {report['strategy']} --method {report['method']}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("requested sparsity", f"{report['requested_sparsity']:.2%}")
+    table.add_row("achieved sparsity", f"{report['achieved_sparsity']:.2%}")
+    table.add_row(
+        "decoder linear params",
+        f"{_millions(report['params_decoder_linear_dense'])} → {_millions(report['params_decoder_linear'])}",
+    )
+    table.add_row("total params", f"{_millions(report['params_total_dense'])} → {_millions(report['params_total'])}")
+    widths = report.get("layer_widths")
+    if widths:
+        shapes = {(w["heads"], w["kv_heads"], w["channels"]) for w in widths}
+        if len(shapes) == 1:
+            h, kv, ch = shapes.pop()
+            table.add_row("per-layer widths", f"{h} heads, {kv} KV heads, {ch} MLP channels")
+        else:
+            table.add_row("per-layer widths", "heterogeneous (see llmprune_plan.json)")
+    table.add_row("prune time", f"{report['time_prune_s']:.1f} s (total {report['time_total_s']:.1f} s)")
+    table.add_row("peak memory", f"{report['peak_rss_mib']:.0f} MiB RSS")
+    table.add_row("output", str(report["output"]))
+    console.print(table)
+
+
+def print_eval_summary(report: dict[str, Any]) -> None:
+    table = Table(title=f"llmprune eval {report['model']}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("perplexity", f"{report['perplexity']:.3f}")
+    table.add_row("data", f"{report['data']} ({report['eval_windows']} windows × {report['seqlen']} = {report['eval_tokens']} tokens)")
+    table.add_row("params total", f"{report['params_total']:,}")
+    table.add_row("params decoder linear", f"{report['params_decoder_linear']:,}")
+    pruning = report.get("pruning") or {}
+    if pruning.get("method"):
+        table.add_row("pruned by", f"{pruning['strategy']} --method {pruning['method']} ({pruning['achieved_sparsity']:.2%})")
+    if "prefill_tokens_per_s" in report:
+        table.add_row("prefill", f"{report['prefill_tokens_per_s']:,.0f} tokens/s")
+        table.add_row("decode", f"{report['decode_tokens_per_s']:,.1f} tokens/s")
+    table.add_row("device / dtype", f"{report['device']} / {report['dtype']}")
+    console.print(table)
