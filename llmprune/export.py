@@ -106,7 +106,11 @@ def save_pruned(
     max_shard_size: str = "5GB",
     extra_files: dict[str, Any] | None = None,
 ) -> Path:
-    """Write weights, config, tokenizer, plan, report (and 2:4 sidecar) atomically to OUT."""
+    """Write weights, config, tokenizer, plan, report (and 2:4 sidecar) atomically to OUT.
+
+    ``extra_files`` maps a file name in OUT to a ``Path`` (copied) or a JSON-able payload
+    (written as JSON): traces, plots and logs produced by a strategy.
+    """
     staging = staging_dir(output)
     if staging.exists():
         shutil.rmtree(staging)
@@ -128,7 +132,10 @@ def save_pruned(
             tokenizer.save_pretrained(staging)
         plan.save(staging)
         for name, payload in (extra_files or {}).items():
-            _write_json(staging / name, payload)
+            if isinstance(payload, Path):
+                shutil.copyfile(payload, staging / name)
+            else:
+                _write_json(staging / name, payload)
         _write_json(staging / REPORT_FILE, report)
         finalize(staging, output)
     except BaseException:

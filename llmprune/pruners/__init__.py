@@ -1,3 +1,8 @@
-"""Built-in pruning methods; importing this package registers them."""
+"""Built-in pruning methods: every module in this package registers its pruners on import."""
 
-from llmprune.pruners import baselines  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
