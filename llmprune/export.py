@@ -105,6 +105,7 @@ def save_pruned(
     save_dtype: torch.dtype,
     max_shard_size: str = "5GB",
     extra_files: dict[str, Any] | None = None,
+    config: Any = None,
 ) -> Path:
     """Write weights, config, tokenizer, plan, report (and 2:4 sidecar) atomically to OUT.
 
@@ -119,15 +120,14 @@ def save_pruned(
         if plan.kind == "semi24":
             verified = verify_semi24(model, plan.semi24_targets)
             _write_json(staging / SPARSITY_FILE, sparsity_sidecar(plan, verified))
+        config = config if config is not None else model.config
         model.to(save_dtype)
-        model.config.dtype = save_dtype
-        model.config.use_cache = True
-        architectures = list(model.config.architectures or [])
         model.save_pretrained(staging, max_shard_size=max_shard_size)
-        model.config.architectures = architectures or model.config.architectures
-        # save_pretrained names the Python class in "architectures"; the config may have moved
-        # to an equivalent family (Llama -> Mistral), so write the config itself last.
-        model.config.save_pretrained(staging)
+        # The pruned config may differ from the in-memory one (new widths, or an equivalent
+        # family such as Llama -> Mistral), so it is written last, over save_pretrained's.
+        config.dtype = save_dtype
+        config.use_cache = True
+        config.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         plan.save(staging)

@@ -23,7 +23,7 @@ from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_
 from llmprune.plan import PrunePlan
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext, get_pruner_class
-from llmprune.surgery import apply_plan
+from llmprune.surgery import apply_plan, exported_config
 
 
 def package_versions() -> dict[str, str]:
@@ -143,7 +143,7 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
     report.update(peak_memory())
     report["time_total_s"] = time.perf_counter() - t_start
     save_pruned(model, tokenizer, plan, report, settings.output, save_dtype, settings.max_shard_size,
-                ctx.extras.get("files"))
+                ctx.extras.get("files"), config=exported_config(model, adapter, plan))
     shutil.rmtree(work, ignore_errors=True)
     report["time_total_s"] = time.perf_counter() - t_start
     return report

@@ -121,11 +121,10 @@ def slice_layer(layer: nn.Module, adapter: ArchAdapter, lp: LayerPlan, head_dim:
 
 
 def slice_structured(model: nn.Module, adapter: ArchAdapter, plan: PrunePlan) -> None:
-    """Slice every layer per the plan; for a uniform plan also rewrite the config.
+    """Slice every layer per the plan (replacement weights first, in dense coordinates).
 
-    The config update makes ``save_pretrained`` output a plain config that loads with
-    ``AutoModelForCausalLM.from_pretrained`` (methods.md §5). Non-uniform plans keep the dense
-    config here; their export writes a per-layer config.
+    The in-memory config keeps the dense values (modules infer head counts from shapes and the
+    attention modules' cached counts are updated); ``exported_config`` builds the config to save.
     """
     geom = adapter.geometry(model)
     if plan.weights:
@@ -133,12 +132,19 @@ def slice_structured(model: nn.Module, adapter: ArchAdapter, plan: PrunePlan) ->
     layers = adapter.layers(model)
     for lp in plan.layers:
         slice_layer(layers[lp.index], adapter, lp, geom.head_dim)
-    if plan.is_uniform and plan.layers:
-        first = plan.layers[0]
-        if first.heads and first.channels:
-            model.config = adapter.pruned_config(model.config, len(first.heads), len(first.kv_heads), len(first.channels))
-            for layer in layers:
-                adapter.attention(layer).config = model.config
+
+
+def exported_config(model: nn.Module, adapter: ArchAdapter, plan: PrunePlan):
+    """The plain config describing the model after ``apply_plan``.
+
+    Uniform structured plans get updated head counts and width with ``head_dim`` explicit
+    (methods.md §5); 2:4 and identity plans keep the original config. Non-uniform plans are
+    exported by the heterogeneous-width exporter, not here.
+    """
+    if plan.kind != "structured" or not plan.layers or not plan.is_uniform:
+        return model.config
+    first = plan.layers[0]
+    return adapter.pruned_config(model.config, len(first.heads), len(first.kv_heads), len(first.channels))
 
 
 @torch.no_grad()
