@@ -1,0 +1,183 @@
+"""The command-line contract on tiny models: happy paths, exports, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from conftest import folder_hash, read_json, save_tiny_model
+from llmprune.arch import ArchAdapter
+from llmprune.cli import app
+from llmprune.masks import max_nonzeros_per_group
+
+runner = CliRunner()
+SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", "llama")
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory) -> Path:
+    from conftest import SAMPLE_TEXT
+
+    path = tmp_path_factory.mktemp("data") / "calib.txt"
+    path.write_text(SAMPLE_TEXT)
+    return path
+
+
+def load(folder: Path):
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+# ----- happy paths ----------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["wanda", "magnitude"])
+@pytest.mark.parametrize("attn_unit", ["group", "query"])
+def test_uniform_baselines_export_plain_loadable_models(model_dir, calib, tmp_path, method, attn_unit):
+    before = folder_hash(model_dir)
+    out = tmp_path / "out"
+    result = run("uniform", model_dir, "-o", out, "--sparsity", "0.3", "--method", method,
+                 "--attn-unit", attn_unit, "--calib", calib, "--save-dtype", "float32", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert folder_hash(model_dir) == before, "the input model must never change"
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+        "tokenizer_config.json", "llmprune_plan.json", "llmprune_report.json"])
+    report = read_json(out / "llmprune_report.json")
+    assert abs(report["achieved_sparsity"] - 0.3) < 0.02
+    assert report["method"] == method and report["seed"] == 0 and report["versions"]["torch"]
+    assert len(report["layer_sparsity"]) == 2 and report["time_prune_s"] >= 0 and report["peak_rss_mib"] > 0
+    model = load(out)
+    adapter = ArchAdapter.for_model(model)
+    widths = {(adapter.linear(l, "q").out_features, adapter.linear(l, "down").in_features) for l in adapter.layers(model)}
+    assert len(widths) == 1, "uniform pruning keeps the same widths in every layer"
+    assert adapter.decoder_linear_params(model) == report["params_decoder_linear"]
+    config = read_json(out / "config.json")
+    assert config["head_dim"] == 16 and "quantization_config" not in config
+    plan = read_json(out / "llmprune_plan.json")
+    assert plan["kind"] == "structured" and len(plan["layers"]) == 2
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_semi24_exports_exact_pattern_and_leaves_the_rest(model_dir, calib, tmp_path, method):
+    out = tmp_path / "out"
+    result = run("semi24", model_dir, "-o", out, "--method", method, "--calib", calib, "--save-dtype", "float32", *SMALL)
+    assert result.exit_code == 0, result.output
+    dense, pruned = load(model_dir), load(out)
+    adapter = ArchAdapter.for_model(pruned)
+    sidecar = read_json(out / "llmprune_sparsity.json")
+    assert sidecar["pattern"] == "2:4" and len(sidecar["targets"]) == 14
+    assert "quantization_config" not in read_json(out / "config.json")
+    targeted = set(sidecar["targets"])
+    dense_params = dict(dense.named_parameters())
+    for name, param in pruned.named_parameters():
+        module = name.rsplit(".", 1)[0]
+        if module in targeted and name.endswith("weight"):
+            groups = (param != 0).reshape(param.shape[0], -1, 4).sum(-1)
+            assert groups.eq(2).all(), f"{name} is not exactly 2:4"
+            if method != "sparsegpt":  # masks only: the kept weights are the original ones
+                kept = param != 0
+                assert torch.equal(param[kept], dense_params[name][kept])
+        else:
+            assert torch.equal(param, dense_params[name]), f"{name} must be untouched"
+    assert max_nonzeros_per_group(adapter.linear(adapter.layers(pruned)[0], "down").weight) == 2
+
+
+def test_eval_reports_the_contract_keys(model_dir, calib, tmp_path):
+    report_path = tmp_path / "r.json"
+    result = run("eval", model_dir, "--data", calib, "--seqlen", "32", "--json", report_path,
+                 "--speed", "--speed-repeats", "1")
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    for key in ("perplexity", "seqlen", "eval_tokens", "params_total", "params_decoder_linear",
+                "prefill_tokens_per_s", "decode_tokens_per_s"):
+        assert key in report, key
+    assert report["seqlen"] == 32 and report["eval_tokens"] % 32 == 0
+    assert report["perplexity"] > 1 and report["prefill_tokens_per_s"] > 0
+
+
+def test_sparsity_zero_changes_nothing(model_dir, calib, tmp_path):
+    out = tmp_path / "out"
+    result = run("uniform", model_dir, "-o", out, "--sparsity", "0", "--method", "wanda", "--calib", calib,
+                 "--save-dtype", "float32", *SMALL)
+    assert result.exit_code == 0, result.output
+    tokens = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load(out)(tokens).logits, load(model_dir)(tokens).logits)
+
+
+def test_overwrite_replaces_only_when_asked(model_dir, calib, tmp_path):
+    out = tmp_path / "out"
+    args = ["uniform", model_dir, "-o", out, "--method", "magnitude", "--sparsity", "0.5"]
+    assert run(*args).exit_code == 0
+    stamp = (out / "llmprune_report.json").stat().st_mtime_ns
+    again = run(*args)
+    assert again.exit_code == 6 and "exists" in again.output
+    assert (out / "llmprune_report.json").stat().st_mtime_ns == stamp
+    assert run(*args, "--overwrite").exit_code == 0
+    assert not list(tmp_path.glob(".out.llmprune-*")), "no staging folders left behind"
+
+
+# ----- bad input ------------------------------------------------------------------------------
+def unsupported_model(tmp_path: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(folder)
+    return folder
+
+
+BAD_CASES = {
+    "missing model": (lambda d, c, t: ["uniform", t / "nope", "-o", t / "o"], 3, "not found"),
+    "model is a file": (lambda d, c, t: ["uniform", c, "-o", t / "o"], 3, "not a folder"),
+    "unsupported arch": (lambda d, c, t: ["uniform", unsupported_model(t), "-o", t / "o"], 4, "supported model types"),
+    "sparsity 1": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--sparsity", "1"], 2, "sparsity"),
+    "sparsity negative": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--sparsity", "-0.1"], 2, "sparsity"),
+    "sparsity nan": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--sparsity", "nan"], 2, "sparsity"),
+    "semi24 sparsity": (lambda d, c, t: ["semi24", d, "-o", t / "o", "--sparsity", "0.3"], 2, "half"),
+    "unknown method": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--method", "bogus"], 7, "known methods: magnitude"),
+    "nsamples 0": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--nsamples", "0", "--calib", c], 2, "nsamples"),
+    "bad dtype": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--dtype", "int8", "--calib", c], 2, "dtype"),
+    "seqlen too long": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", c, "--seqlen", "4096", "--method", "wanda"], 2, "context"),
+    "missing calib": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", t / "none.txt", "--method", "wanda", *SMALL], 5, "not found"),
+    "too little calib": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", c, "--method", "wanda", "--seqlen", "64", "--nsamples", "5000"], 5, "windows of 64"),
+    "output is input": (lambda d, c, t: ["uniform", d, "-o", d, "--method", "magnitude"], 6, "overlaps the input"),
+    "output is a file": (lambda d, c, t: ["uniform", d, "-o", c, "--method", "magnitude"], 6, "is a file"),
+    "bad attn unit": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--attn-unit", "heads", "--method", "magnitude"], 2, "attn-unit"),
+    "eval missing data": (lambda d, c, t: ["eval", d, "--data", t / "none.txt", "--seqlen", "32"], 5, "not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_is_one_clear_line(case, model_dir, calib, tmp_path):
+    make_args, code, message = BAD_CASES[case]
+    before = folder_hash(model_dir)
+    result = run(*make_args(model_dir, calib, tmp_path))
+    assert result.exit_code == code, (case, result.exit_code, result.output)
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert result.output.strip().startswith("error:"), result.output
+    assert folder_hash(model_dir) == before
+    assert not (tmp_path / "o").exists()
+    assert not list(tmp_path.glob(".o.llmprune-*"))
+
+
+def test_subprocess_error_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "llmprune", "uniform", str(tmp_path / "missing"), "-o", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 3
+    assert proc.stderr.strip().startswith("error: model folder not found")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
