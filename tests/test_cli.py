@@ -181,3 +181,28 @@ def test_subprocess_error_has_no_traceback(tmp_path):
     assert proc.returncode == 3
     assert proc.stderr.strip().startswith("error: model folder not found")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_hub_ids_go_through_from_pretrained(model_dir, tmp_path, monkeypatch):
+    """A hub id is passed to transformers as is (here redirected to a local folder, offline)."""
+    import transformers
+
+    seen = []
+    for cls in (transformers.AutoConfig, transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        original = cls.from_pretrained.__func__
+
+        def redirect(klass, name, *args, _original=original, **kwargs):
+            seen.append(name)
+            return _original(klass, str(model_dir) if name == "someorg/tiny-llama" else name, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(redirect))
+    result = run("uniform", "someorg/tiny-llama", "-o", tmp_path / "o", "--method", "magnitude", "--sparsity", "0.25")
+    assert result.exit_code == 0, result.output
+    assert seen.count("someorg/tiny-llama") >= 3  # config, weights, tokenizer
+    assert read_json(tmp_path / "o" / "llmprune_report.json")["settings"]["model"] == "someorg/tiny-llama"
+
+
+def test_unreachable_hub_id_is_a_clear_error(tmp_path):
+    result = run("uniform", "someorg/not-cached-anywhere", "-o", tmp_path / "o")
+    assert result.exit_code == 3
+    assert result.output.startswith("error: cannot load model config 'someorg/not-cached-anywhere'")
