@@ -206,3 +206,37 @@ def test_unreachable_hub_id_is_a_clear_error(tmp_path):
     result = run("uniform", "someorg/not-cached-anywhere", "-o", tmp_path / "o")
     assert result.exit_code == 3
     assert result.output.startswith("error: cannot load model config 'someorg/not-cached-anywhere'")
+
+
+def test_exported_model_equals_the_plan_applied_as_masks(model_dir, calib, tmp_path):
+    """Reload the plan JSON, mask the dense model with it: same logits as the sliced export."""
+    from llmprune.plan import PrunePlan
+    from llmprune.surgery import mask_structured
+
+    out = tmp_path / "out"
+    result = run("uniform", model_dir, "-o", out, "--sparsity", "0.4", "--method", "magnitude", "--save-dtype", "float32")
+    assert result.exit_code == 0, result.output
+    plan = PrunePlan.load(out)
+    assert PrunePlan.model_validate_json(plan.model_dump_json()) == plan  # JSON round-trip
+    masked = load(model_dir)
+    mask_structured(masked, ArchAdapter.for_model(masked), plan)
+    tokens = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(load(out)(tokens).logits, masked(tokens).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_large_outputs_are_sharded(model_dir, tmp_path):
+    out = tmp_path / "out"
+    result = run("uniform", model_dir, "-o", out, "--method", "magnitude", "--sparsity", "0.2", "--max-shard-size", "100KB")
+    assert result.exit_code == 0, result.output
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (out / "model.safetensors.index.json").exists()
+    assert load(out).config.num_hidden_layers == 2
+
+
+def test_bfloat16_compute_still_gives_exact_24(model_dir, calib, tmp_path):
+    out = tmp_path / "out"
+    result = run("semi24", model_dir, "-o", out, "--method", "sparsegpt", "--dtype", "bfloat16", "--calib", calib, *SMALL)
+    assert result.exit_code == 0, result.output
+    report = read_json(out / "llmprune_report.json")
+    assert report["compute_dtype"] == "bfloat16" and report["achieved_sparsity"] == pytest.approx(0.5)
