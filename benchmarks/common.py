@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,33 +26,37 @@ DOCS = ROOT / "docs" / "benchmarks"
 WORK = RESULTS / "work"
 
 
-def prune(strategy: str, method: str, output: Path, *, model: Path = REFMODEL, sparsity: float | None = None,
-          seqlen: int = 256, nsamples: int = 64, seed: int = 0, calib: Path = CALIB, **options: Any) -> dict[str, Any]:
-    """Run one pruning job through the CLI's pipeline; returns its report."""
-    from llmprune.config import PruneSettings
-    from llmprune.pipeline import run_prune
-
-    settings = PruneSettings(
-        strategy=strategy, method=method, model=str(model), output=output, seqlen=seqlen, nsamples=nsamples,
-        seed=seed, calib=str(calib), overwrite=True, sparsity=0.5 if sparsity is None else sparsity,
-        method_options=options,
-    )
-    return run_prune(settings)
-
-
-def prune_command(strategy: str, method: str, sparsity: float | None = None, **options: Any) -> str:
-    """The equivalent shell command, for the tables."""
-    parts = ["llmprune", strategy, "../shared/refmodel", "-o", "OUT", "--method", method]
+def prune_args(strategy: str, method: str, output: str | Path, *, model: str | Path = REFMODEL,
+               sparsity: float | None = None, seqlen: int = 256, nsamples: int = 64, seed: int = 0,
+               calib: str | Path = CALIB, **options: Any) -> list[str]:
+    """Command-line arguments of one pruning job (method options become ``--flags``)."""
+    args = [strategy, str(model), "-o", str(output), "--method", method]
     if sparsity is not None and strategy != "semi24":
-        parts += ["--sparsity", str(sparsity)]
-    parts += ["--calib", "../shared/data/calib.txt", "--seqlen", "256", "--nsamples", "64", "--seed", "0"]
+        args += ["--sparsity", str(sparsity)]
+    args += ["--calib", str(calib), "--seqlen", str(seqlen), "--nsamples", str(nsamples), "--seed", str(seed)]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + key.replace("_", "-"))
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
         else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
+            args += [flag, str(value)]
+    return args
+
+
+def prune(strategy: str, method: str, output: Path, **kwargs: Any) -> dict[str, Any]:
+    """Run one pruning job as a separate ``llmprune`` process (so peak memory is its own);
+    returns the report it wrote."""
+    cmd = [sys.executable, "-m", "llmprune", *prune_args(strategy, method, output, **kwargs), "--overwrite"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads((Path(output) / "llmprune_report.json").read_text())
+
+
+def prune_command(strategy: str, method: str, sparsity: float | None = None, **options: Any) -> str:
+    """The equivalent shell command with repository-relative paths, for the tables."""
+    return shlex.join(["llmprune", *prune_args(strategy, method, "OUT", model="../shared/refmodel",
+                                               calib="../shared/data/calib.txt", sparsity=sparsity, **options)])
 
 
 def evaluate(model: Path, data: Path = EVAL, seqlen: int = 256, speed: bool = False) -> dict[str, Any]:
@@ -100,7 +105,27 @@ def write_results(name: str, title: str, rows: list[dict[str, Any]], columns: li
         md += [notes, ""]
     path = DOCS / f"{name}.md"
     path.write_text("\n".join(md))
+    rebuild_index()
     return path
+
+
+INDEX_ORDER = ("baselines", "minimax", "tyr", "proxsparse")
+
+
+def rebuild_index() -> Path:
+    """Regenerate ``docs/benchmarks.md`` from every page in ``docs/benchmarks/`` (one section each)."""
+    pages = sorted(DOCS.glob("*.md"), key=lambda p: (INDEX_ORDER.index(p.stem) if p.stem in INDEX_ORDER else 99, p.stem))
+    out = ["# Benchmarks", "",
+           "Every number below was written by a script in `benchmarks/`; each section names its command, "
+           "date and machine. Per-benchmark pages and plots live in [benchmarks/](benchmarks/), raw JSON in "
+           "`benchmarks/results/`. Benchmarks are not tests: nothing here is asserted in CI.", ""]
+    for page in pages:
+        text = page.read_text().replace("](", "](benchmarks/").replace("](benchmarks/http", "](http")
+        out += ["#" + line if line.startswith("#") else line for line in text.splitlines()]
+        out.append("")
+    index = ROOT / "docs" / "benchmarks.md"
+    index.write_text("\n".join(out))
+    return index
 
 
 def command_line() -> str:
