@@ -178,6 +178,26 @@ def eval_command(
     print_eval_summary(report)
 
 
+@app.command(name="inspect")
+@friendly_errors
+def inspect_command(
+    folder: str = typer.Argument(..., help="A model folder (llmprune output or any HF model folder).", show_default=False),
+    json_output: bool = typer.Option(False, "--json", help="Print the description as JSON instead of tables."),
+) -> None:
+    """Describe a model folder: how it was pruned, per-layer widths or 2:4 coverage, parameter counts,
+    and whether it loads without custom code. Reads headers only, never the weights."""
+    import json
+
+    from llmprune.inspection import inspect_folder
+    from llmprune.summary import print_inspect
+
+    info = inspect_folder(folder)
+    if json_output:
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        print_inspect(info)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="llmprune")

@@ -72,6 +72,12 @@ def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     return mask.reshape(out_features, in_features)
 
 
+def nm_eligible(in_features: int, m: int = 4) -> bool:
+    """Whether a weight with this input width can carry an N:M pattern (e.g. after uniform pruning
+    left an MLP width that is not a multiple of 4, the down projection cannot)."""
+    return in_features % m == 0
+
+
 def max_nonzeros_per_group(weight: torch.Tensor, m: int = 4) -> int:
     """Largest number of non-zeros in any group of ``m`` consecutive inputs (2 for valid 2:4)."""
     out_features, in_features = weight.shape

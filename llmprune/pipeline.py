@@ -5,10 +5,12 @@ Every strategy goes through ``run_prune``; a strategy only supplies its Pruner.
 
 from __future__ import annotations
 
+import json
 import platform
 import resource
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,6 +63,17 @@ def layer_sparsity(model: torch.nn.Module, adapter: ArchAdapter, plan: PrunePlan
             kept = sum(w.numel() for w in weights)
         result.append(1.0 - kept / dense_layer)
     return result
+
+
+def previous_pruning(model: str) -> list[dict[str, Any]]:
+    """The pruning history of an input that is itself an llmprune output (stacking, e.g. uniform → 2:4)."""
+    report_path = Path(model).expanduser() / REPORT_FILE
+    if not report_path.is_file():
+        return []
+    previous = json.loads(report_path.read_text())
+    step = {k: previous.get(k) for k in ("strategy", "method", "achieved_sparsity", "layer_widths")}
+    step["model"] = (previous.get("settings") or {}).get("model")
+    return list(previous.get("history", [])) + [step]
 
 
 def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -138,6 +151,7 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
         "time_prune_s": t_pruned - t_loaded,
         "versions": package_versions(),
         "output": str(settings.output),
+        "history": previous_pruning(settings.model),
         **ctx.extras.get("report", {}),
     }
     report.update(peak_memory())

@@ -54,3 +54,33 @@ def print_eval_summary(report: dict[str, Any]) -> None:
         table.add_row("decode", f"{report['decode_tokens_per_s']:,.1f} tokens/s")
     table.add_row("device / dtype", f"{report['device']} / {report['dtype']}")
     console.print(table)
+
+
+def print_inspect(info: dict[str, Any]) -> None:
+    table = Table(title=f"llmprune inspect {info['folder']}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("model type", str(info["model_type"]))
+    if info["pruned_by_llmprune"]:
+        table.add_row("pruned by", f"{info['strategy']} --method {info['method']} ({info['achieved_sparsity']:.2%} of decoder linear weights)")
+        settings = info.get("settings") or {}
+        keys = ("model", "sparsity", "calib", "nsamples", "seqlen", "seed", "attn_unit")
+        table.add_row("settings", ", ".join(f"{k}={settings[k]}" for k in keys if k in settings))
+        for step in info.get("history", []):
+            table.add_row("applied before", f"{step.get('strategy')} --method {step.get('method')} "
+                          f"({step.get('achieved_sparsity', 0):.2%}) on {step.get('model')}")
+    else:
+        table.add_row("pruned by", "not an llmprune output")
+    table.add_row("params total", f"{info['params_total']:,}")
+    table.add_row("params decoder linear", f"{info['params_decoder_linear']:,} (stored)")
+    if info["semi24"]:
+        table.add_row("2:4", f"{info['semi24_targets']} weights, zero fraction {info['semi24_zero_fraction']:.2%}")
+    table.add_row("widths", "uniform" if info["uniform_widths"] else "heterogeneous per layer")
+    table.add_row("loads", ("[green]" if info["loads_without_custom_code"] else "[yellow]") + info["loading"])
+    console.print(table)
+    layers = Table(title="per-layer widths")
+    for col in ("layer", "heads", "KV heads", "MLP channels"):
+        layers.add_column(col, justify="right")
+    for row in info["layers"]:
+        layers.add_row(str(row["layer"]), str(row["heads"]), str(row["kv_heads"]), str(row["channels"]))
+    console.print(layers)

@@ -15,7 +15,7 @@ from torch import nn
 
 from llmprune.arch import LINEAR_KEYS, ArchAdapter, Geometry
 from llmprune.capture import InputStats, LayerwiseRunner
-from llmprune.masks import head_scores_from_rows, nm_mask, select_attention_units, topk_sorted, uniform_widths
+from llmprune.masks import head_scores_from_rows, nm_eligible, nm_mask, select_attention_units, topk_sorted, uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, geometry_dict, units_to_heads
 from llmprune.pruners.base import PruneContext, Pruner, register
 from llmprune.obs import sparsegpt_prune
@@ -118,12 +118,16 @@ class _Semi24Layerwise(Pruner):
     def prune(self, ctx: PruneContext) -> PrunePlan:
         geom = ctx.adapter.geometry(ctx.model)
         plan = PrunePlan(kind="semi24", strategy=self.strategy, method=self.method, dense=geometry_dict(geom))
+        skipped: list[str] = []
 
         @torch.no_grad()
         def process(i: int, layer: nn.Module) -> None:
             stats = runner.collect(i, layer, LINEAR_KEYS, hessian=self.needs_hessian) if runner else {}
             for key, lin in ctx.adapter.linears(layer).items():
                 name = ctx.adapter.linear_name(i, key)
+                if not nm_eligible(lin.in_features):
+                    skipped.append(name)
+                    continue
                 new = self.new_weight(lin.weight, stats.get(key), name)
                 lin.weight.copy_(new.to(lin.weight.dtype))
                 plan.semi24_targets.append(name)
@@ -137,7 +141,16 @@ class _Semi24Layerwise(Pruner):
             for i, layer in enumerate(ctx.adapter.layers(ctx.model)):
                 process(i, layer)
                 task(i)
+        report_skipped_semi24(ctx, skipped)
         return plan
+
+
+def report_skipped_semi24(ctx: PruneContext, skipped: list[str]) -> None:
+    """Weights whose input width is not a multiple of 4 stay dense; say so and record them."""
+    if skipped:
+        ctx.progress.log(f"[yellow]warning:[/] {len(skipped)} weights have an input width that is not a multiple "
+                         f"of 4 and stay dense (first: {skipped[0]})")
+    ctx.extras.setdefault("report", {})["semi24_skipped"] = skipped
 
 
 @register

@@ -1,0 +1,111 @@
+"""``llmprune inspect``: describe a model folder without loading its weights.
+
+Reads the config, the llmprune plan/report/sidecar, and the safetensors headers (shapes only),
+and checks on the meta device whether the config instantiates with plain transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from llmprune.errors import ModelLoadError
+from llmprune.export import REPORT_FILE, SPARSITY_FILE
+from llmprune.plan import PLAN_FILE
+
+_LINEAR = re.compile(r"layers\.(\d+)\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight$")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor in the folder's safetensors files (headers only)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def loads_without_custom_code(folder: Path) -> tuple[bool, str]:
+    """Whether plain ``AutoModelForCausalLM`` can build this config (checked on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config_data = _read_json(folder / "config.json") or {}
+    if "auto_map" in config_data:
+        return False, "needs trust_remote_code=True (or `import llmprune` first)"
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config)
+    except Exception as err:  # any failure means "not without help"
+        return False, f"plain transformers cannot build it: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    return True, f"plain AutoModelForCausalLM ({config.model_type})"
+
+
+def inspect_folder(path: str) -> dict[str, Any]:
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ModelLoadError(f"not a model folder: {path}")
+    config = _read_json(folder / "config.json")
+    if config is None:
+        raise ModelLoadError(f"no config.json in {path}")
+    shapes = tensor_shapes(folder)
+    if not shapes:
+        raise ModelLoadError(f"no safetensors weights in {path}")
+    per_layer: dict[int, dict[str, tuple[int, ...]]] = {}
+    for name, shape in shapes.items():
+        match = _LINEAR.search(name)
+        if match:
+            key = match.group(3) or match.group(4)
+            per_layer.setdefault(int(match.group(1)), {})[key] = shape
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    layers = []
+    for index in range(config.get("num_hidden_layers", len(per_layer))):
+        mods = per_layer.get(index, {})
+        layers.append({
+            "layer": index,
+            "heads": mods["q"][0] // head_dim if "q" in mods else 0,
+            "kv_heads": mods["k"][0] // head_dim if "k" in mods else 0,
+            "channels": mods["down"][1] if "down" in mods else 0,
+        })
+    report = _read_json(folder / REPORT_FILE) or {}
+    sidecar = _read_json(folder / SPARSITY_FILE)
+    ok, how = loads_without_custom_code(folder)
+    linear = sum(_numel(s) for n, s in shapes.items() if _LINEAR.search(n))
+    info: dict[str, Any] = {
+        "folder": str(folder),
+        "model_type": config.get("model_type"),
+        "pruned_by_llmprune": bool(report),
+        "strategy": report.get("strategy"),
+        "method": report.get("method"),
+        "settings": report.get("settings"),
+        "achieved_sparsity": report.get("achieved_sparsity"),
+        "history": report.get("history", []),
+        "params_total": sum(_numel(s) for s in shapes.values()),
+        "params_decoder_linear": linear,
+        "layers": layers,
+        "uniform_widths": len({(l["heads"], l["kv_heads"], l["channels"]) for l in layers}) <= 1,
+        "semi24": sidecar is not None,
+        "semi24_targets": len(sidecar["targets"]) if sidecar else 0,
+        "semi24_zero_fraction": sidecar.get("zero_fraction") if sidecar else None,
+        "has_plan": (folder / PLAN_FILE).is_file(),
+        "loads_without_custom_code": ok,
+        "loading": how,
+    }
+    return info
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
