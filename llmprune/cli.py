@@ -90,6 +90,7 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
         ("attn_unit", str, typer.Option("group", help="Attention pruning unit: 'group' removes whole KV groups (KV head + its query heads); 'query' removes query heads, the same number from every group.")),
         ("batch_size", int, typer.Option(8, help="Sequences per forward pass during calibration.")),
         ("max_shard_size", str, typer.Option("5GB", help="Largest safetensors shard in the output.")),
+        ("config", Optional[Path], typer.Option(None, "--config", help="YAML or JSON recipe with the same keys as these options (e.g. sparsity: 0.3, lora_rank: 8); flags given on the command line override it.", show_default=False)),
         ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace an existing output folder (only after the new one is complete).")),
         ("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same command from its last checkpoint (methods that train or search).")),
     ]
@@ -121,12 +122,18 @@ def _prune_command(strategy: str) -> Callable[..., None]:
     common_names = {p.name for p in common}
 
     @friendly_errors
-    def command(**kwargs: Any) -> None:
-        from llmprune.config import PruneSettings, validated
+    def command(ctx: typer.Context, **kwargs: Any) -> None:
+        from llmprune.config import PruneSettings, load_recipe, validated
         from llmprune.pipeline import run_prune
         from llmprune.pruners.base import default_method
         from llmprune.summary import print_prune_summary
 
+        recipe_path = kwargs.pop("config")
+        if recipe_path is not None:
+            recipe = load_recipe(recipe_path, allowed=set(kwargs) - {"model", "output"})
+            for key, value in recipe.items():
+                if ctx.get_parameter_source(key).name == "DEFAULT":
+                    kwargs[key] = value
         values = {k: v for k, v in kwargs.items() if k in common_names}
         method_options = {k: v for k, v in kwargs.items() if k not in common_names}
         values["method"] = values["method"] or default_method(strategy)
@@ -142,7 +149,8 @@ def _prune_command(strategy: str) -> Callable[..., None]:
         report = run_prune(settings)
         print_prune_summary(report)
 
-    command.__signature__ = inspect.Signature(common + extra)  # type: ignore[attr-defined]
+    context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+    command.__signature__ = inspect.Signature([context, *common, *extra])  # type: ignore[attr-defined]
     command.__doc__ = STRATEGY_HELP[strategy]
     command.__name__ = f"{strategy}_command"
     return command

@@ -71,3 +71,27 @@ def validated(settings_class: type[BaseModel], **values: Any) -> BaseModel:
             msg = str(first.get("msg", "")).removeprefix("Value error, ")
             raise UsageError(f"invalid {loc}: {msg}") from err
         raise UsageError(str(err)) from err
+
+
+def load_recipe(path: Path, allowed: set[str]) -> dict[str, Any]:
+    """Read a YAML/JSON recipe; keys are option names (dashes or underscores)."""
+    import json
+
+    import yaml
+
+    if not path.is_file():
+        raise UsageError(f"--config file not found: {path}")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        raise UsageError(f"--config {path} is not valid YAML/JSON: {str(err).splitlines()[0]}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path} must be a mapping of option names to values")
+    recipe = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(recipe) - allowed)
+    if unknown:
+        raise UsageError(f"--config {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    return recipe

@@ -240,3 +240,36 @@ def test_bfloat16_compute_still_gives_exact_24(model_dir, calib, tmp_path):
     assert result.exit_code == 0, result.output
     report = read_json(out / "llmprune_report.json")
     assert report["compute_dtype"] == "bfloat16" and report["achieved_sparsity"] == pytest.approx(0.5)
+
+
+def test_config_recipe_with_flag_override(model_dir, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("sparsity: 0.5\nmethod: magnitude\nattn-unit: query\n")
+    out = tmp_path / "a"
+    assert run("uniform", model_dir, "-o", out, "--config", recipe).exit_code == 0
+    settings = read_json(out / "llmprune_report.json")["settings"]
+    assert (settings["sparsity"], settings["method"], settings["attn_unit"]) == (0.5, "magnitude", "query")
+    out = tmp_path / "b"
+    assert run("uniform", model_dir, "-o", out, "--config", recipe, "--sparsity", "0.2").exit_code == 0
+    assert read_json(out / "llmprune_report.json")["settings"]["sparsity"] == 0.2
+    as_json = tmp_path / "recipe.json"
+    as_json.write_text('{"sparsity": 0.25, "method": "magnitude"}')
+    assert run("uniform", model_dir, "-o", tmp_path / "c", "--config", as_json).exit_code == 0
+
+
+def test_bad_config_recipes(model_dir, tmp_path):
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("sparsity: 0.3\nlearning_rate_typo: 1\n")
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--config", unknown)
+    assert result.exit_code == 2 and "unknown option(s) learning_rate_typo" in result.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("sparsity: [0.3\n")
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--config", broken)
+    assert result.exit_code == 2 and "not valid YAML/JSON" in result.output
+    bad_value = tmp_path / "bad.yaml"
+    bad_value.write_text("sparsity: 2\nmethod: magnitude\n")
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--config", bad_value)
+    assert result.exit_code == 2 and "sparsity" in result.output
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--config", tmp_path / "missing.yaml")
+    assert result.exit_code == 2 and "not found" in result.output
+    assert not (tmp_path / "o").exists()
