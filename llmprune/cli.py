@@ -169,6 +169,7 @@ def eval_command(
     batch_size: int = typer.Option(8, help="Windows per forward pass."),
     speed: bool = typer.Option(False, "--speed", help="Also measure prefill and decode tokens/s (warm-up and repeated runs, median)."),
     speed_repeats: int = typer.Option(5, help="Timed repeats for --speed."),
+    baseline: Optional[str] = typer.Option(None, help="With --speed: also time this model (e.g. the dense original) in the same process and report the speed-up.", show_default=False),
     device: str = typer.Option("auto", help="Compute device: auto, cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("auto", help="auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON to this file.", show_default=False),
@@ -180,7 +181,7 @@ def eval_command(
 
     settings = validated(
         EvalSettings, model=model, data=data, seqlen=seqlen, batch_size=batch_size, speed=speed,
-        speed_repeats=speed_repeats, device=device, dtype=dtype, json_path=json_path,
+        speed_repeats=speed_repeats, device=device, dtype=dtype, json_path=json_path, baseline=baseline,
     )
     report = run_eval(settings)
     print_eval_summary(report)

@@ -31,6 +31,7 @@ class EvalSettings(BaseModel):
     device: str = "auto"
     dtype: str = "auto"
     json_path: Path | None = None
+    baseline: str | None = None
 
     @field_validator("batch_size", "speed_repeats")
     @classmethod
@@ -59,11 +60,20 @@ def pruning_info(model: str) -> dict[str, Any]:
     return info
 
 
+def measure_speed(model, seqlen: int, repeats: int) -> dict[str, Any]:
+    model.config.use_cache = True
+    return throughput(model, model.config.vocab_size, prefill_tokens=seqlen, repeats=repeats)
+
+
 def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict[str, Any]:
     reporter = reporter or Reporter()
     t0 = time.perf_counter()
     if settings.json_path is not None and settings.json_path.is_dir():
         raise UsageError(f"--json {settings.json_path} is a folder; give a file path")
+    if settings.baseline and not settings.speed:
+        raise UsageError("--baseline compares speed; add --speed")
+    if settings.baseline:
+        load_config(settings.baseline)  # fail before the long perplexity run
     device = resolve_device(settings.device)
     config = load_config(settings.model)
     seqlen = resolve_seqlen(settings.seqlen, config)
@@ -87,11 +97,17 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict[s
         "pruning": pruning_info(settings.model),
     }
     if settings.speed:
-        model.config.use_cache = True
-        report.update(
-            throughput(model, model.config.vocab_size, prefill_tokens=seqlen, repeats=settings.speed_repeats)
-        )
+        report.update(measure_speed(model, seqlen, settings.speed_repeats))
         report["torch_threads"] = torch.get_num_threads()
+        if settings.baseline:
+            del model
+            base_model, _, _ = load_model(settings.baseline, device, dtype)
+            base = measure_speed(base_model, seqlen, settings.speed_repeats)
+            report["baseline"] = settings.baseline
+            report["baseline_prefill_tokens_per_s"] = base["prefill_tokens_per_s"]
+            report["baseline_decode_tokens_per_s"] = base["decode_tokens_per_s"]
+            report["speedup_prefill"] = report["prefill_tokens_per_s"] / base["prefill_tokens_per_s"]
+            report["speedup_decode"] = report["decode_tokens_per_s"] / base["decode_tokens_per_s"]
     report["time_s"] = time.perf_counter() - t0
     if settings.json_path is not None:
         settings.json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,9 @@ def print_eval_summary(report: dict[str, Any]) -> None:
     if "prefill_tokens_per_s" in report:
         table.add_row("prefill", f"{report['prefill_tokens_per_s']:,.0f} tokens/s")
         table.add_row("decode", f"{report['decode_tokens_per_s']:,.1f} tokens/s")
+    if "speedup_prefill" in report:
+        table.add_row("speed-up vs baseline", f"prefill ×{report['speedup_prefill']:.2f}, decode ×{report['speedup_decode']:.2f} "
+                      f"({report['baseline']})")
     table.add_row("device / dtype", f"{report['device']} / {report['dtype']}")
     console.print(table)
 
