@@ -273,3 +273,17 @@ def test_bad_config_recipes(model_dir, tmp_path):
     result = run("uniform", model_dir, "-o", tmp_path / "o", "--config", tmp_path / "missing.yaml")
     assert result.exit_code == 2 and "not found" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_speed_against_a_baseline(model_dir, calib, tmp_path):
+    out = tmp_path / "pruned"
+    assert run("uniform", model_dir, "-o", out, "--method", "magnitude", "--sparsity", "0.5").exit_code == 0
+    report_path = tmp_path / "r.json"
+    result = run("eval", out, "--data", calib, "--seqlen", "32", "--speed", "--speed-repeats", "1",
+                 "--baseline", model_dir, "--json", report_path)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["baseline"] == str(model_dir)
+    assert report["speedup_prefill"] == pytest.approx(report["prefill_tokens_per_s"] / report["baseline_prefill_tokens_per_s"])
+    result = run("eval", out, "--data", calib, "--baseline", model_dir)
+    assert result.exit_code == 2 and "add --speed" in result.output
