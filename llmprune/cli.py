@@ -80,7 +80,7 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
         ("output", Path, typer.Option(..., "-o", "--output", help="Output folder (written atomically; must not exist unless --overwrite).", show_default=False)),
         ("sparsity", Optional[float], typer.Option(None, help=sparsity_help + " \\[default: 0.5]", show_default=False)),
         ("method", Optional[str], typer.Option(None, help=f"Method. {listing}. \\[default: {default_method(strategy)}]", show_default=False)),
-        ("calib", str, typer.Option("wikitext2", help="Calibration text: a .txt (documents separated by blank lines), .jsonl (field 'text') or .parquet file, or a hub dataset name (wikitext2, c4). Never use evaluation text.")),
+        ("calib", str, typer.Option("auto", help="Calibration text: a .txt (documents separated by blank lines), .jsonl (field 'text') or .parquet file, a hub dataset name (wikitext2, c4), or 'builtin' (small Python-docs text shipped with llmprune). 'auto': wikitext2 when the hub is reachable, else builtin, with a warning. Never use evaluation text.")),
         ("nsamples", int, typer.Option(128, help="Number of calibration sequences.")),
         ("seqlen", Optional[int], typer.Option(None, help="Tokens per calibration sequence. \\[default: min(2048, model context)]", show_default=False)),
         ("seed", int, typer.Option(0, help="Random seed for calibration sampling and any stochastic step; same seed, same result.")),

@@ -23,7 +23,7 @@ class PruneSettings(BaseModel):
     model: str
     output: Path
     sparsity: float = 0.5
-    calib: str = "wikitext2"
+    calib: str = "auto"
     nsamples: int = 128
     seqlen: int | None = None
     seed: int = 0

@@ -25,11 +25,33 @@ _C4_FILES = {
 }
 
 
+BUILTIN = "builtin"
+BUILTIN_PATH = Path(__file__).with_name("resources") / "builtin_calib.txt"
+#: ``--calib auto``: the standard hub dataset when reachable, else the built-in text.
+AUTO = "auto"
+
+
+def resolve_calibration_source(source: str) -> tuple[str, str | None]:
+    """Turn ``auto`` into a concrete source; returns (source, warning or None)."""
+    if source != AUTO:
+        return source, None
+    try:
+        read_text("wikitext2", "calibration")
+        return "wikitext2", None
+    except DataError as err:
+        return BUILTIN, (
+            f"{err}; calibrating on the small built-in text (Python docstrings) instead. "
+            "Domain-matched text (--calib FILE) gives better results."
+        )
+
+
 def read_text(source: str, split: str = "calibration") -> str:
     """Return the whole text of a source: a .txt/.jsonl/.parquet file or a hub dataset name.
 
     ``split`` is ``calibration`` or ``evaluation`` and only matters for hub datasets.
     """
+    if source == BUILTIN:
+        return BUILTIN_PATH.read_text()
     path = Path(source).expanduser()
     if path.exists():
         return _read_file(path)
@@ -37,7 +59,7 @@ def read_text(source: str, split: str = "calibration") -> str:
         return _read_hub(source, split)
     raise DataError(
         f"text source not found: {source!r} (give a .txt, .jsonl or .parquet file, "
-        f"or one of the hub datasets: {', '.join(HUB_DATASETS)})"
+        f"or one of the hub datasets: {', '.join(HUB_DATASETS)}, or '{BUILTIN}')"
     )
 
 
@@ -129,6 +151,8 @@ def calibration_samples(tokenizer, source: str, nsamples: int, seqlen: int, seed
         raise DataError(f"--seqlen must be at least 2, got {seqlen}")
     stream = tokenize_stream(tokenizer, read_text(source, "calibration"))
     windows = stream.numel() // seqlen
+    if windows < nsamples and source == BUILTIN and windows > 0:
+        nsamples = windows  # the fallback text is small by design; use all of it
     if windows < nsamples:
         raise DataError(
             f"calibration text {source!r} has {stream.numel()} tokens = {windows} windows of {seqlen}; "

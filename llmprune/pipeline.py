@@ -18,7 +18,7 @@ import torch
 import llmprune
 from llmprune.arch import ArchAdapter
 from llmprune.config import PruneSettings
-from llmprune.data import calibration_samples
+from llmprune.data import calibration_samples, resolve_calibration_source
 from llmprune.errors import ResumeError
 from llmprune.export import REPORT_FILE, check_output, save_pruned, work_dir
 from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_device, resolve_dtype, resolve_seqlen
@@ -105,6 +105,9 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
     dense_total = sum(p.numel() for p in model.parameters())
     calib = None
     if pruner_cls.needs_calibration:
+        settings.calib, warning = resolve_calibration_source(settings.calib)
+        if warning:
+            reporter.log(f"[yellow]warning:[/] {warning}")
         calib = calibration_samples(tokenizer, settings.calib, settings.nsamples, settings.seqlen, settings.seed)
     t_loaded = time.perf_counter()
 
@@ -145,7 +148,7 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
         "params_decoder_linear": kept_params if plan.kind == "structured" else nonzero,
         "params_total_dense": dense_total,
         "params_total": sum(p.numel() for p in model.parameters()),
-        "calibration": {"source": settings.calib, "nsamples": settings.nsamples, "seqlen": settings.seqlen}
+        "calibration": {"source": settings.calib, "nsamples": int(calib.shape[0]), "seqlen": settings.seqlen}
         if calib is not None else None,
         "time_load_s": t_loaded - t_start,
         "time_prune_s": t_pruned - t_loaded,

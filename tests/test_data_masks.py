@@ -176,3 +176,18 @@ def test_perplexity_matches_a_direct_computation_and_parameter_counts():
     counts = count_parameters(model, ArchAdapter.for_model(model))
     assert counts["params_decoder_linear"] == 2 * (64 * 16 * (4 + 2 + 2 + 4) + 3 * 64 * 96)
     assert counts["params_total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_auto_calibration_falls_back_to_the_builtin_text(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("hub unreachable")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    source, warning = data.resolve_calibration_source("auto")
+    assert source == "builtin" and "Domain-matched text" in warning
+    assert data.resolve_calibration_source("my.txt") == ("my.txt", None)
+    samples = data.calibration_samples(TOK, "builtin", nsamples=10**6, seqlen=512, seed=0)
+    assert 10 < samples.shape[0] < 10**6 and samples.shape[1] == 512  # capped at what the text holds
+    assert data.BUILTIN_PATH.stat().st_size > 300_000
