@@ -8,7 +8,7 @@ so an interrupted export never leaves a half-written OUT, and an existing OUT is
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 import shutil
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,13 @@ def check_output(output: Path, model_source: str, overwrite: bool) -> None:
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise OutputExistsError(f"cannot write to {parent} (read-only location)")
+    if not parent.is_dir():
+        raise OutputExistsError(f"cannot create {output}: {parent} is a file")
+    try:  # a real write probe: os.access says yes to root even on read-only filesystems
+        probe = Path(tempfile.mkdtemp(prefix=".llmprune-probe-", dir=parent))
+        probe.rmdir()
+    except OSError as err:
+        raise OutputExistsError(f"cannot write to {parent}: {err.strerror or err}") from err
 
 
 def staging_dir(output: Path) -> Path:

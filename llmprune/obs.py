@@ -28,8 +28,8 @@ def damped_cholesky_inverse(hessian: torch.Tensor, percdamp: float = 0.01, name:
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
             if int(info) == 0:
                 return U
-        damp *= 10.0
-    raise NumericalError(f"Hessian of {name or 'a module'} stays singular after damping up to {damp / 10:g}·mean(diag)")
+        last, damp = damp, max(damp * 10.0, 1e-4)
+    raise NumericalError(f"Hessian of {name or 'a module'} stays singular after damping up to {last:g}·mean(diag)")
 
 
 @torch.no_grad()

@@ -1,0 +1,165 @@
+"""Broken inputs, random option values, numerical guards and determinism (one-shot methods)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from conftest import SAMPLE_TEXT, folder_hash, save_tiny_model
+from llmprune.cli import app
+from llmprune.errors import NumericalError
+from llmprune.obs import damped_cholesky_inverse
+
+runner = CliRunner()
+SMALL = ["--seqlen", "32", "--nsamples", "4", "--batch-size", "4"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "tiny", "mistral")
+
+
+def _broken_copy(pristine: Path, tmp: Path, breaker) -> Path:
+    folder = tmp / "broken"
+    shutil.copytree(pristine, folder)
+    breaker(folder)
+    return folder
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+BROKEN_MODELS = {
+    "corrupt config": (lambda f: (f / "config.json").write_text("{not json"), 3, "cannot load model config"),
+    "config without model_type": (lambda f: (f / "config.json").write_text('{"hidden_size": 8}'), 3, "cannot load model config"),
+    "missing config": (lambda f: (f / "config.json").unlink(), 3, "no config.json"),
+    "truncated safetensors": (lambda f: _truncate(f / "model.safetensors"), 3, "cannot load model weights"),
+    "garbage safetensors": (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 64), 3, "cannot load model weights"),
+    "missing weights": (lambda f: (f / "model.safetensors").unlink(), 3, "cannot load model weights"),
+    "missing tokenizer": (lambda f: [(f / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")], 3, "tokenizer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_MODELS))
+def test_broken_model_folders(case, pristine, tmp_path):
+    breaker, code, message = BROKEN_MODELS[case]
+    folder = _broken_copy(pristine, tmp_path, breaker)
+    before = folder_hash(folder)
+    result = run("uniform", folder, "-o", tmp_path / "out", "--method", "wanda", "--calib", tmp_path / "c.txt", *SMALL)
+    assert result.exit_code == code, (case, result.output)
+    assert result.output.startswith("error:") and message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert folder_hash(folder) == before
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.llmprune-*"))
+
+
+BROKEN_CALIB = {
+    "empty": (b"", "0 windows"),
+    "too short": (b"just a few words", "windows of 32"),
+    "binary": (bytes(range(256)) * 8, "binary"),
+    "latin-1": ("caf\xe9 ".encode("latin-1") * 500, "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_CALIB))
+def test_broken_calibration_files(case, pristine, tmp_path):
+    content, message = BROKEN_CALIB[case]
+    calib = tmp_path / "calib.txt"
+    calib.write_bytes(content)
+    result = run("semi24", pristine, "-o", tmp_path / "out", "--method", "wanda", "--calib", calib, *SMALL)
+    assert result.exit_code == 5, result.output
+    assert message in result.output and result.output.startswith("error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_location(pristine, tmp_path):
+    result = run("uniform", pristine, "-o", "/proc/llmprune-test/out", "--method", "magnitude")
+    assert result.exit_code == 6 and result.output.startswith("error: cannot write to")
+
+
+def test_output_under_a_file(pristine, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("uniform", pristine, "-o", blocker / "sub" / "out", "--method", "magnitude")
+    assert result.exit_code == 6 and "is a file" in result.output
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sparsity=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["abc", "", "1e400", "-0"])),
+    nsamples=st.one_of(st.integers(-5, 3), st.just("many")),
+    seqlen=st.one_of(st.integers(-3, 1), st.integers(10_000, 10**9)),
+)
+def test_random_option_values_never_crash(pristine, tmp_path, sparsity, nsamples, seqlen):
+    """Out-of-range or malformed values: a clean non-zero exit (usage 2), never a traceback or output."""
+    out = tmp_path / "hyp-out"
+    result = run("uniform", pristine, "-o", out, "--method", "wanda", "--calib", tmp_path / "none.txt",
+                 "--sparsity", sparsity, "--nsamples", nsamples, "--seqlen", seqlen)
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+# ----- numerical guards -------------------------------------------------------------------------
+def test_singular_hessian_is_damped_progressively():
+    x = torch.randn(100, 1)
+    H = (x @ x.T)[:8, :8] * 0  # all-zero (dead) and rank-deficient
+    H[0, 0] = 1e-30
+    U = damped_cholesky_inverse(H)
+    assert torch.isfinite(U).all()
+    rank1 = torch.ones(16, 16)
+    assert torch.isfinite(damped_cholesky_inverse(rank1, percdamp=0.0)).all()
+
+
+def test_non_finite_hessian_names_the_module():
+    H = torch.eye(4)
+    H[1, 1] = math.nan
+    with pytest.raises(NumericalError, match="layers.3.mlp.down_proj.*float32"):
+        damped_cholesky_inverse(H, name="model.layers.3.mlp.down_proj")
+
+
+def test_overflowing_activations_are_reported_with_the_layer(pristine, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "overflow"
+    shutil.copytree(pristine, folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["model.layers.1.self_attn.o_proj.weight"].fill_(float("inf"))
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    calib = tmp_path / "calib.txt"
+    calib.write_text(SAMPLE_TEXT)
+    result = run("semi24", folder, "-o", tmp_path / "out", "--method", "wanda", "--calib", calib, *SMALL)
+    assert result.exit_code == 8, result.output
+    assert "non-finite activations" in result.output and "layer 1" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+# ----- determinism --------------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy,method", [("uniform", "wanda"), ("semi24", "sparsegpt")])
+def test_same_seed_gives_byte_identical_outputs(pristine, tmp_path, strategy, method):
+    calib = tmp_path / "calib.txt"
+    calib.write_text(SAMPLE_TEXT)
+    digests = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        result = run(strategy, pristine, "-o", out, "--method", method, "--calib", calib, "--sparsity",
+                     "0.5", *SMALL)
+        assert result.exit_code == 0, result.output
+        digests.append({f: hashlib.sha256((out / f).read_bytes()).hexdigest()
+                        for f in ("model.safetensors", "llmprune_plan.json", "config.json")})
+    assert digests[0] == digests[1]
