@@ -107,6 +107,8 @@ class ArchAdapter:
     def for_config(cls, config: Any) -> "ArchAdapter":
         """Pick the adapter for a config, or fail naming the supported families."""
         model_type = getattr(config, "model_type", None)
+        # Heterogeneous-width exports (llmprune.hetero) name the family they are built on.
+        model_type = getattr(config, "llmprune_base_model_type", None) or model_type
         for family in FAMILIES:
             if model_type in family.model_types:
                 return cls(family)
@@ -170,9 +172,13 @@ class ArchAdapter:
 
     def decoder_linear_params(self, model: nn.Module) -> int:
         """Parameters in decoder-layer linear weights (biases excluded, as in methods.md §0)."""
-        return sum(
-            lin.weight.numel() for layer in self.layers(model) for lin in self.linears(layer).values()
-        )
+        total = 0
+        for layer in self.layers(model):
+            for parent, child in _PATHS.values():
+                # A module pruned away entirely (surgery.NullAttention/NullMLP) has no projections.
+                lin = getattr(getattr(layer, parent), child, None)
+                total += lin.weight.numel() if lin is not None else 0
+        return total
 
     # ----- editing --------------------------------------------------------------------------
     def set_attention_heads(self, layer: nn.Module, num_heads: int, num_kv_heads: int) -> None:

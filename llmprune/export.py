@@ -126,6 +126,12 @@ def save_pruned(
             verified = verify_semi24(model, plan.semi24_targets)
             _write_json(staging / SPARSITY_FILE, sparsity_sidecar(plan, verified))
         config = config if config is not None else model.config
+        if plan.kind == "structured" and plan.layers and not plan.is_uniform:
+            # Heterogeneous widths: per-layer config + modeling file beside the weights.
+            from llmprune.hetero import hetero_config, write_modeling_file
+
+            config = hetero_config(config, plan)
+            write_modeling_file(staging, config)
         model.to(save_dtype)
         model.save_pretrained(staging, max_shard_size=max_shard_size)
         # The pruned config may differ from the in-memory one (new widths, or an equivalent

@@ -83,6 +83,9 @@ def load_config(name: str) -> Any:
     from transformers import AutoConfig
 
     quiet_transformers()
+    from llmprune.hetero import register_auto_classes
+
+    register_auto_classes()  # heterogeneous-width outputs of `llmprune global` load without remote code
     path = Path(name).expanduser()
     if _looks_local(name):
         if not path.exists():

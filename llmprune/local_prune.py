@@ -1,0 +1,189 @@
+"""Týr's local pruner for one module (``o`` with attention units, ``down`` with MLP channels).
+
+Work in the ``[in, out]`` orientation ``V = Wᵀ``: a unit is a set of rows of ``V`` (one input
+channel of ``down``; ``d_h`` rows per query head of ``o``, ``g·d_h`` rows per KV group). From the
+module's calibration inputs ``X``: ``H = XᵀX`` (float32, summed over tokens) and ``G = H·V_dense``
+(the target: the dense output). ``H`` is damped by ``percdamp·mean(diag H)`` for every inverse.
+
+Each round scores the alive units by a first-order term plus the OBS cost of removing the unit
+with optimal compensation of the others,
+
+    score_p = −⟨g_p, V_p⟩ + ½ tr(V_pᵀ [(H_AA⁻¹)_pp]⁻¹ V_p),   g = H_AA V_A − G_A,
+
+drops the lowest, and applies the joint OBS compensation to the remaining rows. After the last
+round the kept rows are refit exactly by least squares against the dense output:
+``V_K = (H_KK)⁻¹ G_K``. Everything is float32.
+
+Removing a column of ``o`` removes the matching rows of ``q`` (and ``k, v`` when a whole KV group
+goes); removing a column of ``down`` removes rows of ``gate`` and ``up``. Those rows are simply
+sliced (their outputs only feed the removed columns), so only ``o``/``down`` get new weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llmprune.errors import NumericalError
+
+#: Rounds of progressive pruning per module type (methods.md §3: MLP 16, heads 1).
+ROUNDS = {"o": 1, "down": 16}
+
+
+@dataclass
+class LocalResult:
+    """Kept unit indices (sorted) and the refit weight ``[out, in]`` in dense coordinates
+    (exact zeros in the columns of removed units)."""
+
+    kept: list[int]
+    weight: torch.Tensor
+
+
+def unit_rows(num_units: int, rows_per_unit: int) -> torch.Tensor:
+    """``[U, r]`` row indices of ``V`` for units made of consecutive rows."""
+    return torch.arange(num_units * rows_per_unit).view(num_units, rows_per_unit)
+
+
+def damped(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """``H + percdamp·mean(diag H)·I`` in float32; dead inputs (zero diagonal) get a unit diagonal."""
+    H = hessian.detach().float().clone()
+    if not torch.isfinite(H).all():
+        raise NumericalError("non-finite Hessian in the local pruner (use --dtype float32 or bfloat16)")
+    diag = torch.diagonal(H)
+    dead = diag == 0
+    diag[dead] = 1.0
+    if percdamp > 0:
+        diag += percdamp * diag.mean().clamp_min(1e-8)
+    return H
+
+
+def _inverse(H: torch.Tensor) -> torch.Tensor:
+    L, info = torch.linalg.cholesky_ex(H)
+    if int(info) != 0:
+        # Rare: fall back to a jittered solve so that a search never dies on one variant.
+        jitter = 1e-6 * torch.diagonal(H).mean().clamp_min(1e-8)
+        L = torch.linalg.cholesky(H + jitter * torch.eye(H.shape[0], dtype=H.dtype, device=H.device))
+    return torch.cholesky_inverse(L)
+
+
+def least_squares_refit(H: torch.Tensor, G: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``V_K = (H_KK)⁻¹ G_K`` for the kept rows ``rows`` (``H`` already damped)."""
+    if rows.numel() == 0:
+        return G.new_zeros(0, G.shape[1])
+    Hk = H.index_select(0, rows).index_select(1, rows)
+    Gk = G.index_select(0, rows)
+    L, info = torch.linalg.cholesky_ex(Hk)
+    if int(info) != 0:
+        return torch.linalg.lstsq(Hk, Gk).solution
+    return torch.cholesky_solve(Gk, L)
+
+
+def unit_scores(V: torch.Tensor, grad: torch.Tensor, Hinv: torch.Tensor, local_rows: torch.Tensor) -> torch.Tensor:
+    """First-order + OBS score of every unit (rows ``local_rows[u]`` of the alive block)."""
+    r = local_rows.shape[1]
+    Vp = V[local_rows]  # [U, r, out]
+    gp = grad[local_rows]
+    first = -(Vp * gp).sum(dim=(1, 2))
+    if r == 1:
+        obs = 0.5 * (Vp[:, 0] ** 2).sum(1) / Hinv[local_rows[:, 0], local_rows[:, 0]]
+    else:
+        blocks = Hinv[local_rows[:, :, None], local_rows[:, None, :]]  # [U, r, r]
+        L, info = torch.linalg.cholesky_ex(blocks)
+        sol = torch.cholesky_solve(Vp, L)  # [(H⁻¹)_pp]⁻¹ V_p
+        obs = 0.5 * (Vp * sol).sum(dim=(1, 2))
+    return first + obs
+
+
+def _select_lowest(scores: torch.Tensor, n: int, groups: list[list[int]] | None) -> list[int]:
+    """Positions of the ``n`` lowest scores; with ``groups``, the same number from each group."""
+    if groups is None:
+        order = torch.argsort(scores.double(), stable=True)
+        return order[:n].tolist()
+    per = n // len(groups)
+    chosen: list[int] = []
+    for members in groups:
+        sub = scores[members]
+        order = torch.argsort(sub.double(), stable=True)[:per].tolist()
+        chosen += [members[i] for i in order]
+    return chosen
+
+
+@torch.no_grad()
+def prune_module(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    rows: torch.Tensor,
+    keep: int,
+    rounds: int = 1,
+    percdamp: float = 0.01,
+    groups: list[list[int]] | None = None,
+    target: torch.Tensor | None = None,
+) -> LocalResult:
+    """Prune ``weight`` (``[out, in]``) to ``keep`` of its units and refit the kept inputs.
+
+    ``rows[u]`` lists the input columns of ``weight`` that form unit ``u``. ``groups`` (optional)
+    partitions the units into sets that must lose the same number of units each (query heads of
+    the KV groups). ``target`` is ``G = H·V_dense`` when it has been computed already.
+    """
+    W = weight.detach().float()
+    V_dense = W.t().contiguous()  # [in, out]
+    num_units = rows.shape[0]
+    keep = max(0, min(int(keep), num_units))
+    Hraw = hessian.detach().float()
+    G = target if target is not None else Hraw @ V_dense
+    H = damped(Hraw, percdamp)
+    if keep == num_units:
+        all_rows = rows.reshape(-1)
+        V = V_dense.clone()
+        V[all_rows] = least_squares_refit(H, G, all_rows)
+        return LocalResult(list(range(num_units)), V.t().contiguous())
+    if keep == 0:
+        return LocalResult([], torch.zeros_like(W))
+
+    alive = list(range(num_units))
+    V = V_dense.clone()
+    to_remove = num_units - keep
+    if groups is not None:
+        step = len(groups)
+        if to_remove % step or keep % step:
+            raise ValueError(f"query-head pruning needs counts divisible by {step} KV groups")
+    n_rounds = max(1, min(rounds, to_remove // (len(groups) if groups else 1)))
+    removed_so_far = 0
+    for r in range(n_rounds):
+        target_removed = round(to_remove * (r + 1) / n_rounds)
+        if groups is not None:
+            target_removed = (target_removed // len(groups)) * len(groups)
+            if r == n_rounds - 1:
+                target_removed = to_remove
+        n = target_removed - removed_so_far
+        if n <= 0:
+            continue
+        alive_rows = rows[alive].reshape(-1)
+        local = torch.arange(alive_rows.numel()).view(len(alive), rows.shape[1])
+        Haa = H.index_select(0, alive_rows).index_select(1, alive_rows)
+        Va = V.index_select(0, alive_rows)
+        grad = Haa @ Va - G.index_select(0, alive_rows)
+        Hinv = _inverse(Haa)
+        scores = unit_scores(Va, grad, Hinv, local)
+        alive_groups = None
+        if groups is not None:
+            pos = {u: i for i, u in enumerate(alive)}
+            alive_groups = [[pos[u] for u in members if u in pos] for members in groups]
+        drop_pos = sorted(_select_lowest(scores, n, alive_groups))
+        drop_local = local[drop_pos].reshape(-1)
+        # Joint OBS compensation: δV_A = −H⁻¹[:, P] (H⁻¹_PP)⁻¹ V_P
+        Hpp = Hinv.index_select(0, drop_local).index_select(1, drop_local)
+        coef = torch.linalg.solve(Hpp, Va.index_select(0, drop_local))
+        Va = Va - Hinv.index_select(1, drop_local) @ coef
+        Va[drop_local] = 0
+        V[alive_rows] = Va
+        dropped = {alive[p] for p in drop_pos}
+        alive = [u for u in alive if u not in dropped]
+        removed_so_far = target_removed
+    kept_rows = rows[alive].reshape(-1)
+    out = torch.zeros_like(V_dense)
+    out[kept_rows] = least_squares_refit(H, G, kept_rows)
+    if not torch.isfinite(out).all():
+        raise NumericalError("the local pruner's refit produced non-finite weights")
+    return LocalResult(alive, out.t().contiguous())

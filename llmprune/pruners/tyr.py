@@ -1,0 +1,260 @@
+"""``global --method tyr``: Týr-the-Pruner — supernet plus evolutionary search (methods.md §3).
+
+The driver: start from the uniform widths of the budget, then for each coarse-to-fine iteration
+(Δ = delta, delta/2, …) build a supernet centred on the current distribution (re-pruned from the
+dense weights, ``llmprune.supernet``), run the evolutionary search over it
+(``llmprune.search``), and centre the next iteration on the result. The final distribution is
+materialised from the last supernet: kept heads/KV heads/channels per layer and the refit
+``o_proj``/``down_proj`` weights (dense coordinates) as ``plan.weights``.
+
+Checkpoints (``ctx.work_dir``): ``search_state.pt`` after every generation (iteration, generation,
+parent, its fitness, RNG state, log), the dense top-k logits, and each iteration's supernet. With
+``--resume`` the run continues from the last finished generation and ends exactly where an
+uninterrupted run with the same seed would.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llmprune.errors import ResumeError, UsageError
+from llmprune.masks import uniform_widths
+from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
+from llmprune.pruners.base import CliOption, PruneContext, Pruner, register
+from llmprune.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
+from llmprune.supernet import KEYS, Supernet, SupernetSpec, module_types
+
+STATE_FILE = "search_state.pt"
+LOG_FILE = "tyr_search_log.json"
+PLOT_FILE = "tyr_kept_fraction.png"
+
+
+def _int_list(value: str | list[int] | tuple[int, ...], n: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, str):
+        try:
+            parts = tuple(int(p) for p in value.replace(" ", "").split(",") if p)
+        except ValueError as err:
+            raise ValueError(f"{name} must be {n} comma-separated integers, got {value!r}") from err
+    else:
+        parts = tuple(int(p) for p in value)
+    if len(parts) != n or min(parts) < 1:
+        raise ValueError(f"{name} must be {n} comma-separated positive integers, got {value!r}")
+    return parts
+
+
+class TyrOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    generations: int = Field(8, ge=0)
+    offspring: int = Field(16, ge=1)
+    select_tokens: str = "1024,2048,4096"
+    survivors: str = "4,2"
+    iterations: int = Field(4, ge=1, le=12)
+    delta: float = Field(0.125, gt=0.0, le=0.5)
+    budget_split: Literal["fixed", "free"] = "fixed"
+    topk_logits: int = Field(256, ge=1)
+    search_nsamples: int | None = Field(None, ge=1)
+    percdamp: float = Field(0.01, ge=0.0)
+
+    @field_validator("select_tokens")
+    @classmethod
+    def _tokens(cls, v: str) -> str:
+        parts = _int_list(v, 3, "--select-tokens")
+        if list(parts) != sorted(parts):
+            raise ValueError(f"--select-tokens must be increasing (small, medium, large), got {v!r}")
+        return v
+
+    @field_validator("survivors")
+    @classmethod
+    def _survivors(cls, v: str) -> str:
+        _int_list(v, 2, "--survivors")
+        return v
+
+
+@register
+class GlobalTyr(Pruner):
+    strategy: ClassVar[str] = "global"
+    method: ClassVar[str] = "tyr"
+    summary: ClassVar[str] = "Týr-the-Pruner: supernet of locally pruned variants + evolutionary search, coarse to fine"
+    needs_calibration: ClassVar[bool] = True
+    resumable: ClassVar[bool] = True
+    Options: ClassVar[type[BaseModel]] = TyrOptions
+    cli_options: ClassVar[tuple[CliOption, ...]] = (
+        CliOption("generations", int, 8, "Generations per coarse-to-fine iteration (paper: 50)."),
+        CliOption("offspring", int, 16, "Offspring per generation (paper: 128)."),
+        CliOption("select_tokens", str, "1024,2048,4096",
+                  "Calibration tokens of the three selection stages: small,medium,large (paper: 2K,16K,128K)."),
+        CliOption("survivors", str, "4,2", "Offspring kept after the small and the medium stage (paper: 16,4)."),
+        CliOption("iterations", int, 4, "Coarse-to-fine iterations; Δ halves each time."),
+        CliOption("delta", float, 0.125, "Initial step Δ as a fraction of each module's units (at least one unit)."),
+        CliOption("budget_split", str, "fixed",
+                  "fixed: attention and MLP keep their uniform parameter shares; free: the search may move parameters between them."),
+        CliOption("topk_logits", int, 256, "Dense top-k logits cached per token for the KL fitness (paper: up to 8192)."),
+        CliOption("search_nsamples", int, None,
+                  "Calibration sequences used by the search (default: all --nsamples); the supernet always uses all."),
+        CliOption("percdamp", float, 0.01, "Hessian damping of the local pruner, as a fraction of mean(diag H)."),
+    )
+
+    def search_config(self) -> SearchConfig:
+        o = self.options
+        return SearchConfig(
+            generations=o.generations, offspring=o.offspring,
+            select_tokens=_int_list(o.select_tokens, 3, "--select-tokens"),
+            survivors=_int_list(o.survivors, 2, "--survivors"), budget_split=o.budget_split,
+        )
+
+    # ----------------------------------------------------------------------------------------
+    def prune(self, ctx: PruneContext) -> PrunePlan:
+        s, o = ctx.settings, self.options
+        if ctx.calib is None:
+            raise UsageError("global --method tyr needs calibration text (--calib)")
+        model, adapter = ctx.model, ctx.adapter
+        geom = adapter.geometry(model)
+        types = module_types(geom, s.attn_unit)
+        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit)
+        n_layers = geom.num_layers
+        config = self.search_config()
+        work = Path(ctx.work_dir)
+        state_path = work / STATE_FILE
+
+        gen = torch.Generator().manual_seed(s.seed)
+        state: IterationState | None = None
+        if s.resume and state_path.is_file():
+            try:
+                state = IterationState.load(state_path)
+            except Exception as err:  # a truncated checkpoint is not resumable
+                raise ResumeError(f"--resume: cannot read {state_path}: {err}") from err
+            gen.set_state(state.rng)
+            ctx.progress.log(f"resuming global tyr at iteration {state.iteration + 1}, "
+                             f"generation {state.generation}")
+        pool = ctx.calib if o.search_nsamples is None else ctx.calib[: o.search_nsamples]
+        t0 = time.perf_counter()
+        evaluator = Evaluator(model, adapter, pool, o.topk_logits, ctx.device, s.batch_size,
+                              cache=work / "dense_topk.pt")
+        dense_topk_seconds = time.perf_counter() - t0
+        centers = {"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers}
+        supernet = None
+        it = state.iteration if state is not None else 0
+        while it < o.iterations:
+            delta = o.delta / 2**it
+            if state is None or state.iteration != it:
+                prev = state
+                state = IterationState(
+                    iteration=it, generation=0, parent=(0,) * (2 * n_layers), parent_fitness=None,
+                    centers=centers, rng=gen.get_state(), log=prev.log if prev else [],
+                    supernet_seconds=prev.supernet_seconds if prev else 0.0,
+                    search_seconds=prev.search_seconds if prev else 0.0,
+                )
+                state.save(state_path)
+            spec = SupernetSpec(centers=state.centers, steps={k: types[k].step(delta) for k in KEYS}, delta=delta)
+            supernet = Supernet(work / "supernet" / f"iter{it}", spec, types, n_layers)
+            if not supernet.complete():
+                evaluator.restore_dense()
+                t1 = time.perf_counter()
+                task = ctx.progress.task(f"supernet {it + 1}/{o.iterations} Δ={delta:.4g}", total=n_layers)
+                supernet.build(model, adapter, ctx.calib, ctx.device, s.batch_size, o.percdamp, progress=task)
+                state.supernet_seconds += time.perf_counter() - t1
+                state.save(state_path)
+            space = SearchSpace.from_supernet(supernet)
+            task = ctx.progress.task(f"search {it + 1}/{o.iterations} Δ={delta:.4g}", total=config.generations)
+            task.advance(state.generation)
+
+            def on_generation(record, task=task) -> None:
+                task.advance()
+                task.info(best_kl=record.best_fitness)
+
+            state = run_generations(space, supernet, evaluator, config, state, gen, delta,
+                                    checkpoint=lambda st: st.save(state_path), on_generation=on_generation)
+            kept = space.kept_map(state.parent)
+            centers = {key: [kept[(i, key)] for i in range(n_layers)] for key in KEYS}
+            if it > 0:
+                shutil.rmtree(work / "supernet" / f"iter{it - 1}", ignore_errors=True)
+            it += 1
+
+        assert supernet is not None and state is not None
+        plan = self.materialize(ctx, supernet, space.kept_map(state.parent), geom)
+        evaluator.restore_dense()
+        supernet.close()
+        self.outputs(ctx, plan, state, geom, k_attn, k_mlp, dense_topk_seconds)
+        return plan
+
+    # ----------------------------------------------------------------------------------------
+    def materialize(self, ctx: PruneContext, supernet: Supernet, kept: dict[tuple[int, str], int], geom) -> PrunePlan:
+        """Plan with each layer's kept units and the refit o/down weights (dense coordinates)."""
+        s = ctx.settings
+        plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
+        for i in range(geom.num_layers):
+            w_o, units_o = supernet.load(i, "o", kept[(i, "o")])
+            w_d, units_d = supernet.load(i, "down", kept[(i, "down")])
+            heads, kv_heads = units_to_heads(units_o, geom, s.attn_unit)
+            plan.layers[i] = LayerPlan(index=i, heads=heads, kv_heads=kv_heads, channels=sorted(units_d))
+            if heads:
+                plan.weights[ctx.adapter.linear_name(i, "o")] = w_o
+            if units_d:
+                plan.weights[ctx.adapter.linear_name(i, "down")] = w_d
+        return plan
+
+    def outputs(self, ctx: PruneContext, plan: PrunePlan, state: IterationState, geom, k_attn: int, k_mlp: int,
+                dense_topk_seconds: float) -> None:
+        attn_total = geom.num_heads
+        attn = [len(lp.heads) / attn_total for lp in plan.layers]
+        mlp = [len(lp.channels) / geom.intermediate_size for lp in plan.layers]
+        start = next((r["best_fitness"] for r in state.log if r["generation"] == 0 and r["iteration"] == 0), None)
+        log = {
+            "options": self.options.model_dump(mode="json"),
+            "uniform_start": {"attn_units": k_attn, "mlp_channels": k_mlp, "fitness": start},
+            "final_fitness": state.parent_fitness,
+            "kept_fraction": {"attention": attn, "mlp": mlp},
+            "generations": state.log,
+        }
+        files = ctx.extras.setdefault("files", {})
+        files[LOG_FILE] = log
+        plot = plot_kept_fraction(Path(ctx.work_dir) / PLOT_FILE, attn, mlp, k_attn / geom.attn_unit_count(plan.attn_unit),
+                                  k_mlp / geom.intermediate_size, ctx.settings.sparsity)
+        if plot is not None:
+            files[PLOT_FILE] = plot
+        ctx.extras.setdefault("report", {}).update({
+            "time_supernet_s": state.supernet_seconds,
+            "time_search_s": state.search_seconds,
+            "time_dense_topk_s": dense_topk_seconds,
+            "search_start_fitness": start,
+            "search_final_fitness": state.parent_fitness,
+            "kept_fraction_attention": attn,
+            "kept_fraction_mlp": mlp,
+        })
+
+
+def plot_kept_fraction(path: Path, attn: list[float], mlp: list[float], uni_attn: float, uni_mlp: float,
+                       sparsity: float, title: str | None = None) -> Path | None:
+    """Bar chart of per-layer kept fraction (attention, MLP) against the uniform widths."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        return None
+    n = len(attn)
+    x = torch.arange(n).numpy()
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * n + 2), 3.6))
+    ax.bar(x - 0.2, attn, width=0.4, label="attention (query heads kept)")
+    ax.bar(x + 0.2, mlp, width=0.4, label="MLP (channels kept)")
+    ax.axhline(uni_attn, color="C0", ls="--", lw=1, label="uniform attention")
+    ax.axhline(uni_mlp, color="C1", ls=":", lw=1, label="uniform MLP")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("kept fraction")
+    ax.set_ylim(0, 1.05)
+    ax.set_xticks(x)
+    ax.set_title(title or f"Týr global pruning, {sparsity:.0%} sparsity: kept fraction per layer")
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
