@@ -422,11 +422,11 @@ class MinimaxPruner(Pruner):
                         y_layer.copy_(torch.clamp(y_layer + o.dual_lr * layer_viol, min=0.0))
 
                 rec = {
-                    "step": step + 1, "loss": float(loss), "kl": float(kl), "lm": float(lm),
-                    "s_attn": float(sa), "s_mlp": float(sf),
+                    "step": step + 1, "loss": float(loss.detach()), "kl": float(kl.detach()), "lm": float(lm.detach()),
+                    "s_attn": float(sa.detach()), "s_mlp": float(sf.detach()),
                     "k_attn": int(frozen["k_a"]) if frozen else int(round(float(sa))),
                     "k_mlp": int(frozen["k_f"]) if frozen else int(round(float(sf))),
-                    "params_fraction": float(frac), "budget": target(step), "violation": violation,
+                    "params_fraction": float(frac.detach() if torch.is_tensor(frac) else frac), "budget": target(step), "violation": violation,
                     "y_resource": float(y_res), "y_layer_attn": float(y_layer[0].mean()),
                     "y_layer_mlp": float(y_layer[1].mean()),
                     "layer_violation_attn": float(layer_viol[0].mean()), "layer_violation_mlp": float(layer_viol[1].mean()),
