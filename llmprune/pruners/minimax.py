@@ -424,8 +424,8 @@ class MinimaxPruner(Pruner):
                 rec = {
                     "step": step + 1, "loss": float(loss.detach()), "kl": float(kl.detach()), "lm": float(lm.detach()),
                     "s_attn": float(sa.detach()), "s_mlp": float(sf.detach()),
-                    "k_attn": int(frozen["k_a"]) if frozen else int(round(float(sa))),
-                    "k_mlp": int(frozen["k_f"]) if frozen else int(round(float(sf))),
+                    "k_attn": int(frozen["k_a"]) if frozen else int(round(float(sa.detach()))),
+                    "k_mlp": int(frozen["k_f"]) if frozen else int(round(float(sf.detach()))),
                     "params_fraction": float(frac.detach() if torch.is_tensor(frac) else frac), "budget": target(step), "violation": violation,
                     "y_resource": float(y_res), "y_layer_attn": float(y_layer[0].mean()),
                     "y_layer_mlp": float(y_layer[1].mean()),
