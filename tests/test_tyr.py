@@ -1,0 +1,246 @@
+"""Týr-the-Pruner (global --method tyr): local pruner, supernet, search, resume."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
+from llmprune.arch import ArchAdapter
+from llmprune.config import PruneSettings
+from llmprune.data import calibration_samples
+from llmprune.local_prune import least_squares_refit, prune_module, unit_rows
+from llmprune.masks import uniform_widths
+from llmprune.progress import Reporter
+from llmprune.pruners.base import PruneContext
+from llmprune.pruners.tyr import GlobalTyr
+from llmprune.search import SearchSpace, cross_ratio, mutate
+from llmprune.supernet import LEVELS, Supernet, SupernetSpec, expectation_weights, level_values, module_types
+
+
+def _problem(n_in=48, n_out=20, tokens=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(tokens, n_in, generator=g) @ torch.randn(n_in, n_in, generator=g) * 0.3
+    W = torch.randn(n_out, n_in, generator=g)
+    return X, W, X.t() @ X
+
+
+# ----- local pruner -----------------------------------------------------------------------------
+def test_refit_equals_least_squares_solution():
+    X, W, H = _problem()
+    rows = unit_rows(12, 4)
+    result = prune_module(W, H, rows, keep=7, rounds=3, percdamp=0.0)
+    kept_cols = rows[result.kept].reshape(-1)
+    # Least squares against the dense output: min ||X W^T - X_K V_K||.
+    expected = torch.linalg.lstsq(X[:, kept_cols].double(), (X @ W.t()).double()).solution.t().float()
+    torch.testing.assert_close(result.weight[:, kept_cols], expected, atol=2e-4, rtol=2e-4)
+    # Same via the closed form used by the supernet.
+    refit = least_squares_refit(H, H @ W.t(), kept_cols).t()
+    torch.testing.assert_close(result.weight[:, kept_cols], refit, atol=1e-5, rtol=1e-5)
+    assert result.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("rounds", [1, 4, 16])
+def test_removed_units_are_exactly_zero_and_counts_right(rounds):
+    X, W, H = _problem(n_in=40)
+    rows = unit_rows(40, 1)
+    for keep in (0, 1, 13, 39, 40):
+        result = prune_module(W, H, rows, keep=keep, rounds=rounds)
+        assert len(result.kept) == keep and result.kept == sorted(set(result.kept))
+        removed = [u for u in range(40) if u not in result.kept]
+        assert torch.all(result.weight[:, removed] == 0)
+        if keep:
+            assert torch.all(result.weight[:, result.kept].abs().sum(0) > 0)
+
+
+def test_query_head_units_stay_balanced_across_kv_groups():
+    X, W, H = _problem(n_in=8 * 4)
+    rows = unit_rows(8, 4)  # 8 query heads of 4 rows; 4 KV groups of 2 heads
+    groups = [[2 * j, 2 * j + 1] for j in range(4)]
+    result = prune_module(W, H, rows, keep=4, groups=groups)
+    assert [sum(h in result.kept for h in grp) for grp in groups] == [1, 1, 1, 1]
+    with pytest.raises(ValueError):
+        prune_module(W, H, rows, keep=5, groups=groups)
+
+
+def test_obs_rounds_pick_the_least_damaging_unit():
+    # One input is a near-copy of another: removing it costs almost nothing after compensation.
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(500, 6, generator=g)
+    X[:, 5] = X[:, 0] + 1e-3 * torch.randn(500, generator=g)
+    W = torch.randn(3, 6, generator=g) + 3.0
+    result = prune_module(W, X.t() @ X, unit_rows(6, 1), keep=5, percdamp=0.0)
+    assert 0 not in result.kept or 5 not in result.kept
+
+
+# ----- supernet ---------------------------------------------------------------------------------
+def test_level_values_and_steps():
+    assert level_values(384, 96, 768) == [0, 96, 192, 288, 384, 480, 576, 672, 768]
+    assert level_values(525, 96, 768) == [141, 237, 333, 429, 525, 621, 717, 768, 768]
+    assert level_values(2, 1, 4) == [0, 0, 0, 1, 2, 3, 4, 4, 4]
+    model = make_tiny_model("llama")
+    geom = ArchAdapter.for_model(model).geometry(model)
+    types = module_types(geom, "group")
+    assert types["o"].units == 2 and types["down"].units == 96
+    assert types["down"].step(0.125) == 12 and types["down"].step(0.015625) == 2 and types["o"].step(0.125) == 1
+    q = module_types(geom, "query")["o"]
+    assert q.units == 4 and q.step(0.125) == 2 and q.step(0.9) == 4  # one head per KV group at least
+
+
+def test_expectation_weights_sum_to_one_and_favour_denser_variants():
+    w = expectation_weights([0, 10, 20, 40], 40)
+    assert float(w.sum()) == pytest.approx(1.0)
+    assert w[0] == 0 and torch.all(w[1:] > 0) and torch.all(w[1:] > w[:-1])
+    torch.testing.assert_close(w[3] / w[1], torch.tensor(4.0))
+    assert torch.all(expectation_weights([0], 5) == 0)
+
+
+def _ctx(tmp_path: Path, model, sparsity=0.4, nsamples=6, seqlen=32, resume=False, seed=0, **options):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    text = tmp_path / "calib.txt"
+    text.write_text(SAMPLE_TEXT)
+    tok = tiny_tokenizer(model.config.vocab_size)
+    settings = PruneSettings(strategy="global", method="tyr", model="tiny", output=tmp_path / "out", sparsity=sparsity,
+                             calib=str(text), nsamples=nsamples, seqlen=seqlen, seed=seed, resume=resume,
+                             method_options=options)
+    calib = calibration_samples(tok, str(text), nsamples, seqlen, seed)
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return PruneContext(model=model, adapter=ArchAdapter.for_model(model), tokenizer=tok, calib=calib,
+                        settings=settings, device=torch.device("cpu"), work_dir=work, progress=Reporter(enabled=False))
+
+
+@pytest.mark.parametrize("attn_unit", ["group", "query"])
+def test_supernet_levels_have_the_right_counts(tmp_path, attn_unit):
+    model = make_tiny_model("qwen2", num_hidden_layers=2)
+    ctx = _ctx(tmp_path, model)
+    adapter = ctx.adapter
+    geom = adapter.geometry(model)
+    types = module_types(geom, attn_unit)
+    dense = copy.deepcopy(model.state_dict())
+    centers = {"o": [types["o"].units // 2, types["o"].units], "down": [50, 90]}
+    spec = SupernetSpec(centers, {"o": types["o"].granularity, "down": 12}, 0.125)
+    net = Supernet(tmp_path / "net", spec, types, 2)
+    net.build(model, adapter, ctx.calib, ctx.device, batch_size=4)
+    assert net.complete()
+    for key, v in model.state_dict().items():  # building leaves the model dense
+        assert torch.equal(v, dense[key]), key
+    assert net.levels("down", 0) == [2, 14, 26, 38, 50, 62, 74, 86, 96]
+    for i in range(2):
+        for key in ("o", "down"):
+            for kept in set(net.levels(key, i)):
+                weight, units = net.load(i, key, kept)
+                assert len(units) == kept
+                rows = types[key].rows
+                removed = rows[[u for u in range(types[key].units) if u not in units]].reshape(-1)
+                assert torch.all(weight[:, removed] == 0)
+                if attn_unit == "query" and key == "o":
+                    assert len({sum(1 for u in units if u // geom.group_size == j)
+                                for j in range(geom.num_kv_heads)}) == 1
+
+
+# ----- search -----------------------------------------------------------------------------------
+def _space(n_layers=6, attn_units=4, channels=768, hidden=256, head_dim=32, kv=4, heads=8, centers=None, delta=0.125):
+    from llmprune.arch import Geometry
+
+    geom = Geometry(hidden, heads, kv, head_dim, channels, n_layers)
+    types = module_types(geom, "group")
+    k_attn, k_mlp = uniform_widths(geom, 0.3, "group")
+    centers = centers or {"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers}
+    spec = SupernetSpec(centers, {k: types[k].step(delta) for k in ("o", "down")}, delta)
+    net = Supernet(Path("/nonexistent"), spec, types, n_layers)
+    return SearchSpace.from_supernet(net), spec
+
+
+@pytest.mark.parametrize("delta", [0.125, 0.0625, 0.03125, 0.015625])
+def test_every_mutation_preserves_the_budget_exactly(delta):
+    space, spec = _space(delta=delta, centers={"o": [3, 2, 4, 1, 3, 0], "down": [525, 700, 100, 768, 30, 400]})
+    gen = torch.Generator().manual_seed(0)
+    parent = (0,) * len(space.modules)
+    budget = space.total_params(parent)
+    per_type = {k: space.type_params(parent, k) for k in ("o", "down")}
+    state = parent
+    for n in range(400):
+        child = mutate(space, state, gen, None)
+        assert space.total_params(child) == budget
+        assert {k: space.type_params(child, k) for k in ("o", "down")} == per_type
+        assert all(LEVELS[0] <= k <= LEVELS[-1] for k in child)
+        state = child if n % 3 else state  # random walk, too
+    assert state != parent
+
+
+def test_free_budget_split_moves_parameters_between_types_exactly():
+    space, spec = _space()
+    ratio = cross_ratio(space, spec.steps)
+    assert ratio == (3, 2)  # 3 KV groups (3·49152) = 2 MLP steps of 96 channels (2·96·768)
+    gen = torch.Generator().manual_seed(0)
+    parent = (0,) * len(space.modules)
+    budget = space.total_params(parent)
+    attn_shares = set()
+    state = parent
+    for _ in range(300):
+        state = mutate(space, state, gen, ratio)
+        assert space.total_params(state) == budget
+        attn_shares.add(space.type_params(state, "o"))
+    assert len(attn_shares) > 1
+
+
+# ----- end to end -------------------------------------------------------------------------------
+SMALL = dict(generations=2, offspring=4, select_tokens="32,64,128", survivors="2,1", iterations=2, topk_logits=50)
+
+
+def test_plan_is_consistent_with_the_budget_and_weights(tmp_path):
+    model = make_tiny_model("llama", num_hidden_layers=3)
+    dense = copy.deepcopy(model)
+    ctx = _ctx(tmp_path, model, **SMALL)
+    plan = GlobalTyr(SMALL).prune(ctx)
+    geom = ctx.adapter.geometry(model)
+    k_attn, k_mlp = uniform_widths(geom, 0.4, "group")
+    kept = sum(geom.layer_linear_params(len(lp.heads), len(lp.kv_heads), len(lp.channels)) for lp in plan.layers)
+    assert kept == geom.num_layers * geom.layer_linear_params(k_attn * geom.group_size, k_attn, k_mlp)
+    for key, v in model.state_dict().items():  # the model is handed back dense
+        assert torch.equal(v, dense.state_dict()[key]), key
+    for lp in plan.layers:
+        name = ctx.adapter.linear_name(lp.index, "down")
+        if lp.channels:
+            w = plan.weights[name]
+            removed = [c for c in range(geom.intermediate_size) if c not in lp.channels]
+            assert torch.all(w[:, removed] == 0)
+    log = ctx.extras["files"]["tyr_search_log.json"]
+    fits = [r["best_fitness"] for r in log["generations"] if r["iteration"] == 0]
+    assert len(fits) == SMALL["generations"] + 1 and fits == sorted(fits, reverse=True)
+    assert Path(ctx.extras["files"]["tyr_kept_fraction.png"]).is_file()
+    assert ctx.extras["report"]["time_supernet_s"] > 0
+
+
+@pytest.mark.parametrize("stop_after", [4, 9])  # saves: mid first iteration / mid second iteration
+def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop_after):
+    import llmprune.search as search_mod
+
+    options = dict(SMALL, generations=3, budget_split="free")
+    straight = GlobalTyr(options).prune(_ctx(tmp_path / "a", make_tiny_model("llama", num_hidden_layers=3), **options))
+
+    calls = {"n": 0}
+    original = search_mod.IterationState.save
+
+    def interrupting_save(self, path):
+        original(self, path)
+        calls["n"] += 1
+        if calls["n"] == stop_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_mod.IterationState, "save", interrupting_save)
+    with pytest.raises(KeyboardInterrupt):
+        GlobalTyr(options).prune(_ctx(tmp_path / "b", make_tiny_model("llama", num_hidden_layers=3), **options))
+    monkeypatch.setattr(search_mod.IterationState, "save", original)
+    resumed_ctx = _ctx(tmp_path / "b", make_tiny_model("llama", num_hidden_layers=3), resume=True, **options)
+    resumed = GlobalTyr(options).prune(resumed_ctx)
+    assert [lp.model_dump() for lp in resumed.layers] == [lp.model_dump() for lp in straight.layers]
+    assert resumed.weights.keys() == straight.weights.keys()
+    for name in straight.weights:
+        torch.testing.assert_close(resumed.weights[name], straight.weights[name], atol=1e-6, rtol=0)
+    log = resumed_ctx.extras["files"]["tyr_search_log.json"]["generations"]
+    assert len(log) == options["iterations"] * (options["generations"] + 1)
