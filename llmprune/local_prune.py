@@ -21,6 +21,7 @@ sliced (their outputs only feed the removed columns), so only ``o``/``down`` get
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -126,39 +127,79 @@ def prune_module(
     partitions the units into sets that must lose the same number of units each (query heads of
     the KV groups). ``target`` is ``G = H·V_dense`` when it has been computed already.
     """
+    return prune_module_levels(weight, hessian, rows, [keep], rounds, percdamp, groups, target)[int(keep)]
+
+
+def _schedule(num_units: int, keeps: list[int], rounds: int, granule: int) -> list[int]:
+    """Unit counts after each round of one progressive sweep from dense to the sparsest level.
+
+    Rounds remove at most ``(num_units − sparsest) / rounds`` units each (so one level alone gets
+    exactly ``rounds`` rounds, as methods.md §3 asks), and every level is a round boundary.
+    """
+    pruned = sorted({k for k in keeps if k < num_units}, reverse=True)
+    if not pruned:
+        return []
+    size = max(granule, (num_units - pruned[-1]) / max(1, rounds))
+    counts: list[int] = []
+    prev = num_units
+    for level in pruned:
+        n = max(1, math.ceil((prev - level) / size - 1e-9))
+        for r in range(1, n + 1):
+            counts.append(prev - round((prev - level) * r / n / granule) * granule)
+        counts[-1] = level
+        prev = level
+    return [c for i, c in enumerate(counts) if i == 0 or c != counts[i - 1]]
+
+
+@torch.no_grad()
+def prune_module_levels(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    rows: torch.Tensor,
+    keeps: list[int],
+    rounds: int = 1,
+    percdamp: float = 0.01,
+    groups: list[list[int]] | None = None,
+    target: torch.Tensor | None = None,
+) -> dict[int, LocalResult]:
+    """Several levels of one module in a single progressive sweep (nested kept sets).
+
+    Each round removes at most 1/``rounds`` of the way from dense to the sparsest level, every
+    level is a round boundary, and each level is refit exactly by least squares on its own kept
+    rows. A single level gets exactly ``rounds`` rounds.
+    """
     W = weight.detach().float()
     V_dense = W.t().contiguous()  # [in, out]
     num_units = rows.shape[0]
-    keep = max(0, min(int(keep), num_units))
+    keeps = [max(0, min(int(k), num_units)) for k in keeps]
     Hraw = hessian.detach().float()
     G = target if target is not None else Hraw @ V_dense
     H = damped(Hraw, percdamp)
-    if keep == num_units:
-        all_rows = rows.reshape(-1)
-        V = V_dense.clone()
-        V[all_rows] = least_squares_refit(H, G, all_rows)
-        return LocalResult(list(range(num_units)), V.t().contiguous())
-    if keep == 0:
-        return LocalResult([], torch.zeros_like(W))
+    granule = len(groups) if groups is not None else 1
+    if groups is not None and any(k % granule for k in keeps):
+        raise ValueError(f"query-head pruning needs counts divisible by {granule} KV groups")
+    results: dict[int, LocalResult] = {}
+
+    def finish(alive: list[int]) -> LocalResult:
+        if not alive:
+            return LocalResult([], torch.zeros_like(W))
+        kept_rows = rows[alive].reshape(-1)
+        out = torch.zeros_like(V_dense)
+        out[kept_rows] = least_squares_refit(H, G, kept_rows)
+        if not torch.isfinite(out).all():
+            raise NumericalError("the local pruner's refit produced non-finite weights")
+        return LocalResult(list(alive), out.t().contiguous())
 
     alive = list(range(num_units))
+    if num_units in keeps:
+        results[num_units] = finish(alive)
+    wanted = set(keeps)
     V = V_dense.clone()
-    to_remove = num_units - keep
-    if groups is not None:
-        step = len(groups)
-        if to_remove % step or keep % step:
-            raise ValueError(f"query-head pruning needs counts divisible by {step} KV groups")
-    n_rounds = max(1, min(rounds, to_remove // (len(groups) if groups else 1)))
-    removed_so_far = 0
-    for r in range(n_rounds):
-        target_removed = round(to_remove * (r + 1) / n_rounds)
-        if groups is not None:
-            target_removed = (target_removed // len(groups)) * len(groups)
-            if r == n_rounds - 1:
-                target_removed = to_remove
-        n = target_removed - removed_so_far
-        if n <= 0:
-            continue
+    for count in _schedule(num_units, keeps, rounds, granule):
+        if count == 0:
+            results[0] = finish([])
+            break
+        n = len(alive) - count
         alive_rows = rows[alive].reshape(-1)
         local = torch.arange(alive_rows.numel()).view(len(alive), rows.shape[1])
         Haa = H.index_select(0, alive_rows).index_select(1, alive_rows)
@@ -180,10 +221,6 @@ def prune_module(
         V[alive_rows] = Va
         dropped = {alive[p] for p in drop_pos}
         alive = [u for u in alive if u not in dropped]
-        removed_so_far = target_removed
-    kept_rows = rows[alive].reshape(-1)
-    out = torch.zeros_like(V_dense)
-    out[kept_rows] = least_squares_refit(H, G, kept_rows)
-    if not torch.isfinite(out).all():
-        raise NumericalError("the local pruner's refit produced non-finite weights")
-    return LocalResult(alive, out.t().contiguous())
+        if count in wanted:
+            results[count] = finish(alive)
+    return results

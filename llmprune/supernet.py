@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.capture import LayerwiseRunner
-from llmprune.local_prune import ROUNDS, prune_module, unit_rows
+from llmprune.local_prune import ROUNDS, prune_module_levels, unit_rows
 from llmprune.masks import attn_params_kept
 
 #: Level offsets k of a supernet (methods.md §3: center ± kΔ, k = −4..4). Positive = denser.
@@ -181,9 +181,10 @@ class Supernet:
                 kept_values = sorted(set(self.levels(key, i)))
                 weights = expectation_weights(kept_values, mtype.units)
                 avg = torch.zeros_like(W)
+                results = prune_module_levels(W, H, mtype.rows, kept_values, rounds=ROUNDS[key],
+                                              percdamp=percdamp, groups=mtype.groups, target=G)
                 for kept, w in zip(kept_values, weights):
-                    result = prune_module(W, H, mtype.rows, kept, rounds=ROUNDS[key], percdamp=percdamp,
-                                          groups=mtype.groups, target=G)
+                    result = results[kept]
                     tensors[f"{key}.{kept}.weight"] = result.weight.cpu().contiguous()
                     tensors[f"{key}.{kept}.units"] = torch.tensor(result.kept, dtype=torch.int64)
                     avg += w * result.weight
