@@ -10,8 +10,11 @@ layer sits on the compute device, so peak device memory is one layer plus one ba
 
 from __future__ import annotations
 
+import itertools
+import shutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -40,11 +43,60 @@ class _StopForward(Exception):
     pass
 
 
+class ActivationStore:
+    """Hidden states of the calibration batches, in memory or offloaded to disk (``--offload-dir``).
+
+    Behaves like the list it replaces: ``append``, iteration, indexing and ``len``.
+    """
+
+    _ids = itertools.count()
+
+    def __init__(self, offload_dir: Path | None = None) -> None:
+        self.folder = None if offload_dir is None else Path(offload_dir) / f"activations-{next(self._ids)}"
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self._items: list[torch.Tensor | Path] = []
+
+    def append(self, tensor: torch.Tensor) -> None:
+        if self.folder is None:
+            self._items.append(tensor)
+            return
+        path = self.folder / f"batch-{len(self._items):05d}.pt"
+        torch.save(tensor.contiguous(), path)
+        self._items.append(path)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        item = self._items[index]
+        return torch.load(item, weights_only=True) if isinstance(item, Path) else item
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self[i] for i in range(len(self._items)))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def release(self) -> None:
+        """Delete offloaded files (the store is empty afterwards)."""
+        self._items = []
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _cast(value: Any, dtype: torch.dtype | None) -> Any:
+    if dtype is None:
+        return value
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    if isinstance(value, tuple):
+        return tuple(_cast(v, dtype) for v in value)
+    return value
+
+
 @dataclass
 class LayerInputs:
     """Captured inputs of the current layer: hidden states per batch plus shared kwargs."""
 
-    hidden: list[torch.Tensor]
+    hidden: ActivationStore
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,15 +110,25 @@ def _to(value: Any, device: torch.device) -> Any:
 
 @torch.no_grad()
 def capture_first_layer_inputs(
-    model: nn.Module, adapter: ArchAdapter, tokens: torch.Tensor, batch_size: int, device: torch.device
+    model: nn.Module,
+    adapter: ArchAdapter,
+    tokens: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    compute_dtype: torch.dtype | None = None,
+    offload_dir: Path | None = None,
 ) -> LayerInputs:
-    """Run embeddings only and capture what layer 0 receives (hidden states and kwargs)."""
+    """Run embeddings only and capture what layer 0 receives (hidden states and kwargs).
+
+    The embeddings run where they live (``device`` is where the model's first parameters are);
+    captured tensors are kept on CPU (or on disk) in ``compute_dtype``.
+    """
     layer0 = adapter.layers(model)[0]
-    captured = LayerInputs(hidden=[])
+    captured = LayerInputs(hidden=ActivationStore(offload_dir))
 
     def hook(_module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        captured.hidden.append(hidden.detach().to("cpu"))
+        captured.hidden.append(_cast(hidden.detach().to("cpu"), compute_dtype))
         if not captured.kwargs:
             captured.kwargs = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values")}
             captured.kwargs["use_cache"] = False
@@ -81,7 +143,7 @@ def capture_first_layer_inputs(
                 pass
     finally:
         handle.remove()
-    captured.kwargs = {k: _to(v, torch.device("cpu")) for k, v in captured.kwargs.items()}
+    captured.kwargs = {k: _cast(_to(v, torch.device("cpu")), compute_dtype) for k, v in captured.kwargs.items()}
     return captured
 
 
@@ -90,7 +152,12 @@ def _layer_output(out: Any) -> torch.Tensor:
 
 
 class LayerwiseRunner:
-    """Walks the decoder layer by layer with captured calibration activations."""
+    """Walks the decoder layer by layer with captured calibration activations.
+
+    With ``compute_dtype``, ``run`` casts each layer to it while the layer is processed (so a
+    bf16 model kept on CPU is pruned in float32 one layer at a time) and back afterwards.
+    With ``offload_dir``, hidden states between layers live on disk instead of in memory.
+    """
 
     def __init__(
         self,
@@ -99,9 +166,15 @@ class LayerwiseRunner:
         tokens: torch.Tensor,
         device: torch.device,
         batch_size: int = 8,
+        compute_dtype: torch.dtype | None = None,
+        offload_dir: Path | None = None,
     ) -> None:
         self.model, self.adapter, self.device, self.batch_size = model, adapter, device, batch_size
-        self.inputs = capture_first_layer_inputs(model, adapter, tokens, batch_size, device)
+        self.compute_dtype, self.offload_dir = compute_dtype, offload_dir
+        embed_device = next(model.parameters()).device
+        self.inputs = capture_first_layer_inputs(
+            model, adapter, tokens, batch_size, embed_device, compute_dtype, offload_dir
+        )
 
     @torch.no_grad()
     def collect(self, layer_index: int, layer: nn.Module, keys: Iterable[str], hessian: bool) -> dict[str, InputStats]:
@@ -138,19 +211,21 @@ class LayerwiseRunner:
         return {k: stats[INPUT_SOURCES[k]] for k in keys}
 
     @torch.no_grad()
-    def _forward(self, layer: nn.Module, keep: bool) -> list[torch.Tensor]:
+    def _forward(self, layer: nn.Module, keep: bool) -> ActivationStore | None:
         kwargs = {k: _to(v, self.device) for k, v in self.inputs.kwargs.items()}
-        outputs = []
+        outputs = ActivationStore(self.offload_dir) if keep else None
         for hidden in self.inputs.hidden:
             out = _layer_output(layer(hidden.to(self.device), **kwargs))
-            if keep:
+            if outputs is not None:
                 outputs.append(out.to("cpu"))
         return outputs
 
     @torch.no_grad()
     def advance(self, layer: nn.Module) -> None:
         """Replace the captured inputs by this (possibly pruned) layer's outputs."""
-        self.inputs.hidden = self._forward(layer, keep=True)
+        outputs = self._forward(layer, keep=True)
+        self.inputs.hidden.release()
+        self.inputs.hidden = outputs
 
     def run(
         self,
@@ -160,10 +235,12 @@ class LayerwiseRunner:
         """Call ``process(i, layer)`` for each layer in order, moving it to the device first."""
         layers = self.adapter.layers(self.model)
         for i, layer in enumerate(layers):
-            home = next(layer.parameters()).device
-            layer.to(self.device)
+            first = next(layer.parameters())
+            home_device, home_dtype = first.device, first.dtype
+            layer.to(device=self.device, dtype=self.compute_dtype or home_dtype)
             process(i, layer)
             self.advance(layer)
-            layer.to(home)
+            layer.to(device=home_device, dtype=home_dtype)
             if progress:
                 progress(i)
+        self.inputs.hidden.release()

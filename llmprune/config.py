@@ -35,6 +35,7 @@ class PruneSettings(BaseModel):
     overwrite: bool = False
     resume: bool = False
     max_shard_size: str = "5GB"
+    offload_dir: Path | None = None
     method_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("sparsity")

@@ -100,7 +100,12 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
         save_dtype = resolve_dtype(settings.save_dtype, device, None)
 
     torch.manual_seed(settings.seed)
-    model, adapter, tokenizer = load_model(settings.model, device, compute_dtype)
+    if pruner_cls.layerwise:
+        # The model stays on CPU in the dtype it will be saved in; one layer at a time is moved
+        # to the device and cast to the compute dtype by the layer-wise runner.
+        model, adapter, tokenizer = load_model(settings.model, torch.device("cpu"), save_dtype)
+    else:
+        model, adapter, tokenizer = load_model(settings.model, device, compute_dtype)
     dense_params = adapter.decoder_linear_params(model)
     dense_total = sum(p.numel() for p in model.parameters())
     calib = None
@@ -114,7 +119,8 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
     work.mkdir(parents=True, exist_ok=True)
     ctx = PruneContext(
         model=model, adapter=adapter, tokenizer=tokenizer, calib=calib, settings=settings,
-        device=device, work_dir=work, progress=reporter,
+        device=device, work_dir=work, progress=reporter, compute_dtype=compute_dtype,
+        offload_dir=settings.offload_dir,
     )
     with reporter.live():
         plan = pruner.prune(ctx)

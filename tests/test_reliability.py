@@ -163,3 +163,30 @@ def test_same_seed_gives_byte_identical_outputs(pristine, tmp_path, strategy, me
         digests.append({f: hashlib.sha256((out / f).read_bytes()).hexdigest()
                         for f in ("model.safetensors", "llmprune_plan.json", "config.json")})
     assert digests[0] == digests[1]
+
+
+def test_offloaded_activations_give_identical_results_and_are_cleaned_up(pristine, tmp_path):
+    calib = tmp_path / "calib.txt"
+    calib.write_text(SAMPLE_TEXT)
+    offload = tmp_path / "offload"
+    digests = []
+    for name, extra in (("mem", []), ("disk", ["--offload-dir", offload])):
+        out = tmp_path / name
+        result = run("semi24", pristine, "-o", out, "--method", "sparsegpt", "--calib", calib, *SMALL, *extra)
+        assert result.exit_code == 0, result.output
+        digests.append(hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    assert offload.exists() and not any(offload.rglob("*.pt")), "offloaded activations are deleted"
+
+
+def test_activation_store_roundtrip(tmp_path):
+    from llmprune.capture import ActivationStore
+
+    store = ActivationStore(tmp_path)
+    tensors = [torch.randn(2, 3, 4) for _ in range(3)]
+    for t in tensors:
+        store.append(t)
+    assert len(store) == 3 and len(list(tmp_path.rglob("*.pt"))) == 3
+    assert all(torch.equal(a, b) for a, b in zip(store, tensors)) and torch.equal(store[1], tensors[1])
+    store.release()
+    assert len(store) == 0 and not list(tmp_path.rglob("*.pt"))

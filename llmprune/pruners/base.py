@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from llmprune.arch import ArchAdapter
+from llmprune.capture import LayerwiseRunner
 from llmprune.errors import UnknownMethodError, UsageError
 from llmprune.plan import PrunePlan
 
@@ -60,6 +61,16 @@ class PruneContext:
     work_dir: Path
     progress: Any = None  # llmprune.progress.Reporter
     extras: dict[str, Any] = field(default_factory=dict)
+    #: dtype for the numerics of a layer-wise pass (the model itself may be stored in another).
+    compute_dtype: torch.dtype = torch.float32
+    offload_dir: Path | None = None
+
+    def layerwise_runner(self) -> LayerwiseRunner:
+        """A runner over the calibration samples honouring --device, --dtype and --offload-dir."""
+        return LayerwiseRunner(
+            self.model, self.adapter, self.calib, self.device, self.settings.batch_size,
+            compute_dtype=self.compute_dtype, offload_dir=self.offload_dir,
+        )
 
 
 class Pruner(ABC):
@@ -71,6 +82,10 @@ class Pruner(ABC):
     needs_calibration: ClassVar[bool] = True
     #: True when --resume is meaningful (the method checkpoints into ctx.work_dir).
     resumable: ClassVar[bool] = False
+    #: True for methods that only ever need one layer at a time on the device (Wanda, SparseGPT):
+    #: the pipeline then keeps the model on CPU in its storage dtype and the runner moves and
+    #: upcasts one layer at a time, so peak memory is the stored model plus one layer's work.
+    layerwise: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = NoOptions
     cli_options: ClassVar[tuple[CliOption, ...]] = ()
 

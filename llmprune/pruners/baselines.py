@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from llmprune.arch import LINEAR_KEYS, ArchAdapter, Geometry
-from llmprune.capture import InputStats, LayerwiseRunner
+from llmprune.capture import InputStats
 from llmprune.masks import head_scores_from_rows, nm_eligible, nm_mask, select_attention_units, topk_sorted, uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, geometry_dict, units_to_heads
 from llmprune.pruners.base import PruneContext, Pruner, register
@@ -66,6 +66,7 @@ class _UniformScored(Pruner):
 
     strategy: ClassVar[str] = "uniform"
     uses_activations: ClassVar[bool] = True
+    layerwise = True
 
     def prune(self, ctx: PruneContext) -> PrunePlan:
         s = ctx.settings
@@ -82,7 +83,7 @@ class _UniformScored(Pruner):
         runner = None
         task = ctx.progress.task(f"{self.method} scoring", total=geom.num_layers)
         if self.uses_activations:
-            runner = LayerwiseRunner(ctx.model, ctx.adapter, ctx.calib, ctx.device, s.batch_size)
+            runner = ctx.layerwise_runner()
             runner.run(process, progress=task)
         else:
             for i, layer in enumerate(ctx.adapter.layers(ctx.model)):
@@ -111,6 +112,7 @@ class _Semi24Layerwise(Pruner):
 
     strategy: ClassVar[str] = "semi24"
     needs_hessian: ClassVar[bool] = False
+    layerwise = True
 
     def new_weight(self, weight: torch.Tensor, stats: InputStats | None, name: str) -> torch.Tensor:
         raise NotImplementedError
@@ -135,7 +137,7 @@ class _Semi24Layerwise(Pruner):
         task = ctx.progress.task(f"{self.method} 2:4", total=geom.num_layers)
         runner = None
         if self.needs_calibration:
-            runner = LayerwiseRunner(ctx.model, ctx.adapter, ctx.calib, ctx.device, ctx.settings.batch_size)
+            runner = ctx.layerwise_runner()
             runner.run(process, progress=task)
         else:
             for i, layer in enumerate(ctx.adapter.layers(ctx.model)):
