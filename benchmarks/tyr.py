@@ -58,13 +58,26 @@ def run(label: str, strategy: str, method: str, sparsity: float, **options) -> d
         row["fitness"] = f"{report['search_start_fitness']:.3f} → {report['search_final_fitness']:.3f}"
         row["kept_fraction_attention"] = report.get("kept_fraction_attention")
         row["kept_fraction_mlp"] = report.get("kept_fraction_mlp")
-    if label == "tyr global" and (out / "tyr_kept_fraction.png").is_file():
+    if label.startswith("tyr global") and (out / "tyr_kept_fraction.png").is_file():
         DOCS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "tyr_kept_fraction.png", DOCS / f"tyr_kept_fraction_{int(sparsity * 100)}.png")
+        suffix = "_free" if "free" in label else ""
+        shutil.copyfile(out / "tyr_kept_fraction.png", DOCS / f"tyr_kept_fraction_{int(sparsity * 100)}{suffix}.png")
         row["log"] = json.loads((out / "tyr_search_log.json").read_text())["generations"]
     print(f"{sparsity:.0%} {label:28s} ppl {result['perplexity']:.2f}  prune {report['time_prune_s']:.0f}s", flush=True)
     shutil.rmtree(out)
+    partial = json.loads(PARTIAL.read_text()) if PARTIAL.is_file() else []
+    PARTIAL.write_text(json.dumps(partial + [row], indent=2) + "\n")
     return row
+
+
+PARTIAL = RESULTS / "tyr_partial.json"
+
+
+def cached(label: str, sparsity: float) -> dict | None:
+    """A row measured by an earlier, interrupted invocation (``--reuse``)."""
+    if not PARTIAL.is_file():
+        return None
+    return next((r for r in json.loads(PARTIAL.read_text()) if r["variant"] == label and r["sparsity"] == sparsity), None)
 
 
 def main() -> None:
@@ -72,7 +85,11 @@ def main() -> None:
     parser.add_argument("--sparsities", default="0.3,0.5")
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: as configured)")
     parser.add_argument("--skip-minimax", action="store_true")
+    parser.add_argument("--free-at", default="0.5", help="sparsities that also get a --budget-split free row")
+    parser.add_argument("--reuse", action="store_true", help="reuse rows of an interrupted run (tyr_partial.json)")
     args = parser.parse_args()
+    if not args.reuse and PARTIAL.is_file():
+        PARTIAL.unlink()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
         import torch
@@ -81,13 +98,19 @@ def main() -> None:
     sparsities = [float(s) for s in args.sparsities.split(",")]
     rows: list[dict] = []
     for sparsity in sparsities:
-        group = [
-            run("tyr global", "global", "tyr", sparsity),
-            run("tyr local, uniform (no search)", "global", "tyr", sparsity, generations=0, iterations=1),
-            run("wanda-sp uniform", "uniform", "wanda", sparsity),
+        jobs = [
+            ("tyr global", "global", "tyr", {}),
+            ("tyr local, uniform (no search)", "global", "tyr", dict(generations=0, iterations=1)),
+            ("wanda-sp uniform", "uniform", "wanda", {}),
         ]
+        if str(sparsity) in args.free_at.split(","):
+            jobs.insert(1, ("tyr global --budget-split free", "global", "tyr", dict(budget_split="free")))
         if not args.skip_minimax and minimax_registered():
-            group.append(run("minimax uniform", "uniform", "minimax", sparsity))
+            jobs.append(("minimax uniform", "uniform", "minimax", {}))
+        group = []
+        for label, strategy, method, options in jobs:
+            row = cached(label, sparsity) if args.reuse else None
+            group.append(row or run(label, strategy, method, sparsity, **options))
         wanda = next(r["perplexity"] for r in group if r["variant"] == "wanda-sp uniform")
         start = next(r["perplexity"] for r in group if r["variant"].startswith("tyr local"))
         for r in group:
@@ -95,8 +118,9 @@ def main() -> None:
             r["vs_start"] = r["perplexity"] / start if r["variant"].startswith("tyr") else None
         rows += group
     threads = os.environ.get("OMP_NUM_THREADS", "default")
-    plots = "\n".join(f"![kept fraction per layer at {int(s * 100)}%](tyr_kept_fraction_{int(s * 100)}.png)"
-                      for s in sparsities if (DOCS / f"tyr_kept_fraction_{int(s * 100)}.png").is_file())
+    plots = "\n\n".join(f"![kept fraction per layer, {name}](tyr_kept_fraction_{name}.png)"
+                        for name in [f"{int(s * 100)}{x}" for s in sparsities for x in ("", "_free")]
+                        if (DOCS / f"tyr_kept_fraction_{name}.png").is_file())
     table_rows = [{k: v for k, v in r.items() if k not in ("layer_widths", "log", "kept_fraction_attention",
                                                            "kept_fraction_mlp")} for r in rows]
     path = write_results(
