@@ -257,6 +257,7 @@ class IterationState:
     log: list[dict[str, Any]] = field(default_factory=list)
     supernet_seconds: float = 0.0
     search_seconds: float = 0.0
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # settings a resume must match
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

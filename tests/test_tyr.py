@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
+from conftest import SAMPLE_TEXT, make_tiny_model, read_json, tiny_tokenizer
 from llmprune.arch import ArchAdapter
 from llmprune.config import PruneSettings
 from llmprune.data import calibration_samples
@@ -244,3 +244,46 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop_after):
         torch.testing.assert_close(resumed.weights[name], straight.weights[name], atol=1e-6, rtol=0)
     log = resumed_ctx.extras["files"]["tyr_search_log.json"]["generations"]
     assert len(log) == options["iterations"] * (options["generations"] + 1)
+
+
+def test_resume_refuses_a_checkpoint_made_with_other_settings(tmp_path, monkeypatch):
+    import llmprune.search as search_mod
+    from llmprune.errors import ResumeError
+
+    calls = {"n": 0}
+    original = search_mod.IterationState.save
+
+    def interrupting_save(self, path):
+        original(self, path)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_mod.IterationState, "save", interrupting_save)
+    with pytest.raises(KeyboardInterrupt):
+        GlobalTyr(SMALL).prune(_ctx(tmp_path, make_tiny_model("llama"), **SMALL))
+    monkeypatch.setattr(search_mod.IterationState, "save", original)
+    other = dict(SMALL, offspring=5)
+    with pytest.raises(ResumeError, match="offspring"):
+        GlobalTyr(other).prune(_ctx(tmp_path, make_tiny_model("llama"), resume=True, **other))
+
+
+def test_cli_global_end_to_end_and_eval(tmp_path, tiny_model_dir, tiny_text):
+    from typer.testing import CliRunner
+
+    from llmprune.cli import app
+    from llmprune.loading import load_model
+
+    out = tmp_path / "out"
+    args = ["global", str(tiny_model_dir), "-o", str(out), "--sparsity", "0.4", "--calib", str(tiny_text),
+            "--nsamples", "6", "--seqlen", "32", "--generations", "2", "--offspring", "4",
+            "--select-tokens", "32,64,128", "--survivors", "2,1", "--iterations", "2", "--budget-split", "free"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = read_json(out / "llmprune_report.json")
+    assert report["achieved_sparsity"] == pytest.approx(0.4, abs=0.02)
+    assert {"tyr_search_log.json", "tyr_kept_fraction.png", "llmprune_plan.json"} <= {p.name for p in out.iterdir()}
+    model, adapter, _ = load_model(str(out), torch.device("cpu"), torch.float32)
+    assert adapter.decoder_linear_params(model) == report["params_decoder_linear"]
+    bad = CliRunner().invoke(app, args[:3] + [str(tmp_path / "bad"), "--select-tokens", "64,32", "--calib", str(tiny_text)])
+    assert bad.exit_code == 2 and "select-tokens" in bad.output

@@ -123,6 +123,10 @@ class GlobalTyr(Pruner):
         work = Path(ctx.work_dir)
         state_path = work / STATE_FILE
 
+        fingerprint = {
+            "sparsity": s.sparsity, "seed": s.seed, "attn_unit": s.attn_unit, "nsamples": s.nsamples,
+            "seqlen": s.seqlen, "calib": s.calib, "model": s.model, **self.options.model_dump(mode="json"),
+        }
         gen = torch.Generator().manual_seed(s.seed)
         state: IterationState | None = None
         if s.resume and state_path.is_file():
@@ -130,6 +134,11 @@ class GlobalTyr(Pruner):
                 state = IterationState.load(state_path)
             except Exception as err:  # a truncated checkpoint is not resumable
                 raise ResumeError(f"--resume: cannot read {state_path}: {err}") from err
+            if state.fingerprint != fingerprint:
+                changed = sorted(k for k in set(fingerprint) | set(state.fingerprint)
+                                 if fingerprint.get(k) != state.fingerprint.get(k))
+                raise ResumeError(f"--resume: the checkpoint was made with different settings ({', '.join(changed)}); "
+                                  "rerun without --resume")
             gen.set_state(state.rng)
             ctx.progress.log(f"resuming global tyr at iteration {state.iteration + 1}, "
                              f"generation {state.generation}")
@@ -149,7 +158,7 @@ class GlobalTyr(Pruner):
                     iteration=it, generation=0, parent=(0,) * (2 * n_layers), parent_fitness=None,
                     centers=centers, rng=gen.get_state(), log=prev.log if prev else [],
                     supernet_seconds=prev.supernet_seconds if prev else 0.0,
-                    search_seconds=prev.search_seconds if prev else 0.0,
+                    search_seconds=prev.search_seconds if prev else 0.0, fingerprint=fingerprint,
                 )
                 state.save(state_path)
             spec = SupernetSpec(centers=state.centers, steps={k: types[k].step(delta) for k in KEYS}, delta=delta)
