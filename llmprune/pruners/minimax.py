@@ -45,7 +45,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from llmprune.arch import Geometry
-from llmprune.capture import LayerwiseRunner
 from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
 from llmprune.errors import NumericalError, ResumeError, UsageError
 from llmprune.lora import add_lora, load_lora_state, lora_parameters, lora_state, remove_lora
@@ -68,9 +67,9 @@ GPU_HINT = (
 class MinimaxOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    steps: int = Field(240, ge=1)
+    steps: int = Field(200, ge=1)
     lr: float = Field(0.02, gt=0)
-    width_lr: float = Field(0.02, gt=0)
+    width_lr: float = Field(0.05, gt=0)
     lora_rank: int = Field(16, ge=0)
     lora_alpha: float = Field(32.0, gt=0)
     lora_lr: float = Field(2e-3, gt=0)
@@ -205,10 +204,10 @@ class MinimaxPruner(Pruner):
     resumable = True
     Options = MinimaxOptions
     cli_options = (
-        CliOption("steps", int, 240, "minimax: training steps (one batch of --batch-size sequences each). "
+        CliOption("steps", int, 200, "minimax: training steps (one batch of --batch-size sequences each). "
                   "Small CPU models: 150-300; " + GPU_HINT + "."),
         CliOption("lr", float, 0.02, "minimax: Adam step size of the mask scores (scores start at normalised Wanda-sp importance, mean 1)."),
-        CliOption("width_lr", float, 0.02, "minimax: Adam step size of the shared widths (as fractions of the dense widths)."),
+        CliOption("width_lr", float, 0.05, "minimax: Adam step size of the shared widths (as fractions of the dense widths)."),
         CliOption("lora_rank", int, 16, "minimax: LoRA rank on all q,k,v,o,gate,up,down (merged before export); 0 disables LoRA."),
         CliOption("lora_alpha", float, 32.0, "minimax: LoRA alpha (update scaled by alpha/rank)."),
         CliOption("lora_lr", float, 2e-3, "minimax: AdamW learning rate of the LoRA adapters (cosine decay); 7B+: 1e-4 to 2e-4."),
@@ -395,9 +394,8 @@ class MinimaxPruner(Pruner):
                 learn_now = frozen is None
                 if learn_now and o.learn_widths:
                     # Lagrangian terms: only s carries gradient here (counts are constants).
-                    lag = y_res * (frac - target(step))
-                    lag = lag - (y_layer[0].sum() * sa / n_a + y_layer[1].sum() * sf / n_f) / L
-                    total = total + lag
+                    # (the per-layer terms y_ℓ(‖z_ℓ‖₀ − s) act through the prox threshold only)
+                    total = total + y_res * (frac - target(step))
 
                 for opt in (opt_z, opt_w, opt_l):
                     if opt is not None:
@@ -412,9 +410,10 @@ class MinimaxPruner(Pruner):
                     if o.learn_widths:
                         opt_w.step()
                     with torch.no_grad():
-                        # proximal step of (λ + y_ℓ)‖z_ℓ‖₁, scaled by the step size
-                        for z, y in ((z_a, y_layer[0]), (z_f, y_layer[1])):
-                            thr = (o.lr * (o.prox + y)).view(L, 1, 1)
+                        # proximal step of (λ + y_ℓ)·‖z_ℓ outside its kept set‖₁, scaled by the step
+                        # size: pruned units' scores decay to 0 unless their gradient keeps them up.
+                        for z, y, m in ((z_a, y_layer[0], m_a), (z_f, y_layer[1], m_f)):
+                            thr = (o.lr * (o.prox + y)).view(L, 1, 1) * (1.0 - m.detach())
                             z.copy_(torch.sign(z) * torch.clamp(z.abs() - thr, min=0.0))
                         rho.copy_(torch.maximum(torch.minimum(rho, torch.ones_like(rho)), rho_min))
                         # dual ascent, projected on y ≥ 0
@@ -502,7 +501,7 @@ class MinimaxPruner(Pruner):
 
         task = ctx.progress.task("minimax Wanda-sp init", total=geom.num_layers)
         with torch.no_grad():
-            runner = LayerwiseRunner(ctx.model, ctx.adapter, ctx.calib, ctx.device, s.batch_size)
+            runner = ctx.layerwise_runner()
             runner.run(process, progress=task)
         return torch.stack(attn_scores), torch.stack(mlp_scores)
 
