@@ -167,7 +167,8 @@ class ProxSparsePruner(Pruner):
         try:
             for si in range(start_stage, len(stages)):
                 names = [n for n in targets if layer_of[n] in stages[si]]
-                resume_state = state if (state is not None and si == start_stage) else None
+                # A checkpoint taken at a stage boundary holds no optimiser state: start the stage afresh.
+                resume_state = state if (state is not None and si == start_stage and state["opt"] is not None) else None
                 self._train_stage(ctx, si, len(stages), names, targets, w0, rms, scales, init, masks, trace,
                                   resume_state, fingerprint, ckpt_path, task)
         finally:
