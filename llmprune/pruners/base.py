@@ -72,6 +72,24 @@ class PruneContext:
             compute_dtype=self.compute_dtype, offload_dir=self.offload_dir,
         )
 
+    def for_each_layer(
+        self, process: Callable[[int, nn.Module, LayerwiseRunner | None], None], calibrated: bool, description: str
+    ) -> None:
+        """Call ``process(i, layer, runner)`` for every decoder layer in order, with a progress bar.
+
+        With ``calibrated`` the layer-wise runner walks the layers (so ``process`` can collect
+        statistics and later layers see its edits); otherwise a plain loop passes ``runner=None``.
+        """
+        layers = self.adapter.layers(self.model)
+        task = self.progress.task(description, total=len(layers))
+        if calibrated:
+            runner = self.layerwise_runner()
+            runner.run(lambda i, layer: process(i, layer, runner), progress=task)
+            return
+        for i, layer in enumerate(layers):
+            process(i, layer, None)
+            task(i)
+
 
 class Pruner(ABC):
     """One pruning method of one strategy."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from llmprune.arch import LINEAR_KEYS, ArchAdapter, Geometry
-from llmprune.capture import InputStats
+from llmprune.capture import InputStats, LayerwiseRunner
 from llmprune.masks import head_scores_from_rows, nm_eligible, nm_mask, select_attention_units, topk_sorted, uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, geometry_dict, units_to_heads
 from llmprune.pruners.base import PruneContext, Pruner, register
@@ -74,21 +74,13 @@ class _UniformScored(Pruner):
         k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit)
         plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
 
-        def process(i: int, layer: nn.Module) -> None:
+        def process(i: int, layer: nn.Module, runner: LayerwiseRunner | None) -> None:
             stats = runner.collect(i, layer, STRUCTURED_KEYS, hessian=False) if runner else None
             attn, mlp = unit_scores(layer, ctx.adapter, geom, s.attn_unit, stats)
             plan.layers[i] = structured_layer_plan(i, attn, mlp, k_attn, k_mlp, geom, s.attn_unit)
             mask_layer(layer, ctx.adapter, plan.layers[i], geom)
 
-        runner = None
-        task = ctx.progress.task(f"{self.method} scoring", total=geom.num_layers)
-        if self.uses_activations:
-            runner = ctx.layerwise_runner()
-            runner.run(process, progress=task)
-        else:
-            for i, layer in enumerate(ctx.adapter.layers(ctx.model)):
-                process(i, layer)
-                task(i)
+        ctx.for_each_layer(process, self.uses_activations, f"{self.method} scoring")
         return plan
 
 
@@ -123,7 +115,7 @@ class _Semi24Layerwise(Pruner):
         skipped: list[str] = []
 
         @torch.no_grad()
-        def process(i: int, layer: nn.Module) -> None:
+        def process(i: int, layer: nn.Module, runner: LayerwiseRunner | None) -> None:
             stats = runner.collect(i, layer, LINEAR_KEYS, hessian=self.needs_hessian) if runner else {}
             for key, lin in ctx.adapter.linears(layer).items():
                 name = ctx.adapter.linear_name(i, key)
@@ -134,15 +126,7 @@ class _Semi24Layerwise(Pruner):
                 lin.weight.copy_(new.to(lin.weight.dtype))
                 plan.semi24_targets.append(name)
 
-        task = ctx.progress.task(f"{self.method} 2:4", total=geom.num_layers)
-        runner = None
-        if self.needs_calibration:
-            runner = ctx.layerwise_runner()
-            runner.run(process, progress=task)
-        else:
-            for i, layer in enumerate(ctx.adapter.layers(ctx.model)):
-                process(i, layer)
-                task(i)
+        ctx.for_each_layer(process, self.needs_calibration, f"{self.method} 2:4")
         report_skipped_semi24(ctx, skipped)
         return plan
 
