@@ -207,3 +207,29 @@ def test_lr_schedule_warms_up_then_decays_linearly():
     assert f[:2] == [0.5, 1.0] and f[2] == 1.0 and f[-1] == pytest.approx(0.125)
     assert all(a >= b for a, b in zip(f[1:], f[2:]))
     assert proxsparse.lr_factor(0, 10, 0.0) == 1.0
+
+
+def test_obs_with_a_given_mask_reproduces_sparsegpt_for_its_own_mask():
+    from llmprune.obs import sparsegpt_prune
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 64, generator=g)
+    x = torch.randn(300, 64, generator=g)
+    hessian = x.t() @ x
+    ref = sparsegpt_prune(w, hessian, blocksize=32)
+    torch.testing.assert_close(proxsparse.obs_with_mask(w, hessian, ref != 0, blocksize=32), ref, rtol=0, atol=1e-6)
+
+
+def test_refit_obs_keeps_the_learned_mask_and_updates_kept_weights(model_dir, calib, tmp_path):
+    out = tmp_path / "out"
+    result = run("semi24", model_dir, "-o", out, "--calib", calib, *SMALL, *FAST, "--refit", "obs")
+    assert result.exit_code == 0, result.output
+    before, after = load_file(model_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    updated = 0
+    for key, w in after.items():
+        if any(t in key for t in TARGETS):
+            assert bool(((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2).all())
+            updated += int((w[w != 0] != before[key][w != 0]).sum())
+        else:
+            assert torch.equal(w, before[key])
+    assert updated > 0

@@ -42,7 +42,7 @@ from llmprune.arch import LINEAR_KEYS
 from llmprune.capture import LayerwiseRunner
 from llmprune.errors import NumericalError, ResumeError, UsageError
 from llmprune.masks import nm_eligible, nm_mask
-from llmprune.obs import sparsegpt_prune
+from llmprune.obs import damped_cholesky_inverse, sparsegpt_prune
 from llmprune.plan import PrunePlan, geometry_dict
 from llmprune.prox import prox_24, regulariser
 from llmprune.pruners.base import CliOption, PruneContext, Pruner, register
@@ -69,6 +69,7 @@ class ProxSparseOptions(BaseModel):
     init_mask: Literal["none", "wanda", "sparsegpt"] = "none"
     init_shrink: float = Field(0.5, ge=0, le=1)
     metric: Literal["plain", "wanda"] = "plain"
+    refit: Literal["none", "obs"] = "none"
     prox_sweeps: int = Field(100, ge=1)
     checkpoint_every: int = Field(10, ge=1)
 
@@ -97,6 +98,9 @@ class ProxSparsePruner(Pruner):
         CliOption("init_shrink", float, 0.5, "proxsparse: factor applied to the entries outside --init-mask's mask."),
         CliOption("metric", str, "plain", "proxsparse: plain | wanda: run the prox (and pick the final mask) on "
                   "|W| (plain, as the paper) or on |W| times the normalised input-activation norm (wanda)."),
+        CliOption("refit", str, "none", "proxsparse: none | obs. none (ProxSparse): final weights are the original "
+                  "weights times the learned mask. obs (our extension): keep the learned mask and update the kept "
+                  "weights layer by layer by OBS as SparseGPT does (costs one Hessian pass)."),
         CliOption("prox_sweeps", int, 100, "proxsparse: maximum coordinate-descent sweeps of the proximal operator."),
         CliOption("checkpoint_every", int, 10, "proxsparse: save a checkpoint for --resume every N steps."),
     )
@@ -176,6 +180,7 @@ class ProxSparsePruner(Pruner):
                 p.requires_grad_(flag)
             model.train(was_training)
         timings["time_train_s"] = time.perf_counter() - t0
+        timings["time_prox_s"] = sum(r.get("time_prox_s", 0.0) for r in trace)
 
         # Verify the pattern before handing the plan over.
         for name, mask in masks.items():
@@ -183,6 +188,10 @@ class ProxSparsePruner(Pruner):
             if not bool((per_group == 2).all()):
                 raise NumericalError(f"proxsparse: mask of {name} is not exactly 2:4")
         plan.masks = {name: masks[name] for name in targets}
+        if o.refit == "obs":
+            t0 = time.perf_counter()
+            self._refit_obs(ctx, targets, w0, masks)
+            timings["time_refit_s"] = time.perf_counter() - t0
         report_skipped_semi24(ctx, skipped)
         changed = self._mask_changes(masks, w0, scales, init)
         ctx.extras.setdefault("report", {})["proxsparse"] = {
@@ -269,6 +278,7 @@ class ProxSparsePruner(Pruner):
                 group["lr"] = o.lr * lr_factor(step, T, o.warmup)
             opt.step()
             reg_sum, nz_groups = 0.0, 0
+            t_prox = time.perf_counter()
             with torch.no_grad():
                 for n in names:
                     w = masters[n]
@@ -282,7 +292,7 @@ class ProxSparsePruner(Pruner):
                     nz_groups += int(((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).sum())
             rec = {"stage": si + 1, "step": step + 1, "loss": float(lm.detach()), "anchor": float(anchor.detach()),
                    "reg": reg_sum / total_groups, "share24": nz_groups / total_groups,
-                   "lr": o.lr * lr_factor(step, T, o.warmup)}
+                   "lr": o.lr * lr_factor(step, T, o.warmup), "time_prox_s": time.perf_counter() - t_prox}
             trace.append(rec)
             task.advance()
             task.info(stage=f"{si + 1}/{n_stages}", loss=rec["loss"], reg=rec["reg"], share24=f"{rec['share24']:.1%}")
@@ -342,6 +352,23 @@ class ProxSparsePruner(Pruner):
                 lin.weight.copy_(w0[name].to(lin.weight.dtype))
         return (scales if o.metric == "wanda" else None), (init or None)
 
+    def _refit_obs(self, ctx: PruneContext, targets, w0, masks) -> None:
+        """Layer by layer (on the inputs of the already refitted layers before), rebuild each weight
+        from its original values by OBS with the learned mask fixed: SparseGPT's update, our mask."""
+
+        @torch.no_grad()
+        def process(i: int, layer: nn.Module) -> None:
+            stats = runner.collect(i, layer, LINEAR_KEYS, hessian=True)
+            for key, lin in ctx.adapter.linears(layer).items():
+                name = ctx.adapter.linear_name(i, key)
+                if name in targets:
+                    new = obs_with_mask(w0[name], stats[key].hessian, masks[name], name=name)
+                    lin.weight.copy_(new.to(device=lin.weight.device, dtype=lin.weight.dtype))
+
+        task = ctx.progress.task("proxsparse OBS refit", total=len(ctx.adapter.layers(ctx.model)))
+        runner = LayerwiseRunner(ctx.model, ctx.adapter, ctx.calib, ctx.device, ctx.settings.batch_size)
+        runner.run(process, progress=task)
+
     def _mask_changes(self, masks, w0, scales, init) -> dict[str, float]:
         """How far the learned masks are from magnitude, Wanda-like and init masks (share of groups)."""
         total = sum(m.numel() for m in masks.values())
@@ -377,6 +404,35 @@ class ProxSparsePruner(Pruner):
 # ----- helpers --------------------------------------------------------------------------------
 def _after_step(step: int) -> None:
     """Called after every completed step (global count); tests replace it to inject an interruption."""
+
+
+def obs_with_mask(weight: torch.Tensor, hessian: torch.Tensor, mask: torch.Tensor, blocksize: int = 128,
+                  percdamp: float = 0.01, name: str = "") -> torch.Tensor:
+    """SparseGPT's OBS update (column blocks, damping ``percdamp``·mean diag H) with a given mask:
+    pruned weights are set to 0 and their error is spread over the not-yet-processed columns."""
+    W = weight.detach().float().clone()
+    H = hessian.detach().float()
+    cols = W.shape[1]
+    W[:, torch.diag(H) == 0] = 0
+    Hinv = damped_cholesky_inverse(H, percdamp, name)
+    drop = ~mask.to(W.device)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            q = torch.where(drop[:, i1 + i], torch.zeros_like(w), w)
+            err = (w - q) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            W1[:, i] = q
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    if not torch.isfinite(W).all():
+        raise NumericalError(f"OBS refit produced non-finite weights for {name or 'a module'}")
+    return W * mask.to(W.device)
 
 
 def batch_rows(step: int, n: int, bs: int, seed: int) -> torch.Tensor:
