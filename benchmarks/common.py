@@ -109,7 +109,7 @@ def write_results(name: str, title: str, rows: list[dict[str, Any]], columns: li
     return path
 
 
-INDEX_ORDER = ("baselines", "minimax", "tyr", "proxsparse")
+INDEX_ORDER = ("summary", "baselines", "minimax", "tyr", "proxsparse", "speed", "memory")
 
 
 def rebuild_index() -> Path:
