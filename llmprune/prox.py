@@ -29,6 +29,7 @@ import torch
 GROUP = 4
 STARTS = ("shrunk",)
 ACTIVE = (3, 4)
+CHECK_EVERY = 4  # sweeps between convergence checks (a check costs about one sweep)
 
 
 def regulariser(w: torch.Tensor) -> torch.Tensor:
@@ -79,80 +80,77 @@ def _solve_sorted(a: torch.Tensor, lam: torch.Tensor, max_sweeps: int, tol: floa
     """Minimise over the three candidate supports for rows ``a`` (sorted descending, ≥ 0).
 
     Works on the coordinates as four contiguous vectors (``[4, n]``): element-wise kernels on long
-    contiguous vectors are far faster than on strided columns.
+    contiguous vectors are far faster than on strided columns, and selection uses ``where`` rather
+    than boolean indexing.
     """
     cols = list(a.t().contiguous().unbind(0))  # a1..a4, each [n]
     zero = torch.zeros_like(cols[0])
-    # Candidate 1: the top two exactly (R = 0, cost ½(a3² + a4²)).
-    best = [cols[0].clone(), cols[1].clone(), zero.clone(), zero.clone()]
+    # Candidate 1: the top two exactly (R = 0, cost ½(a3² + a4²)). Groups with a3 = 0 are already
+    # 2:4; the solvers below return the same point for them.
+    best = [cols[0], cols[1], zero, zero]
     best_cost = _cost_sorted(best, cols, lam)
-    # Groups with a3 = 0 are already 2:4: the top-2 candidate is exact and optimal.
-    todo = torch.nonzero(cols[2] > 0).flatten()
-    if todo.numel():
-        a_t = [c[todo] for c in cols]
-        lam_t = lam[todo]
-        for active in ACTIVE:
-            for start in STARTS:
-                cand = _coordinate_descent(a_t, lam_t, active, max_sweeps, tol, start)
-                cost = _cost_sorted(cand, a_t, lam_t)
-                better = cost < best_cost[todo]
-                idx = todo[better]
-                for k in range(GROUP):
-                    best[k][idx] = cand[k][better]
-                best_cost[idx] = cost[better]
+    for active in ACTIVE:
+        for start in STARTS:
+            cand = _coordinate_descent(cols, lam, active, max_sweeps, tol, start)
+            cost = _cost_sorted(cand, cols, lam)
+            better = cost < best_cost
+            best = [torch.where(better, c, b) for c, b in zip(cand, best)]
+            best_cost = torch.where(better, cost, best_cost)
     return torch.stack(best, dim=-1)
 
 
 def _coordinate_descent(a: list[torch.Tensor], lam: torch.Tensor, active: int, max_sweeps: int, tol: float,
                         start: str = "zero") -> list[torch.Tensor]:
-    """Gauss–Seidel on the first ``active`` (3 or 4) coordinates from ``w = 0`` (``start="zero"``,
-    as in the paper) or from ``w = a`` (``"input"``); the other coordinates stay 0.
+    """Gauss–Seidel on the first ``active`` (3 or 4) coordinates; the other coordinates stay 0.
 
-    Groups that have converged (no coordinate moved by more than ``tol`` times the group's
-    largest magnitude in a sweep) leave the working set every few sweeps, so the cost follows the
-    slowest groups only.
+    Starts: ``"zero"`` (w = 0, as in the paper), ``"input"`` (w = a) or ``"shrunk"`` (each entry
+    at the root of ``t = a − c·λ·t²``, the interior point of equal entries; the default, see
+    ``STARTS``). A group has converged when no coordinate moved by more than ``tol`` times the
+    group's largest magnitude in a sweep; the groups still moving are carried on alone.
     """
-    n = a[0].numel()
-    out = [torch.zeros_like(a[0]) for _ in range(GROUP)]
-    rows = torch.arange(n, device=a[0].device)
     aw = a[:active]
     if start == "zero":
         ww = [torch.zeros_like(x) for x in aw]
     elif start == "input":
         ww = [x.clone() for x in aw]
-    else:  # "shrunk": each entry at the root of t = a − c·λ·t² (the symmetric interior point)
+    else:  # "shrunk": the interior stationary point if all active entries were equal to a_i
         c = 1.0 if active == 3 else 3.0
         ww = [2.0 * x / (1.0 + torch.sqrt(1.0 + 4.0 * c * lam * x)) for x in aw]
-    lw, thr = lam, a[0] * tol
-    for sweep in range(max_sweeps):
-        moved = None
+    ww = _sweeps(aw, lam, a[0] * tol, ww, active, max_sweeps)
+    zero = torch.zeros_like(a[0])
+    return ww + [zero] * (GROUP - active)
+
+
+def _sweeps(aw: list[torch.Tensor], lam: torch.Tensor, thr: torch.Tensor, ww: list[torch.Tensor], active: int,
+            budget: int) -> list[torch.Tensor]:
+    n = aw[0].numel()
+    for sweep in range(budget):
+        check = sweep % CHECK_EVERY == CHECK_EVERY - 1 and sweep < budget - 1
+        prev = [w.clone() for w in ww] if check else None
         for i in range(active):
             others = [ww[j] for j in range(active) if j != i]
             if active == 3:
                 pair = others[0] * others[1]
             else:
                 x, y, u = others
-                pair = x * (y + u) + y * u
-            new = torch.clamp(aw[i] - lw * pair, min=0.0)
-            step = (new - ww[i]).abs() > thr
-            moved = step if moved is None else moved | step
-            ww[i] = new
-        last = sweep == max_sweeps - 1
-        if sweep % 4 == 3 or last:
-            done = ~moved
-            if last:
-                done = torch.ones_like(moved)
-            if bool(done.any()):
-                idx = rows[done]
-                for i in range(active):
-                    out[i][idx] = ww[i][done]
-                keep = moved
-                rows, lw, thr = rows[keep], lw[keep], thr[keep]
-                aw = [x[keep] for x in aw]
-                ww = [x[keep] for x in ww]
-            if rows.numel() == 0:
-                break
-    return out
+                pair = torch.addcmul(x * (y + u), y, u)
+            ww[i] = torch.addcmul(aw[i], lam, pair, value=-1.0).clamp_(min=0.0)
+        if check:
+            moved = None
+            for w, p in zip(ww, prev):
+                step = (w - p).abs_() > thr
+                moved = step if moved is None else moved.logical_or_(step)
+            count = int(moved.sum())
+            if count == 0:
+                return ww
+            if count < n // 2:  # carry on with the groups still moving only
+                idx = torch.nonzero(moved).squeeze(1)
+                sub = _sweeps([x.index_select(0, idx) for x in aw], lam.index_select(0, idx), thr.index_select(0, idx),
+                              [w.index_select(0, idx) for w in ww], active, budget - sweep - 1)
+                for w, s in zip(ww, sub):
+                    w.index_copy_(0, idx, s)
+                return ww
+    return ww
 
 
 def _cost_sorted(w: list[torch.Tensor], a: list[torch.Tensor], lam: torch.Tensor) -> torch.Tensor:
