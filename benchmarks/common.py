@@ -53,10 +53,20 @@ def prune(strategy: str, method: str, output: Path, **kwargs: Any) -> dict[str, 
     return json.loads((Path(output) / "llmprune_report.json").read_text())
 
 
-def prune_command(strategy: str, method: str, sparsity: float | None = None, **options: Any) -> str:
+def prune_command(strategy: str, method: str, sparsity: float | None = None, *, model: str | Path = REFMODEL,
+                  calib: str | Path = CALIB, seqlen: int = 256, nsamples: int = 64, **options: Any) -> str:
     """The equivalent shell command with repository-relative paths, for the tables."""
-    return shlex.join(["llmprune", *prune_args(strategy, method, "OUT", model="../shared/refmodel",
-                                               calib="../shared/data/calib.txt", sparsity=sparsity, **options)])
+    return shlex.join(["llmprune", *prune_args(strategy, method, "OUT", model=display_path(model),
+                                               calib=display_path(calib), sparsity=sparsity, seqlen=seqlen,
+                                               nsamples=nsamples, **options)])
+
+
+def display_path(path: str | Path) -> str:
+    """Paths under the shared folder as the README writes them (``../shared/...``)."""
+    try:
+        return "../shared/" + str(Path(path).resolve().relative_to(SHARED.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def evaluate(model: Path, data: Path = EVAL, seqlen: int = 256, speed: bool = False) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
-from common import CALIB, DOCS, EVAL, REFMODEL, RESULTS, WORK, evaluate, prune, prune_command, write_results
+from common import CALIB, DOCS, EVAL, REFMODEL, RESULTS, WORK, display_path, evaluate, prune, prune_command, write_results
 
 STRUCTURED = [("uniform", "magnitude"), ("uniform", "wanda"), ("uniform", "minimax"), ("global", "tyr")]
 SEMI24 = [("semi24", "magnitude"), ("semi24", "wanda"), ("semi24", "sparsegpt"), ("semi24", "proxsparse")]
@@ -123,7 +123,8 @@ def main() -> None:
             "achieved_sparsity": report["achieved_sparsity"], "params_decoder_linear": report["params_decoder_linear"],
             "perplexity": result["perplexity"], "ratio": result["perplexity"] / dense["perplexity"],
             "time_prune_s": report["time_prune_s"], "peak_rss_mib": report["peak_rss_mib"],
-            "layer_widths": report.get("layer_widths"), "command": prune_command(strategy, method, sparsity),
+            "layer_widths": report.get("layer_widths"), "command": prune_command(strategy, method, sparsity, model=args.model, calib=args.calib,
+                                     seqlen=args.seqlen, nsamples=args.nsamples),
         })
         print(f"{strategy:8s} {method:10s} {report['achieved_sparsity']:.3f} ppl {result['perplexity']:.2f} "
               f"({report['time_prune_s']:.0f} s)", flush=True)
@@ -137,11 +138,13 @@ def main() -> None:
     notes = "![perplexity against sparsity](perplexity_vs_sparsity.png)\n"
     if has_widths:
         notes += "\n![per-layer kept fractions of global](global_kept_fraction.png)\n"
-    notes += f"\nCommands (each followed by `llmprune eval OUT --data {args.eval} --seqlen {args.seqlen}`):\n\n{commands}\n"
+    notes += (f"\nCommands (each followed by `llmprune eval OUT --data {display_path(args.eval)} "
+              f"--seqlen {args.seqlen}`):\n\n{commands}\n")
     path = write_results(
         "summary", "All strategies on one model", rows, COLUMNS,
-        intro=f"Model `{args.model}`; calibration {args.nsamples} × {args.seqlen} tokens of `{args.calib}`, seed 0, "
-        f"each method at its defaults; perplexity on `{args.eval}` in non-overlapping {args.seqlen}-token windows. "
+        intro=f"Model `{display_path(args.model)}`; calibration {args.nsamples} × {args.seqlen} tokens of "
+        f"`{display_path(args.calib)}`, seed 0, each method at its defaults; perplexity on `{display_path(args.eval)}` "
+        f"in non-overlapping {args.seqlen}-token windows. "
         "Sparsity is the fraction of decoder-layer linear weights removed (2:4 always removes half).",
         notes=notes,
     )

@@ -39,9 +39,24 @@ def package_versions() -> dict[str, str]:
     }
 
 
+def peak_rss_mib() -> float:
+    """Peak resident set of this process in MiB.
+
+    Linux's VmHWM belongs to this program alone; ``ru_maxrss`` would also include the RSS of a
+    parent that forked us (it survives exec), which inflates numbers in benchmark subprocesses.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_memory() -> dict[str, float]:
     """Peak resident memory of this process (and of CUDA allocations) in MiB."""
-    peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = {"peak_rss_mib": peak_rss_mib()}
     if torch.cuda.is_available():
         peak["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return peak

@@ -9,7 +9,6 @@ statistics, or the whole model in float32, would still break it.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 
@@ -23,9 +22,9 @@ NSAMPLES, SEQLEN = 16, 128
 
 
 def _baseline_rss_mib() -> float:
-    code = ("import resource, torch, transformers, llmprune.cli, llmprune.pipeline, llmprune.pruners; "
+    code = ("import torch, transformers, llmprune.cli, llmprune.pipeline, llmprune.pruners; "
             "from transformers import LlamaForCausalLM; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "print(llmprune.pipeline.peak_rss_mib())")
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
