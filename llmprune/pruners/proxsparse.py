@@ -62,13 +62,13 @@ class ProxSparseOptions(BaseModel):
 
     lambda1: float = Field(0.1, ge=0)
     lambda2: float = Field(0.0, ge=0)
-    steps: int = Field(48, ge=1)
-    lr: float = Field(2e-4, gt=0)
+    steps: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
     warmup: float = Field(0.1, ge=0, lt=1)
     layers_per_stage: int = Field(0, ge=0)
     init_mask: Literal["none", "wanda", "sparsegpt"] = "none"
     init_shrink: float = Field(0.5, ge=0, le=1)
-    metric: Literal["plain", "wanda"] = "plain"
+    metric: Literal["plain", "wanda"] = "wanda"
     refit: Literal["none", "obs"] = "none"
     prox_sweeps: int = Field(100, ge=1)
     checkpoint_every: int = Field(10, ge=1)
@@ -87,17 +87,18 @@ class ProxSparsePruner(Pruner):
                   "lambda1 / rms(W0)); not multiplied by the learning rate. Useful range 0.02-0.5."),
         CliOption("lambda2", float, 0.0, "proxsparse: weight of the anchor to the original weights "
                   "(mean of ((W/W0)(W-W0))^2 / rms(W0)^2 per matrix); 0 disables."),
-        CliOption("steps", int, 48, "proxsparse: optimiser steps (per stage with --layers-per-stage), one batch of "
+        CliOption("steps", int, 32, "proxsparse: optimiser steps (per stage with --layers-per-stage), one batch of "
                   "--batch-size calibration sequences each. " + GPU_HINT + "."),
-        CliOption("lr", float, 2e-4, "proxsparse: AdamW peak learning rate (linear warm-up, then linear decay to 0)."),
+        CliOption("lr", float, 2e-3, "proxsparse: AdamW peak learning rate (linear warm-up, then linear decay to 0); "
+                  "2e-3 for a few dozen steps on small models, 1e-4 for long runs on 7B+."),
         CliOption("warmup", float, 0.1, "proxsparse: fraction of the steps spent warming the learning rate up."),
         CliOption("layers_per_stage", int, 0, "proxsparse: train the masks of this many decoder layers at a time "
                   "(others frozen; AdamW memory is 4x the stage instead of 4x the model); 0 = all layers at once."),
         CliOption("init_mask", str, "none", "proxsparse: none | wanda | sparsegpt: start from the original weights "
                   "with the entries outside that baseline's 2:4 mask multiplied by --init-shrink."),
         CliOption("init_shrink", float, 0.5, "proxsparse: factor applied to the entries outside --init-mask's mask."),
-        CliOption("metric", str, "plain", "proxsparse: plain | wanda: run the prox (and pick the final mask) on "
-                  "|W| (plain, as the paper) or on |W| times the normalised input-activation norm (wanda)."),
+        CliOption("metric", str, "wanda", "proxsparse: wanda | plain: run the prox (and pick the final mask) on "
+                  "|W| times the normalised input-activation norm (wanda, default) or on |W| (plain, as the paper)."),
         CliOption("refit", str, "none", "proxsparse: none | obs. none (ProxSparse): final weights are the original "
                   "weights times the learned mask. obs (our extension): keep the learned mask and update the kept "
                   "weights layer by layer by OBS as SparseGPT does (costs one Hessian pass)."),
