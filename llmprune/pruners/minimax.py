@@ -67,7 +67,7 @@ GPU_HINT = (
 class MinimaxOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    steps: int = Field(200, ge=1)
+    steps: int = Field(100, ge=1)
     lr: float = Field(0.02, gt=0)
     width_lr: float = Field(0.05, gt=0)
     lora_rank: int = Field(16, ge=0)
@@ -204,8 +204,8 @@ class MinimaxPruner(Pruner):
     resumable = True
     Options = MinimaxOptions
     cli_options = (
-        CliOption("steps", int, 200, "minimax: training steps (one batch of --batch-size sequences each). "
-                  "Small CPU models: 150-300; " + GPU_HINT + "."),
+        CliOption("steps", int, 100, "minimax: training steps (one batch of --batch-size sequences each). "
+                  "Small CPU models: 80-300; " + GPU_HINT + "."),
         CliOption("lr", float, 0.02, "minimax: Adam step size of the mask scores (scores start at normalised Wanda-sp importance, mean 1)."),
         CliOption("width_lr", float, 0.05, "minimax: Adam step size of the shared widths (as fractions of the dense widths)."),
         CliOption("lora_rank", int, 16, "minimax: LoRA rank on all q,k,v,o,gate,up,down (merged before export); 0 disables LoRA."),
