@@ -39,7 +39,7 @@ FULL_RUNS: list[tuple[str, str, dict]] = [
     *[(f"proxsparse λ₁={lam:g}", "proxsparse", {"lambda1": lam}) for lam in SWEEP],
     ("proxsparse --metric plain (the paper's |W| prox)", "proxsparse", {"metric": "plain"}),
     ("proxsparse --layers-per-stage 4 (2 stages, same total steps)", "proxsparse",
-     {"layers_per_stage": 4, "steps": 16}),
+     {"layers_per_stage": 4, "steps": 12}),
     ("proxsparse --init-mask wanda", "proxsparse", {"init_mask": "wanda"}),
     ("proxsparse --refit obs (learned mask + SparseGPT's update; not ProxSparse)", "proxsparse", {"refit": "obs"}),
 ]

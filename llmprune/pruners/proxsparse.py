@@ -62,7 +62,7 @@ class ProxSparseOptions(BaseModel):
 
     lambda1: float = Field(0.1, ge=0)
     lambda2: float = Field(0.0, ge=0)
-    steps: int = Field(32, ge=1)
+    steps: int = Field(24, ge=1)
     lr: float = Field(2e-3, gt=0)
     warmup: float = Field(0.1, ge=0, lt=1)
     layers_per_stage: int = Field(0, ge=0)
@@ -87,7 +87,7 @@ class ProxSparsePruner(Pruner):
                   "lambda1 / rms(W0)); not multiplied by the learning rate. Useful range 0.02-0.5."),
         CliOption("lambda2", float, 0.0, "proxsparse: weight of the anchor to the original weights "
                   "(mean of ((W/W0)(W-W0))^2 / rms(W0)^2 per matrix); 0 disables."),
-        CliOption("steps", int, 32, "proxsparse: optimiser steps (per stage with --layers-per-stage), one batch of "
+        CliOption("steps", int, 24, "proxsparse: optimiser steps (per stage with --layers-per-stage), one batch of "
                   "--batch-size calibration sequences each. " + GPU_HINT + "."),
         CliOption("lr", float, 2e-3, "proxsparse: AdamW peak learning rate (linear warm-up, then linear decay to 0); "
                   "2e-3 for a few dozen steps on small models, 1e-4 for long runs on 7B+."),
