@@ -225,7 +225,9 @@ class GlobalTyr(Pruner):
         files = ctx.extras.setdefault("files", {})
         files[LOG_FILE] = log
         plot = plot_kept_fraction(Path(ctx.work_dir) / PLOT_FILE, attn, mlp, k_attn / geom.attn_unit_count(plan.attn_unit),
-                                  k_mlp / geom.intermediate_size, ctx.settings.sparsity)
+                                  k_mlp / geom.intermediate_size, ctx.settings.sparsity,
+                                  title=f"Týr global pruning, {ctx.settings.sparsity:.0%} sparsity, "
+                                  f"{self.options.budget_split} budget split: kept fraction per layer")
         if plot is not None:
             files[PLOT_FILE] = plot
         ctx.extras.setdefault("report", {}).update({
