@@ -287,3 +287,19 @@ def test_eval_speed_against_a_baseline(model_dir, calib, tmp_path):
     assert report["speedup_prefill"] == pytest.approx(report["prefill_tokens_per_s"] / report["baseline_prefill_tokens_per_s"])
     result = run("eval", out, "--data", calib, "--baseline", model_dir)
     assert result.exit_code == 2 and "add --speed" in result.output
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "examples" / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_recipes_use_only_known_options(recipe):
+    """Every shipped recipe parses and names only options its command has."""
+    import yaml
+
+    from llmprune.config import PruneSettings
+    from llmprune.pruners.base import cli_options, methods
+
+    strategy = recipe.stem.rsplit("-", 1)[1]
+    allowed = set(PruneSettings.model_fields) | {o.name for o in cli_options(strategy)}
+    data = {k.replace("-", "_"): v for k, v in yaml.safe_load(recipe.read_text()).items()}
+    assert set(data) <= allowed, set(data) - allowed
+    assert data["method"] in methods(strategy)
