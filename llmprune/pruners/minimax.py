@@ -138,6 +138,12 @@ class Budget:
 
 
 # ----- masks ----------------------------------------------------------------------------------
+def ranking_key(z: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+    """Scores in float64, ties (e.g. scores the prox set to 0) broken by the prior (init) scores."""
+    key = z.detach().double()
+    return key if prior is None else key + 1e-9 * prior.detach().double()
+
+
 def ranks(scores: torch.Tensor) -> torch.Tensor:
     """0-based rank of each entry in its row (0 = highest score; ties: lower index first)."""
     order = torch.argsort(scores.detach().double(), dim=-1, descending=True, stable=True)
@@ -146,13 +152,13 @@ def ranks(scores: torch.Tensor) -> torch.Tensor:
     return r
 
 
-def ste_mask(z: torch.Tensor, width: torch.Tensor, tau: float) -> torch.Tensor:
+def ste_mask(z: torch.Tensor, width: torch.Tensor, tau: float, prior: torch.Tensor | None = None) -> torch.Tensor:
     """Hard top-round(width) mask per row of ``z`` with straight-through gradients.
 
     Forward: 1 for the ``round(width)`` best-ranked entries of each row, else 0. Backward: the
     identity on ``z``, and ``σ((width − rank − ½)/τ)`` on ``width``.
     """
-    r = ranks(z).to(z.dtype)
+    r = ranks(ranking_key(z, prior)).to(z.dtype)
     k = torch.round(width.detach()).clamp(1, z.shape[-1])
     hard = (r < k).to(z.dtype)
     soft = torch.sigmoid((width - r - 0.5) / tau)
@@ -280,6 +286,8 @@ class MinimaxPruner(Pruner):
             z_a, z_f = self._init_scores(ctx, geom)
         else:
             z_a, z_f = state["z_a"].clone(), state["z_f"].clone()
+        prior_a = (state["prior_a"] if state is not None else z_a.clone()).to(device)
+        prior_f = (state["prior_f"] if state is not None else z_f.clone()).to(device)
         timings["time_init_s"] = time.perf_counter() - t0
 
         # --- trainable state ------------------------------------------------------------------
@@ -288,6 +296,7 @@ class MinimaxPruner(Pruner):
         rows_a = geom.num_kv_heads if s.attn_unit == "query" else 1
         z_a = nn.Parameter(z_a.to(device).view(L, rows_a, n_a // rows_a))
         z_f = nn.Parameter(z_f.to(device).view(L, 1, n_f))
+        prior_a, prior_f = prior_a.view_as(z_a), prior_f.view_as(z_f)
         rho = nn.Parameter(torch.ones(2, dtype=torch.float32, device=device))  # widths as fractions
         rho_min = torch.tensor([step_a / n_a, 1.0 / n_f], device=device)
         y_layer = torch.zeros(2, L, dtype=torch.float32, device=device)  # per-layer multipliers (a, f)
@@ -338,8 +347,9 @@ class MinimaxPruner(Pruner):
         def freeze(step: int) -> dict[str, Any]:
             sa, _ = widths(step)
             k_a, k_f = fixed_k if not o.learn_widths else budget.final_widths(float(sa.detach()))
+            key_a, key_f = ranking_key(z_a, prior_a), ranking_key(z_f, prior_f)
             layers = [
-                structured_layer_plan(i, z_a[i].detach().flatten().cpu(), z_f[i].detach().flatten().cpu(), k_a, k_f, geom, s.attn_unit)
+                structured_layer_plan(i, key_a[i].flatten().cpu(), key_f[i].flatten().cpu(), k_a, k_f, geom, s.attn_unit)
                 for i in range(L)
             ]
             return {"k_a": k_a, "k_f": k_f, "layers": [lp.model_dump() for lp in layers], "step": step}
@@ -367,8 +377,8 @@ class MinimaxPruner(Pruner):
                 tokens = calib[rows].to(device)
                 if frozen is None:
                     sa, sf = widths(step)
-                    m_a = ste_mask(z_a, sa / rows_a, max(1.0, o.width_tau * n_a / rows_a))
-                    m_f = ste_mask(z_f, sf, max(1.0, o.width_tau * n_f))
+                    m_a = ste_mask(z_a, sa / rows_a, max(1.0, o.width_tau * n_a / rows_a), prior_a)
+                    m_f = ste_mask(z_f, sf, max(1.0, o.width_tau * n_f), prior_f)
                     head_masks = [self._head_mask(m_a[i].flatten(), geom, s.attn_unit) for i in range(L)]
                     hooks.set(head_masks, [m_f[i].flatten() for i in range(L)])
                 else:
@@ -385,7 +395,10 @@ class MinimaxPruner(Pruner):
                 if not torch.isfinite(loss):
                     raise NumericalError(f"minimax: loss is not finite at step {step} (lower --lr/--lora-lr, or use --dtype float32)")
 
-                frac = budget.fraction(sa, sf)
+                # budget of the widths actually in use (rounded), gradient to the continuous widths
+                sa_used = sa + (torch.clamp(torch.round(sa.detach() / rows_a), min=1) * rows_a - sa.detach())
+                sf_used = sf + (torch.clamp(torch.round(sf.detach()), min=1) - sf.detach())
+                frac = budget.fraction(sa_used, sf_used)
                 violation = float(frac.detach() if torch.is_tensor(frac) else frac) - target(step)
                 with torch.no_grad():
                     active = torch.stack([(z_a > 0).flatten(1).sum(1), (z_f > 0).flatten(1).sum(1)]).float()
@@ -436,7 +449,7 @@ class MinimaxPruner(Pruner):
                 task.info(loss=rec["loss"], kl=rec["kl"], k_a=rec["k_attn"], k_f=rec["k_mlp"], viol=round(violation, 4))
                 if (step + 1) % o.checkpoint_every == 0 and step + 1 < T:
                     self._checkpoint(ckpt_path, fingerprint, step + 1, z_a, z_f, rho, y_layer, y_res, opt_z, opt_w,
-                                     opt_l, wrapped, trace, frozen)
+                                     opt_l, wrapped, trace, frozen, prior_a, prior_f)
                 _after_step(step + 1)
 
             if frozen is None:
@@ -513,7 +526,8 @@ class MinimaxPruner(Pruner):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     @staticmethod
-    def _checkpoint(path, fingerprint, step, z_a, z_f, rho, y_layer, y_res, opt_z, opt_w, opt_l, wrapped, trace, frozen):
+    def _checkpoint(path, fingerprint, step, z_a, z_f, rho, y_layer, y_res, opt_z, opt_w, opt_l, wrapped, trace, frozen,
+                    prior_a, prior_f):
         state = {
             "fingerprint": fingerprint, "step": step,
             "z_a": z_a.detach().cpu().flatten(1).clone(), "z_f": z_f.detach().cpu().flatten(1).clone(),
@@ -521,6 +535,7 @@ class MinimaxPruner(Pruner):
             "opt_z": opt_z.state_dict(), "opt_w": opt_w.state_dict(),
             "opt_l": opt_l.state_dict() if opt_l is not None else None,
             "lora": lora_state(wrapped), "trace": list(trace), "frozen": frozen,
+            "prior_a": prior_a.detach().cpu().flatten(1).clone(), "prior_f": prior_f.detach().cpu().flatten(1).clone(),
         }
         _atomic_save(state, path)
 
