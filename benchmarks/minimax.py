@@ -106,6 +106,7 @@ def main() -> None:
                     "(others come from the row cache); for splitting the work across processes")
     ap.add_argument("--table-only", action="store_true", help="only write the table from cached rows")
     ap.add_argument("--no-table", action="store_true", help="run (and cache) rows without writing the table")
+    ap.add_argument("--note", action="append", default=[], help="extra note for the page (repeatable)")
     args = ap.parse_args()
     global BATCH_SIZE, TABLE_ONLY
     BATCH_SIZE, TABLE_ONLY = args.batch_size, args.table_only
@@ -164,6 +165,12 @@ def main() -> None:
             need = 0.5 if sp == 0.5 else 1.0
             status = "met" if mm[0]["vs_wanda"] <= need else "NOT met"
             notes.append(f"- {sp:.0%}: minimax / Wanda-sp = {mm[0]['vs_wanda']:.2f} ({status}).")
+    for sp in ablate:
+        missing = [name for name in ABLATIONS if not any(
+            r["method"] == "minimax" and r["variant"] == name and r["requested_sparsity"] == sp for r in rows)]
+        if missing:
+            notes.append(f"- {sp:.0%} ablations not measured in this run: {', '.join(missing)}.")
+    notes += [f"- {n}" for n in args.note]
     if MINIMAX_OPTS or BATCH_SIZE != 8:
         notes.append(f"- minimax runs used {MINIMAX_OPTS} --batch-size {BATCH_SIZE} (see the commands).")
     if (DOCS / "minimax_trace_50.png").exists():
