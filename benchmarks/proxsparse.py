@@ -37,7 +37,7 @@ RUNS: list[tuple[str, str, dict]] = [
 ]
 FULL_RUNS: list[tuple[str, str, dict]] = [
     *[(f"proxsparse λ₁={lam:g}", "proxsparse", {"lambda1": lam}) for lam in SWEEP],
-    ("proxsparse --metric plain (the paper's |W| prox)", "proxsparse", {"metric": "plain"}),
+    ("proxsparse --metric plain (the paper's prox on W)", "proxsparse", {"metric": "plain"}),
     ("proxsparse --layers-per-stage 4 (2 stages, same total steps)", "proxsparse",
      {"layers_per_stage": 4, "steps": 12}),
     ("proxsparse --init-mask wanda", "proxsparse", {"init_mask": "wanda"}),

@@ -92,6 +92,15 @@ def test_exact_24_on_original_weights_nothing_else_changed_and_plain_reload(mode
     assert not (out.parent / (out.name + ".llmprune-work")).exists()
 
 
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_other_families_biases_and_qk_norms_untouched(family, calib, tmp_path):
+    model_dir = save_tiny_model(tmp_path / family, family)
+    out = tmp_path / "out"
+    result = run("semi24", model_dir, "-o", out, "--calib", calib, *SMALL, "--steps", "2", "--lr", "0.02")
+    assert result.exit_code == 0, result.output
+    assert len(check_semi24_of_original(model_dir, out)) == 2 * 7
+
+
 def test_prox_runs_after_every_step_without_the_learning_rate(model_dir, calib, tmp_path):
     """With a tiny learning rate the optimiser barely moves the weights; a large λ₁ alone must still
     make every group 2:4 after the first step (λ₁ is not scaled by the learning rate)."""
