@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -52,27 +54,36 @@ def test_bad_jsonl_and_missing_source(tmp_path):
         data.read_text(str(tmp_path / "missing.txt"))
 
 
-def test_hub_dataset_failure_is_a_clear_error(monkeypatch):
-    import datasets
+def fake_datasets(monkeypatch, load_dataset):
+    """Stand-in for the optional ``datasets`` package (not installed in CI; the hub is unreachable)."""
+    module = types.ModuleType("datasets")
+    module.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", module)
 
+
+def test_hub_dataset_failure_is_a_clear_error(monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("hub unreachable")
 
-    monkeypatch.setattr(datasets, "load_dataset", offline)
+    fake_datasets(monkeypatch, offline)
     with pytest.raises(DataError, match="cannot load hub dataset 'wikitext2'.*local"):
         data.read_text("wikitext2")
 
 
-def test_hub_dataset_text_is_joined(monkeypatch):
-    import datasets
+def test_hub_dataset_without_the_datasets_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails as if not installed
+    with pytest.raises(DataError, match="needs the 'datasets' package"):
+        data.read_text("c4")
 
+
+def test_hub_dataset_text_is_joined(monkeypatch):
     calls = {}
 
     def fake(name, config=None, split=None, **kwargs):
         calls.update(name=name, config=config, split=split)
         return {"text": [" = Title = \n", " body line \n"]}
 
-    monkeypatch.setattr(datasets, "load_dataset", fake)
+    fake_datasets(monkeypatch, fake)
     assert data.read_text("wikitext2", "evaluation") == " = Title = \n body line \n"
     assert calls == {"name": "wikitext", "config": "wikitext-2-raw-v1", "split": "test"}
 
@@ -179,12 +190,10 @@ def test_perplexity_matches_a_direct_computation_and_parameter_counts():
 
 
 def test_auto_calibration_falls_back_to_the_builtin_text(monkeypatch):
-    import datasets
-
     def offline(*args, **kwargs):
         raise ConnectionError("hub unreachable")
 
-    monkeypatch.setattr(datasets, "load_dataset", offline)
+    fake_datasets(monkeypatch, offline)
     source, warning = data.resolve_calibration_source("auto")
     assert source == "builtin" and "Domain-matched text" in warning
     assert data.resolve_calibration_source("my.txt") == ("my.txt", None)
