@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Five-minute offline tour on the reference model beside this repository (../shared/refmodel).
+# Five-minute offline tour on the reference model shipped in examples/refmodel (a copy of ../shared/refmodel).
 # Run from the repository root after `pip install torch==2.13.0 && pip install -e ".[dev]"`.
 set -euo pipefail
-MODEL=${MODEL:-../shared/refmodel}
-CALIB=${CALIB:-../shared/data/calib.txt}
-EVAL=${EVAL:-../shared/data/eval.txt}
+MODEL=${MODEL:-examples/refmodel}
+CALIB=${CALIB:-examples/data/calib.txt}
+EVAL=${EVAL:-examples/data/eval.txt}
 OUT=${OUT:-out/quickstart}
 COMMON=(--calib "$CALIB" --seqlen 256 --nsamples 64 --seed 0 --overwrite)
 

@@ -14,9 +14,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-REFMODEL = SHARED / "refmodel"
-CALIB = SHARED / "data" / "calib.txt"
-EVAL = SHARED / "data" / "eval.txt"
+#: The project's own copy of the reference model and text (examples/), used when ../shared is absent.
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+_REFERENCE = SHARED if (SHARED / "refmodel").is_dir() else EXAMPLES
+REFMODEL = _REFERENCE / "refmodel"
+CALIB = _REFERENCE / "data" / "calib.txt"
+EVAL = _REFERENCE / "data" / "eval.txt"
 
 #: family -> config kwargs of a tiny random model (GQA: 4 query heads, 2 KV heads).
 TINY_CONFIGS: dict[str, dict] = {

@@ -61,3 +61,16 @@ def test_wanda_beats_magnitude(strategy, extra, tmp_path, eval_subset):
     (s_mag, ppl_mag), (s_wanda, ppl_wanda) = results["magnitude"], results["wanda"]
     assert s_mag == pytest.approx(s_wanda, abs=1e-9), "same achieved sparsity"
     assert ppl_wanda < ppl_mag, results
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "refmodel").is_dir(),
+                    reason="../shared is not beside this checkout")
+@pytest.mark.parametrize("name", ["refmodel", "data"])
+def test_bundled_example_copies_equal_the_shared_reference(name):
+    from conftest import EXAMPLES, SHARED
+
+    shared, bundled = SHARED / name, EXAMPLES / name
+    names = sorted(p.name for p in shared.iterdir())
+    assert names == sorted(p.name for p in bundled.iterdir())
+    for file in names:
+        assert (shared / file).read_bytes() == (bundled / file).read_bytes(), file
