@@ -190,3 +190,111 @@ def test_activation_store_roundtrip(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(store, tensors)) and torch.equal(store[1], tensors[1])
     store.release()
     assert len(store) == 0 and not list(tmp_path.rglob("*.pt"))
+
+
+# ----- every bad input of the issue, in one table -----------------------------------------------
+def _unsupported(tmp: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(folder)
+    return folder
+
+
+def _model_case(breaker):
+    """A case that breaks a copy of the model folder; the calibration text is fine."""
+    return lambda pristine, tmp, calib: ([_broken_copy(pristine, tmp, breaker), "--calib", calib], None)
+
+
+def _calib_case(content: bytes):
+    def make(pristine, tmp, calib):
+        bad = tmp / "bad-calib.txt"
+        bad.write_bytes(content)
+        return [pristine, "--calib", bad], None
+    return make
+
+
+def _flags(*flags, strategy="uniform"):
+    return lambda pristine, tmp, calib: ([pristine, "--calib", calib, *flags], strategy)
+
+
+def _output_is_file(pristine, tmp, calib):
+    (tmp / "out").write_text("a file")
+    return [pristine, "--calib", calib], None
+
+
+def _output_under_file(pristine, tmp, calib):
+    (tmp / "blocker").write_text("x")
+    return [pristine, "--calib", calib, "-o", tmp / "blocker" / "out"], None
+
+
+#: case -> (make(pristine, tmp, calib) -> (args after the strategy, strategy or None), exit code, message)
+BAD_INPUTS = {
+    "missing config.json": (_model_case(lambda f: (f / "config.json").unlink()), 3, "no config.json"),
+    "corrupt config.json": (_model_case(lambda f: (f / "config.json").write_text("{not json")), 3, "cannot load model config"),
+    "truncated safetensors": (_model_case(lambda f: _truncate(f / "model.safetensors")), 3, "cannot load model weights"),
+    "corrupt safetensors": (_model_case(lambda f: (f / "model.safetensors").write_bytes(b"\xff" * 4096)), 3,
+                            "cannot load model weights"),
+    "tokenizer missing": (_model_case(lambda f: [(f / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")]),
+                          3, "cannot load tokenizer"),
+    "unsupported architecture": (lambda p, t, c: ([_unsupported(t), "--calib", c], None), 4, "supported model types"),
+    "empty calibration": (_calib_case(b""), 5, "0 windows"),
+    "too-short calibration": (_calib_case(b"just a few words"), 5, "windows of 32"),
+    "binary calibration": (_calib_case(bytes(range(256)) * 8), 5, "binary"),
+    "sparsity 1": (_flags("--sparsity", "1"), 2, "--sparsity"),
+    "sparsity negative": (_flags("--sparsity", "-0.2"), 2, "--sparsity"),
+    "sparsity NaN": (_flags("--sparsity", "nan"), 2, "--sparsity"),
+    "sparsity 0 for 2:4": (_flags("--sparsity", "0", strategy="semi24"), 2, "only 0.5"),
+    "seqlen beyond the context": (_flags("--seqlen", "4096"), 2, "exceeds the model's context of 128"),
+    "nsamples 0": (_flags("--nsamples", "0"), 2, "--nsamples"),
+    "output path is a file": (_output_is_file, 6, "is a file"),
+    "output under a file": (_output_under_file, 6, "is a file"),
+    "read-only output location": (lambda p, t, c: ([p, "--calib", c, "-o", "/proc/llmprune-test/out"], None), 6,
+                                  "cannot write to"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_table(case, pristine, tmp_path):
+    """Each broken input: exactly one line on stderr, the exit code of its error class, no output
+    or staging/work folder, and the input model folder byte-for-byte unchanged."""
+    make, code, message = BAD_INPUTS[case]
+    calib = tmp_path / "calib.txt"
+    calib.write_text(SAMPLE_TEXT)
+    pristine_before = folder_hash(pristine)
+    args, strategy = make(pristine, tmp_path, calib)
+    model = Path(args[0])
+    model_before = folder_hash(model) if model.is_dir() else None
+    out = tmp_path / "out"
+    file_out = out.is_file() and out.read_bytes()
+    if "-o" not in args:
+        args += ["-o", out]
+    strategy = strategy or "uniform"
+    method = "sparsegpt" if strategy == "semi24" else "wanda"
+    defaults = {"--seqlen": "32", "--nsamples": "4", "--method": method}
+    for flag, value in defaults.items():
+        if flag not in args:
+            args += [flag, value]
+    result = run(strategy, *args)
+    assert result.exit_code == code, (case, result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert folder_hash(pristine) == pristine_before
+    if model_before is not None:
+        assert folder_hash(model) == model_before
+    if file_out is not False:
+        assert out.is_file() and out.read_bytes() == file_out, "an output that is a file is left alone"
+    else:
+        assert not out.exists()
+    assert not list(tmp_path.rglob("*.llmprune-*")), "no staging, work or probe folder left behind"
+
+
+def test_error_classes_have_distinct_exit_codes():
+    import llmprune.errors as errors
+
+    classes = [c for c in vars(errors).values()
+               if isinstance(c, type) and issubclass(c, errors.LlmpruneError) and c is not errors.LlmpruneError]
+    codes = [c.exit_code for c in classes]
+    assert len(set(codes)) == len(codes) and all(c not in (0, 1, 130) for c in codes), codes
