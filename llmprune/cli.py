@@ -148,7 +148,10 @@ def _prune_command(strategy: str) -> Callable[..., None]:
             values["sparsity"] = 0.5
         settings = validated(PruneSettings, strategy=strategy, method_options=method_options, **values)
         report = run_prune(settings)
-        print_prune_summary(report)
+        from llmprune.distributed import env_rank
+
+        if env_rank() == 0:  # under torchrun, rank 0 speaks for the run
+            print_prune_summary(report)
 
     context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
     command.__signature__ = inspect.Signature([context, *common, *extra])  # type: ignore[attr-defined]
@@ -165,7 +168,7 @@ for _strategy in ("uniform", "global", "semi24"):
 @friendly_errors
 def eval_command(
     model: str = typer.Argument(..., help="Hub id, local model folder, or an llmprune output folder.", show_default=False),
-    data: str = typer.Option("wikitext2", help="Evaluation text: a .txt/.jsonl/.parquet file or a hub dataset name (wikitext2 test split, c4 validation)."),
+    data: Optional[str] = typer.Option(None, help="Perplexity text: a .txt/.jsonl/.parquet file or a hub dataset name (wikitext2 test split, c4 validation). \\[default: wikitext2; with --tasks, perplexity only when --data is given]", show_default=False),
     seqlen: Optional[int] = typer.Option(None, help="Window length in tokens (non-overlapping windows, remainder dropped). \\[default: min(2048, model context)]", show_default=False),
     batch_size: int = typer.Option(8, help="Windows per forward pass."),
     speed: bool = typer.Option(False, "--speed", help="Also measure prefill and decode tokens/s (warm-up and repeated runs, median)."),
@@ -174,8 +177,12 @@ def eval_command(
     device: str = typer.Option("auto", help="Compute device: auto, cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("auto", help="auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON to this file.", show_default=False),
+    tasks: Optional[str] = typer.Option(None, help="Also measure task accuracy with lm-evaluation-harness (pip install 'llmprune\\[tasks]'): comma-separated harness task names (arc_easy,hellaswag; `lm-eval ls tasks` lists them) and/or paths of local task YAML files or folders.", show_default=False),
+    num_fewshot: int = typer.Option(0, help="With --tasks: few-shot examples per prompt."),
+    task_limit: Optional[int] = typer.Option(None, help="With --tasks: evaluate only the first N examples of each task (quick checks; not comparable to full runs).", show_default=False),
+    task_batch_size: int = typer.Option(8, help="With --tasks: requests per forward pass."),
 ) -> None:
-    """Perplexity (methods.md §0), parameter counts and optional throughput, as a table and JSON."""
+    """Perplexity (methods.md §0), parameter counts, optional throughput and task accuracy, as a table and JSON."""
     from llmprune.evaluation_run import EvalSettings, run_eval
     from llmprune.config import validated
     from llmprune.summary import print_eval_summary
@@ -183,6 +190,7 @@ def eval_command(
     settings = validated(
         EvalSettings, model=model, data=data, seqlen=seqlen, batch_size=batch_size, speed=speed,
         speed_repeats=speed_repeats, device=device, dtype=dtype, json_path=json_path, baseline=baseline,
+        tasks=tasks, num_fewshot=num_fewshot, task_limit=task_limit, task_batch_size=task_batch_size,
     )
     report = run_eval(settings)
     print_eval_summary(report)

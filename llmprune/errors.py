@@ -55,3 +55,9 @@ class ResumeError(LlmpruneError):
     """--resume was given but there is nothing consistent to resume from."""
 
     exit_code = 9
+
+
+class MissingDependencyError(LlmpruneError):
+    """An option needs an optional extra that is not installed (e.g. --tasks needs lm-eval)."""
+
+    exit_code = 10

@@ -23,7 +23,7 @@ class EvalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    data: str = "wikitext2"
+    data: str | None = None  # None: wikitext2, or no perplexity when tasks are given
     seqlen: int | None = None
     batch_size: int = 8
     speed: bool = False
@@ -32,11 +32,29 @@ class EvalSettings(BaseModel):
     dtype: str = "auto"
     json_path: Path | None = None
     baseline: str | None = None
+    tasks: str | None = None
+    num_fewshot: int = 0
+    task_limit: int | None = None
+    task_batch_size: int = 8
 
-    @field_validator("batch_size", "speed_repeats")
+    @field_validator("batch_size", "speed_repeats", "task_batch_size")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        return v
+
+    @field_validator("num_fewshot")
+    @classmethod
+    def _non_negative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"must be at least 0, got {v}")
+        return v
+
+    @field_validator("task_limit")
+    @classmethod
+    def _limit(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
             raise ValueError(f"must be at least 1, got {v}")
         return v
 
@@ -74,28 +92,39 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict[s
         raise UsageError("--baseline compares speed; add --speed")
     if settings.baseline:
         load_config(settings.baseline)  # fail before the long perplexity run
+    task_plan = None
+    if settings.tasks is not None:
+        from llmprune.tasks import prepare_tasks
+
+        task_plan = prepare_tasks(settings.tasks)  # lm_eval installed, task names known: fail early
+    elif settings.num_fewshot or settings.task_limit is not None:
+        raise UsageError("--num-fewshot and --task-limit apply to --tasks; add --tasks")
+    data = settings.data if settings.data is not None or task_plan is not None else "wikitext2"
     device = resolve_device(settings.device)
     config = load_config(settings.model)
     seqlen = resolve_seqlen(settings.seqlen, config)
     dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
     model, adapter, tokenizer = load_model(settings.model, device, dtype)
-    windows = evaluation_windows(tokenizer, settings.data, seqlen)
-    with reporter.live():
-        task = reporter.task("perplexity", total=(windows.shape[0] + settings.batch_size - 1) // settings.batch_size)
-        ppl, nll = perplexity(model, windows, settings.batch_size, device, progress=task.advance)
-    report: dict[str, Any] = {
-        "model": settings.model,
-        "data": settings.data,
-        "perplexity": ppl,
-        "mean_nll": nll,
+    report: dict[str, Any] = {"model": settings.model, "data": data}
+    if data is not None:
+        windows = evaluation_windows(tokenizer, data, seqlen)
+        with reporter.live():
+            task = reporter.task("perplexity", total=(windows.shape[0] + settings.batch_size - 1) // settings.batch_size)
+            ppl, nll = perplexity(model, windows, settings.batch_size, device, progress=task.advance)
+        report.update(perplexity=ppl, mean_nll=nll, eval_windows=int(windows.shape[0]), eval_tokens=int(windows.numel()))
+    if task_plan is not None:
+        from llmprune.tasks import run_tasks
+
+        report["tasks"] = run_tasks(model, tokenizer, task_plan, num_fewshot=settings.num_fewshot,
+                                    limit=settings.task_limit, batch_size=settings.task_batch_size)
+        report["tasks"]["settings"].update(device=str(device), dtype=str(dtype).removeprefix("torch."))
+    report.update({
         "seqlen": seqlen,
-        "eval_windows": int(windows.shape[0]),
-        "eval_tokens": int(windows.numel()),
         **count_parameters(model, adapter),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "pruning": pruning_info(settings.model),
-    }
+    })
     if settings.speed:
         report.update(measure_speed(model, seqlen, settings.speed_repeats))
         report["torch_threads"] = torch.get_num_threads()

@@ -42,8 +42,9 @@ def print_eval_summary(report: dict[str, Any]) -> None:
     table = Table(title=f"llmprune eval {report['model']}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    table.add_row("perplexity", f"{report['perplexity']:.3f}")
-    table.add_row("data", f"{report['data']} ({report['eval_windows']} windows × {report['seqlen']} = {report['eval_tokens']} tokens)")
+    if "perplexity" in report:
+        table.add_row("perplexity", f"{report['perplexity']:.3f}")
+        table.add_row("data", f"{report['data']} ({report['eval_windows']} windows × {report['seqlen']} = {report['eval_tokens']} tokens)")
     table.add_row("params total", f"{report['params_total']:,}")
     table.add_row("params decoder linear", f"{report['params_decoder_linear']:,}")
     pruning = report.get("pruning") or {}
@@ -56,6 +57,31 @@ def print_eval_summary(report: dict[str, Any]) -> None:
         table.add_row("speed-up vs baseline", f"prefill ×{report['speedup_prefill']:.2f}, decode ×{report['speedup_decode']:.2f} "
                       f"({report['baseline']})")
     table.add_row("device / dtype", f"{report['device']} / {report['dtype']}")
+    console.print(table)
+    if report.get("tasks"):
+        print_task_summary(report["tasks"])
+
+
+def print_task_summary(tasks: dict[str, Any]) -> None:
+    """One row per task (and group): examples, acc and acc_norm ± stderr, other metrics."""
+    settings = tasks["settings"]
+    limit = f", limit {settings['limit']}" if settings.get("limit") else ""
+    table = Table(title=f"tasks (lm-eval {settings['lm_eval_version']}, {settings['num_fewshot']}-shot{limit})")
+    for col, justify in (("task", "left"), ("examples", "right"), ("acc", "right"), ("acc_norm", "right"), ("other", "left")):
+        table.add_column(col, justify=justify)
+
+    def cell(row: dict[str, Any], metric: str) -> str:
+        if row.get(metric) is None:
+            return "-"
+        err = row.get(f"{metric}_stderr")
+        return f"{row[metric]:.4f}" + ("" if err is None else f" ± {err:.4f}")
+
+    skip = {"n_samples", "n_available", "num_fewshot", "version", "group", "acc", "acc_norm"}
+    for name, row in tasks["results"].items():
+        other = ", ".join(f"{k} {v:.4f}" for k, v in row.items()
+                          if k not in skip and not k.endswith("_stderr") and isinstance(v, float))
+        examples = "group" if row.get("group") else f"{row['n_samples']}/{row['n_available']}"
+        table.add_row(name, examples, cell(row, "acc"), cell(row, "acc_norm"), other or "")
     console.print(table)
 
 
