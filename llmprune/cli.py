@@ -38,7 +38,9 @@ STRATEGY_HELP = {
 
 def fail(message: str, code: int) -> None:
     """Print one line to stderr and exit with ``code``."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -165,8 +165,10 @@ class Evaluator:
             self.top_idx, self.top_logp = data["idx"], data["logp"]
         else:
             self.top_idx, self.top_logp = self._dense_topk()
-            if cache is not None:
-                torch.save({"idx": self.top_idx, "logp": self.top_logp}, cache)
+            if cache is not None:  # tmp + rename: a kill mid-write never leaves a truncated cache
+                tmp = cache.with_suffix(cache.suffix + ".tmp")
+                torch.save({"idx": self.top_idx, "logp": self.top_logp}, tmp)
+                tmp.replace(cache)
 
     @torch.no_grad()
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:

@@ -103,6 +103,25 @@ class SupernetSpec:
         return {"centers": self.centers, "steps": self.steps, "delta": self.delta}
 
 
+#: Upper bound of safetensors' per-tensor header entry and per-file header/padding (bytes).
+TENSOR_HEADER_BYTES, HEADER_BYTES = 96, 64
+
+
+def variant_bytes(mtype: ModuleType, kept: int) -> int:
+    """On-disk bytes of one variant: float32 ``[hidden, in]`` weight + int64 kept units + headers."""
+    return mtype.geom.hidden_size * mtype.rows.numel() * 4 + kept * 8 + 2 * TENSOR_HEADER_BYTES
+
+
+def supernet_disk_need(types: dict[str, ModuleType], first: SupernetSpec, num_layers: int, iterations: int) -> int:
+    """Peak disk use of Týr's supernets: the first iteration's exactly, and while iteration ``t``
+    is built iteration ``t-1``'s is still on disk, so one more at its largest (all 9 levels)."""
+    need = Supernet(Path(), first, types, num_layers).disk_bytes()
+    if iterations > 1:
+        need += sum(len(LEVELS) * variant_bytes(types[key], types[key].units) for key in KEYS) * num_layers
+        need += num_layers * HEADER_BYTES
+    return need
+
+
 @dataclass
 class Supernet:
     """Variants on disk: ``layer{i}.safetensors`` with ``{key}.{kept}.weight`` / ``.units``."""
@@ -147,6 +166,12 @@ class Supernet:
 
     def close(self) -> None:
         self._handles.clear()
+
+    def disk_bytes(self) -> int:
+        """Bytes :meth:`build` writes for this spec: per layer and module type, every distinct
+        level's float32 weight (dense coordinates) and int64 unit list, plus safetensors headers."""
+        return sum(variant_bytes(self.types[key], kept) for i in range(self.num_layers) for key in KEYS
+                   for kept in set(self.levels(key, i))) + self.num_layers * HEADER_BYTES
 
     # ----- building -------------------------------------------------------------------------
     @torch.no_grad()

@@ -178,3 +178,18 @@ def _load_builtin() -> None:
 
 
 ProgressFn = Callable[[int], None]
+
+
+#: Tests only: seconds to sleep after every checkpointed step of the long-running methods
+#: (minimax/proxsparse steps, Týr generations), so that a test can kill the process mid-run.
+STEP_DELAY_ENV = "LLMPRUNE_TEST_STEP_DELAY"
+
+
+def step_delay_for_tests() -> None:
+    """Sleep ``$LLMPRUNE_TEST_STEP_DELAY`` seconds if set (never set outside tests/test_interrupt.py)."""
+    import os
+    import time
+
+    delay = os.environ.get(STEP_DELAY_ENV)
+    if delay:
+        time.sleep(float(delay))

@@ -553,6 +553,9 @@ class MinimaxPruner(Pruner):
 
 def _after_step(step: int) -> None:
     """Called after every completed step (tests replace it to inject an interruption)."""
+    from llmprune.pruners.base import step_delay_for_tests
+
+    step_delay_for_tests()
 
 
 def _batch_rows(step: int, n: int, bs: int, seed: int) -> torch.Tensor:

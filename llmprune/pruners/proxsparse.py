@@ -405,6 +405,9 @@ class ProxSparsePruner(Pruner):
 # ----- helpers --------------------------------------------------------------------------------
 def _after_step(step: int) -> None:
     """Called after every completed step (global count); tests replace it to inject an interruption."""
+    from llmprune.pruners.base import step_delay_for_tests
+
+    step_delay_for_tests()
 
 
 def obs_with_mask(weight: torch.Tensor, hessian: torch.Tensor, mask: torch.Tensor, blocksize: int = 128,

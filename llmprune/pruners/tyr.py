@@ -23,12 +23,12 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llmprune.errors import ResumeError, UsageError
+from llmprune.errors import OutputExistsError, ResumeError, UsageError
 from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
-from llmprune.pruners.base import CliOption, PruneContext, Pruner, register
+from llmprune.pruners.base import CliOption, PruneContext, Pruner, register, step_delay_for_tests
 from llmprune.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
-from llmprune.supernet import KEYS, Supernet, SupernetSpec, module_types
+from llmprune.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need
 
 STATE_FILE = "search_state.pt"
 LOG_FILE = "tyr_search_log.json"
@@ -109,6 +109,30 @@ class GlobalTyr(Pruner):
             survivors=_int_list(o.survivors, 2, "--survivors"), budget_split=o.budget_split,
         )
 
+    def check_disk(self, ctx: PruneContext, types, k_attn: int, k_mlp: int) -> int:
+        """Refuse to start when the work folder's disk cannot hold the supernets and the dense top-k
+        cache (``supernet_disk_need``); returns the estimated bytes still to be written."""
+        s, o = ctx.settings, self.options
+        work = Path(ctx.work_dir)
+        n_layers = types["o"].geom.num_layers
+        first = SupernetSpec(centers={"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers},
+                             steps={k: types[k].step(o.delta) for k in KEYS}, delta=o.delta)
+        rows = ctx.calib.shape[0] if o.search_nsamples is None else min(o.search_nsamples, ctx.calib.shape[0])
+        topk = min(o.topk_logits, ctx.model.config.vocab_size)
+        need = supernet_disk_need(types, first, n_layers, o.iterations) + rows * ctx.calib.shape[1] * topk * 8
+        existing = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) if work.exists() else 0
+        need = max(need - existing, 0)  # --resume: what is already on disk counts
+        work.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(work).free
+        if need > free:
+            if not s.resume:
+                shutil.rmtree(work, ignore_errors=True)
+            raise OutputExistsError(
+                f"not enough disk space for the Týr supernet: need {need / 1e9:.2f} GB, free {free / 1e9:.2f} GB "
+                f"in {work} (free some space or choose an output -o on a larger disk)")
+        ctx.extras.setdefault("report", {})["supernet_disk_estimate_bytes"] = need
+        return need
+
     # ----------------------------------------------------------------------------------------
     def prune(self, ctx: PruneContext) -> PrunePlan:
         s, o = ctx.settings, self.options
@@ -122,6 +146,7 @@ class GlobalTyr(Pruner):
         config = self.search_config()
         work = Path(ctx.work_dir)
         state_path = work / STATE_FILE
+        self.check_disk(ctx, types, k_attn, k_mlp)
 
         fingerprint = {
             "sparsity": s.sparsity, "seed": s.seed, "attn_unit": s.attn_unit, "nsamples": s.nsamples,
@@ -177,6 +202,7 @@ class GlobalTyr(Pruner):
             def on_generation(record, task=task) -> None:
                 task.advance()
                 task.info(best_kl=record.best_fitness)
+                step_delay_for_tests()
 
             state = run_generations(space, supernet, evaluator, config, state, gen, delta,
                                     checkpoint=lambda st: st.save(state_path), on_generation=on_generation)
