@@ -298,3 +298,50 @@ def test_error_classes_have_distinct_exit_codes():
                if isinstance(c, type) and issubclass(c, errors.LlmpruneError) and c is not errors.LlmpruneError]
     codes = [c.exit_code for c in classes]
     assert len(set(codes)) == len(codes) and all(c not in (0, 1, 130) for c in codes), codes
+
+
+# ----- disk: the Týr supernet's need is estimated and checked before any work -------------------
+@pytest.mark.parametrize("attn_unit", ["group", "query"])
+def test_supernet_disk_estimate_matches_the_bytes_written(tmp_path, attn_unit):
+    from conftest import make_tiny_model
+    from llmprune.arch import ArchAdapter
+    from llmprune.masks import uniform_widths
+    from llmprune.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need
+
+    model = make_tiny_model("llama", num_hidden_layers=3)
+    adapter = ArchAdapter.for_model(model)
+    geom = adapter.geometry(model)
+    types = module_types(geom, attn_unit)
+    k_attn, k_mlp = uniform_widths(geom, 0.4, attn_unit)
+    spec = SupernetSpec(centers={"o": [k_attn] * 3, "down": [k_mlp] * 3},
+                        steps={k: types[k].step(0.125) for k in KEYS}, delta=0.125)
+    supernet = Supernet(tmp_path / "sn", spec, types, 3)
+    calib = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(0))
+    supernet.build(model, adapter, calib, torch.device("cpu"), batch_size=4)
+    written = sum(supernet.layer_file(i).stat().st_size for i in range(3))
+    estimate = supernet.disk_bytes()
+    assert written <= estimate <= written * 1.02 + 4096, (written, estimate)
+    assert supernet_disk_need(types, spec, 3, iterations=1) == estimate
+    assert supernet_disk_need(types, spec, 3, iterations=2) >= 2 * written
+
+
+def test_too_little_disk_for_the_supernet_is_refused_before_any_work(pristine, tmp_path, monkeypatch):
+    import collections
+
+    import llmprune.pruners.tyr as tyr
+
+    calls = []
+    Usage = collections.namedtuple("Usage", "total used free")
+    monkeypatch.setattr(tyr.shutil, "disk_usage", lambda path: calls.append(path) or Usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(tyr.Evaluator, "__init__", lambda *a, **k: pytest.fail("work started before the disk check"))
+    calib = tmp_path / "calib.txt"
+    calib.write_text(SAMPLE_TEXT)
+    before = folder_hash(pristine)
+    out = tmp_path / "out"
+    result = run("global", pristine, "-o", out, "--method", "tyr", "--calib", calib, *SMALL, "--iterations", "1")
+    assert result.exit_code == 6, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: not enough disk space for the Týr supernet: need "), lines
+    assert "free 0.00 GB in" in lines[0] and ".out.llmprune-work" in lines[0]
+    assert calls and not out.exists() and not list(tmp_path.glob(".out.llmprune-*"))
+    assert folder_hash(pristine) == before
