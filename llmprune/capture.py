@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from llmprune import distributed
 from llmprune.arch import ArchAdapter
 from llmprune.errors import NumericalError
 
@@ -171,6 +172,8 @@ class LayerwiseRunner:
     ) -> None:
         self.model, self.adapter, self.device, self.batch_size = model, adapter, device, batch_size
         self.compute_dtype, self.offload_dir = compute_dtype, offload_dir
+        # Under torchrun each rank walks its shard of the samples; ``collect`` all-reduces the sums.
+        tokens = distributed.shard_rows(tokens)
         embed_device = next(model.parameters()).device
         self.inputs = capture_first_layer_inputs(
             model, adapter, tokens, batch_size, embed_device, compute_dtype, offload_dir
@@ -203,12 +206,31 @@ class LayerwiseRunner:
                 s.tokens += x.shape[0]
 
             handles.append(lin[src].register_forward_hook(hook))
+        error: NumericalError | None = None
         try:
             self._forward(layer, keep=False)
+        except NumericalError as err:
+            if not distributed.is_enabled():
+                raise
+            error = err
         finally:
             for h in handles:
                 h.remove()
+        if distributed.is_enabled():
+            self._all_reduce(layer_index, stats, error)
         return {k: stats[INPUT_SOURCES[k]] for k in keys}
+
+    @staticmethod
+    def _all_reduce(layer_index: int, stats: dict[str, InputStats], error: NumericalError | None) -> None:
+        """Sum every rank's statistics (each rank saw its shard), so all ranks hold the totals."""
+        if distributed.any_rank(error is not None):
+            raise error or NumericalError(f"non-finite activations at the input of layer {layer_index} on another rank")
+        for src in sorted(stats):
+            s = stats[src]
+            distributed.all_reduce_sum(s.sq_norm)
+            if s.hessian is not None:
+                distributed.all_reduce_sum(s.hessian)
+            s.tokens = int(distributed.all_reduce_floats([s.tokens])[0])
 
     @torch.no_grad()
     def _forward(self, layer: nn.Module, keep: bool) -> ActivationStore | None:

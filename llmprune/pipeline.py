@@ -9,6 +9,7 @@ import json
 import platform
 import resource
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ from typing import Any
 import torch
 
 import llmprune
+from llmprune import distributed
 from llmprune.arch import ArchAdapter
 from llmprune.config import PruneSettings
 from llmprune.data import calibration_samples, resolve_calibration_source
-from llmprune.errors import ResumeError
+from llmprune.errors import ResumeError, UsageError
 from llmprune.export import REPORT_FILE, check_output, save_pruned, work_dir
 from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_device, resolve_dtype, resolve_seqlen
 from llmprune.plan import PrunePlan
@@ -91,12 +93,32 @@ def previous_pruning(model: str) -> list[dict[str, Any]]:
     return list(previous.get("history", [])) + [step]
 
 
+class _QuietReporter(Reporter):
+    """Ranks other than 0 draw no bars and log nothing (rank 0 speaks for the run)."""
+
+    def __init__(self) -> None:
+        super().__init__(enabled=False)
+
+    def log(self, message: str) -> None:
+        pass
+
+
 def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run one pruning command end to end and return the report (also written to OUT)."""
-    reporter = reporter or Reporter()
-    t_start = time.perf_counter()
-    pruner_cls = get_pruner_class(settings.strategy, settings.method)
-    pruner = pruner_cls(settings.method_options)
+    """Run one pruning command end to end and return the report (also written to OUT).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) every rank runs this with a process group
+    (``llmprune.distributed``); only rank 0 writes, and the group is destroyed at the end.
+    """
+    started = distributed.init(settings.device)
+    try:
+        return _run_prune(settings, reporter)
+    finally:
+        if started:
+            distributed.cleanup()
+
+
+def _prepare_output(settings: PruneSettings, pruner_cls: Any, reporter: Reporter) -> Path:
+    """Check OUT and prepare the checkpoint folder (rank 0's job)."""
     check_output(settings.output, settings.model, settings.overwrite)
     work = work_dir(settings.output)
     if settings.resume and not pruner_cls.resumable:
@@ -105,8 +127,25 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
         raise ResumeError(f"--resume: no checkpoint folder {work} from an earlier run of this output")
     if not settings.resume and work.exists():
         shutil.rmtree(work)
+    return work
 
-    device = resolve_device(settings.device)
+
+def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict[str, Any]:
+    main = distributed.is_main()
+    reporter = reporter or (Reporter() if main else _QuietReporter())
+    t_start = time.perf_counter()
+    pruner_cls = get_pruner_class(settings.strategy, settings.method)
+    pruner = pruner_cls(settings.method_options)
+    world = distributed.world_size()
+    if world > 1 and pruner_cls.needs_calibration and min(settings.nsamples, settings.batch_size) < world:
+        raise UsageError(f"with {world} ranks, --nsamples ({settings.nsamples}) and --batch-size "
+                         f"({settings.batch_size}) must be at least {world} (each rank needs its share)")
+    work = distributed.on_main(lambda: _prepare_output(settings, pruner_cls, reporter))
+    if not main:  # other ranks keep their scratch files (e.g. Týr's supernet) in a private folder
+        work = Path(tempfile.mkdtemp(prefix=f".llmprune-rank{distributed.rank()}-", dir=settings.offload_dir))
+    settings.seed = distributed.broadcast_seed(settings.seed)
+
+    device = distributed.device_for(resolve_device(settings.device))
     config = load_config(settings.model)
     settings.seqlen = resolve_seqlen(settings.seqlen, config)
     compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
@@ -125,10 +164,14 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
     dense_total = sum(p.numel() for p in model.parameters())
     calib = None
     if pruner_cls.needs_calibration:
-        settings.calib, warning = resolve_calibration_source(settings.calib)
-        if warning:
-            reporter.log(f"[yellow]warning:[/] {warning}")
-        calib = calibration_samples(tokenizer, settings.calib, settings.nsamples, settings.seqlen, settings.seed)
+        def load_calibration() -> tuple[str, torch.Tensor]:
+            source, warning = resolve_calibration_source(settings.calib)
+            if warning:
+                reporter.log(f"[yellow]warning:[/] {warning}")
+            return source, calibration_samples(tokenizer, source, settings.nsamples, settings.seqlen, settings.seed)
+
+        # Rank 0 reads the text and draws the windows; every rank gets the same samples.
+        settings.calib, calib = distributed.on_main(load_calibration)
     t_loaded = time.perf_counter()
 
     work.mkdir(parents=True, exist_ok=True)
@@ -178,10 +221,14 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
         "history": previous_pruning(settings.model),
         **ctx.extras.get("report", {}),
     }
+    if distributed.is_enabled():
+        report["distributed"] = {"world_size": world, "backend": distributed.backend()}
     report.update(peak_memory())
     report["time_total_s"] = time.perf_counter() - t_start
-    save_pruned(model, tokenizer, plan, report, settings.output, save_dtype, settings.max_shard_size,
-                ctx.extras.get("files"), config=exported_config(model, adapter, plan))
+    if main:
+        save_pruned(model, tokenizer, plan, report, settings.output, save_dtype, settings.max_shard_size,
+                    ctx.extras.get("files"), config=exported_config(model, adapter, plan))
     shutil.rmtree(work, ignore_errors=True)
+    distributed.barrier()  # the other ranks wait for rank 0's export
     report["time_total_s"] = time.perf_counter() - t_start
     return report

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from llmprune import distributed
 from llmprune.arch import ArchAdapter
 from llmprune.supernet import KEYS, LEVELS, ModuleType, Supernet, SupernetSpec
 
@@ -160,7 +161,18 @@ class Evaluator:
                       for i, layer in enumerate(self.layers) for key in KEYS}
         self.loaded: dict[tuple[int, str], Any] = {}
         self.topk = min(topk, model.config.vocab_size)
-        if cache is not None and cache.is_file():
+        if distributed.is_enabled():
+            # Rank 0 holds the cache (--resume); otherwise every rank computes its shard of rows.
+            data = distributed.on_main(lambda: torch.load(cache) if cache is not None and cache.is_file() else None)
+            if data is not None:
+                self.top_idx, self.top_logp = data["idx"], data["logp"]
+            else:
+                self.top_idx, self.top_logp = self._dense_topk()
+                if cache is not None and distributed.is_main():  # tmp + rename, as below
+                    tmp = cache.with_suffix(cache.suffix + ".tmp")
+                    torch.save({"idx": self.top_idx, "logp": self.top_logp}, tmp)
+                    tmp.replace(cache)
+        elif cache is not None and cache.is_file():
             data = torch.load(cache)
             self.top_idx, self.top_logp = data["idx"], data["logp"]
         else:
@@ -176,13 +188,16 @@ class Evaluator:
 
     @torch.no_grad()
     def _dense_topk(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx, logp = [], []
-        for start in range(0, self.tokens.shape[0], self.batch_size):
-            logits = self._logits(self.tokens[start : start + self.batch_size])
+        n, seqlen = self.tokens.shape
+        lo, hi = distributed.shard_range(n)  # all rows without a process group
+        idx = [torch.zeros(0, seqlen, self.topk, dtype=torch.int32)]
+        logp = [torch.zeros(0, seqlen, self.topk, dtype=torch.float32)]
+        for start in range(lo, hi, self.batch_size):
+            logits = self._logits(self.tokens[start : min(start + self.batch_size, hi)])
             values, index = torch.topk(logits, self.topk, dim=-1)
             idx.append(index.to(torch.int32).cpu())
             logp.append(torch.log_softmax(values, dim=-1).cpu())  # renormalised over the top-k
-        return torch.cat(idx), torch.cat(logp)
+        return distributed.gather_rows(torch.cat(idx), n, lo), distributed.gather_rows(torch.cat(logp), n, lo)
 
     @torch.no_grad()
     def load(self, supernet: Supernet, kept: dict[tuple[int, str], int]) -> None:
@@ -205,7 +220,20 @@ class Evaluator:
     @torch.no_grad()
     def kl(self, rows: torch.Tensor) -> float:
         """Mean over tokens of KL(p̃ ‖ q) on the dense top-k (p̃ renormalised over the top-k,
-        q the pruned model's full softmax), float32."""
+        q the pruned model's full softmax), float32.
+
+        Under torchrun each rank scores its shard of ``rows``; the sums and token counts are
+        all-reduced, so every rank returns the same token-weighted mean over all rows."""
+        if distributed.is_enabled():
+            lo, hi = distributed.shard_range(rows.numel())
+            total, count = self._kl_sums(rows[lo:hi])
+            total, count = distributed.all_reduce_floats([total, count])
+            return total / count
+        total, count = self._kl_sums(rows)
+        return total / count
+
+    @torch.no_grad()
+    def _kl_sums(self, rows: torch.Tensor) -> tuple[float, int]:
         total, count = 0.0, 0
         for start in range(0, rows.numel(), self.batch_size):
             sel = rows[start : start + self.batch_size]
@@ -215,7 +243,7 @@ class Evaluator:
             q_top = torch.gather(logq, -1, idx)
             total += float((logp.exp() * (logp - q_top)).sum())
             count += logp.shape[0] * logp.shape[1]
-        return total / count
+        return total, count
 
 
 # ----- one iteration of generations ------------------------------------------------------------

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from llmprune import distributed
 from llmprune.arch import Geometry
 from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
 from llmprune.errors import NumericalError, ResumeError, UsageError
@@ -260,24 +261,32 @@ class MinimaxPruner(Pruner):
         ckpt_path = Path(ctx.work_dir) / CHECKPOINT
         teacher_path = Path(ctx.work_dir) / TEACHER
 
-        # --- resume or start ---------------------------------------------------------------
-        state = None
-        if s.resume and ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            if state.get("fingerprint") != fingerprint:
-                raise ResumeError("--resume: the checkpoint was made with different settings or options; rerun without --resume")
+        # --- resume or start (rank 0's checkpoint, on every rank) ----------------------------
+        def load_state() -> dict[str, Any] | None:
+            if not (s.resume and ckpt_path.exists()):
+                return None
+            return torch.load(ckpt_path, map_location="cpu", weights_only=False)
+
+        state = distributed.on_main(load_state)
+        if state is not None and state.get("fingerprint") != fingerprint:
+            raise ResumeError("--resume: the checkpoint was made with different settings or options; rerun without --resume")
 
         # --- teacher targets (precomputed once, kept on CPU) ---------------------------------
         t0 = time.perf_counter()
         teacher: TeacherTopK | None = None
         if use_kl:
-            if s.resume and teacher_path.exists():
-                teacher = TeacherTopK.from_state(torch.load(teacher_path, map_location="cpu", weights_only=False))
+            cached = distributed.on_main(
+                lambda: torch.load(teacher_path, map_location="cpu", weights_only=False)
+                if s.resume and teacher_path.exists() else None
+            )
+            if cached is not None:
+                teacher = TeacherTopK.from_state(cached)
             else:
                 task = ctx.progress.task("minimax teacher top-k", total=math.ceil(n_samples / bs))
                 model.eval()
-                teacher = precompute_teacher(model, calib, o.teacher_topk, o.temperature, bs, device, progress=task.advance)
-                _atomic_save(teacher.state(), teacher_path)
+                teacher = _teacher(model, calib, o.teacher_topk, o.temperature, bs, device, task.advance)
+                if distributed.is_main():
+                    _atomic_save(teacher.state(), teacher_path)
         timings["time_teacher_s"] = time.perf_counter() - t0
 
         # --- scores: Wanda-sp importance on dense activations, normalised per layer -----------
@@ -369,11 +378,19 @@ class MinimaxPruner(Pruner):
         task.advance(start)
         t0 = time.perf_counter()
         model.train(False)
+        # Under torchrun: DistributedDataParallel over every trainable tensor (scores, widths,
+        # LoRA); each rank runs its shard of every step's batch. Single process: the model itself.
+        trainable = [z_a, z_f, rho, *lora_parameters(wrapped)]
+        forward = distributed.data_parallel(trainable, lambda t: model(t, use_cache=False).logits,
+                                            find_unused_parameters=True)
         try:
             for step in range(start, T):
                 if frozen is None and step >= freeze_step:
                     frozen = freeze(step)
                 rows = _batch_rows(step, n_samples, bs, s.seed)
+                n_rows = rows.numel()
+                lo, hi = distributed.shard_range(n_rows)  # all rows without a process group
+                rows = rows[lo:hi]
                 tokens = calib[rows].to(device)
                 if frozen is None:
                     sa, sf = widths(step)
@@ -386,13 +403,14 @@ class MinimaxPruner(Pruner):
                     sa = torch.tensor(float(frozen["k_a"]), device=device)
                     sf = torch.tensor(float(frozen["k_f"]), device=device)
 
-                logits = model(tokens, use_cache=False).logits
+                logits = forward(tokens)
                 kl = torch.zeros((), device=device)
                 if use_kl:
                     kl = topk_kl(logits, *teacher.batch(rows, device), o.temperature)
                 lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
                 loss = (o.kl_weight * kl if use_kl else 0.0) + lm_w * lm
-                if not torch.isfinite(loss):
+                logged = _global_means(rows.numel(), n_rows, loss, kl, lm)  # floats, same on every rank
+                if not math.isfinite(logged[0]):
                     raise NumericalError(f"minimax: loss is not finite at step {step} (lower --lr/--lora-lr, or use --dtype float32)")
 
                 # budget of the widths actually in use (rounded), gradient to the continuous widths
@@ -403,7 +421,7 @@ class MinimaxPruner(Pruner):
                 with torch.no_grad():
                     active = torch.stack([(z_a > 0).flatten(1).sum(1), (z_f > 0).flatten(1).sum(1)]).float()
                     layer_viol = torch.stack([(active[0] - sa.detach()) / n_a, (active[1] - sf.detach()) / n_f])
-                total = loss
+                total = loss * distributed.loss_weight(rows.numel(), n_rows) if distributed.is_enabled() else loss
                 learn_now = frozen is None
                 if learn_now and o.learn_widths:
                     # Lagrangian terms: only s carries gradient here (counts are constants).
@@ -434,7 +452,7 @@ class MinimaxPruner(Pruner):
                         y_layer.copy_(torch.clamp(y_layer + o.dual_lr * layer_viol, min=0.0))
 
                 rec = {
-                    "step": step + 1, "loss": float(loss.detach()), "kl": float(kl.detach()), "lm": float(lm.detach()),
+                    "step": step + 1, "loss": logged[0], "kl": logged[1], "lm": logged[2],
                     "s_attn": float(sa.detach()), "s_mlp": float(sf.detach()),
                     "k_attn": int(frozen["k_a"]) if frozen else int(round(float(sa.detach()))),
                     "k_mlp": int(frozen["k_f"]) if frozen else int(round(float(sf.detach()))),
@@ -447,7 +465,7 @@ class MinimaxPruner(Pruner):
                 trace.append(rec)
                 task.advance()
                 task.info(loss=rec["loss"], kl=rec["kl"], k_a=rec["k_attn"], k_f=rec["k_mlp"], viol=round(violation, 4))
-                if (step + 1) % o.checkpoint_every == 0 and step + 1 < T:
+                if (step + 1) % o.checkpoint_every == 0 and step + 1 < T and distributed.is_main():
                     self._checkpoint(ckpt_path, fingerprint, step + 1, z_a, z_f, rho, y_layer, y_res, opt_z, opt_w,
                                      opt_l, wrapped, trace, frozen, prior_a, prior_f)
                 _after_step(step + 1)
@@ -455,6 +473,7 @@ class MinimaxPruner(Pruner):
             if frozen is None:
                 frozen = freeze(T)
             timings["time_train_s"] = time.perf_counter() - t0
+            del forward  # releases DDP's hooks and buckets
 
             # --- final plan, merged LoRA, self-check of the merge -----------------------------
             plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
@@ -488,7 +507,7 @@ class MinimaxPruner(Pruner):
         }
         files = ctx.extras.setdefault("files", {})
         files[TRACE_JSON] = {"options": o.model_dump(mode="json"), "trace": trace}
-        png = _plot_trace(trace, Path(ctx.work_dir) / TRACE_PNG, s.sparsity)
+        png = _plot_trace(trace, Path(ctx.work_dir) / TRACE_PNG, s.sparsity) if distributed.is_main() else None
         if png is not None:
             files[TRACE_PNG] = png
         return plan
@@ -556,6 +575,29 @@ def _after_step(step: int) -> None:
     from llmprune.pruners.base import step_delay_for_tests
 
     step_delay_for_tests()
+
+
+def _global_means(local_rows: int, global_rows: int, *values: torch.Tensor) -> list[float]:
+    """Batch means over all ranks' rows (row-weighted) of per-rank means; the local values alone
+    without a process group."""
+    local = [float(v.detach()) for v in values]
+    if not distributed.is_enabled():
+        return local
+    sums = distributed.all_reduce_floats([v * local_rows for v in local])
+    return [v / global_rows for v in sums]
+
+
+def _teacher(model: nn.Module, calib: torch.Tensor, k: int, temperature: float, bs: int, device: torch.device,
+             progress) -> TeacherTopK:
+    """Teacher top-k of every calibration row; under torchrun each rank runs its shard and the
+    rows are gathered (all ranks then hold the same targets)."""
+    if not distributed.is_enabled():
+        return precompute_teacher(model, calib, k, temperature, bs, device, progress=progress)
+    n = calib.shape[0]
+    lo, hi = distributed.shard_range(n)  # non-empty: the pipeline asks for --nsamples >= ranks
+    part = precompute_teacher(model, calib[lo:hi], k, temperature, bs, device, progress=progress)
+    return TeacherTopK(distributed.gather_rows(part.logp, n, lo), distributed.gather_rows(part.index, n, lo),
+                       distributed.gather_rows(part.log_rest, n, lo), temperature)
 
 
 def _batch_rows(step: int, n: int, bs: int, seed: int) -> torch.Tensor:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from llmprune import distributed
 from llmprune.arch import LINEAR_KEYS
 from llmprune.capture import LayerwiseRunner
 from llmprune.errors import NumericalError, ResumeError, UsageError
@@ -136,9 +137,11 @@ class ProxSparsePruner(Pruner):
 
         fingerprint = self._fingerprint(ctx)
         ckpt_path = Path(ctx.work_dir) / CHECKPOINT
-        state = None
-        if s.resume and ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = distributed.on_main(  # rank 0's checkpoint, on every rank
+            lambda: torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            if s.resume and ckpt_path.exists() else None
+        )
+        if state is not None:
             if state.get("fingerprint") != fingerprint:
                 raise ResumeError("--resume: the checkpoint was made with different settings or options; rerun without --resume")
 
@@ -204,7 +207,7 @@ class ProxSparsePruner(Pruner):
         }
         files = ctx.extras.setdefault("files", {})
         files[TRACE_JSON] = {"options": o.model_dump(mode="json"), "trace": trace}
-        png = plot_trace(trace, Path(ctx.work_dir) / TRACE_PNG)
+        png = plot_trace(trace, Path(ctx.work_dir) / TRACE_PNG) if distributed.is_main() else None
         if png is not None:
             files[TRACE_PNG] = png
         return plan
@@ -248,16 +251,28 @@ class ProxSparsePruner(Pruner):
         scale_dev = {n: scales[n].to(device) for n in names} if scales is not None else None
         w0_dev = {n: w0[n].to(device) for n in names} if o.lambda2 > 0 else None
         total_groups = sum(masters[n].numel() // 4 for n in names)
+        # Under torchrun: DistributedDataParallel over the weights the forward pass uses (the fp32
+        # masters themselves, or the model's low-precision copies whose averaged gradient is then
+        # handed to the masters); each rank runs its shard of every step's batch.
+        forward = distributed.data_parallel([targets[n].weight for n in names],
+                                            lambda t: model(t, use_cache=False).logits)
 
         for step in range(start, T):
             rows = batch_rows(si * T + step, n_samples, bs, s.seed)
+            n_rows = rows.numel()
+            lo, hi = distributed.shard_range(n_rows)  # all rows without a process group
+            rows = rows[lo:hi]
             tokens = calib[rows].to(device)
             if not shared:
                 with torch.no_grad():
                     for n in names:
                         targets[n].weight.copy_(masters[n].to(targets[n].weight.dtype))
-            logits = model(tokens, use_cache=False).logits
+            logits = forward(tokens)
             lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+            lm_value = float(lm.detach())
+            if distributed.is_enabled():  # the batch mean over all ranks' rows (logged, checked)
+                lm_value = distributed.all_reduce_floats([lm_value * rows.numel()])[0] / n_rows
+                lm = lm * distributed.loss_weight(rows.numel(), n_rows)
             loss = lm
             anchor = torch.zeros((), device=device)
             if o.lambda2 > 0:
@@ -267,7 +282,7 @@ class ProxSparsePruner(Pruner):
                     anchor = anchor + (((masters[n] / denom) * (masters[n] - ref)) ** 2).mean() / rms[n] ** 2
                 anchor = anchor / len(names)
                 loss = loss + o.lambda2 * anchor
-            if not torch.isfinite(loss):
+            if not (math.isfinite(lm_value) and torch.isfinite(anchor)):
                 raise NumericalError(f"proxsparse: loss is not finite at step {step} (lower --lr, or use --dtype float32)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -291,13 +306,13 @@ class ProxSparsePruner(Pruner):
                     metric_w = w * scale_dev[n] if scale_dev is not None else w
                     reg_sum += float(regulariser(metric_w / self._metric_rms(n, w0, scales)).sum())
                     nz_groups += int(((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).sum())
-            rec = {"stage": si + 1, "step": step + 1, "loss": float(lm.detach()), "anchor": float(anchor.detach()),
+            rec = {"stage": si + 1, "step": step + 1, "loss": lm_value, "anchor": float(anchor.detach()),
                    "reg": reg_sum / total_groups, "share24": nz_groups / total_groups,
                    "lr": o.lr * lr_factor(step, T, o.warmup), "time_prox_s": time.perf_counter() - t_prox}
             trace.append(rec)
             task.advance()
             task.info(stage=f"{si + 1}/{n_stages}", loss=rec["loss"], reg=rec["reg"], share24=f"{rec['share24']:.1%}")
-            if (step + 1) % o.checkpoint_every == 0 and step + 1 < T:
+            if (step + 1) % o.checkpoint_every == 0 and step + 1 < T and distributed.is_main():
                 self._checkpoint(ckpt_path, fingerprint, si, step + 1, masters, opt, masks, trace, scales, init)
             _after_step(si * T + step + 1)
 
@@ -310,8 +325,8 @@ class ProxSparsePruner(Pruner):
                 targets[n].weight.requires_grad_(False)
                 targets[n].weight.copy_((w0[n] * masks[n]).to(device=targets[n].weight.device,
                                                                dtype=targets[n].weight.dtype))
-        del opt, masters
-        if si + 1 < n_stages:
+        del opt, masters, forward
+        if si + 1 < n_stages and distributed.is_main():
             self._checkpoint(ckpt_path, fingerprint, si + 1, 0, {}, None, masks, trace, scales, init)
 
     # ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llmprune import distributed
 from llmprune.errors import OutputExistsError, ResumeError, UsageError
 from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
@@ -154,11 +155,21 @@ class GlobalTyr(Pruner):
         }
         gen = torch.Generator().manual_seed(s.seed)
         state: IterationState | None = None
-        if s.resume and state_path.is_file():
+
+        def load_state() -> IterationState | None:
+            if not (s.resume and state_path.is_file()):
+                return None
             try:
-                state = IterationState.load(state_path)
+                return IterationState.load(state_path)
             except Exception as err:  # a truncated checkpoint is not resumable
                 raise ResumeError(f"--resume: cannot read {state_path}: {err}") from err
+
+        def save_state(st: IterationState) -> None:  # only rank 0 writes checkpoints
+            if distributed.is_main():
+                st.save(state_path)
+
+        state = distributed.on_main(load_state)  # rank 0's checkpoint, on every rank
+        if state is not None:
             if state.fingerprint != fingerprint:
                 changed = sorted(k for k in set(fingerprint) | set(state.fingerprint)
                                  if fingerprint.get(k) != state.fingerprint.get(k))
@@ -185,16 +196,16 @@ class GlobalTyr(Pruner):
                     supernet_seconds=prev.supernet_seconds if prev else 0.0,
                     search_seconds=prev.search_seconds if prev else 0.0, fingerprint=fingerprint,
                 )
-                state.save(state_path)
+                save_state(state)
             spec = SupernetSpec(centers=state.centers, steps={k: types[k].step(delta) for k in KEYS}, delta=delta)
             supernet = Supernet(work / "supernet" / f"iter{it}", spec, types, n_layers)
-            if not supernet.complete():
+            if distributed.any_rank(not supernet.complete()):  # every rank builds (collectives) or none
                 evaluator.restore_dense()
                 t1 = time.perf_counter()
                 task = ctx.progress.task(f"supernet {it + 1}/{o.iterations} Δ={delta:.4g}", total=n_layers)
                 supernet.build(model, adapter, ctx.calib, ctx.device, s.batch_size, o.percdamp, progress=task)
                 state.supernet_seconds += time.perf_counter() - t1
-                state.save(state_path)
+                save_state(state)
             space = SearchSpace.from_supernet(supernet)
             task = ctx.progress.task(f"search {it + 1}/{o.iterations} Δ={delta:.4g}", total=config.generations)
             task.advance(state.generation)
@@ -205,7 +216,7 @@ class GlobalTyr(Pruner):
                 step_delay_for_tests()
 
             state = run_generations(space, supernet, evaluator, config, state, gen, delta,
-                                    checkpoint=lambda st: st.save(state_path), on_generation=on_generation)
+                                    checkpoint=save_state, on_generation=on_generation)
             kept = space.kept_map(state.parent)
             centers = {key: [kept[(i, key)] for i in range(n_layers)] for key in KEYS}
             if it > 0:
@@ -250,12 +261,18 @@ class GlobalTyr(Pruner):
         }
         files = ctx.extras.setdefault("files", {})
         files[LOG_FILE] = log
+        if not distributed.is_main():  # only rank 0 exports: no plot elsewhere
+            return self._report(ctx, state, attn, mlp, start, dense_topk_seconds)
         plot = plot_kept_fraction(Path(ctx.work_dir) / PLOT_FILE, attn, mlp, k_attn / geom.attn_unit_count(plan.attn_unit),
                                   k_mlp / geom.intermediate_size, ctx.settings.sparsity,
                                   title=f"Týr global pruning, {ctx.settings.sparsity:.0%} sparsity, "
                                   f"{self.options.budget_split} budget split: kept fraction per layer")
         if plot is not None:
             files[PLOT_FILE] = plot
+        self._report(ctx, state, attn, mlp, start, dense_topk_seconds)
+
+    @staticmethod
+    def _report(ctx: PruneContext, state: IterationState, attn, mlp, start, dense_topk_seconds: float) -> None:
         ctx.extras.setdefault("report", {}).update({
             "time_supernet_s": state.supernet_seconds,
             "time_search_s": state.search_seconds,
