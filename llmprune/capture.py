@@ -53,7 +53,9 @@ class ActivationStore:
     _ids = itertools.count()
 
     def __init__(self, offload_dir: Path | None = None) -> None:
-        self.folder = None if offload_dir is None else Path(offload_dir) / f"activations-{next(self._ids)}"
+        # Under torchrun, ranks sharing an --offload-dir get their own folders.
+        suffix = f"-rank{distributed.rank()}" if distributed.is_enabled() else ""
+        self.folder = None if offload_dir is None else Path(offload_dir) / f"activations-{next(self._ids)}{suffix}"
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
         self._items: list[torch.Tensor | Path] = []

@@ -5,6 +5,7 @@ Every strategy goes through ``run_prune``; a strategy only supplies its Pruner.
 
 from __future__ import annotations
 
+import atexit
 import json
 import platform
 import resource
@@ -142,7 +143,10 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
                          f"({settings.batch_size}) must be at least {world} (each rank needs its share)")
     work = distributed.on_main(lambda: _prepare_output(settings, pruner_cls, reporter))
     if not main:  # other ranks keep their scratch files (e.g. Týr's supernet) in a private folder
+        if settings.offload_dir is not None:
+            Path(settings.offload_dir).mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".llmprune-rank{distributed.rank()}-", dir=settings.offload_dir))
+        atexit.register(shutil.rmtree, work, True)  # also after an error (nothing to resume there)
     settings.seed = distributed.broadcast_seed(settings.seed)
 
     device = distributed.device_for(resolve_device(settings.device))
