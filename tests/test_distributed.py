@@ -258,3 +258,13 @@ def test_torchrun_cli_learned_methods(tmp_path, tiny_model_dir, tiny_text, strat
         assert plan_d["layers"] == plan_s["layers"]
     assert json.loads((out / "llmprune_report.json").read_text())["distributed"]["world_size"] == WORLD
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.slow
+def test_torchrun_error_on_rank0_reaches_every_rank(tmp_path, tiny_model_dir, tiny_text):
+    out = tmp_path / "exists"
+    out.mkdir()
+    proc = _torchrun(["uniform", *_common(tiny_model_dir, tiny_text), "-o", str(out), "--method", "wanda"], tmp_path)
+    assert proc.returncode != 0
+    # Both ranks report rank 0's one-line error and exit with its code (nobody waits for a timeout).
+    assert (proc.stdout + proc.stderr).count("exists; pass --overwrite") == WORLD, proc.stdout + proc.stderr
