@@ -1,6 +1,6 @@
 """Peak resident memory of the layer-by-layer methods on a model several times the reference size.
 
-Builds a random Llama from a config ~4.6× the reference model (bfloat16 on disk, the reference
+Builds a random Llama from a config ~3.3× the reference model (8 layers; --layers 12: ~4.7×) (bfloat16 on disk, the reference
 tokenizer), then runs Wanda (uniform), SparseGPT (2:4) and the Týr supernet (global,
 ``--generations 0 --iterations 1``: supernet, dense top-k cache and one fitness evaluation) as
 separate ``llmprune`` processes, and compares each process's peak RSS (VmHWM, reported by
@@ -15,7 +15,8 @@ llmprune itself) with the bound of docs/reliability.md:
   input widths (hidden, hidden, intermediate) in float32, and the attention scores of one batch.
 * calibration activations: the layer inputs and outputs of every sample, float32.
 * Týr also keeps the dense o/down weights (to restore them between candidates), one block's
-  variants and the dense top-k logits; these are added to its bound and listed.
+  variants, the dense top-k logits and one batch of full-vocabulary logits; these are added to its
+  bound and listed.
 
     python benchmarks/memory.py [--layers 12] [--nsamples 32] [--seqlen 256]
 """
@@ -40,6 +41,7 @@ COLUMNS = [
     ("bound_mib", "bound (MiB)", ".0f"),
     ("peak_rss_mib", "peak RSS (MiB)", ".0f"),
     ("ratio", "peak ÷ bound", ".2f"),
+    ("excess_mib", "peak − bound (MiB)", ".0f"),
     ("time_prune_s", "prune time (s)", ".0f"),
     ("command", "command", ""),
 ]
@@ -70,7 +72,7 @@ def build_model(folder, layers: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -92,9 +94,10 @@ def main() -> None:
     base = baseline_rss_mib()
     common = dict(model=folder, nsamples=n, seqlen=t, batch_size=bs)
     # Týr: 9 variants of o [h, h] and down [h, inter] of one block, the dense o/down copies of every
-    # layer, and the cached dense top-k (int32 index + float32 log-prob, k = 256) of every token.
+    # layer, the cached dense top-k (int32 index + float32 log-prob, k = 256) of every token, and the
+    # logits and log-probabilities of one batch (full forward passes: dense top-k and fitness).
     o_down = h * h + h * inter
-    tyr_extra = (9 * o_down * 4 + args.layers * o_down * 4 + n * t * 256 * 8) / mib
+    tyr_extra = (9 * o_down * 4 + args.layers * o_down * 4 + n * t * 256 * 8 + 2 * bs * t * config.vocab_size * 4) / mib
     runs = [
         ("wanda uniform 50%", "uniform", "wanda", 0.5, dict(), 2 * n_params / mib, 0.0),
         ("sparsegpt 2:4", "semi24", "sparsegpt", None, dict(), 2 * n_params / mib, 0.0),
@@ -117,7 +120,8 @@ def main() -> None:
         row = {
             "run": name, "model_mib": model_mib, "layer_mib": layer_mib, "acts_mib": acts_mib, "extra_mib": extra,
             "base_mib": base, "bound_mib": bound, "peak_rss_mib": report["peak_rss_mib"],
-            "ratio": report["peak_rss_mib"] / bound, "time_prune_s": report["time_prune_s"],
+            "ratio": report["peak_rss_mib"] / bound, "excess_mib": report["peak_rss_mib"] - bound,
+            "time_prune_s": report["time_prune_s"],
             "command": "`" + prune_command(strategy, method, sparsity, model="MODEL", calib=CALIB, seqlen=t, nsamples=n,
                                            batch_size=bs, **options) + "`",
         }
@@ -138,8 +142,13 @@ def main() -> None:
         "baselines, float32 for Týr, which runs full forward passes) + one layer's working set (float32 layer "
         "and its pruned copy, Hessians, one batch of attention scores) + calibration activations (inputs and "
         "outputs of every sample, float32) + method extras (Týr: one block's 9 variants, the dense o/down "
-        "copies, the dense top-k cache).",
-        notes="The test `tests/test_memory.py::test_layerwise_peak_memory_is_bounded` asserts the same kind "
+        "copies, the dense top-k cache, one batch of full-vocabulary logits and log-probabilities).",
+        notes="What the bound leaves out, and the excess therefore holds: the tokenizer and the tokenized "
+        "calibration text (~45 MiB here), file-backed pages of the memory-mapped checkpoint while it is "
+        "loaded, the second copy of the weights that the export's `save_pretrained` makes, and allocator "
+        "slack. None of these grows with the number of layers times the activations, which is what the "
+        "bound is about; the test below therefore allows the model twice plus a fixed 150 MiB. "
+        "The test `tests/test_memory.py::test_layerwise_peak_memory_is_bounded` asserts the same kind "
         "of bound, with a generous margin, on a 2.5× model. `--offload-dir DIR` moves the calibration "
         "activations to disk when they do not fit in memory. See docs/reliability.md.",
     )
