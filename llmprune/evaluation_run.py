@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from llmprune.atomic import check_file_writable, write_text
 from llmprune.config import DTYPE_CHOICES
 from llmprune.data import evaluation_windows
 from llmprune.errors import UsageError
@@ -86,8 +87,8 @@ def measure_speed(model, seqlen: int, repeats: int) -> dict[str, Any]:
 def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict[str, Any]:
     reporter = reporter or Reporter()
     t0 = time.perf_counter()
-    if settings.json_path is not None and settings.json_path.is_dir():
-        raise UsageError(f"--json {settings.json_path} is a folder; give a file path")
+    if settings.json_path is not None:
+        check_file_writable(settings.json_path, "--json")  # before the long measurements
     if settings.baseline and not settings.speed:
         raise UsageError("--baseline compares speed; add --speed")
     if settings.baseline:
@@ -139,6 +140,5 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict[s
             report["speedup_decode"] = report["decode_tokens_per_s"] / base["decode_tokens_per_s"]
     report["time_s"] = time.perf_counter() - t0
     if settings.json_path is not None:
-        settings.json_path.parent.mkdir(parents=True, exist_ok=True)
-        settings.json_path.write_text(json.dumps(report, indent=2) + "\n")
+        write_text(settings.json_path, json.dumps(report, indent=2) + "\n")
     return report

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from llmprune import distributed
+from llmprune import atomic, distributed
 from llmprune.arch import ArchAdapter
 from llmprune.supernet import KEYS, LEVELS, ModuleType, Supernet, SupernetSpec
 
@@ -168,19 +168,15 @@ class Evaluator:
                 self.top_idx, self.top_logp = data["idx"], data["logp"]
             else:
                 self.top_idx, self.top_logp = self._dense_topk()
-                if cache is not None and distributed.is_main():  # tmp + rename, as below
-                    tmp = cache.with_suffix(cache.suffix + ".tmp")
-                    torch.save({"idx": self.top_idx, "logp": self.top_logp}, tmp)
-                    tmp.replace(cache)
+                if cache is not None and distributed.is_main():
+                    atomic.save_torch({"idx": self.top_idx, "logp": self.top_logp}, cache)
         elif cache is not None and cache.is_file():
             data = torch.load(cache)
             self.top_idx, self.top_logp = data["idx"], data["logp"]
         else:
             self.top_idx, self.top_logp = self._dense_topk()
-            if cache is not None:  # tmp + rename: a kill mid-write never leaves a truncated cache
-                tmp = cache.with_suffix(cache.suffix + ".tmp")
-                torch.save({"idx": self.top_idx, "logp": self.top_logp}, tmp)
-                tmp.replace(cache)
+            if cache is not None:  # a kill mid-write never leaves a truncated cache
+                atomic.save_torch({"idx": self.top_idx, "logp": self.top_logp}, cache)
 
     @torch.no_grad()
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -290,9 +286,7 @@ class IterationState:
     fingerprint: dict[str, Any] = field(default_factory=dict)  # settings a resume must match
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save({**self.__dict__, "parent": list(self.parent)}, tmp)
-        tmp.replace(path)
+        atomic.save_torch({**self.__dict__, "parent": list(self.parent)}, path)
 
     @classmethod
     def load(cls, path: Path) -> "IterationState":

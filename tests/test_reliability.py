@@ -345,3 +345,39 @@ def test_too_little_disk_for_the_supernet_is_refused_before_any_work(pristine, t
     assert "free 0.00 GB in" in lines[0] and ".out.llmprune-work" in lines[0]
     assert calls and not out.exists() and not list(tmp_path.glob(".out.llmprune-*"))
     assert folder_hash(pristine) == before
+
+
+@pytest.mark.parametrize("target", ["/proc/llmprune-test/report.json", "FILE/report.json", "DIR"])
+def test_eval_json_target_that_cannot_be_written_fails_before_measuring(target, pristine, tmp_path, monkeypatch):
+    """An unwritable --json is reported in one line (exit 6) before any measurement runs."""
+    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "DIR").mkdir()
+    path = target if target.startswith("/") else tmp_path / target
+    import llmprune.evaluation_run as evaluation_run
+
+    monkeypatch.setattr(evaluation_run, "load_model", lambda *a, **k: pytest.fail("measured before checking --json"))
+    data = tmp_path / "eval.txt"
+    data.write_text(SAMPLE_TEXT)
+    result = run("eval", pristine, "--data", data, "--seqlen", "32", "--json", path)
+    assert result.exit_code == 6, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--json" in lines[0], result.stderr
+    assert not list(tmp_path.rglob(".llmprune-probe-*"))
+
+
+def test_atomic_text_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    from llmprune import atomic
+    from llmprune.errors import OutputExistsError
+
+    target = tmp_path / "sub" / "report.json"
+    atomic.write_text(target, "first")
+    assert target.read_text() == "first"
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
+    with pytest.raises(OutputExistsError, match="No space left"):
+        atomic.write_text(target, "second")
+    assert target.read_text() == "first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.json"], "no temporary file left"

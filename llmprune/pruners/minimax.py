@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from llmprune import distributed
+from llmprune.atomic import save_torch
 from llmprune.arch import Geometry
 from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
 from llmprune.errors import NumericalError, ResumeError, UsageError
@@ -286,7 +287,7 @@ class MinimaxPruner(Pruner):
                 model.eval()
                 teacher = _teacher(model, calib, o.teacher_topk, o.temperature, bs, device, task.advance)
                 if distributed.is_main():
-                    _atomic_save(teacher.state(), teacher_path)
+                    save_torch(teacher.state(), teacher_path)
         timings["time_teacher_s"] = time.perf_counter() - t0
 
         # --- scores: Wanda-sp importance on dense activations, normalised per layer -----------
@@ -556,7 +557,7 @@ class MinimaxPruner(Pruner):
             "lora": lora_state(wrapped), "trace": list(trace), "frozen": frozen,
             "prior_a": prior_a.detach().cpu().flatten(1).clone(), "prior_f": prior_f.detach().cpu().flatten(1).clone(),
         }
-        _atomic_save(state, path)
+        save_torch(state, path)
 
     @staticmethod
     def _merge_check(ctx: PruneContext, plan: PrunePlan, tokens: torch.Tensor, student: torch.Tensor) -> float:
@@ -615,12 +616,6 @@ def _cosine(step: int, total: int, warmup: float = 0.05, floor: float = 0.1) -> 
         return (step + 1) / w
     p = (step - w) / max(1, total - w)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Path | None:

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from llmprune import distributed
+from llmprune.atomic import save_torch
 from llmprune.arch import LINEAR_KEYS
 from llmprune.capture import LayerwiseRunner
 from llmprune.errors import NumericalError, ResumeError, UsageError
@@ -412,9 +413,7 @@ class ProxSparsePruner(Pruner):
             "masks": {n: m.clone() for n, m in masks.items()}, "trace": list(trace),
             "scales": scales, "init_masks": init, "rng": torch.get_rng_state(),
         }
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        save_torch(state, path)
 
 
 # ----- helpers --------------------------------------------------------------------------------
