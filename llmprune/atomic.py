@@ -40,18 +40,26 @@ def write_text(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
-def check_file_writable(path: Path, flag: str) -> None:
-    """Fail before long work when ``path`` (a file to be written later) cannot be written."""
-    if path.is_dir():
-        raise OutputExistsError(f"{flag} {path} is a folder; give a file path")
-    parent = path.parent
+def probe_writable(target: Path, what: str) -> None:
+    """Fail unless a file can be created in the nearest existing folder above ``target``.
+
+    A real probe: ``os.access`` says yes to root even on read-only filesystems.
+    """
+    parent = target.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise OutputExistsError(f"cannot write {flag} {path}: {parent} is a file")
-    try:  # a real probe: os.access says yes to root even on read-only filesystems
+        raise OutputExistsError(f"cannot create {what}: {parent} is a file")
+    try:
         fd, probe = tempfile.mkstemp(prefix=".llmprune-probe-", dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise OutputExistsError(f"cannot write {flag} {path}: {err.strerror or err}") from err
+        raise OutputExistsError(f"cannot write to {parent} (for {what}): {err.strerror or err}") from err
+
+
+def check_file_writable(path: Path, flag: str) -> None:
+    """Fail before long work when ``path`` (a file to be written later) cannot be written."""
+    if path.is_dir():
+        raise OutputExistsError(f"{flag} {path} is a folder; give a file path")
+    probe_writable(path, f"{flag} {path}")

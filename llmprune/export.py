@@ -8,7 +8,6 @@ so an interrupted export never leaves a half-written OUT, and an existing OUT is
 from __future__ import annotations
 
 import json
-import tempfile
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmprune.atomic import probe_writable
 from llmprune.errors import NumericalError, OutputExistsError
 from llmprune.masks import max_nonzeros_per_group
 from llmprune.plan import PrunePlan
@@ -36,16 +36,7 @@ def check_output(output: Path, model_source: str, overwrite: bool) -> None:
         raise OutputExistsError(f"output path {output} exists and is a file")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"output folder {output} exists; pass --overwrite to replace it")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputExistsError(f"cannot create {output}: {parent} is a file")
-    try:  # a real write probe: os.access says yes to root even on read-only filesystems
-        probe = Path(tempfile.mkdtemp(prefix=".llmprune-probe-", dir=parent))
-        probe.rmdir()
-    except OSError as err:
-        raise OutputExistsError(f"cannot write to {parent}: {err.strerror or err}") from err
+    probe_writable(out, str(output))
 
 
 def staging_dir(output: Path) -> Path:

@@ -15,7 +15,6 @@ previous result and re-pruned from the dense weights (a new supernet).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from torch import nn
 
 from llmprune import atomic, distributed
 from llmprune.arch import ArchAdapter
-from llmprune.supernet import KEYS, LEVELS, ModuleType, Supernet, SupernetSpec
+from llmprune.supernet import KEYS, LEVELS, ModuleType, Supernet
 
 LOW, HIGH = LEVELS[0], LEVELS[-1]
 

@@ -37,7 +37,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from torch import nn
 
 from llmprune import distributed
 from llmprune.atomic import save_torch
+from llmprune.trace import batch_rows, pyplot, save_figure
 from llmprune.arch import Geometry
 from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
 from llmprune.errors import NumericalError, ResumeError, UsageError
@@ -388,7 +389,7 @@ class MinimaxPruner(Pruner):
             for step in range(start, T):
                 if frozen is None and step >= freeze_step:
                     frozen = freeze(step)
-                rows = _batch_rows(step, n_samples, bs, s.seed)
+                rows = batch_rows(step, n_samples, bs, s.seed)
                 n_rows = rows.numel()
                 lo, hi = distributed.shard_range(n_rows)  # all rows without a process group
                 rows = rows[lo:hi]
@@ -601,15 +602,6 @@ def _teacher(model: nn.Module, calib: torch.Tensor, k: int, temperature: float, 
                        distributed.gather_rows(part.log_rest, n, lo), temperature)
 
 
-def _batch_rows(step: int, n: int, bs: int, seed: int) -> torch.Tensor:
-    """Sequences of one step: epoch-wise permutations, a pure function of (step, seed)."""
-    per_epoch = max(n // bs, 1)
-    epoch, j = divmod(step, per_epoch)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=gen)
-    return perm[j * bs : (j + 1) * bs]
-
-
 def _cosine(step: int, total: int, warmup: float = 0.05, floor: float = 0.1) -> float:
     w = max(1, int(round(warmup * total)))
     if step < w:
@@ -620,14 +612,8 @@ def _cosine(step: int, total: int, warmup: float = 0.05, floor: float = 0.1) -> 
 
 def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Path | None:
     """PNG of loss, widths and constraint violation per step (None without matplotlib)."""
-    if not trace:
-        return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if not trace or plt is None:
         return None
     steps = [r["step"] for r in trace]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -637,7 +623,6 @@ def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Pat
     ax.plot(steps, [r["lm"] for r in trace], label="LM")
     ax.set_xlabel("step"); ax.set_title("losses"); ax.legend(); ax.set_yscale("log")
     ax = axes[1]
-    first = trace[0]
     n_a = max(r["s_attn"] for r in trace) or 1
     n_f = max(r["s_mlp"] for r in trace) or 1
     ax.plot(steps, [r["s_attn"] / n_a for r in trace], label=f"attention width / {n_a:g}")
@@ -645,15 +630,10 @@ def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Pat
     ax.plot(steps, [r["params_fraction"] for r in trace], label="kept params")
     ax.plot(steps, [r["budget"] for r in trace], "--", label="budget")
     ax.set_xlabel("step"); ax.set_title(f"widths (sparsity {sparsity:g})"); ax.legend(fontsize=8)
-    del first
     ax = axes[2]
     ax.plot(steps, [r["violation"] for r in trace], label="resource violation")
     ax.plot(steps, [r["y_resource"] for r in trace], label="y_resource")
     ax.plot(steps, [r["y_layer_mlp"] for r in trace], label="mean y_layer (MLP)")
     ax.plot(steps, [r["y_layer_attn"] for r in trace], label="mean y_layer (attn)")
     ax.set_xlabel("step"); ax.set_title("constraint and multipliers"); ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -31,7 +31,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ from torch import nn
 
 from llmprune import distributed
 from llmprune.atomic import save_torch
+from llmprune.trace import batch_rows, pyplot, save_figure
 from llmprune.arch import LINEAR_KEYS
 from llmprune.capture import LayerwiseRunner
 from llmprune.errors import NumericalError, ResumeError, UsageError
@@ -453,15 +454,6 @@ def obs_with_mask(weight: torch.Tensor, hessian: torch.Tensor, mask: torch.Tenso
     return W * mask.to(W.device)
 
 
-def batch_rows(step: int, n: int, bs: int, seed: int) -> torch.Tensor:
-    """Sequences of one step: epoch-wise seeded permutations, a pure function of (step, seed)."""
-    per_epoch = max(n // bs, 1)
-    epoch, j = divmod(step, per_epoch)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=gen)
-    return perm[j * bs : (j + 1) * bs]
-
-
 def lr_factor(step: int, total: int, warmup: float) -> float:
     """Linear warm-up over ``warmup·total`` steps, then linear decay to 0 at ``total``."""
     w = int(round(warmup * total))
@@ -472,14 +464,8 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
 
 def plot_trace(trace: list[dict[str, Any]], path: Path) -> Path | None:
     """PNG of the LM loss, the regulariser and the share of 2:4 groups per step (None without matplotlib)."""
-    if not trace:
-        return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if not trace or plt is None:
         return None
     x = list(range(1, len(trace) + 1))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -497,8 +483,4 @@ def plot_trace(trace: list[dict[str, Any]], path: Path) -> Path | None:
         for st in stages[1:]:
             first = next(k for k, r in enumerate(trace, start=1) if r["stage"] == st)
             ax.axvline(first, color="grey", lw=0.5, ls="--")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

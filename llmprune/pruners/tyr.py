@@ -30,6 +30,7 @@ from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
 from llmprune.pruners.base import CliOption, PruneContext, Pruner, register, step_delay_for_tests
 from llmprune.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
 from llmprune.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need
+from llmprune.trace import pyplot, save_figure
 
 STATE_FILE = "search_state.pt"
 LOG_FILE = "tyr_search_log.json"
@@ -287,12 +288,8 @@ class GlobalTyr(Pruner):
 def plot_kept_fraction(path: Path, attn: list[float], mlp: list[float], uni_attn: float, uni_mlp: float,
                        sparsity: float, title: str | None = None) -> Path | None:
     """Bar chart of per-layer kept fraction (attention, MLP) against the uniform widths."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a dependency
+    plt = pyplot()
+    if plt is None:
         return None
     n = len(attn)
     x = torch.arange(n).numpy()
@@ -307,8 +304,4 @@ def plot_kept_fraction(path: Path, attn: list[float], mlp: list[float], uni_attn
     ax.set_xticks(x)
     ax.set_title(title or f"Týr global pruning, {sparsity:.0%} sparsity: kept fraction per layer")
     ax.legend(fontsize=7, ncol=2, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
