@@ -133,7 +133,7 @@ def main() -> None:
         "machine affect both sides of a ratio alike (the dense row is from the first output's rounds). "
         "'ideal ×' is the decoder-linear parameter ratio. "
         "SPEED_MODEL in the commands is that model (built by this script, calibrated on calib.txt).",
-        notes="Speed-ups follow the parameter ratio roughly but not exactly: on this shared 2-core VM repeated runs of this script moved individual ratios by ±0.2–0.4, so the difference between uniform and global outputs of the same size (e.g. 1.59 vs 2.01 prefill at 50%) is within noise, not a property of the method. Heterogeneous widths cost nothing measurable here. "
+        notes="Speed-ups follow the parameter ratio roughly but not exactly: on this shared 2-core VM, earlier runs that timed dense then pruned moved the same output's ratio by up to 0.9 (uniform 50% prefill: 2.28 in one run, 1.36 in the next); alternating the timing reduces that but one run cannot show by how much, so the difference between uniform and global outputs of the same size (e.g. 1.59 vs 2.01 prefill at 50%) is within noise, not a property of the method. Heterogeneous widths cost nothing measurable here. "
         "2:4 gives **no speed-up on CPU**: the weights are stored dense with zeros and CPU matmuls do not skip "
         "them. On a CUDA GPU (compute capability ≥ 8.0, fp16/bf16), `torch.sparse.to_sparse_semi_structured` "
         "turns the 2:4 weights into sparse tensors whose matmuls run faster; that needs a GPU and is not measured here.",
