@@ -143,6 +143,7 @@ def _dying_save(obj, f, *args, **kwargs):
 
 
 def _writers(tmp_path: Path):
+    from llmprune import atomic
     from llmprune.pruners import minimax, proxsparse
     from llmprune.search import IterationState
 
@@ -150,11 +151,13 @@ def _writers(tmp_path: Path):
                            rng=torch.Generator().manual_seed(0).get_state())
     yield ("tyr search state", tmp_path / "search_state.pt", lambda p: state.save(p),
            lambda p: IterationState.load(p).generation)
-    yield ("minimax checkpoint", tmp_path / "minimax_state.pt", lambda p: minimax._atomic_save({"step": 4}, p),
+    yield ("minimax checkpoint", tmp_path / "minimax_state.pt", lambda p: minimax.save_torch({"step": 4}, p),
            lambda p: torch.load(p, weights_only=False)["step"])
     yield ("proxsparse checkpoint", tmp_path / "proxsparse_state.pt",
            lambda p: proxsparse.ProxSparsePruner._checkpoint(p, "fp", 0, 4, {}, None, {}, [], None, {}),
            lambda p: torch.load(p, weights_only=False)["step"])
+    yield ("Týr dense top-k cache", tmp_path / "dense_topk.pt", lambda p: atomic.save_torch({"idx": 7}, p),
+           lambda p: torch.load(p, weights_only=False)["idx"])
 
 
 def test_a_kill_mid_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -177,4 +180,5 @@ def test_supernet_layer_files_and_topk_cache_are_written_atomically():
     build = inspect.getsource(supernet.Supernet.build)
     assert 'tmp = self.layer_file(i).with_suffix(".tmp")' in build and "tmp.replace(self.layer_file(i))" in build
     evaluator = inspect.getsource(search.Evaluator.__init__)
-    assert "tmp.replace(cache)" in evaluator
+    # the cache goes through atomic.save_torch (tested above against a death mid-write), never a bare torch.save
+    assert "atomic.save_torch(" in evaluator and "torch.save(" not in evaluator.replace("atomic.save_torch(", "")
