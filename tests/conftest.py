@@ -121,3 +121,26 @@ def read_json(path: Path) -> dict:
 
 
 requires_refmodel = pytest.mark.skipif(not (REFMODEL / "config.json").exists(), reason="../shared/refmodel not present")
+
+
+def run_cli(*args):
+    """Invoke the CLI in-process (typer's CliRunner), every argument stringified."""
+    from typer.testing import CliRunner
+
+    from llmprune.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama saved as a model folder, shared by one test module."""
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", "llama")
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory) -> Path:
+    """SAMPLE_TEXT as a calibration file, shared by one test module."""
+    path = tmp_path_factory.mktemp("data") / "calib.txt"
+    path.write_text(SAMPLE_TEXT)
+    return path

@@ -10,33 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
-from conftest import folder_hash, read_json, save_tiny_model
+from conftest import folder_hash, read_json, run_cli as run
 from llmprune.arch import ArchAdapter
-from llmprune.cli import app
 from llmprune.masks import max_nonzeros_per_group
 
-runner = CliRunner()
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
-
-
-def run(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", "llama")
-
-
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory) -> Path:
-    from conftest import SAMPLE_TEXT
-
-    path = tmp_path_factory.mktemp("data") / "calib.txt"
-    path.write_text(SAMPLE_TEXT)
-    return path
 
 
 def load(folder: Path):

@@ -6,16 +6,8 @@ import json
 
 import torch
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
-from conftest import read_json, save_tiny_model
-from llmprune.cli import app
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from conftest import read_json, run_cli as run, save_tiny_model
 
 
 def test_inspect_and_stacking_uniform_then_semi24(tmp_path):

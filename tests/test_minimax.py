@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
-from conftest import SAMPLE_TEXT, make_tiny_model, read_json, save_tiny_model, tiny_tokenizer
+from conftest import make_tiny_model, read_json, run_cli as run, tiny_tokenizer
 from llmprune.arch import ArchAdapter, Geometry
-from llmprune.cli import app
 from llmprune.config import PruneSettings
 from llmprune.distill import precompute_teacher, topk_kl
 from llmprune.export import save_pruned
@@ -23,25 +19,8 @@ from llmprune.pruners import minimax
 from llmprune.pruners.base import PruneContext, default_method
 from llmprune.surgery import apply_plan, exported_config
 
-runner = CliRunner()
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
 FAST = ["--steps", "8", "--lora-rank", "4", "--teacher-topk", "16", "--checkpoint-every", "4"]
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", "llama")
-
-
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "calib.txt"
-    path.write_text(SAMPLE_TEXT)
-    return path
 
 
 def dense_layer_params(geom) -> int:

@@ -9,35 +9,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
-from conftest import SAMPLE_TEXT, read_json, save_tiny_model
-from llmprune.cli import app
+from conftest import read_json, run_cli as run, save_tiny_model
 from llmprune.prox import share_24
 from llmprune.pruners import proxsparse
 from llmprune.pruners.base import default_method
 
-runner = CliRunner()
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
 # A strong λ₁ and a large step so that a few steps visibly move the masks away from magnitude.
 FAST = ["--steps", "6", "--lr", "0.02", "--lambda1", "0.3", "--checkpoint-every", "2"]
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", "llama")
-
-
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "calib.txt"
-    path.write_text(SAMPLE_TEXT)
-    return path
 
 
 def check_semi24_of_original(model_dir: Path, out: Path) -> dict[str, torch.Tensor]:

@@ -11,19 +11,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from conftest import SAMPLE_TEXT, folder_hash, save_tiny_model
-from llmprune.cli import app
+from conftest import folder_hash, run_cli as run, SAMPLE_TEXT, save_tiny_model
 from llmprune.errors import NumericalError
 from llmprune.obs import damped_cholesky_inverse
 
-runner = CliRunner()
 SMALL = ["--seqlen", "32", "--nsamples", "4", "--batch-size", "4"]
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import REFMODEL, read_json, requires_refmodel, save_tiny_model
-from llmprune.cli import app
+from conftest import read_json, REFMODEL, requires_refmodel, run_cli as run
 
-runner = CliRunner()
 TASK = "llmprune_easy"
 
 #: (context, choices, index of the answer). Real continuations against letter salad: a trained
@@ -52,10 +49,6 @@ metadata:
 """
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tasks")
@@ -63,11 +56,6 @@ def task_dir(tmp_path_factory) -> Path:
     data.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in QUESTIONS))
     (folder / "easy.yaml").write_text(TASK_YAML.format(task=TASK, data=data))
     return folder
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", "llama")
 
 
 def test_tasks_on_a_random_model_report_settings_and_metrics(model_dir, task_dir, tmp_path):
