@@ -45,9 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from llmprune import distributed
-from llmprune.atomic import save_torch
-from llmprune.trace import batch_rows, pyplot, save_figure
 from llmprune.arch import Geometry
+from llmprune.atomic import save_torch
 from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
 from llmprune.errors import NumericalError, ResumeError, UsageError
 from llmprune.lora import add_lora, load_lora_state, lora_parameters, lora_state, remove_lora
@@ -55,6 +54,7 @@ from llmprune.masks import attn_params_kept, attn_step, uniform_widths
 from llmprune.plan import PrunePlan
 from llmprune.pruners.base import CliOption, PruneContext, Pruner, register
 from llmprune.pruners.baselines import STRUCTURED_KEYS, structured_layer_plan, unit_scores
+from llmprune.trace import batch_rows, pyplot, save_figure
 
 CHECKPOINT = "minimax_state.pt"
 TEACHER = "minimax_teacher.pt"

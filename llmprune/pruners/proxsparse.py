@@ -39,9 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from llmprune import distributed
-from llmprune.atomic import save_torch
-from llmprune.trace import batch_rows, pyplot, save_figure
 from llmprune.arch import LINEAR_KEYS
+from llmprune.atomic import save_torch
 from llmprune.capture import LayerwiseRunner
 from llmprune.errors import NumericalError, ResumeError, UsageError
 from llmprune.masks import nm_eligible, nm_mask
@@ -50,6 +49,7 @@ from llmprune.plan import PrunePlan, geometry_dict
 from llmprune.prox import prox_24, regulariser
 from llmprune.pruners.base import CliOption, PruneContext, Pruner, register
 from llmprune.pruners.baselines import report_skipped_semi24
+from llmprune.trace import batch_rows, pyplot, save_figure
 
 CHECKPOINT = "proxsparse_state.pt"
 TRACE_JSON = "proxsparse_trace.json"
