@@ -18,9 +18,12 @@ from typing import Any, Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-REFMODEL = SHARED / "refmodel"
-CALIB = SHARED / "data" / "calib.txt"
-EVAL = SHARED / "data" / "eval.txt"
+#: The project's reference model and text; a clone without ../shared uses the byte-identical
+#: copies shipped in examples/ (tests/test_refmodel.py checks they are the same files).
+_REFERENCE = SHARED if (SHARED / "refmodel").is_dir() else ROOT / "examples"
+REFMODEL = _REFERENCE / "refmodel"
+CALIB = _REFERENCE / "data" / "calib.txt"
+EVAL = _REFERENCE / "data" / "eval.txt"
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs" / "benchmarks"
 WORK = RESULTS / "work"
@@ -63,10 +66,13 @@ def prune_command(strategy: str, method: str, sparsity: float | None = None, *, 
 
 def display_path(path: str | Path) -> str:
     """Paths under the shared folder as the README writes them (``../shared/...``)."""
-    try:
-        return "../shared/" + str(Path(path).resolve().relative_to(SHARED.resolve()))
-    except ValueError:
-        return str(path)
+    resolved = Path(path).resolve()
+    for base, shown in ((SHARED, "../shared/"), (ROOT, "")):
+        try:
+            return shown + str(resolved.relative_to(base.resolve()))
+        except ValueError:
+            pass
+    return str(path)
 
 
 def evaluate(model: Path, data: Path = EVAL, seqlen: int = 256, speed: bool = False) -> dict[str, Any]:
