@@ -160,21 +160,14 @@ class Evaluator:
                       for i, layer in enumerate(self.layers) for key in KEYS}
         self.loaded: dict[tuple[int, str], Any] = {}
         self.topk = min(topk, model.config.vocab_size)
-        if distributed.is_enabled():
-            # Rank 0 holds the cache (--resume); otherwise every rank computes its shard of rows.
-            data = distributed.on_main(lambda: torch.load(cache) if cache is not None and cache.is_file() else None)
-            if data is not None:
-                self.top_idx, self.top_logp = data["idx"], data["logp"]
-            else:
-                self.top_idx, self.top_logp = self._dense_topk()
-                if cache is not None and distributed.is_main():
-                    atomic.save_torch({"idx": self.top_idx, "logp": self.top_logp}, cache)
-        elif cache is not None and cache.is_file():
-            data = torch.load(cache)
+        # Rank 0 holds the cache (--resume); otherwise every rank computes its shard of rows.
+        # Without a process group on_main just calls the function and this process is rank 0.
+        data = distributed.on_main(lambda: torch.load(cache) if cache is not None and cache.is_file() else None)
+        if data is not None:
             self.top_idx, self.top_logp = data["idx"], data["logp"]
         else:
             self.top_idx, self.top_logp = self._dense_topk()
-            if cache is not None:  # a kill mid-write never leaves a truncated cache
+            if cache is not None and distributed.is_main():  # a kill mid-write never leaves a truncated cache
                 atomic.save_torch({"idx": self.top_idx, "logp": self.top_logp}, cache)
 
     @torch.no_grad()
