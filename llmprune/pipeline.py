@@ -27,7 +27,7 @@ from llmprune.export import REPORT_FILE, check_output, save_pruned, work_dir
 from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_device, resolve_dtype, resolve_seqlen
 from llmprune.plan import PrunePlan
 from llmprune.progress import Reporter
-from llmprune.pruners.base import PruneContext, get_pruner_class
+from llmprune.pruners.base import PruneContext, PruneResult, get_pruner_class
 from llmprune.surgery import apply_plan, exported_config
 
 
@@ -185,7 +185,11 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
         offload_dir=settings.offload_dir,
     )
     with reporter.live():
-        plan = pruner.prune(ctx)
+        result = PruneResult.of(pruner.prune(ctx))
+    plan = result.plan
+    # Methods not yet converted to PruneResult still write into ctx.extras.
+    method_report = {**ctx.extras.get("report", {}), **result.report}
+    method_files = {**ctx.extras.get("files", {}), **result.files}
     t_pruned = time.perf_counter()
     apply_plan(model, adapter, plan)
 
@@ -223,7 +227,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
         "versions": package_versions(),
         "output": str(settings.output),
         "history": previous_pruning(settings.model),
-        **ctx.extras.get("report", {}),
+        **method_report,
     }
     if distributed.is_enabled():
         report["distributed"] = {"world_size": world, "backend": distributed.backend()}
@@ -231,7 +235,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
     report["time_total_s"] = time.perf_counter() - t_start
     if main:
         save_pruned(model, tokenizer, plan, report, settings.output, save_dtype, settings.max_shard_size,
-                    ctx.extras.get("files"), config=exported_config(model, adapter, plan))
+                    method_files or None, config=exported_config(model, adapter, plan))
     shutil.rmtree(work, ignore_errors=True)
     distributed.barrier()  # the other ranks wait for rank 0's export
     report["time_total_s"] = time.perf_counter() - t_start

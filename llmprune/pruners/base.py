@@ -91,6 +91,24 @@ class PruneContext:
             task(i)
 
 
+@dataclass
+class PruneResult:
+    """What a pruner hands back: the plan, its own report fields, and files for OUT.
+
+    ``report`` is merged into ``llmprune_report.json`` (keys the method owns); ``files`` maps a
+    file name in OUT to a ``Path`` (copied) or a JSON-able payload (traces, plots, search logs).
+    A pruner may also return a bare ``PrunePlan`` when it has nothing else to say.
+    """
+
+    plan: PrunePlan
+    report: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, value: "PrunePlan | PruneResult") -> "PruneResult":
+        return value if isinstance(value, PruneResult) else cls(plan=value)
+
+
 class Pruner(ABC):
     """One pruning method of one strategy."""
 
@@ -114,7 +132,7 @@ class Pruner(ABC):
             raise UsageError(f"invalid option for {self.strategy} --method {self.method}: {_first_error(err)}") from err
 
     @abstractmethod
-    def prune(self, ctx: PruneContext) -> PrunePlan:
+    def prune(self, ctx: PruneContext) -> PrunePlan | PruneResult:
         """Decide what to remove; may edit ``ctx.model`` in place."""
 
 
