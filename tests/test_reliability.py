@@ -322,7 +322,7 @@ def test_supernet_disk_estimate_matches_the_bytes_written(tmp_path, attn_unit):
 def test_too_little_disk_for_the_supernet_is_refused_before_any_work(pristine, tmp_path, monkeypatch):
     import collections
 
-    import llmprune.pruners.tyr as tyr
+    import llmprune.pruners.tyr.pruner as tyr
 
     calls = []
     Usage = collections.namedtuple("Usage", "total used free")
