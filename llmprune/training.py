@@ -340,6 +340,20 @@ class Training:
             return method.finish(trace)
 
 
+def is_main() -> bool:
+    """True on the rank that writes files (traces, plots); always without torchrun."""
+    return distributed.is_main()
+
+
+def sharded_rows(n: int, compute: Callable[[int, int], Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Row-wise results over ``n`` rows, each rank computing ``compute(lo, hi)`` for its shard and
+    every rank receiving all rows (e.g. teacher logits); ``compute(0, n)`` without a process group."""
+    if not distributed.is_enabled():
+        return list(compute(0, n))
+    lo, hi = distributed.shard_range(n)  # non-empty: the pipeline asks for --nsamples >= ranks
+    return [distributed.gather_rows(t, n, lo) for t in compute(lo, hi)]
+
+
 def global_means(local_rows: int, global_rows: int, *values: torch.Tensor) -> list[float]:
     """Batch means over all ranks' rows (row-weighted) of per-rank means; the local values alone
     without a process group."""

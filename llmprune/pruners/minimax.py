@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from llmprune import distributed
 from llmprune.arch import Geometry
 from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
 from llmprune.errors import UsageError
@@ -51,7 +50,7 @@ from llmprune.plan import PrunePlan
 from llmprune.pruners.base import CliOption, PruneContext, Pruner, PruneResult, register
 from llmprune.scoring import STRUCTURED_KEYS, structured_layer_plan, unit_scores
 from llmprune.trace import pyplot, save_figure
-from llmprune.training import Batch, Event, LearnedMethod, Losses, LRSchedule, Training, notify
+from llmprune.training import Batch, Event, LearnedMethod, Losses, LRSchedule, Training, is_main, notify, sharded_rows
 
 TEACHER = "minimax_teacher.pt"
 TRACE_JSON = "minimax_trace.json"
@@ -500,7 +499,7 @@ class MinimaxTraining(LearnedMethod):
             **self.timings,
         }
         files: dict[str, Any] = {TRACE_JSON: {"options": o.model_dump(mode="json"), "trace": trace}}
-        png = _plot_trace(trace, Path(ctx.work_dir) / TRACE_PNG, s.sparsity) if distributed.is_main() else None
+        png = _plot_trace(trace, Path(ctx.work_dir) / TRACE_PNG, s.sparsity) if is_main() else None
         if png is not None:
             files[TRACE_PNG] = png
         return PruneResult(plan, report={"minimax": report}, files=files)
@@ -537,13 +536,13 @@ def _teacher(ctx: PruneContext, o: MinimaxOptions) -> TeacherTopK:
     bs = min(ctx.settings.batch_size, n)
     task = ctx.progress.task("minimax teacher top-k", total=-(-n // bs))
     ctx.model.eval()
-    if not distributed.is_enabled():
-        return precompute_teacher(ctx.model, calib, o.teacher_topk, o.temperature, bs, ctx.device, progress=task.advance)
-    lo, hi = distributed.shard_range(n)  # non-empty: the pipeline asks for --nsamples >= ranks
-    part = precompute_teacher(ctx.model, calib[lo:hi], o.teacher_topk, o.temperature, bs, ctx.device,
-                              progress=task.advance)
-    return TeacherTopK(distributed.gather_rows(part.logp, n, lo), distributed.gather_rows(part.index, n, lo),
-                       distributed.gather_rows(part.log_rest, n, lo), o.temperature)
+
+    def shard(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        part = precompute_teacher(ctx.model, calib[lo:hi], o.teacher_topk, o.temperature, bs, ctx.device,
+                                  progress=task.advance)
+        return part.logp, part.index, part.log_rest
+
+    return TeacherTopK(*sharded_rows(n, shard), o.temperature)
 
 
 def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Path | None:

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from llmprune import distributed
 from llmprune.arch import LINEAR_KEYS
 from llmprune.errors import NumericalError, UsageError
 from llmprune.masks import nm_eligible, nm_mask
@@ -44,7 +43,7 @@ from llmprune.plan import PrunePlan, geometry_dict
 from llmprune.prox import prox_24, regulariser
 from llmprune.pruners.base import CliOption, PruneContext, Pruner, PruneResult, register, skipped_semi24
 from llmprune.trace import pyplot, save_figure
-from llmprune.training import Batch, LearnedMethod, Losses, LRSchedule, Training
+from llmprune.training import Batch, LearnedMethod, Losses, LRSchedule, Training, is_main
 
 TRACE_JSON = "proxsparse_trace.json"
 TRACE_PNG = "proxsparse_trace.png"
@@ -334,7 +333,7 @@ class ProxSparseTraining(LearnedMethod):
             },
         }
         files: dict[str, Any] = {TRACE_JSON: {"options": o.model_dump(mode="json"), "trace": trace}}
-        png = plot_trace(trace, Path(ctx.work_dir) / TRACE_PNG) if distributed.is_main() else None
+        png = plot_trace(trace, Path(ctx.work_dir) / TRACE_PNG) if is_main() else None
         if png is not None:
             files[TRACE_PNG] = png
         return PruneResult(plan, report=report, files=files)
