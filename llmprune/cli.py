@@ -49,12 +49,15 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from llmprune.signals import describe, sigterm_as_interrupt
+
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():  # SIGTERM (schedulers) unwinds like Ctrl-C
+                return fn(*args, **kwargs)
         except LlmpruneError as err:
             fail(str(err), err.exit_code)
-        except KeyboardInterrupt:
-            fail("interrupted (rerun with --resume to continue where supported)", 130)
+        except KeyboardInterrupt as err:  # the pipeline words it (checkpoint kept or not)
+            fail(*describe(err))
         except MemoryError:
             fail("out of memory; lower --nsamples/--batch-size or use a machine with more memory", 11)
         except RuntimeError as err:
@@ -123,10 +126,11 @@ def _prune_command(strategy: str) -> Callable[..., None]:
     common = _common_parameters(strategy)
     extra = _method_parameters(strategy)
     common_names = {p.name for p in common}
+    annotations = {p.name: p.annotation for p in (*common, *extra)}
 
     @friendly_errors
     def command(ctx: typer.Context, **kwargs: Any) -> None:
-        from llmprune.config import PruneSettings, load_recipe, validated
+        from llmprune.config import PruneSettings, check_recipe_types, load_recipe, validated
         from llmprune.pipeline import run_prune
         from llmprune.pruners.base import default_method
         from llmprune.summary import print_prune_summary
@@ -134,6 +138,7 @@ def _prune_command(strategy: str) -> Callable[..., None]:
         recipe_path = kwargs.pop("config")
         if recipe_path is not None:
             recipe = load_recipe(recipe_path, allowed=set(kwargs) - {"model", "output"})
+            check_recipe_types(recipe, annotations, recipe_path)
             for key, value in recipe.items():
                 if ctx.get_parameter_source(key).name == "DEFAULT":
                     kwargs[key] = value
@@ -162,6 +167,21 @@ def _prune_command(strategy: str) -> Callable[..., None]:
     return command
 
 
+def _version(value: bool) -> None:
+    if value:
+        import llmprune
+
+        typer.echo(f"llmprune {llmprune.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version, is_eager=True),
+) -> None:
+    """Prune Hugging Face causal LMs: uniform structured, global structured, and 2:4."""
+
+
 for _strategy in ("uniform", "global", "semi24"):
     app.command(name=_strategy, help=STRATEGY_HELP[_strategy])(_prune_command(_strategy))
 
@@ -184,7 +204,7 @@ def eval_command(
     task_limit: Optional[int] = typer.Option(None, help="With --tasks: evaluate only the first N examples of each task (quick checks; not comparable to full runs).", show_default=False),
     task_batch_size: int = typer.Option(8, help="With --tasks: requests per forward pass."),
 ) -> None:
-    """Perplexity (methods.md §0), parameter counts, optional throughput and task accuracy, as a table and JSON."""
+    """Perplexity (docs/methods.md §0), parameter counts, optional throughput and task accuracy, as a table and JSON."""
     from llmprune.evaluation_run import EvalSettings, run_eval
     from llmprune.config import validated
     from llmprune.summary import print_eval_summary

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmprune.atomic import probe_writable
+from llmprune.atomic import disk_full, probe_writable
 from llmprune.errors import NumericalError, OutputExistsError
 from llmprune.masks import max_nonzeros_per_group
 from llmprune.plan import PrunePlan
@@ -28,15 +28,23 @@ def check_output(output: Path, model_source: str, overwrite: bool) -> None:
     """Refuse outputs that exist (without --overwrite), are files, or would touch the input."""
     out = output.expanduser().resolve()
     src = Path(model_source).expanduser()
-    if src.exists():
-        src = src.resolve()
-        if out == src or src in out.parents or out in src.parents:
-            raise OutputExistsError(f"output {output} overlaps the input model folder {model_source}; choose another -o")
+    if src.exists() and overlaps(out, src.resolve()):
+        raise OutputExistsError(f"output {output} overlaps the input model folder {model_source}; choose another -o")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output path {output} exists and is a file")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"output folder {output} exists; pass --overwrite to replace it")
+    if out.exists() and any(out.iterdir()) and not (out / REPORT_FILE).is_file():
+        raise OutputExistsError(
+            f"--overwrite replaces only an empty folder or an earlier llmprune output (with {REPORT_FILE}); "
+            f"{output} holds other files, so it is left alone"
+        )
     probe_writable(out, str(output))
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    """True when resolved paths ``a`` and ``b`` are the same folder or one contains the other."""
+    return a == b or b in a.parents or a in b.parents
 
 
 def staging_dir(output: Path) -> Path:
@@ -140,8 +148,10 @@ def save_pruned(
                 _write_json(staging / name, payload)
         _write_json(staging / REPORT_FILE, report)
         finalize(staging, output)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if disk_full(err):
+            raise OutputExistsError(f"no space left on device while writing {output} (nothing was written)") from err
         raise
     return output
 

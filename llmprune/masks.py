@@ -83,3 +83,21 @@ def max_nonzeros_per_group(weight: torch.Tensor, m: int = 4) -> int:
     out_features, in_features = weight.shape
     groups = (weight != 0).reshape(out_features, in_features // m, m)
     return int(groups.sum(-1).max())
+
+
+def min_layer_params(geom: Geometry, attn_unit: str) -> int:
+    """Decoder-linear parameters of one layer that keeps the least structured pruning allows:
+    one attention step and one MLP channel (no method removes a whole module)."""
+    return attn_params_kept(geom, attn_unit, attn_step(geom, attn_unit)) + geom.mlp_unit_params
+
+
+def max_structured_sparsity(geom: Geometry, attn_unit: str) -> float:
+    """The largest sparsity structured pruning can reach on this geometry."""
+    dense = geom.layer_linear_params(geom.num_heads, geom.num_kv_heads, geom.intermediate_size)
+    return 1.0 - min_layer_params(geom, attn_unit) / dense
+
+
+def one_unit_sparsity(geom: Geometry) -> float:
+    """The sparsity of one MLP channel in every layer: how closely a structured plan can meet a budget."""
+    dense = geom.layer_linear_params(geom.num_heads, geom.num_kv_heads, geom.intermediate_size)
+    return geom.mlp_unit_params / dense

@@ -166,3 +166,16 @@ class Semi24SparseGPT(_Semi24Layerwise):
 
     def new_weight(self, weight, stats, name):
         return sparsegpt_prune(weight, stats.hessian, n=2, m=4, name=name)
+
+
+# ----- global: the same scores at uniform widths, the reference a searched distribution must beat --
+@register
+class GlobalMagnitude(UniformMagnitude):
+    strategy = "global"
+    summary = "baseline: magnitude at uniform widths (no search)"
+
+
+@register
+class GlobalWanda(UniformWanda):
+    strategy = "global"
+    summary = "baseline: Wanda-sp at uniform widths (no search)"
