@@ -21,8 +21,8 @@ def check_reachable(geom: Geometry, sparsity: float, attn_unit: str) -> None:
     if sparsity > largest:
         shown = math.floor(largest * 10_000) / 10_000  # a value the user can pass back
         raise UsageError(
-            f"--sparsity {sparsity} cannot be reached: keeping at least one attention unit and one MLP "
-            f"channel per layer (--attn-unit {attn_unit}) removes at most {largest:.2%}; ask for {shown} or less"
+            f"--sparsity {sparsity} cannot be reached: every layer keeps at least one attention unit "
+            f"(--attn-unit {attn_unit}) and one MLP channel; the largest reachable --sparsity is {shown}"
         )
 
 
