@@ -327,7 +327,7 @@ BAD_INPUTS = {
     "offload-dir inside the input model": (_offload_in_model, 6, "overlaps the input model folder"),
     "overwrite of a folder llmprune did not make": (_unrelated_output_folder, 6, "holds other files, so it is left alone"),
     "recipe value of the wrong type": (_recipe_with_wrong_type, 2, "--config"),
-    "disk full during export": (_Patched(_disk_full_during_export), 6, "no space left on device"),
+    "disk full during export": (_Patched(_disk_full_during_export), 6, "no space left on device while writing"),
     "hub unreachable": (_Patched(_hub_unreachable), 3, "HF_HUB_OFFLINE=1"),
 }
 
