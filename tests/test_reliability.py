@@ -627,3 +627,22 @@ def test_version():
 
     result = run("--version")
     assert result.exit_code == 0 and result.stdout.strip() == f"llmprune {llmprune.__version__}"
+
+
+def test_a_real_full_disk_during_export(pristine, tmp_path):
+    """The same as the disk-full row, on a real 128 KB tmpfs (needs permission to mount; skipped otherwise)."""
+    import subprocess
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        result = run("uniform", pristine, "-o", disk / "out", "--method", "magnitude", "--sparsity", "0.3")
+        assert result.exit_code == 6, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: no space left on device while writing"), lines
+        assert list(disk.iterdir()) == [], "no output, staging or work folder left on the full disk"
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
