@@ -59,10 +59,14 @@ class Workspace:
         if s.resume and self.pruner_cls.resumable and not self.work.exists():
             raise ResumeError(f"--resume: no checkpoint folder {self.work} from an earlier run of this output")
         self.lock.acquire()  # before touching anything another run may be using
-        if not s.resume or not self.pruner_cls.resumable:
-            for stale in self.work.iterdir():  # an earlier run's leftovers, never the lock
-                if stale.name != LOCK_FILE:
-                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        try:
+            if not s.resume or not self.pruner_cls.resumable:
+                for stale in self.work.iterdir():  # an earlier run's leftovers, never the lock
+                    if stale.name != LOCK_FILE:
+                        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        except BaseException:
+            self.lock.release()
+            raise
         return self.work
 
     def close(self) -> None:
