@@ -19,6 +19,7 @@ from llmprune.atomic import probe_writable
 from llmprune.errors import NumericalError, OutputExistsError
 from llmprune.masks import max_nonzeros_per_group
 from llmprune.plan import PrunePlan
+from llmprune.portable import apply_umask, portable_tokenizer_config
 
 REPORT_FILE = "llmprune_report.json"
 SPARSITY_FILE = "llmprune_sparsity.json"
@@ -132,6 +133,7 @@ def save_pruned(
         config.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+            portable_tokenizer_config(staging)
         plan.save(staging)
         for name, payload in (extra_files or {}).items():
             if isinstance(payload, Path):
@@ -139,6 +141,7 @@ def save_pruned(
             else:
                 _write_json(staging / name, payload)
         _write_json(staging / REPORT_FILE, report)
+        apply_umask(staging)  # transformers writes the weights 0600
         finalize(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
