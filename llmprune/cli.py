@@ -90,6 +90,8 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
         ("dtype", str, typer.Option("auto", help="Dtype the model runs in: auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16. Statistics are always float32.")),
         ("save_dtype", str, typer.Option("auto", help="Dtype of the exported weights: auto (the checkpoint's), float32, bfloat16, float16.")),
         ("attn_unit", str, typer.Option("group", help="Attention pruning unit: 'group' removes whole KV groups (KV head + its query heads); 'query' removes query heads, the same number from every group.")),
+        ("align", int, typer.Option(1, help="Keep every width (query and KV heads × head_dim, MLP channels) a multiple of N, e.g. 32 or 256 for GGUF quantization blocks, 64/128 for GPU kernels; the budget is met as closely as that grid allows (the report gives the achieved sparsity). A module pruned entirely or kept whole is always allowed.")),
+        ("align_heads", int, typer.Option(1, help="Keep every query-head and KV-head count divisible by T (the tensor-parallel size you will serve with, e.g. vLLM --tensor-parallel-size).")),
         ("batch_size", int, typer.Option(8, help="Sequences per forward pass during calibration.")),
         ("offload_dir", Optional[Path], typer.Option(None, help="Keep calibration activations between layers on disk in this folder instead of in memory (layer-wise methods; for very large models or many samples).", show_default=False)),
         ("max_shard_size", str, typer.Option("5GB", help="Largest safetensors shard in the output.")),
@@ -98,7 +100,7 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
         ("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same command from its last checkpoint (methods that train or search).")),
     ]
     if strategy == "semi24":
-        spec = [s for s in spec if s[0] != "attn_unit"]
+        spec = [s for s in spec if s[0] not in ("attn_unit", "align", "align_heads")]
     return [P(name, P.KEYWORD_ONLY, default=default, annotation=ann) for name, ann, default in spec]
 
 

@@ -19,6 +19,7 @@ import torch
 
 import llmprune
 from llmprune import distributed
+from llmprune.alignment import alignment_report
 from llmprune.arch import ArchAdapter
 from llmprune.config import PruneSettings
 from llmprune.data import calibration_samples, resolve_calibration_source
@@ -229,6 +230,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
         "history": previous_pruning(settings.model),
         **method_report,
     }
+    report.update(alignment_report(settings, plan, reporter.log))
     if distributed.is_enabled():
         report["distributed"] = {"world_size": world, "backend": distributed.backend()}
     report.update(peak_memory())

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmprune import distributed
 from llmprune.errors import OutputExistsError, ResumeError, UsageError
+from llmprune.alignment import Alignment
 from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
 from llmprune.pruners.base import CliOption, PruneContext, Pruner, register, step_delay_for_tests
@@ -142,8 +143,9 @@ class GlobalTyr(Pruner):
             raise UsageError("global --method tyr needs calibration text (--calib)")
         model, adapter = ctx.model, ctx.adapter
         geom = adapter.geometry(model)
-        types = module_types(geom, s.attn_unit)
-        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit)
+        align = Alignment.of(s)
+        types = module_types(geom, s.attn_unit, align)
+        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit, align)
         n_layers = geom.num_layers
         config = self.search_config()
         work = Path(ctx.work_dir)
@@ -153,6 +155,7 @@ class GlobalTyr(Pruner):
         fingerprint = {
             "sparsity": s.sparsity, "seed": s.seed, "attn_unit": s.attn_unit, "nsamples": s.nsamples,
             "seqlen": s.seqlen, "calib": s.calib, "model": s.model, **self.options.model_dump(mode="json"),
+            **({} if align.trivial else align.report()),
         }
         gen = torch.Generator().manual_seed(s.seed)
         state: IterationState | None = None
