@@ -94,13 +94,14 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
         ("align_heads", int, typer.Option(1, help="Keep every query-head and KV-head count divisible by T (the tensor-parallel size you will serve with, e.g. vLLM --tensor-parallel-size).")),
         ("batch_size", int, typer.Option(8, help="Sequences per forward pass during calibration.")),
         ("offload_dir", Optional[Path], typer.Option(None, help="Keep calibration activations between layers on disk in this folder instead of in memory (layer-wise methods; for very large models or many samples).", show_default=False)),
+        ("export_format", str, typer.Option("hf", help="Output format: 'hf' (plain config for uniform widths; per-layer widths with a modeling file for global) or 'deci' (DeciLM / Nemotron-NAS block_configs, which vLLM and llama.cpp serve; widths the format cannot express are zero-padded, the report says what that costs). See docs/export.md.")),
         ("max_shard_size", str, typer.Option("5GB", help="Largest safetensors shard in the output.")),
         ("config", Optional[Path], typer.Option(None, "--config", help="YAML or JSON recipe with the same keys as these options (e.g. sparsity: 0.3, lora_rank: 8); flags given on the command line override it.", show_default=False)),
         ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace an existing output folder (only after the new one is complete).")),
         ("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same command from its last checkpoint (methods that train or search).")),
     ]
     if strategy == "semi24":
-        spec = [s for s in spec if s[0] not in ("attn_unit", "align", "align_heads")]
+        spec = [s for s in spec if s[0] not in ("attn_unit", "align", "align_heads", "export_format")]
     return [P(name, P.KEYWORD_ONLY, default=default, annotation=ann) for name, ann, default in spec]
 
 

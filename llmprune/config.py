@@ -33,6 +33,7 @@ class PruneSettings(BaseModel):
     attn_unit: Literal["group", "query"] = "group"
     align: int = 1
     align_heads: int = 1
+    export_format: Literal["hf", "deci"] = "hf"
     batch_size: int = 8
     overwrite: bool = False
     resume: bool = False

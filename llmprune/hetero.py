@@ -97,9 +97,10 @@ def _linear(old, in_features, out_features):
                      device=old.weight.device, dtype=old.weight.dtype)
 
 
-def apply_layer_widths(layers, config):
-    \"\"\"Resize the decoder layers of a freshly built dense model to ``config.layer_widths``.\"\"\"
-    widths = getattr(config, "layer_widths", None) or []
+def apply_layer_widths(layers, config, widths=None):
+    \"\"\"Resize the decoder layers of a freshly built dense model to ``widths`` (default
+    ``config.layer_widths``).\"\"\"
+    widths = widths if widths is not None else (getattr(config, "layer_widths", None) or [])
     hidden = config.hidden_size
     for index, (layer, width) in enumerate(zip(layers, widths)):
         heads, kv_heads = width["num_attention_heads"], width["num_key_value_heads"]

@@ -152,6 +152,10 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
 
     device = distributed.device_for(resolve_device(settings.device))
     config = load_config(settings.model)
+    if settings.export_format == "deci":  # fail before the pruning work, not at export
+        from llmprune.deci import check_exportable
+
+        check_exportable(config)
     settings.seqlen = resolve_seqlen(settings.seqlen, config)
     compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
     save_dtype = checkpoint_dtype(config) or torch.float32
@@ -237,7 +241,8 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
     report["time_total_s"] = time.perf_counter() - t_start
     if main:
         save_pruned(model, tokenizer, plan, report, settings.output, save_dtype, settings.max_shard_size,
-                    method_files or None, config=exported_config(model, adapter, plan))
+                    method_files or None, config=exported_config(model, adapter, plan),
+                    export_format=settings.export_format)
     shutil.rmtree(work, ignore_errors=True)
     distributed.barrier()  # the other ranks wait for rank 0's export
     report["time_total_s"] = time.perf_counter() - t_start
