@@ -221,6 +221,21 @@ def inspect_command(
         print_inspect(info)
 
 
+@app.command(name="remask")
+@friendly_errors
+def remask_command(
+    model: str = typer.Argument(..., help="Model folder to fix, e.g. a 2:4 output after a LoRA merge.", show_default=False),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder (written atomically; must not exist unless --overwrite).", show_default=False),
+    like: Path = typer.Option(..., "--like", help="The 2:4 output whose zero pattern to restore (has llmprune_sparsity.json).", show_default=False),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Re-apply a 2:4 output's zero pattern after fine-tuning (a merged LoRA makes every weight dense)."""
+    from llmprune.remask import remask
+
+    report = remask(model, like, output, overwrite)
+    console.print(f"restored 2:4 in {output} ({report['zeros_restored']} weights zeroed again)", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="llmprune")
