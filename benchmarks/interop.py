@@ -96,17 +96,31 @@ def plain():
         state["logits"] = model(ids).logits
     return type(model).__name__
 run("plain", plain)
+def remote():  # a DeciLM folder loads only with its own code
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True).eval()
+    state["model"], state["remote"] = model, True
+    with torch.no_grad():
+        state["logits"] = model(ids).logits
+if "model" not in state:
+    try:
+        remote()
+    except Exception:
+        pass
+KW = {"trust_remote_code": True} if state.get("remote") else {}
+NOTE = " (trust_remote_code)" if KW else ""
 def compiled():
     fn = torch.compile(state["model"], backend="aot_eager")
     with torch.no_grad():
         diff = float((fn(ids).logits - state["logits"]).abs().max())
     assert diff < 1e-4, f"compiled logits differ by {diff}"
-    return f"max |Δlogit| {diff:.1e}"
+    return f"max |Δlogit| {diff:.1e}" + NOTE
 if "model" in state:
     run("torch.compile", compiled)
+else:
+    results["torch.compile"] = ["n/a", "the folder does not load"]
 def lora():
     from peft import LoraConfig, PeftModel, get_peft_model
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, **KW)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False))
     targets = sorted({n.split(".")[-4] for n, _ in peft_model.named_parameters() if "lora_A" in n})
     opt = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3)
@@ -115,14 +129,14 @@ def lora():
         loss = peft_model(batch, labels=batch).loss
         loss.backward(); opt.step(); opt.zero_grad()
     peft_model.save_pretrained(os.path.join(work, "adapter"))
-    base = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, **KW)
     reloaded = PeftModel.from_pretrained(base, os.path.join(work, "adapter"))
     with torch.no_grad():
         before = reloaded(ids).logits
         merged = reloaded.merge_and_unload()
         diff = float((merged(ids).logits - before).abs().max())
     assert diff < 1e-4, f"merged logits differ by {diff}"
-    detail = f"default targets {','.join(targets)}"
+    detail = f"default targets {','.join(targets)}" + NOTE
     sidecar = os.path.join(out, "llmprune_sparsity.json")
     if os.path.exists(sidecar):
         from llmprune.masks import max_nonzeros_per_group
@@ -286,8 +300,9 @@ def patched_converter(source: Path, into: Path, gpt2_hashes: list[str]) -> Path:
 
 def convert(converter: Path, model: Path, outfile: Path, outtype: str, timeout: int = 900) -> tuple[bool, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
+    # stdin closed: the converter's tokenizer load asks whether to run a folder's custom code (no)
     proc = subprocess.run([sys.executable, str(converter), str(model), "--outfile", str(outfile), "--outtype", outtype],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     return proc.returncode == 0 and outfile.is_file(), proc.stderr + proc.stdout
 
 
@@ -386,10 +401,14 @@ def find_converter(args: argparse.Namespace, work: Path) -> Path | None:
     return None
 
 
-def tokenizer_hashes(converter_dir: Path, work: Path) -> list[str]:
-    """The reference tokenizer's pre-tokenizer hash, as the unpatched converter reports it."""
-    ok, log = convert(converter_dir / "convert_hf_to_gguf.py", REFMODEL, work / "probe.gguf", "f32")
-    return [] if ok else unknown_tokenizer_hashes(log)
+def prepare_converter(source: Path, work: Path, probe_model: Path) -> tuple[Path, list[str]]:
+    """The patched converter: the DeciLM vocabulary mapping first, then the pre-tokenizer hash that
+    converter reports for ``probe_model``'s tokenizer mapped to gpt-2."""
+    script = patched_converter(source, work, [])
+    ok, log = convert(script, probe_model, work / "probe.gguf", "f32")
+    hashes = [] if ok else unknown_tokenizer_hashes(log)
+    (work / "probe.gguf").unlink(missing_ok=True)
+    return (patched_converter(source, work, hashes) if hashes else script), hashes
 
 
 COLUMNS = [("output", "output", "")] + [(c, c, "") for c in CONSUMERS]
@@ -408,8 +427,7 @@ def main() -> None:
     source = find_converter(args, work)
     converter, hashes = None, []
     if source is not None:
-        hashes = tokenizer_hashes(source, work)
-        converter = patched_converter(source, work, hashes)
+        converter, hashes = prepare_converter(source, work, REFMODEL)
     rows, records = [], []
     for name, spec in OUTPUTS:
         if args.only and name not in args.only.split(","):

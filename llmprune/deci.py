@@ -99,18 +99,36 @@ class DeciLMConfig(_BaseConfig):
         return widths
 
 
+def apply_block_configs(layers, config):
+    """Resize a freshly built dense stack to ``config.block_configs``."""
+    widths = config.deci_layer_widths()
+    apply_layer_widths(layers, config, widths)
+    for layer, width in zip(layers, widths):
+        if width["num_attention_heads"] == 0:  # the format has no input norm for a no-op attention
+            layer.input_layernorm = nn.Identity()
+        if width["intermediate_size"] == 0:
+            layer.post_attention_layernorm = nn.Identity()
+    constants = sys.modules.get("peft.utils.constants")  # PEFT default targets, as for the base family
+    for name in dir(constants) if constants is not None else ():
+        table = getattr(constants, name)
+        if name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(table, dict) and BASE_MODEL_TYPE in table:
+            table.setdefault(DeciLMConfig.model_type, table[BASE_MODEL_TYPE])
+
+
+class DeciLMModel(_BaseModel):
+    config_class = DeciLMConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        apply_block_configs(self.layers, config)
+
+
 class DeciLMForCausalLM(_BaseForCausalLM):
     config_class = DeciLMConfig
 
     def __init__(self, config):
         super().__init__(config)
-        widths = config.deci_layer_widths()
-        apply_layer_widths(self.model.layers, config, widths)
-        for layer, width in zip(self.model.layers, widths):
-            if width["num_attention_heads"] == 0:  # the format has no input norm for a no-op attention
-                layer.input_layernorm = nn.Identity()
-            if width["intermediate_size"] == 0:
-                layer.post_attention_layernorm = nn.Identity()
+        apply_block_configs(self.model.layers, config)
 '''
 
 
@@ -266,6 +284,7 @@ def deci_config(config: Any, plan: PrunePlan, layers: list[DeciLayer], family: s
                                **data)
     deci.architectures = [ARCHITECTURE]
     deci.auto_map = {"AutoConfig": f"{MODELING_FILE[:-3]}.DeciLMConfig",
+                     "AutoModel": f"{MODELING_FILE[:-3]}.DeciLMModel",
                      "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{ARCHITECTURE}"}
     return deci
 
