@@ -5,14 +5,17 @@ A non-uniform plan cannot be described by a standard config. We write, beside th
 - ``config.json`` of a small config class derived from the family's own config class, with the
   dense geometry plus ``layer_widths`` (query heads, KV heads, MLP channels of every layer) and an
   ``auto_map`` pointing at
-- ``modeling_llmprune.py``: the config class and a causal-LM class derived from the family's
-  transformers classes (``LlamaForCausalLM`` …) that resizes each decoder layer's projections to
-  its widths; a module pruned to 0 heads/channels becomes a no-op.
+- ``modeling_llmprune.py``: the config class, a base-model and a causal-LM class derived from the
+  family's transformers classes (``LlamaModel``, ``LlamaForCausalLM`` …) that resize each decoder
+  layer's projections to its widths; a module pruned to 0 heads/channels becomes a no-op.
+  ``save_pretrained`` of these classes writes the file and the ``auto_map`` again.
 
 So ``AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)`` works in a clean process
-with plain transformers. When ``llmprune`` is installed, ``register_auto_classes()`` (called
-lazily by ``llmprune.loading``) registers the same classes with the Auto classes, so the folder
-also loads without ``trust_remote_code``. Both paths execute the same source text (``TEMPLATE``).
+with plain transformers. After ``import llmprune``, ``register_family`` (called lazily by the
+hooks in ``llmprune.autoregister``, or for all families by ``register_auto_classes()``) registers
+the same classes with the Auto classes, so the folder also loads without ``trust_remote_code``.
+Both paths execute the same source text (``TEMPLATE``); the executed module is kept in
+``sys.modules`` (``torch.compile`` looks classes up by module name).
 """
 
 from __future__ import annotations
