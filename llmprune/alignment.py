@@ -18,6 +18,8 @@ from llmprune.arch import Geometry
 
 #: Widths that are not multiples of this block GGUF's smallest quantization block; warn about them.
 QUANT_BLOCK = 32
+#: DeciLM / Nemotron-NAS MLP widths are multiples of this (vLLM's and llama.cpp's ffn_mult rule).
+DECI_FFN_MULTIPLE = 256
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class Alignment:
 
     width: int = 1
     heads: int = 1
+    #: attention kept whole or removed (the DeciLM format has a fixed number of query heads)
+    whole_attention: bool = False
 
     @classmethod
     def of(cls, settings: Any) -> "Alignment":
@@ -34,7 +38,12 @@ class Alignment:
 
     @property
     def trivial(self) -> bool:
-        return self.width == 1 and self.heads == 1
+        return self.width == 1 and self.heads == 1 and not self.whole_attention
+
+    def for_deci(self) -> "Alignment":
+        """The widths the DeciLM format expresses without padding: attention whole or no-op, MLP
+        widths multiples of 256 (``--search-space deci``)."""
+        return Alignment(lcm(self.width, DECI_FFN_MULTIPLE), self.heads, whole_attention=True)
 
     def head_multiple(self, geom: Geometry) -> int:
         """Head counts must be multiples of this (width grid in heads, and the TP size)."""
@@ -46,6 +55,8 @@ class Alignment:
         ``group`` units are KV groups (u KV heads, u·g query heads: u must be a head multiple);
         ``query`` units are query heads, balanced over the (all kept) KV groups.
         """
+        if self.whole_attention:
+            return geom.attn_unit_count(attn_unit)
         multiple = self.head_multiple(geom)
         return multiple if attn_unit == "group" else lcm(geom.num_kv_heads, multiple)
 
@@ -58,8 +69,8 @@ class Alignment:
     def allowed_channels(self, k: int, dense: int) -> bool:
         return k in (0, dense) or k % self.width == 0
 
-    def report(self) -> dict[str, int]:
-        return {"align": self.width, "align_heads": self.heads}
+    def report(self) -> dict[str, Any]:
+        return {"align": self.width, "align_heads": self.heads, **({"whole_attention": True} if self.whole_attention else {})}
 
 
 def misaligned_widths(widths: list[dict[str, int]], head_dim: int, block: int = QUANT_BLOCK) -> list[str]:

@@ -38,13 +38,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmprune.alignment import DECI_FFN_MULTIPLE
 from llmprune.errors import NumericalError, UnsupportedArchitectureError
 from llmprune.plan import PrunePlan
 
 MODELING_FILE = "modeling_decilm.py"
 MODEL_TYPE = "nemotron-nas"
 ARCHITECTURE = "DeciLMForCausalLM"
-FFN_MULTIPLE = 256
+FFN_MULTIPLE = DECI_FFN_MULTIPLE
 
 APPENDIX = '''
 

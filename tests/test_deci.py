@@ -158,3 +158,18 @@ def test_cli_uniform_deci_and_refusals(tmp_path, model_dir, calib):
     qwen = save_tiny_model(tmp_path / "qwen2", "qwen2")
     result = run_cli("uniform", qwen, "-o", tmp_path / "q", "--method", "magnitude", "--export-format", "deci")
     assert result.exit_code == 4 and "deci" in result.output and not (tmp_path / "q").exists()
+
+
+def test_tyr_deci_search_space_needs_no_padding(tmp_path, calib):
+    model_dir = save_tiny_model(tmp_path / "wide", "llama", num_hidden_layers=3, intermediate_size=768)
+    out = tmp_path / "g"
+    result = run_cli("global", model_dir, "-o", out, "--sparsity", "0.5", "--calib", calib, "--nsamples", "6",
+                     "--seqlen", "32", "--generations", "2", "--offspring", "4", "--select-tokens", "32,64,128",
+                     "--survivors", "2,1", "--iterations", "2", "--topk-logits", "50", "--budget-split", "free",
+                     "--search-space", "deci", "--export-format", "deci")
+    assert result.exit_code == 0, result.output
+    report = read_json(out / "llmprune_report.json")
+    for width in report["layer_widths"]:
+        assert width["heads"] in (0, 4) and width["channels"] % 256 == 0
+    assert report["deci"]["padding_params"] == 0
+    assert report["achieved_sparsity"] > 0.3
