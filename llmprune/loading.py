@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from llmprune.arch import ArchAdapter
-from llmprune.errors import ModelLoadError, UsageError
+from llmprune.errors import ModelLoadError, UnsupportedArchitectureError, UsageError
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -94,6 +94,12 @@ def load_config(name: str) -> Any:
             raise ModelLoadError(f"model path is not a folder: {name}")
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"no config.json in model folder {name}")
+        from llmprune.deci import MODEL_TYPE as DECI_MODEL_TYPE
+
+        if _config_model_type(path) == DECI_MODEL_TYPE:
+            raise UnsupportedArchitectureError(
+                f"{name} is a DeciLM (--export-format deci) folder, for vLLM and llama.cpp; llmprune reads "
+                "the default hf export of the same model (load this one with trust_remote_code=True)")
     try:
         config = AutoConfig.from_pretrained(str(path) if path.exists() else name)
     except Exception as err:
@@ -126,6 +132,15 @@ def load_tokenizer(source: str):
         return AutoTokenizer.from_pretrained(source)
     except Exception as err:
         raise ModelLoadError(f"cannot load tokenizer from {source!r}: {_first_line(err)}") from err
+
+
+def _config_model_type(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None  # AutoConfig reports unreadable configs
 
 
 def _first_line(err: BaseException) -> str:

@@ -173,3 +173,12 @@ def test_tyr_deci_search_space_needs_no_padding(tmp_path, calib):
         assert width["heads"] in (0, 4) and width["channels"] % 256 == 0
     assert report["deci"]["padding_params"] == 0
     assert report["achieved_sparsity"] > 0.3
+
+
+def test_llmprune_commands_on_a_deci_folder_say_what_it_is(tmp_path, model_dir):
+    out = tmp_path / "d"
+    assert run_cli("uniform", model_dir, "-o", out, "--method", "magnitude", "--export-format", "deci").exit_code == 0
+    result = run_cli("eval", out, "--data", "builtin", "--seqlen", "32")
+    assert result.exit_code == 4 and "DeciLM" in result.output
+    result = run_cli("inspect", out, "--json")
+    assert result.exit_code == 0 and "DeciLM format" in result.output
