@@ -109,11 +109,7 @@ def apply_block_configs(layers, config):
             layer.input_layernorm = nn.Identity()
         if width["intermediate_size"] == 0:
             layer.post_attention_layernorm = nn.Identity()
-    constants = sys.modules.get("peft.utils.constants")  # PEFT default targets, as for the base family
-    for name in dir(constants) if constants is not None else ():
-        table = getattr(constants, name)
-        if name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(table, dict) and BASE_MODEL_TYPE in table:
-            table.setdefault(DeciLMConfig.model_type, table[BASE_MODEL_TYPE])
+    register_peft_targets(DeciLMConfig.model_type)
 
 
 class DeciLMModel(_BaseModel):

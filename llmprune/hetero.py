@@ -129,8 +129,8 @@ def apply_layer_widths(layers, config, widths=None):
                 mlp.intermediate_size = channels
 
 
-def register_peft_targets():
-    \"\"\"Give PEFT's default-target tables (LoRA, IA3, ...) an entry for this model type, copied
+def register_peft_targets(model_type=MODEL_TYPE):
+    \"\"\"Give PEFT's default-target tables (LoRA, IA3, ...) an entry for ``model_type``, copied
     from the base family's, so ``LoraConfig()`` without ``target_modules`` works. Only touches PEFT
     when it is already imported; ``import llmprune`` also does it when PEFT is imported later.\"\"\"
     constants = sys.modules.get("peft.utils.constants")
@@ -139,7 +139,7 @@ def register_peft_targets():
     for name in dir(constants):
         table = getattr(constants, name)
         if name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(table, dict) and BASE_MODEL_TYPE in table:
-            table.setdefault(MODEL_TYPE, table[BASE_MODEL_TYPE])
+            table.setdefault(model_type, table[BASE_MODEL_TYPE])
 
 
 def _source_text():
