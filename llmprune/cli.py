@@ -93,15 +93,18 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
         ("dtype", str, typer.Option("auto", help="Dtype the model runs in: auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16. Statistics are always float32.")),
         ("save_dtype", str, typer.Option("auto", help="Dtype of the exported weights: auto (the checkpoint's), float32, bfloat16, float16.")),
         ("attn_unit", str, typer.Option("group", help="Attention pruning unit: 'group' removes whole KV groups (KV head + its query heads); 'query' removes query heads, the same number from every group.")),
+        ("align", int, typer.Option(1, help="Keep every width (query and KV heads × head_dim, MLP channels) a multiple of N, e.g. 32 or 256 for GGUF quantization blocks, 64/128 for GPU kernels; the budget is met as closely as that grid allows (the report gives the achieved sparsity). A module pruned entirely or kept whole is always allowed.")),
+        ("align_heads", int, typer.Option(1, help="Keep every query-head and KV-head count divisible by T (the tensor-parallel size you will serve with, e.g. vLLM --tensor-parallel-size).")),
         ("batch_size", int, typer.Option(8, help="Sequences per forward pass during calibration.")),
         ("offload_dir", Optional[Path], typer.Option(None, help="Keep calibration activations between layers on disk in this folder instead of in memory (layer-wise methods; for very large models or many samples).", show_default=False)),
+        ("export_format", str, typer.Option("hf", help="Output format: 'hf' (plain config for uniform widths; per-layer widths with a modeling file for global) or 'deci' (DeciLM / Nemotron-NAS block_configs, which vLLM and llama.cpp serve; widths the format cannot express are zero-padded, the report says what that costs). See docs/export.md.")),
         ("max_shard_size", str, typer.Option("5GB", help="Largest safetensors shard in the output.")),
         ("config", Optional[Path], typer.Option(None, "--config", help="YAML or JSON recipe with the same keys as these options (e.g. sparsity: 0.3, lora_rank: 8); flags given on the command line override it.", show_default=False)),
         ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace an existing output folder (only after the new one is complete).")),
         ("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same command from its last checkpoint (methods that train or search).")),
     ]
     if strategy == "semi24":
-        spec = [s for s in spec if s[0] != "attn_unit"]
+        spec = [s for s in spec if s[0] not in ("attn_unit", "align", "align_heads", "export_format")]
     return [P(name, P.KEYWORD_ONLY, default=default, annotation=ann) for name, ann, default in spec]
 
 
@@ -236,6 +239,21 @@ def inspect_command(
         typer.echo(json.dumps(info, indent=2))
     else:
         print_inspect(info)
+
+
+@app.command(name="remask")
+@friendly_errors
+def remask_command(
+    model: str = typer.Argument(..., help="Model folder to fix, e.g. a 2:4 output after a LoRA merge.", show_default=False),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder (written atomically; must not exist unless --overwrite).", show_default=False),
+    like: Path = typer.Option(..., "--like", help="The 2:4 output whose zero pattern to restore (has llmprune_sparsity.json).", show_default=False),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Re-apply a 2:4 output's zero pattern after fine-tuning (a merged LoRA makes every weight dense)."""
+    from llmprune.remask import remask
+
+    report = remask(model, like, output, overwrite)
+    console.print(f"restored 2:4 in {output} ({report['zeros_restored']} weights zeroed again)", highlight=False)
 
 
 def main() -> None:

@@ -32,6 +32,9 @@ class PruneSettings(BaseModel):
     dtype: str = "auto"
     save_dtype: str = "auto"
     attn_unit: Literal["group", "query"] = "group"
+    align: int = 1
+    align_heads: int = 1
+    export_format: Literal["hf", "deci"] = "hf"
     batch_size: int = 8
     overwrite: bool = False
     resume: bool = False
@@ -46,7 +49,7 @@ class PruneSettings(BaseModel):
             raise ValueError(f"--sparsity must be in [0, 1), got {v}")
         return v
 
-    @field_validator("nsamples", "batch_size")
+    @field_validator("nsamples", "batch_size", "align", "align_heads")
     @classmethod
     def _positive(cls, v: int | None) -> int | None:
         if v is not None and v < 1:

@@ -19,6 +19,7 @@ from llmprune.atomic import disk_full, probe_writable
 from llmprune.errors import NumericalError, OutputExistsError
 from llmprune.masks import max_nonzeros_per_group
 from llmprune.plan import PrunePlan
+from llmprune.portable import apply_umask, portable_tokenizer_config
 
 REPORT_FILE = "llmprune_report.json"
 SPARSITY_FILE = "llmprune_sparsity.json"
@@ -110,6 +111,7 @@ def save_pruned(
     max_shard_size: str = "5GB",
     extra_files: dict[str, Any] | None = None,
     config: Any = None,
+    export_format: str = "hf",
 ) -> Path:
     """Write weights, config, tokenizer, plan, report (and 2:4 sidecar) atomically to OUT.
 
@@ -125,21 +127,28 @@ def save_pruned(
             verified = verify_semi24(model, plan.semi24_targets)
             _write_json(staging / SPARSITY_FILE, sparsity_sidecar(plan, verified))
         config = config if config is not None else model.config
-        if plan.kind == "structured" and plan.layers and not plan.is_uniform:
-            # Heterogeneous widths: per-layer config + modeling file beside the weights.
-            from llmprune.hetero import hetero_config, write_modeling_file
+        if export_format == "deci":  # DeciLM / Nemotron-NAS block_configs (vLLM, llama.cpp)
+            from llmprune.deci import write_deci
 
-            config = hetero_config(config, plan)
-            write_modeling_file(staging, config)
-        model.to(save_dtype)
-        model.save_pretrained(staging, max_shard_size=max_shard_size)
-        # The pruned config may differ from the in-memory one (new widths, or an equivalent
-        # family such as Llama -> Mistral), so it is written last, over save_pretrained's.
-        config.dtype = save_dtype
-        config.use_cache = True
-        config.save_pretrained(staging)
+            model.to(save_dtype)
+            report["deci"] = write_deci(staging, model, plan, save_dtype, max_shard_size)
+        else:
+            if plan.kind == "structured" and plan.layers and not plan.is_uniform:
+                # Heterogeneous widths: per-layer config + modeling file beside the weights.
+                from llmprune.hetero import hetero_config, write_modeling_file
+
+                config = hetero_config(config, plan)
+                write_modeling_file(staging, config)
+            model.to(save_dtype)
+            model.save_pretrained(staging, max_shard_size=max_shard_size)
+            # The pruned config may differ from the in-memory one (new widths, or an equivalent
+            # family such as Llama -> Mistral), so it is written last, over save_pretrained's.
+            config.dtype = save_dtype
+            config.use_cache = True
+            config.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+            portable_tokenizer_config(staging)
         plan.save(staging)
         for name, payload in (extra_files or {}).items():
             if isinstance(payload, Path):
@@ -147,6 +156,7 @@ def save_pruned(
             else:
                 _write_json(staging / name, payload)
         _write_json(staging / REPORT_FILE, report)
+        apply_umask(staging)  # transformers writes the weights 0600
         finalize(staging, output)
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)

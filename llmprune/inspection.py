@@ -58,6 +58,8 @@ def loads_without_custom_code(folder: Path) -> tuple[bool, str]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config_data = _read_json(folder / "config.json") or {}
+    if config_data.get("model_type") == "nemotron-nas":
+        return False, "DeciLM format: vLLM, llama.cpp's converter, or transformers with trust_remote_code=True"
     if "auto_map" in config_data:
         return False, "needs trust_remote_code=True (or `import llmprune` first)"
     try:

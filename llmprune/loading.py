@@ -10,7 +10,7 @@ import torch
 from llmprune.arch import ArchAdapter
 from llmprune.config import check_seqlen
 from llmprune.completeness import check_loading_info
-from llmprune.errors import ModelLoadError, UsageError
+from llmprune.errors import ModelLoadError, UnsupportedArchitectureError, UsageError
 from llmprune.hub import require_hub
 
 DTYPES: dict[str, torch.dtype] = {
@@ -99,6 +99,12 @@ def load_config(name: str) -> Any:
             raise ModelLoadError(f"model path is not a folder: {name}")
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"no config.json in model folder {name}")
+        from llmprune.deci import MODEL_TYPE as DECI_MODEL_TYPE
+
+        if _config_model_type(path) == DECI_MODEL_TYPE:
+            raise UnsupportedArchitectureError(
+                f"{name} is a DeciLM (--export-format deci) folder, for vLLM and llama.cpp; llmprune reads "
+                "the default hf export of the same model (load this one with trust_remote_code=True)")
     else:
         require_hub(name)  # one quick connection instead of half a minute of retries
     try:
@@ -134,6 +140,15 @@ def load_tokenizer(source: str):
         return AutoTokenizer.from_pretrained(source)
     except Exception as err:
         raise ModelLoadError(f"cannot load tokenizer from {source!r}: {_first_line(err)}") from err
+
+
+def _config_model_type(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None  # AutoConfig reports unreadable configs
 
 
 def _first_line(err: BaseException) -> str:

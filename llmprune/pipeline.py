@@ -19,6 +19,7 @@ import torch
 
 import llmprune
 from llmprune import distributed
+from llmprune.alignment import alignment_report
 from llmprune.arch import ArchAdapter
 from llmprune.config import PruneSettings
 from llmprune.budget import check_reachable, miss_warning
@@ -158,6 +159,10 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
 
     device = distributed.device_for(resolve_device(settings.device))
     config = load_config(settings.model)
+    if settings.export_format == "deci":  # fail before the pruning work, not at export
+        from llmprune.deci import check_exportable
+
+        check_exportable(config)
     settings.seqlen = resolve_seqlen(settings.seqlen, config)
     geom = ArchAdapter.for_config(config).geometry(config)
     if settings.strategy != "semi24":
@@ -246,13 +251,15 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         "history": previous_pruning(settings.model),
         **method_report,
     }
+    report.update(alignment_report(settings, plan, reporter.log))
     if distributed.is_enabled():
         report["distributed"] = {"world_size": world, "backend": distributed.backend()}
     report.update(peak_memory())
     report["time_total_s"] = time.perf_counter() - t_start
     if main:
         save_pruned(model, tokenizer, plan, report, settings.output, save_dtype, settings.max_shard_size,
-                    method_files or None, config=exported_config(model, adapter, plan))
+                    method_files or None, config=exported_config(model, adapter, plan),
+                    export_format=settings.export_format)
         claim[0].close()
     else:
         shutil.rmtree(work, ignore_errors=True)
