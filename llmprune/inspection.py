@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from llmprune.completeness import expected_tensors, missing_tensor_error
 from llmprune.errors import ModelLoadError
 from llmprune.export import REPORT_FILE, SPARSITY_FILE
 from llmprune.plan import PLAN_FILE
@@ -28,10 +29,27 @@ def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
     shapes: dict[str, tuple[int, ...]] = {}
     for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+        except Exception as err:  # SafetensorError, OSError: truncated, corrupt or unreadable
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelLoadError(f"cannot read the safetensors header of {file}: {first}") from err
     return shapes
+
+
+def check_complete(folder: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise when the headers lack a tensor the config's model needs (it would load as random values)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception:  # reported by loads_without_custom_code
+        return
+    expected = expected_tensors(config)
+    if expected is not None and expected - set(shapes):
+        raise missing_tensor_error(expected - set(shapes), f"model folder {folder}")
 
 
 def loads_without_custom_code(folder: Path) -> tuple[bool, str]:
@@ -40,6 +58,8 @@ def loads_without_custom_code(folder: Path) -> tuple[bool, str]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config_data = _read_json(folder / "config.json") or {}
+    if config_data.get("model_type") == "nemotron-nas":
+        return False, "DeciLM format: vLLM, llama.cpp's converter, or transformers with trust_remote_code=True"
     if "auto_map" in config_data:
         return False, "needs trust_remote_code=True (or `import llmprune` first)"
     try:
@@ -61,6 +81,7 @@ def inspect_folder(path: str) -> dict[str, Any]:
     shapes = tensor_shapes(folder)
     if not shapes:
         raise ModelLoadError(f"no safetensors weights in {path}")
+    check_complete(folder, shapes)
     per_layer: dict[int, dict[str, tuple[int, ...]]] = {}
     for name, shape in shapes.items():
         match = _LINEAR.search(name)

@@ -19,16 +19,20 @@ import torch
 
 import llmprune
 from llmprune import distributed
+from llmprune.alignment import alignment_report
 from llmprune.arch import ArchAdapter
 from llmprune.config import PruneSettings
-from llmprune.data import calibration_samples, resolve_calibration_source
-from llmprune.errors import ResumeError, UsageError
-from llmprune.export import REPORT_FILE, check_output, save_pruned, work_dir
+from llmprune.budget import check_reachable, miss_warning
+from llmprune.data import calibration_samples, resolve_calibration_source, text_sha256
+from llmprune.errors import UsageError
+from llmprune.export import REPORT_FILE, save_pruned
 from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_device, resolve_dtype, resolve_seqlen
 from llmprune.plan import PrunePlan
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext, PruneResult, get_pruner_class
+from llmprune.signals import sigterm_as_interrupt
 from llmprune.surgery import apply_plan, exported_config
+from llmprune.workspace import Workspace
 
 
 def package_versions() -> dict[str, str]:
@@ -89,7 +93,7 @@ def previous_pruning(model: str) -> list[dict[str, Any]]:
     if not report_path.is_file():
         return []
     previous = json.loads(report_path.read_text())
-    step = {k: previous.get(k) for k in ("strategy", "method", "achieved_sparsity", "layer_widths")}
+    step = {k: previous.get(k) for k in ("strategy", "method", "achieved_sparsity", "layer_widths", "calibration")}
     step["model"] = (previous.get("settings") or {}).get("model")
     return list(previous.get("history", [])) + [step]
 
@@ -111,27 +115,31 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
     (``llmprune.distributed``); only rank 0 writes, and the group is destroyed at the end.
     """
     started = distributed.init(settings.device)
+    claim: list[Workspace] = []  # rank 0's hold on OUT, once opened
     try:
-        return _run_prune(settings, reporter)
+        with sigterm_as_interrupt():
+            return _run_prune(settings, reporter, claim)
+    except BaseException as err:
+        if not claim:
+            raise
+        replacement = claim[0].fail(err)  # keeps a resumable checkpoint, removes everything else
+        if replacement is err:
+            raise
+        raise replacement from err
     finally:
         if started:
             distributed.cleanup()
 
 
-def _prepare_output(settings: PruneSettings, pruner_cls: Any, reporter: Reporter) -> Path:
-    """Check OUT and prepare the checkpoint folder (rank 0's job)."""
-    check_output(settings.output, settings.model, settings.overwrite)
-    work = work_dir(settings.output)
-    if settings.resume and not pruner_cls.resumable:
-        reporter.log(f"[yellow]note:[/] {settings.strategy} --method {settings.method} is one-shot; --resume has nothing to resume")
-    if settings.resume and pruner_cls.resumable and not work.exists():
-        raise ResumeError(f"--resume: no checkpoint folder {work} from an earlier run of this output")
-    if not settings.resume and work.exists():
-        shutil.rmtree(work)
+def _open_workspace(settings: PruneSettings, pruner_cls: Any, reporter: Reporter, claim: list[Workspace]) -> Path:
+    """Check OUT, lock it and prepare the checkpoint folder (rank 0's job)."""
+    workspace = Workspace(settings, pruner_cls, reporter)
+    work = workspace.open()
+    claim.append(workspace)
     return work
 
 
-def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict[str, Any]:
+def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[Workspace]) -> dict[str, Any]:
     main = distributed.is_main()
     reporter = reporter or (Reporter() if main else _QuietReporter())
     t_start = time.perf_counter()
@@ -141,7 +149,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
     if world > 1 and pruner_cls.needs_calibration and min(settings.nsamples, settings.batch_size) < world:
         raise UsageError(f"with {world} ranks, --nsamples ({settings.nsamples}) and --batch-size "
                          f"({settings.batch_size}) must be at least {world} (each rank needs its share)")
-    work = distributed.on_main(lambda: _prepare_output(settings, pruner_cls, reporter))
+    work = distributed.on_main(lambda: _open_workspace(settings, pruner_cls, reporter, claim))
     if not main:  # other ranks keep their scratch files (e.g. Týr's supernet) in a private folder
         if settings.offload_dir is not None:
             Path(settings.offload_dir).mkdir(parents=True, exist_ok=True)
@@ -151,7 +159,14 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
 
     device = distributed.device_for(resolve_device(settings.device))
     config = load_config(settings.model)
+    if settings.export_format == "deci":  # fail before the pruning work, not at export
+        from llmprune.deci import check_exportable
+
+        check_exportable(config)
     settings.seqlen = resolve_seqlen(settings.seqlen, config)
+    geom = ArchAdapter.for_config(config).geometry(config)
+    if settings.strategy != "semi24":
+        check_reachable(geom, settings.sparsity, settings.attn_unit)  # before the weights are read
     compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
     save_dtype = checkpoint_dtype(config) or torch.float32
     if settings.save_dtype != "auto":
@@ -172,10 +187,12 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
             source, warning = resolve_calibration_source(settings.calib)
             if warning:
                 reporter.log(f"[yellow]warning:[/] {warning}")
-            return source, calibration_samples(tokenizer, source, settings.nsamples, settings.seqlen, settings.seed)
+            samples = calibration_samples(tokenizer, source, settings.nsamples, settings.seqlen, settings.seed)
+            return source, samples, text_sha256(source)
+
 
         # Rank 0 reads the text and draws the windows; every rank gets the same samples.
-        settings.calib, calib = distributed.on_main(load_calibration)
+        settings.calib, calib, calib_sha256 = distributed.on_main(load_calibration)
     t_loaded = time.perf_counter()
 
     work.mkdir(parents=True, exist_ok=True)
@@ -202,6 +219,9 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
         achieved = 1.0 - nonzero / dense_params
     else:
         achieved = 1.0 - kept_params / dense_params
+    missed = miss_warning(geom, settings.sparsity, achieved) if plan.kind == "structured" else None
+    if missed:
+        reporter.log(f"[yellow]warning:[/] {missed}")
     report: dict[str, Any] = {
         "strategy": settings.strategy,
         "method": settings.method,
@@ -220,7 +240,9 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
         "params_decoder_linear": kept_params if plan.kind == "structured" else nonzero,
         "params_total_dense": dense_total,
         "params_total": sum(p.numel() for p in model.parameters()),
-        "calibration": {"source": settings.calib, "nsamples": int(calib.shape[0]), "seqlen": settings.seqlen}
+        "sparsity_warning": missed,
+        "calibration": {"source": settings.calib, "nsamples": int(calib.shape[0]), "seqlen": settings.seqlen,
+                        "text_sha256": calib_sha256}
         if calib is not None else None,
         "time_load_s": t_loaded - t_start,
         "time_prune_s": t_pruned - t_loaded,
@@ -229,14 +251,18 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dic
         "history": previous_pruning(settings.model),
         **method_report,
     }
+    report.update(alignment_report(settings, plan, reporter.log))
     if distributed.is_enabled():
         report["distributed"] = {"world_size": world, "backend": distributed.backend()}
     report.update(peak_memory())
     report["time_total_s"] = time.perf_counter() - t_start
     if main:
         save_pruned(model, tokenizer, plan, report, settings.output, save_dtype, settings.max_shard_size,
-                    method_files or None, config=exported_config(model, adapter, plan))
-    shutil.rmtree(work, ignore_errors=True)
+                    method_files or None, config=exported_config(model, adapter, plan),
+                    export_format=settings.export_format)
+        claim[0].close()
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     distributed.barrier()  # the other ranks wait for rank 0's export
     report["time_total_s"] = time.perf_counter() - t_start
     return report

@@ -282,3 +282,19 @@ def test_example_recipes_use_only_known_options(recipe):
     data = {k.replace("-", "_"): v for k, v in yaml.safe_load(recipe.read_text()).items()}
     assert set(data) <= allowed, set(data) - allowed
     assert data["method"] in methods(strategy)
+
+
+@pytest.mark.parametrize("method", ["wanda", "magnitude"])
+def test_global_has_uniform_width_baselines(model_dir, calib, tmp_path, method):
+    """`global --method wanda|magnitude`: the uniform-width scores, the reference a searched
+    distribution (tyr) is compared with; same weights as `uniform --method ...`, recorded as global."""
+    outs = {}
+    for strategy in ("global", "uniform"):
+        outs[strategy] = tmp_path / strategy
+        result = run(strategy, model_dir, "-o", outs[strategy], "--method", method, "--sparsity", "0.4",
+                     "--calib", calib, *SMALL)
+        assert result.exit_code == 0, result.output
+    report = read_json(outs["global"] / "llmprune_report.json")
+    assert (report["strategy"], report["method"]) == ("global", method)
+    assert len({(w["heads"], w["kv_heads"], w["channels"]) for w in report["layer_widths"]}) == 1, "uniform widths"
+    assert (outs["global"] / "model.safetensors").read_bytes() == (outs["uniform"] / "model.safetensors").read_bytes()

@@ -26,15 +26,23 @@ TYR = dict(generations=2, offspring=4, select_tokens="32,64,128", survivors="2,1
 
 
 # ----- fingerprints -------------------------------------------------------------------------------
+def _killed_before_the_first_checkpoint(model_dir, calib, out: Path, seed: str) -> Path:
+    """The work folder a SIGKILL between the cached teacher and the first checkpoint leaves (an
+    interruption the run sees removes a folder without a checkpoint; a SIGKILL cannot)."""
+    with training.step_callback(training.interrupt_after(5)):  # checkpoints come every 4 steps
+        assert run("uniform", model_dir, "-o", out, "--calib", calib, *SMALL, *MINIMAX, "--seed", seed).exit_code == 130
+    work = out.parent / f".{out.name}.llmprune-work"
+    (work / "minimax_state.pt").unlink()
+    assert (work / "minimax_teacher.pt").is_file()
+    return work
+
+
 def test_minimax_resume_before_the_first_checkpoint_refuses_a_teacher_made_with_other_settings(
         model_dir, calib, tmp_path):
-    """Issue 17: seed 0 interrupted after the teacher was cached but before any checkpoint, then
+    """Issue 17: seed 0 killed after the teacher was cached but before any checkpoint, then
     --resume with seed 1: refused in one line (the cached teacher carries seed 0's fingerprint)."""
     out = tmp_path / "o"
-    with training.step_callback(training.interrupt_after(1)):  # checkpoints come every 4 steps
-        assert run("uniform", model_dir, "-o", out, "--calib", calib, *SMALL, *MINIMAX, "--seed", "0").exit_code == 130
-    work = tmp_path / ".o.llmprune-work"
-    assert (work / "minimax_teacher.pt").is_file() and not (work / "minimax_state.pt").exists()
+    _killed_before_the_first_checkpoint(model_dir, calib, out, "0")
     result = run("uniform", model_dir, "-o", out, "--calib", calib, *SMALL, *MINIMAX, "--seed", "1", "--resume")
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert result.exit_code == 9, result.output
@@ -44,12 +52,11 @@ def test_minimax_resume_before_the_first_checkpoint_refuses_a_teacher_made_with_
 
 def test_minimax_resume_before_the_first_checkpoint_with_the_same_settings_equals_a_straight_run(
         model_dir, calib, tmp_path):
-    """The same interruption resumed with unchanged settings reuses the teacher: identical weights."""
+    """The same kill resumed with unchanged settings reuses the teacher: identical weights."""
     straight = tmp_path / "straight"
     assert run("uniform", model_dir, "-o", straight, "--calib", calib, *SMALL, *MINIMAX, "--seed", "1").exit_code == 0
     out = tmp_path / "o"
-    with training.step_callback(training.interrupt_after(1)):
-        assert run("uniform", model_dir, "-o", out, "--calib", calib, *SMALL, *MINIMAX, "--seed", "1").exit_code == 130
+    _killed_before_the_first_checkpoint(model_dir, calib, out, "1")
     result = run("uniform", model_dir, "-o", out, "--calib", calib, *SMALL, *MINIMAX, "--seed", "1", "--resume")
     assert result.exit_code == 0, result.output
     a, b = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")

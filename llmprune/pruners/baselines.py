@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from llmprune.alignment import Alignment
 from llmprune.arch import LINEAR_KEYS
 from llmprune.capture import InputStats, LayerwiseRunner
 from llmprune.masks import nm_eligible, nm_mask, uniform_widths
@@ -21,6 +22,7 @@ from llmprune.plan import PrunePlan, geometry_dict
 from llmprune.pruners.base import PruneContext, Pruner, register, skipped_semi24
 from llmprune.scoring import STRUCTURED_KEYS, structured_layer_plan, unit_scores, weight_importance
 from llmprune.surgery import mask_layer
+
 
 class _UniformScored(Pruner):
     """Uniform-width structured pruning by a per-unit score (shared by magnitude and Wanda-sp)."""
@@ -32,7 +34,7 @@ class _UniformScored(Pruner):
     def prune(self, ctx: PruneContext) -> PrunePlan:
         s = ctx.settings
         geom = ctx.adapter.geometry(ctx.model)
-        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit)
+        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit, Alignment.of(s))
         plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
 
         def process(i: int, layer: nn.Module, runner: LayerwiseRunner | None) -> None:
@@ -124,3 +126,16 @@ class Semi24SparseGPT(_Semi24Layerwise):
 
     def new_weight(self, weight, stats, name):
         return sparsegpt_prune(weight, stats.hessian, n=2, m=4, name=name)
+
+
+# ----- global: the same scores at uniform widths, the reference a searched distribution must beat --
+@register
+class GlobalMagnitude(UniformMagnitude):
+    strategy = "global"
+    summary = "baseline: magnitude at uniform widths (no search)"
+
+
+@register
+class GlobalWanda(UniformWanda):
+    strategy = "global"
+    summary = "baseline: Wanda-sp at uniform widths (no search)"

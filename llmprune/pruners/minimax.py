@@ -41,11 +41,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from llmprune.alignment import Alignment
 from llmprune.arch import Geometry
 from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
 from llmprune.errors import UsageError
 from llmprune.lora import add_lora, load_lora_state, lora_parameters, lora_state, remove_lora
-from llmprune.masks import attn_params_kept, attn_step, uniform_widths
+from llmprune.masks import attn_grid_step, attn_params_kept, uniform_widths
 from llmprune.plan import PrunePlan
 from llmprune.pruners.base import CliOption, PruneContext, Pruner, PruneResult, register
 from llmprune.scoring import STRUCTURED_KEYS, structured_layer_plan, unit_scores
@@ -92,6 +93,7 @@ class Budget:
     geom: Geometry
     attn_unit: str
     sparsity: float
+    align: Alignment = Alignment()
 
     @property
     def n_a(self) -> int:
@@ -103,7 +105,7 @@ class Budget:
 
     @property
     def step_a(self) -> int:
-        return attn_step(self.geom, self.attn_unit)
+        return attn_grid_step(self.geom, self.attn_unit, self.align)
 
     @property
     def dense_layer(self) -> int:
@@ -126,10 +128,10 @@ class Budget:
         k_pref = min(max(int(round(s_a / step)) * step, step), self.n_a)
         candidates = sorted(range(step, self.n_a + 1, step), key=lambda k: (abs(k - k_pref), k))
         for k_a in candidates:
-            k_f = int(round((target - attn_params_kept(g, self.attn_unit, k_a)) / g.mlp_unit_params))
-            if 1 <= k_f <= self.n_f:
-                return k_a, k_f
-        return uniform_widths(g, self.sparsity, self.attn_unit)
+            raw = (target - attn_params_kept(g, self.attn_unit, k_a)) / g.mlp_unit_params
+            if 1 <= int(round(raw)) <= self.n_f:
+                return k_a, self.align.round_channels(raw, self.n_f)
+        return uniform_widths(g, self.sparsity, self.attn_unit, self.align)
 
     def kept_params(self, k_a: int, k_f: int) -> int:
         return attn_params_kept(self.geom, self.attn_unit, k_a) + k_f * self.geom.mlp_unit_params
@@ -291,7 +293,7 @@ class MinimaxTraining(LearnedMethod):
         o, s, device = pruner.options, ctx.settings, ctx.device
         self.o, self.s, self.ctx, self.geom, self.teacher, self.timings = o, s, ctx, geom, teacher, timings
         self.strategy, self.method = pruner.strategy, pruner.method
-        self.budget = budget = Budget(geom, s.attn_unit, s.sparsity)
+        self.budget = budget = Budget(geom, s.attn_unit, s.sparsity, Alignment.of(s))
         self.steps_per_stage = T = o.steps
         L = geom.num_layers
         self.n_a, self.n_f = budget.n_a, budget.n_f
@@ -304,7 +306,7 @@ class MinimaxTraining(LearnedMethod):
         self.rho_min = torch.tensor([budget.step_a / self.n_a, 1.0 / self.n_f], device=device)
         self.y_layer = torch.zeros(2, L, dtype=torch.float32, device=device)  # per-layer multipliers (a, f)
         self.y_res = torch.zeros((), dtype=torch.float32, device=device)  # resource multiplier
-        self.fixed_k = uniform_widths(geom, s.sparsity, s.attn_unit)
+        self.fixed_k = uniform_widths(geom, s.sparsity, s.attn_unit, budget.align)
         self.ramp_steps = int(round(o.ramp * T))
         self.freeze_step = T - int(round(o.finetune * T)) if o.lora_rank > 0 else T
         self.frozen: dict[str, Any] | None = None

@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmprune import distributed
+from llmprune.alignment import Alignment
 from llmprune.errors import OutputExistsError, ResumeError, UsageError
 from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
@@ -64,6 +65,7 @@ class TyrOptions(BaseModel):
     topk_logits: int = Field(256, ge=1)
     search_nsamples: int | None = Field(None, ge=1)
     percdamp: float = Field(0.01, ge=0.0)
+    search_space: Literal["full", "deci"] = "full"
 
     @field_validator("select_tokens")
     @classmethod
@@ -102,6 +104,8 @@ class GlobalTyr(Pruner):
         CliOption("search_nsamples", int, None,
                   "Calibration sequences used by the search (default: all --nsamples); the supernet always uses all."),
         CliOption("percdamp", float, 0.01, "Hessian damping of the local pruner, as a fraction of mean(diag H)."),
+        CliOption("search_space", str, "full", "full: any widths; deci: only widths the DeciLM format (vLLM, llama.cpp) "
+                  "expresses without padding: attention whole or removed, MLP widths multiples of 256 (use with --export-format deci)."),
     )
 
     def search_config(self) -> SearchConfig:
@@ -142,8 +146,9 @@ class GlobalTyr(Pruner):
             raise UsageError("global --method tyr needs calibration text (--calib)")
         model, adapter = ctx.model, ctx.adapter
         geom = adapter.geometry(model)
-        types = module_types(geom, s.attn_unit)
-        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit)
+        align = Alignment.of(s) if o.search_space == "full" else Alignment.of(s).for_deci()
+        types = module_types(geom, s.attn_unit, align)
+        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit, align)
         n_layers = geom.num_layers
         config = self.search_config()
         work = Path(ctx.work_dir)
