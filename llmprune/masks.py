@@ -96,19 +96,23 @@ def max_nonzeros_per_group(weight: torch.Tensor, m: int = 4) -> int:
     return int(groups.sum(-1).max())
 
 
-def min_layer_params(geom: Geometry, attn_unit: str) -> int:
-    """Decoder-linear parameters of one layer that keeps the least structured pruning allows:
-    one attention step and one MLP channel (no method removes a whole module)."""
-    return attn_params_kept(geom, attn_unit, attn_step(geom, attn_unit)) + geom.mlp_unit_params
+def min_layer_params(geom: Geometry, attn_unit: str, align: Alignment | None = None) -> int:
+    """Decoder-linear parameters of one layer that keeps the least uniform widths allow: one
+    attention step and one MLP channel (one grid step of each with ``--align``)."""
+    align = align or Alignment()
+    k_attn = min(attn_grid_step(geom, attn_unit, align), geom.attn_unit_count(attn_unit))
+    return attn_params_kept(geom, attn_unit, k_attn) + align.round_channels(0, geom.intermediate_size) * geom.mlp_unit_params
 
 
-def max_structured_sparsity(geom: Geometry, attn_unit: str) -> float:
-    """The largest sparsity structured pruning can reach on this geometry."""
+def max_structured_sparsity(geom: Geometry, attn_unit: str, align: Alignment | None = None) -> float:
+    """The largest sparsity structured pruning can reach on this geometry (and grid)."""
     dense = geom.layer_linear_params(geom.num_heads, geom.num_kv_heads, geom.intermediate_size)
-    return 1.0 - min_layer_params(geom, attn_unit) / dense
+    return 1.0 - min_layer_params(geom, attn_unit, align) / dense
 
 
-def one_unit_sparsity(geom: Geometry) -> float:
-    """The sparsity of one MLP channel in every layer: how closely a structured plan can meet a budget."""
+def one_unit_sparsity(geom: Geometry, align: Alignment | None = None) -> float:
+    """The sparsity of one MLP channel (one grid step with ``--align``) in every layer: how closely
+    a structured plan can meet a budget."""
     dense = geom.layer_linear_params(geom.num_heads, geom.num_kv_heads, geom.intermediate_size)
-    return geom.mlp_unit_params / dense
+    step = (align or Alignment()).round_channels(0, geom.intermediate_size)
+    return step * geom.mlp_unit_params / dense

@@ -19,7 +19,7 @@ import torch
 
 import llmprune
 from llmprune import distributed
-from llmprune.alignment import alignment_report
+from llmprune.alignment import Alignment, alignment_report
 from llmprune.arch import ArchAdapter
 from llmprune.config import PruneSettings
 from llmprune.budget import check_reachable, miss_warning
@@ -166,7 +166,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     settings.seqlen = resolve_seqlen(settings.seqlen, config)
     geom = ArchAdapter.for_config(config).geometry(config)
     if settings.strategy != "semi24":
-        check_reachable(geom, settings.sparsity, settings.attn_unit)  # before the weights are read
+        check_reachable(geom, settings.sparsity, settings.attn_unit, Alignment.of(settings))  # before the weights are read
     compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
     save_dtype = checkpoint_dtype(config) or torch.float32
     if settings.save_dtype != "auto":
@@ -219,7 +219,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         achieved = 1.0 - nonzero / dense_params
     else:
         achieved = 1.0 - kept_params / dense_params
-    missed = miss_warning(geom, settings.sparsity, achieved) if plan.kind == "structured" else None
+    missed = miss_warning(geom, settings.sparsity, achieved, Alignment.of(settings)) if plan.kind == "structured" else None
     if missed:
         reporter.log(f"[yellow]warning:[/] {missed}")
     report: dict[str, Any] = {
