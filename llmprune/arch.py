@@ -57,11 +57,25 @@ class Geometry:
         attn = h * d * (2 * num_heads + 2 * num_kv_heads)
         return attn + 3 * h * intermediate
 
+    def attn_params_kept(self, attn_unit: str, kept_units: int) -> int:
+        """Attention linear parameters of one layer keeping ``kept_units`` units.
+
+        A kept KV group keeps its g query heads and one KV head; kept query heads keep every KV
+        head (none when no query head is left).
+        """
+        if attn_unit == "group":
+            return self.layer_linear_params(kept_units * self.group_size, kept_units, 0)
+        return self.layer_linear_params(kept_units, self.num_kv_heads if kept_units else 0, 0)
+
+    @property
+    def dense_layer_params(self) -> int:
+        """Decoder-linear parameters of one dense layer (the per-layer sparsity denominator)."""
+        return self.layer_linear_params(self.num_heads, self.num_kv_heads, self.intermediate_size)
+
     @property
     def dense_linear_params(self) -> int:
         """Decoder-linear parameters of the whole dense stack (the sparsity denominator)."""
-        per_layer = self.layer_linear_params(self.num_heads, self.num_kv_heads, self.intermediate_size)
-        return self.num_layers * per_layer
+        return self.num_layers * self.dense_layer_params
 
 
 @dataclass(frozen=True)
@@ -172,13 +186,21 @@ class ArchAdapter:
 
     def decoder_linear_params(self, model: nn.Module) -> int:
         """Parameters in decoder-layer linear weights (biases excluded, as in methods.md §0)."""
-        total = 0
+        return sum(self.linear_params_per_layer(model))
+
+    def linear_params_per_layer(self, model: nn.Module, nonzero: bool = False) -> list[int]:
+        """Per decoder layer, the stored linear-weight parameters, or with ``nonzero`` the non-zero
+        ones (what a 2:4 output keeps: its weights are stored dense with explicit zeros)."""
+        counts = []
         for layer in self.layers(model):
+            total = 0
             for parent, child in _PATHS.values():
                 # A module pruned away entirely (surgery.NullAttention/NullMLP) has no projections.
                 lin = getattr(getattr(layer, parent), child, None)
-                total += lin.weight.numel() if lin is not None else 0
-        return total
+                if lin is not None:
+                    total += int((lin.weight != 0).sum()) if nonzero else lin.weight.numel()
+            counts.append(total)
+        return counts
 
     # ----- editing --------------------------------------------------------------------------
     def set_attention_heads(self, layer: nn.Module, num_heads: int, num_kv_heads: int) -> None:

@@ -69,19 +69,22 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _common_parameters(strategy: str) -> list[inspect.Parameter]:
     from llmprune.pruners.base import default_method, methods
 
+    from llmprune.config import DEFAULT_SPARSITY, SEMI24_SPARSITY
+
     known = methods(strategy)
     listing = "; ".join(f"[bold]{name}[/]: {cls.summary}" for name, cls in sorted(known.items()))
     sparsity_help = (
         "Fraction of decoder-layer linear weights to remove (q,k,v,o,gate,up,down; embeddings and "
-        "lm_head are never pruned), in [0, 1)."
+        f"lm_head are never pruned), in [0, 1). \\[default: {DEFAULT_SPARSITY}]"
         if strategy != "semi24"
-        else "2:4 always removes half of each targeted weight; only 0.5 is accepted."
+        else f"2:4 always removes half of each targeted weight; only {SEMI24_SPARSITY} is accepted. "
+        f"\\[default: {SEMI24_SPARSITY}]"
     )
     P = inspect.Parameter
     spec: list[tuple[str, Any, Any]] = [
         ("model", str, typer.Argument(..., help="Hub id (e.g. meta-llama/Llama-3.1-8B) or local model folder.", show_default=False)),
         ("output", Path, typer.Option(..., "-o", "--output", help="Output folder (written atomically; must not exist unless --overwrite).", show_default=False)),
-        ("sparsity", Optional[float], typer.Option(None, help=sparsity_help + " \\[default: 0.5]", show_default=False)),
+        ("sparsity", Optional[float], typer.Option(None, help=sparsity_help, show_default=False)),
         ("method", Optional[str], typer.Option(None, help=f"Method. {listing}. \\[default: {default_method(strategy)}]", show_default=False)),
         ("calib", str, typer.Option("auto", help="Calibration text: a .txt (documents separated by blank lines), .jsonl (field 'text') or .parquet file, a hub dataset name (wikitext2, c4), or 'builtin' (small Python-docs text shipped with llmprune). 'auto': wikitext2 when the hub is reachable, else builtin, with a warning. Never use evaluation text.")),
         ("nsamples", int, typer.Option(128, help="Number of calibration sequences.")),
@@ -182,14 +185,6 @@ def _prune_command(strategy: str) -> Callable[..., None]:
         values["method"] = values["method"] or default_method(strategy)
         given = {k: v for k, v in kwargs.items() if k not in common_names and k in origin}
         method_options = _method_options(strategy, values["method"], given, origin)
-        if strategy == "semi24":
-            if values["sparsity"] not in (None, 0.5):
-                from llmprune.errors import UsageError
-
-                raise UsageError(f"--sparsity {values['sparsity']}: 2:4 always removes half (only 0.5 is accepted)")
-            values["sparsity"] = 0.5
-        elif values["sparsity"] is None:
-            values["sparsity"] = 0.5
         settings = validated(PruneSettings, strategy=strategy, method_options=method_options, **values)
         report = run_prune(settings)
         from llmprune.distributed import env_rank

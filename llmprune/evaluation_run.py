@@ -15,9 +15,10 @@ from llmprune.config import DTYPE_CHOICES
 from llmprune.data import evaluation_windows
 from llmprune.errors import UsageError
 from llmprune.evaluate import count_parameters, perplexity, throughput
-from llmprune.export import REPORT_FILE, SPARSITY_FILE
+from llmprune.export import SPARSITY_FILE
 from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_device, resolve_dtype, resolve_seqlen
 from llmprune.progress import Reporter
+from llmprune.report import PruneReport
 
 
 class EvalSettings(BaseModel):
@@ -71,10 +72,9 @@ def pruning_info(model: str) -> dict[str, Any]:
     """What llmprune recorded when it made this folder (empty for other models)."""
     folder = Path(model).expanduser()
     info: dict[str, Any] = {}
-    report = folder / REPORT_FILE
-    if report.is_file():
-        data = json.loads(report.read_text())
-        info = {k: data.get(k) for k in ("strategy", "method", "achieved_sparsity")}
+    report = PruneReport.load(folder)
+    if report is not None:
+        info = {"strategy": report.strategy, "method": report.method, "achieved_sparsity": report.achieved_sparsity}
     info["semi24"] = (folder / SPARSITY_FILE).is_file()
     return info
 

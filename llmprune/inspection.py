@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from llmprune.errors import ModelLoadError
-from llmprune.export import REPORT_FILE, SPARSITY_FILE
+from llmprune.export import SPARSITY_FILE
 from llmprune.plan import PLAN_FILE
+from llmprune.report import PruneReport
 
 _LINEAR = re.compile(r"layers\.(\d+)\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight$")
 
@@ -77,19 +78,19 @@ def inspect_folder(path: str) -> dict[str, Any]:
             "kv_heads": mods["k"][0] // head_dim if "k" in mods else 0,
             "channels": mods["down"][1] if "down" in mods else 0,
         })
-    report = _read_json(folder / REPORT_FILE) or {}
+    report = PruneReport.load(folder)
     sidecar = _read_json(folder / SPARSITY_FILE)
     ok, how = loads_without_custom_code(folder)
     linear = sum(_numel(s) for n, s in shapes.items() if _LINEAR.search(n))
     info: dict[str, Any] = {
         "folder": str(folder),
         "model_type": config.get("model_type"),
-        "pruned_by_llmprune": bool(report),
-        "strategy": report.get("strategy"),
-        "method": report.get("method"),
-        "settings": report.get("settings"),
-        "achieved_sparsity": report.get("achieved_sparsity"),
-        "history": report.get("history", []),
+        "pruned_by_llmprune": report is not None,
+        "strategy": report.strategy if report else None,
+        "method": report.method if report else None,
+        "settings": report.settings if report else None,
+        "achieved_sparsity": report.achieved_sparsity if report else None,
+        "history": [step.model_dump(mode="json", exclude_unset=True) for step in report.history] if report else [],
         "params_total": sum(_numel(s) for s in shapes.values()),
         "params_decoder_linear": linear,
         "layers": layers,
