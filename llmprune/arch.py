@@ -6,6 +6,7 @@ geometry; they never test model names. Adding a family means adding one entry to
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,9 @@ from llmprune.errors import UnsupportedArchitectureError
 
 #: Short names of the prunable projections of one decoder layer, in a fixed order.
 LINEAR_KEYS: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+
+#: Projections whose input defines a distinct activation: k and v share q's input, up shares gate's.
+INPUT_SOURCES: dict[str, str] = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate", "down": "down"}
 
 
 @dataclass(frozen=True)
@@ -88,16 +92,31 @@ class Family:
     #: pruned geometry (transformers 5.x LlamaConfig rejects hidden % heads != 0; Mistral does not).
     fallback_model_type: str | None = None
     fallback_architecture: str | None = None
+    #: Where transformers keeps the family's classes: ``transformers.models.<module>`` with
+    #: ``<Prefix>Config`` and ``<Prefix>ForCausalLM`` (the heterogeneous-width export derives from them).
+    transformers_module: str = ""
+    class_prefix: str = ""
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("llama", ("llama",), fallback_model_type="mistral", fallback_architecture="MistralForCausalLM"),
-    Family("mistral", ("mistral",)),
-    Family("qwen2", ("qwen2",)),
-    Family("qwen3", ("qwen3",)),
+    Family("llama", ("llama",), fallback_model_type="mistral", fallback_architecture="MistralForCausalLM",
+           transformers_module="llama", class_prefix="Llama"),
+    Family("mistral", ("mistral",), transformers_module="mistral", class_prefix="Mistral"),
+    Family("qwen2", ("qwen2",), transformers_module="qwen2", class_prefix="Qwen2"),
+    Family("qwen3", ("qwen3",), transformers_module="qwen3", class_prefix="Qwen3"),
 )
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in FAMILIES for t in f.model_types)
+
+
+def family_named(name: str) -> Family | None:
+    """The family called ``name`` (e.g. ``"qwen2"``), or None."""
+    return next((f for f in FAMILIES if f.name == name), None)
+
+
+def family_for_model_type(model_type: str | None) -> Family | None:
+    """The family a config's ``model_type`` belongs to, or None when it is not supported."""
+    return next((f for f in FAMILIES if model_type in f.model_types), None)
 
 _PATHS = {
     "q": ("self_attn", "q_proj"),
@@ -108,6 +127,10 @@ _PATHS = {
     "up": ("mlp", "up_proj"),
     "down": ("mlp", "down_proj"),
 }
+
+
+_KEY_OF_PATH = {f"{parent}.{child}": key for key, (parent, child) in _PATHS.items()}
+_LINEAR_WEIGHT = re.compile(r"layers\.(\d+)\.(" + "|".join(map(re.escape, _KEY_OF_PATH)) + r")\.weight$")
 
 
 class ArchAdapter:
@@ -123,9 +146,9 @@ class ArchAdapter:
         model_type = getattr(config, "model_type", None)
         # Heterogeneous-width exports (llmprune.hetero) name the family they are built on.
         model_type = getattr(config, "llmprune_base_model_type", None) or model_type
-        for family in FAMILIES:
-            if model_type in family.model_types:
-                return cls(family)
+        family = family_for_model_type(model_type)
+        if family is not None:
+            return cls(family)
         raise UnsupportedArchitectureError(
             f"unsupported architecture {model_type!r}; supported model types: "
             + ", ".join(SUPPORTED_MODEL_TYPES)
@@ -170,6 +193,12 @@ class ArchAdapter:
         """Fully qualified parameter-free module name, e.g. ``model.layers.3.mlp.down_proj``."""
         parent, child = _PATHS[key]
         return f"model.layers.{layer_index}.{parent}.{child}"
+
+    def parse_linear_weight(self, tensor_name: str) -> tuple[int, str] | None:
+        """``(layer index, key)`` of a checkpoint tensor that is a projection's weight, else None
+        (reads checkpoints without building the model, e.g. ``model.layers.3.mlp.down_proj.weight``)."""
+        match = _LINEAR_WEIGHT.search(tensor_name)
+        return None if match is None else (int(match.group(1)), _KEY_OF_PATH[match.group(2)])
 
     def geometry(self, model_or_config: Any) -> Geometry:
         config = getattr(model_or_config, "config", model_or_config)

@@ -116,12 +116,14 @@ def save_pruned(
         if plan.kind == "semi24":
             verified = verify_semi24(model, plan.semi24_targets)
             _write_json(staging / SPARSITY_FILE, sparsity_sidecar(plan, verified))
-        config = config if config is not None else model.config
-        if plan.kind == "structured" and plan.layers and not plan.is_uniform:
-            # Heterogeneous widths: per-layer config + modeling file beside the weights.
-            from llmprune.hetero import hetero_config, write_modeling_file
+        if config is None:
+            from llmprune.arch import ArchAdapter
+            from llmprune.surgery import exported_config
 
-            config = hetero_config(config, plan)
+            config = exported_config(model, ArchAdapter.for_model(model), plan)
+        from llmprune.hetero import is_hetero_config, write_modeling_file
+
+        if is_hetero_config(config):  # heterogeneous widths: the modeling file goes beside the weights
             write_modeling_file(staging, config)
         model.to(save_dtype)
         model.save_pretrained(staging, max_shard_size=max_shard_size)

@@ -21,18 +21,11 @@ import types
 from pathlib import Path
 from typing import Any
 
+from llmprune import arch
 from llmprune.plan import PrunePlan
 
 MODELING_FILE = "modeling_llmprune.py"
 MODEL_TYPE_PREFIX = "llmprune_hetero_"
-
-#: family model_type -> (transformers module name, class-name prefix)
-FAMILY_CLASSES: dict[str, tuple[str, str]] = {
-    "llama": ("llama", "Llama"),
-    "mistral": ("mistral", "Mistral"),
-    "qwen2": ("qwen2", "Qwen2"),
-    "qwen3": ("qwen3", "Qwen3"),
-}
 
 TEMPLATE = '''\
 """Heterogeneous-width {prefix} model written by llmprune (global structured pruning).
@@ -123,15 +116,19 @@ class LlmpruneHeteroForCausalLM(_BaseForCausalLM):
 
 
 def family_of(model_type: str) -> str:
-    family = model_type.removeprefix(MODEL_TYPE_PREFIX)
-    if family not in FAMILY_CLASSES:
+    """The family name (``arch.FAMILIES``) of a model type or of its heterogeneous-width export."""
+    family = arch.family_for_model_type(model_type.removeprefix(MODEL_TYPE_PREFIX))
+    if family is None or not family.transformers_module:
         raise ValueError(f"no heterogeneous-width export for model type {model_type!r}")
-    return family
+    return family.name
 
 
 def modeling_source(family: str) -> str:
-    module, prefix = FAMILY_CLASSES[family]
-    return TEMPLATE.format(module=module, prefix=prefix, family=family, model_type=MODEL_TYPE_PREFIX + family)
+    spec = arch.family_named(family)
+    if spec is None:
+        raise ValueError(f"no heterogeneous-width export for family {family!r}")
+    return TEMPLATE.format(module=spec.transformers_module, prefix=spec.class_prefix, family=family,
+                           model_type=MODEL_TYPE_PREFIX + family)
 
 
 _MODULES: dict[str, types.ModuleType] = {}
@@ -156,7 +153,7 @@ def register_auto_classes() -> None:
         return
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    for family in FAMILY_CLASSES:
+    for family in (f.name for f in arch.FAMILIES if f.transformers_module):
         module = family_module(family)
         try:
             AutoConfig.register(module.LlmpruneHeteroConfig.model_type, module.LlmpruneHeteroConfig, exist_ok=True)
@@ -191,6 +188,11 @@ def hetero_config(config: Any, plan: PrunePlan) -> Any:
         "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.LlmpruneHeteroForCausalLM",
     }
     return hetero
+
+
+def is_hetero_config(config: Any) -> bool:
+    """Whether ``config`` is a heterogeneous-width config (its folder needs the modeling file)."""
+    return str(getattr(config, "model_type", "")).startswith(MODEL_TYPE_PREFIX)
 
 
 def write_modeling_file(folder: Path, config: Any) -> Path:

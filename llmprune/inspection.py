@@ -7,16 +7,15 @@ and checks on the meta device whether the config instantiates with plain transfo
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from llmprune.errors import ModelLoadError
+from llmprune.arch import ArchAdapter, family_named
+from llmprune.errors import ModelLoadError, UnsupportedArchitectureError
 from llmprune.export import SPARSITY_FILE
 from llmprune.plan import PLAN_FILE
 from llmprune.report import PruneReport
-
-_LINEAR = re.compile(r"layers\.(\d+)\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight$")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -52,6 +51,22 @@ def loads_without_custom_code(folder: Path) -> tuple[bool, str]:
     return True, f"plain AutoModelForCausalLM ({config.model_type})"
 
 
+def _adapter(config: dict[str, Any]) -> ArchAdapter | None:
+    """The family's adapter (it knows the projection names and head geometry), or None for a folder
+    of another architecture (inspect then reports no per-layer widths)."""
+    try:
+        return ArchAdapter.for_config(SimpleNamespace(**config))
+    except UnsupportedArchitectureError:
+        pass
+    from llmprune.hetero import family_of
+
+    try:  # a heterogeneous-width export names its family in its model type
+        family = family_named(family_of(str(config.get("model_type"))))
+    except ValueError:
+        return None
+    return ArchAdapter(family) if family is not None else None
+
+
 def inspect_folder(path: str) -> dict[str, Any]:
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -62,13 +77,13 @@ def inspect_folder(path: str) -> dict[str, Any]:
     shapes = tensor_shapes(folder)
     if not shapes:
         raise ModelLoadError(f"no safetensors weights in {path}")
+    adapter = _adapter(config)
+    linears = {name: adapter.parse_linear_weight(name) for name in shapes} if adapter else {}
+    linears = {name: where for name, where in linears.items() if where is not None}
     per_layer: dict[int, dict[str, tuple[int, ...]]] = {}
-    for name, shape in shapes.items():
-        match = _LINEAR.search(name)
-        if match:
-            key = match.group(3) or match.group(4)
-            per_layer.setdefault(int(match.group(1)), {})[key] = shape
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    for name, (index, key) in linears.items():
+        per_layer.setdefault(index, {})[key] = shapes[name]
+    head_dim = adapter.geometry(SimpleNamespace(**config)).head_dim if adapter else 1
     layers = []
     for index in range(config.get("num_hidden_layers", len(per_layer))):
         mods = per_layer.get(index, {})
@@ -81,7 +96,7 @@ def inspect_folder(path: str) -> dict[str, Any]:
     report = PruneReport.load(folder)
     sidecar = _read_json(folder / SPARSITY_FILE)
     ok, how = loads_without_custom_code(folder)
-    linear = sum(_numel(s) for n, s in shapes.items() if _LINEAR.search(n))
+    linear = sum(_numel(shapes[name]) for name in linears)
     info: dict[str, Any] = {
         "folder": str(folder),
         "model_type": config.get("model_type"),

@@ -48,8 +48,8 @@ class PruneReport(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    strategy: str
-    method: str
+    strategy: str | None = None
+    method: str | None = None
     settings: dict[str, Any] = {}  # PruneSettings, as JSON
     options: dict[str, Any] = {}  # the method's validated Options, as JSON
     seed: int | None = None

@@ -59,11 +59,11 @@ def test_a_broken_report_is_one_clear_error(model_dir, tmp_path):
 
     folder = tmp_path / "m"
     shutil.copytree(model_dir, folder)
-    (folder / "llmprune_report.json").write_text('{"strategy": "uniform"}')  # no method
+    (folder / "llmprune_report.json").write_text('{"strategy": "uniform", "achieved_sparsity": "most"}')
     with pytest.raises(ModelLoadError, match="not a readable llmprune report"):
         PruneReport.load(folder)
     result = run("inspect", folder)
-    assert result.exit_code == 3 and result.output.startswith("error:") and "method" in result.output
+    assert result.exit_code == 3 and result.output.startswith("error:") and "achieved_sparsity" in result.output
     (folder / "llmprune_report.json").write_text("{not json")
     result = run("inspect", folder)
     assert result.exit_code == 3 and "not a readable llmprune report" in result.output
