@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import folder_hash, read_json, run_cli as run
+from helpers import folder_hash, read_json, run_cli as run
 from llmprune.arch import ArchAdapter
 from llmprune.masks import max_nonzeros_per_group
 

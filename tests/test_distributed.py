@@ -18,13 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_model, read_json
+from helpers import make_tiny_model, read_json
 from llmprune import distributed
 from llmprune.arch import LINEAR_KEYS, ArchAdapter
 from llmprune.capture import LayerwiseRunner
 from llmprune.config import PruneSettings
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext, get_pruner_class
+
+pytestmark = pytest.mark.distributed
 
 WORLD = 2
 NSAMPLES, SEQLEN = 8, 32

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from conftest import make_tiny_model, read_json, run_cli as run
+from helpers import make_tiny_model, read_json, run_cli as run
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.config import DEFAULT_SPARSITY, SEMI24_SPARSITY, PruneSettings
 from llmprune.errors import ModelLoadError
