@@ -67,9 +67,8 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _common_parameters(strategy: str) -> list[inspect.Parameter]:
-    from llmprune.pruners.base import default_method, methods
-
     from llmprune.config import DEFAULT_SPARSITY, SEMI24_SPARSITY
+    from llmprune.pruners.base import default_method, methods
 
     known = methods(strategy)
     listing = "; ".join(f"[bold]{name}[/]: {cls.summary}" for name, cls in sorted(known.items()))
