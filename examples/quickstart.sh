@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Five-minute offline tour on the reference model shipped in examples/refmodel (a copy of ../shared/refmodel).
-# Run from the repository root after `pip install torch==2.13.0 && pip install -e ".[dev]"`.
+# Offline tour on the reference model shipped in examples/refmodel (a copy of ../shared/refmodel);
+# measured times: README (benchmarks/quickstart_time.py).
+# Run from the repository root after the two set-up commands of the README (CPU torch, then pip install -e ".[dev]").
 set -euo pipefail
 MODEL=${MODEL:-examples/refmodel}
 CALIB=${CALIB:-examples/data/calib.txt}

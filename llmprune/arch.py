@@ -158,6 +158,12 @@ class ArchAdapter:
     def for_model(cls, model: nn.Module) -> "ArchAdapter":
         return cls.for_config(model.config)
 
+    @classmethod
+    def generic(cls) -> "ArchAdapter":
+        """The module layout every family shares, without a family: reads the tensor names of other
+        model types that follow it (e.g. DeciLM exports) without building them."""
+        return cls(Family("generic", ()))
+
     # ----- structure ------------------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.model.layers

@@ -6,6 +6,7 @@ what ``--resume`` relies on for checkpoints and what users rely on for reports.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +15,18 @@ from typing import Any
 import torch
 
 from llmprune.errors import OutputExistsError
+
+
+#: errno values of a full disk or an exhausted quota.
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(err: BaseException) -> bool:
+    """True for "no space left" from Python (OSError) or from a native writer (safetensors' message)."""
+    if isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNOS:
+        return True
+    text = str(err)
+    return "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text
 
 
 def save_torch(obj: Any, path: Path) -> None:

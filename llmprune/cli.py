@@ -50,12 +50,15 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from llmprune.signals import describe, sigterm_as_interrupt
+
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():  # SIGTERM (schedulers) unwinds like Ctrl-C
+                return fn(*args, **kwargs)
         except LlmpruneError as err:
             fail(str(err), err.exit_code)
-        except KeyboardInterrupt:
-            fail("interrupted (rerun with --resume to continue where supported)", 130)
+        except KeyboardInterrupt as err:  # the pipeline words it (checkpoint kept or not)
+            fail(*describe(err))
         except MemoryError:
             fail("out of memory; lower --nsamples/--batch-size or use a machine with more memory", 11)
         except RuntimeError as err:
@@ -93,15 +96,18 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
         ("dtype", str, typer.Option("auto", help="Dtype the model runs in: auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16. Statistics are always float32.")),
         ("save_dtype", str, typer.Option("auto", help="Dtype of the exported weights: auto (the checkpoint's), float32, bfloat16, float16.")),
         ("attn_unit", str, typer.Option("group", help="Attention pruning unit: 'group' removes whole KV groups (KV head + its query heads); 'query' removes query heads, the same number from every group.")),
+        ("align", int, typer.Option(1, help="Keep every width (query and KV heads × head_dim, MLP channels) a multiple of N, e.g. 32 or 256 for GGUF quantization blocks, 64/128 for GPU kernels; the budget is met as closely as that grid allows (the report gives the achieved sparsity). A module pruned entirely or kept whole is always allowed.")),
+        ("align_heads", int, typer.Option(1, help="Keep every query-head and KV-head count divisible by T (the tensor-parallel size you will serve with, e.g. vLLM --tensor-parallel-size).")),
         ("batch_size", int, typer.Option(8, help="Sequences per forward pass during calibration.")),
         ("offload_dir", Optional[Path], typer.Option(None, help="Keep calibration activations between layers on disk in this folder instead of in memory (layer-wise methods; for very large models or many samples).", show_default=False)),
+        ("export_format", str, typer.Option("hf", help="Output format: 'hf' (plain config for uniform widths; per-layer widths with a modeling file for global) or 'deci' (DeciLM / Nemotron-NAS block_configs, which vLLM and llama.cpp serve; widths the format cannot express are zero-padded, the report says what that costs). See docs/export.md.")),
         ("max_shard_size", str, typer.Option("5GB", help="Largest safetensors shard in the output.")),
         ("config", Optional[Path], typer.Option(None, "--config", help="YAML or JSON recipe with the same keys as these options (e.g. sparsity: 0.3, lora_rank: 8); flags given on the command line override it.", show_default=False)),
         ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace an existing output folder (only after the new one is complete).")),
         ("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same command from its last checkpoint (methods that train or search).")),
     ]
     if strategy == "semi24":
-        spec = [s for s in spec if s[0] != "attn_unit"]
+        spec = [s for s in spec if s[0] not in ("attn_unit", "align", "align_heads", "export_format")]
     return [P(name, P.KEYWORD_ONLY, default=default, annotation=ann) for name, ann, default in spec]
 
 
@@ -163,10 +169,11 @@ def _prune_command(strategy: str) -> Callable[..., None]:
     common = _common_parameters(strategy)
     extra = _method_parameters(strategy)
     common_names = {p.name for p in common}
+    annotations = {p.name: p.annotation for p in (*common, *extra)}
 
     @friendly_errors
     def command(ctx: typer.Context, **kwargs: Any) -> None:
-        from llmprune.config import PruneSettings, load_recipe, validated
+        from llmprune.config import PruneSettings, check_recipe_types, load_recipe, validated
         from llmprune.pipeline import run_prune
         from llmprune.pruners.base import default_method
         from llmprune.summary import print_prune_summary
@@ -176,6 +183,7 @@ def _prune_command(strategy: str) -> Callable[..., None]:
         origin = {k: f"--{k.replace('_', '-')}" for k in kwargs if _given(ctx, k)}
         if recipe_path is not None:
             recipe = load_recipe(recipe_path, allowed=set(kwargs) - {"model", "output"})
+            check_recipe_types(recipe, annotations, recipe_path)
             for key, value in recipe.items():
                 if key not in origin:
                     kwargs[key] = value
@@ -196,6 +204,21 @@ def _prune_command(strategy: str) -> Callable[..., None]:
     command.__doc__ = STRATEGY_HELP[strategy]
     command.__name__ = f"{strategy}_command"
     return command
+
+
+def _version(value: bool) -> None:
+    if value:
+        import llmprune
+
+        typer.echo(f"llmprune {llmprune.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version, is_eager=True),
+) -> None:
+    """Prune Hugging Face causal LMs: uniform structured, global structured, and 2:4."""
 
 
 for _strategy in ("uniform", "global", "semi24"):
@@ -220,7 +243,7 @@ def eval_command(
     task_limit: Optional[int] = typer.Option(None, help="With --tasks: evaluate only the first N examples of each task (quick checks; not comparable to full runs).", show_default=False),
     task_batch_size: int = typer.Option(8, help="With --tasks: requests per forward pass."),
 ) -> None:
-    """Perplexity (methods.md §0), parameter counts, optional throughput and task accuracy, as a table and JSON."""
+    """Perplexity (docs/methods.md §0), parameter counts, optional throughput and task accuracy, as a table and JSON."""
     from llmprune.evaluation_run import EvalSettings, run_eval
     from llmprune.config import validated
     from llmprune.summary import print_eval_summary
@@ -252,6 +275,21 @@ def inspect_command(
         typer.echo(json.dumps(info, indent=2))
     else:
         print_inspect(info)
+
+
+@app.command(name="remask")
+@friendly_errors
+def remask_command(
+    model: str = typer.Argument(..., help="Model folder to fix, e.g. a 2:4 output after a LoRA merge.", show_default=False),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder (written atomically; must not exist unless --overwrite).", show_default=False),
+    like: Path = typer.Option(..., "--like", help="The 2:4 output whose zero pattern to restore (has llmprune_sparsity.json).", show_default=False),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Re-apply a 2:4 output's zero pattern after fine-tuning (a merged LoRA makes every weight dense)."""
+    from llmprune.remask import remask
+
+    report = remask(model, like, output, overwrite)
+    console.print(f"restored 2:4 in {output} ({report['zeros_restored']} weights zeroed again)", highlight=False)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,9 @@ class PruneSettings(BaseModel):
     dtype: str = "auto"
     save_dtype: str = "auto"
     attn_unit: Literal["group", "query"] = "group"
+    align: int = 1
+    align_heads: int = 1
+    export_format: Literal["hf", "deci"] = "hf"
     batch_size: int = 8
     overwrite: bool = False
     resume: bool = False
@@ -64,11 +68,22 @@ class PruneSettings(BaseModel):
             raise ValueError(f"2:4 always removes half (only {SEMI24_SPARSITY} is accepted), got {v}")
         return v
 
-    @field_validator("nsamples", "seqlen", "batch_size")
+    @field_validator("nsamples", "batch_size", "align", "align_heads")
     @classmethod
     def _positive(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError(f"must be at least 1, got {v}")
+        return v
+
+    @field_validator("seqlen")
+    @classmethod
+    def _seqlen(cls, v: int | None) -> int | None:
+        return check_seqlen(v)
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _shard_size(cls, v: str) -> str:
+        shard_size_bytes(v)
         return v
 
     @field_validator("dtype", "save_dtype")
@@ -77,6 +92,28 @@ class PruneSettings(BaseModel):
         if v not in DTYPE_CHOICES:
             raise ValueError(f"must be one of {', '.join(DTYPE_CHOICES)}, got {v!r}")
         return v
+
+
+#: The smallest --seqlen: a window needs one token to predict from and one to predict.
+MIN_SEQLEN = 2
+
+
+def check_seqlen(v: int | None) -> int | None:
+    """One rule and one message for --seqlen everywhere (settings, loading, data)."""
+    if v is not None and v < MIN_SEQLEN:
+        raise ValueError(f"must be at least {MIN_SEQLEN}, got {v}")
+    return v
+
+
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def shard_size_bytes(text: str) -> int:
+    """``5GB`` → bytes; the units save_pretrained understands (KB, MB, GB, TB), checked at parse time."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]B)\s*", text, flags=re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"expected a positive size such as 500MB or 5GB (units KB, MB, GB, TB), got {text!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
 def validated(settings_class: type[BaseModel], **values: Any) -> BaseModel:
@@ -91,6 +128,21 @@ def validated(settings_class: type[BaseModel], **values: Any) -> BaseModel:
             msg = str(first.get("msg", "")).removeprefix("Value error, ")
             raise UsageError(f"invalid {loc}: {msg}") from err
         raise UsageError(str(err)) from err
+
+
+def check_recipe_types(recipe: dict[str, Any], annotations: dict[str, Any], path: Path) -> None:
+    """Check each recipe value against its option's type on its own, before it is merged with the
+    command line (a value overridden by a flag is still checked: the recipe file is wrong)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    for key, value in recipe.items():
+        if key not in annotations:
+            continue
+        try:
+            TypeAdapter(annotations[key]).validate_python(value)
+        except ValidationError as err:
+            msg = str(err.errors()[0].get("msg", "")).removeprefix("Value error, ")
+            raise UsageError(f"--config {path}: {key}: {msg} (got {value!r})") from err
 
 
 def load_recipe(path: Path, allowed: set[str]) -> dict[str, Any]:

@@ -63,6 +63,14 @@ def read_text(source: str, split: str = "calibration") -> str:
     )
 
 
+def text_sha256(source: str, split: str = "calibration") -> str:
+    """SHA-256 of a source's text as llmprune reads it: recorded with the calibration in the
+    report, so ``eval`` can tell when it is asked to measure on the calibration text."""
+    import hashlib
+
+    return hashlib.sha256(read_text(source, split).encode("utf-8")).hexdigest()
+
+
 def _read_file(path: Path) -> str:
     if path.is_dir():
         raise DataError(f"text source {path} is a folder; give a .txt, .jsonl or .parquet file")

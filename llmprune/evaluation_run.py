@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from llmprune.atomic import check_file_writable, write_text
 from llmprune.config import DTYPE_CHOICES
-from llmprune.data import evaluation_windows
+from llmprune.data import evaluation_windows, text_sha256
 from llmprune.errors import UsageError
 from llmprune.evaluate import count_parameters, perplexity, throughput
 from llmprune.export import SPARSITY_FILE
@@ -79,6 +79,23 @@ def pruning_info(model: str) -> dict[str, Any]:
     return info
 
 
+def calibrated_on(model: str, data: str) -> str | None:
+    """The pruning step (strategy/method) of an llmprune folder calibrated on the text ``data``
+    reads as, or None. Compared by the text's SHA-256 recorded in the report."""
+    report = PruneReport.load(model)
+    if report is None:
+        return None
+    steps = [*report.history, report]
+    recorded = [(s, s.calibration.text_sha256 if s.calibration else None) for s in steps]
+    if not any(digest for _, digest in recorded):
+        return None
+    digest = text_sha256(data, "evaluation")
+    for step, recorded_digest in recorded:
+        if recorded_digest == digest:
+            return f"{step.strategy} --method {step.method}"
+    return None
+
+
 def measure_speed(model, seqlen: int, repeats: int) -> dict[str, Any]:
     model.config.use_cache = True
     return throughput(model, model.config.vocab_size, prefill_tokens=seqlen, repeats=repeats)
@@ -109,6 +126,11 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict[s
     report: dict[str, Any] = {"model": settings.model, "data": data}
     if data is not None:
         windows = evaluation_windows(tokenizer, data, seqlen)
+        same = calibrated_on(settings.model, data)
+        if same:
+            report["evaluated_on_calibration_text"] = True
+            reporter.log(f"[yellow]warning:[/] the evaluation text {data!r} is the text {settings.model} was "
+                         f"calibrated on ({same}); its perplexity is optimistic, use held-out text")
         with reporter.live():
             task = reporter.task("perplexity", total=(windows.shape[0] + settings.batch_size - 1) // settings.batch_size)
             ppl, nll = perplexity(model, windows, settings.batch_size, device, progress=task.advance)

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmprune.atomic import probe_writable
+from llmprune.atomic import disk_full, probe_writable
 from llmprune.errors import NumericalError, OutputExistsError
 from llmprune.masks import max_nonzeros_per_group
 from llmprune.plan import PrunePlan
+from llmprune.portable import apply_umask, portable_tokenizer_config
 
 REPORT_FILE = "llmprune_report.json"
 SPARSITY_FILE = "llmprune_sparsity.json"
@@ -28,15 +29,23 @@ def check_output(output: Path, model_source: str, overwrite: bool) -> None:
     """Refuse outputs that exist (without --overwrite), are files, or would touch the input."""
     out = output.expanduser().resolve()
     src = Path(model_source).expanduser()
-    if src.exists():
-        src = src.resolve()
-        if out == src or src in out.parents or out in src.parents:
-            raise OutputExistsError(f"output {output} overlaps the input model folder {model_source}; choose another -o")
+    if src.exists() and overlaps(out, src.resolve()):
+        raise OutputExistsError(f"output {output} overlaps the input model folder {model_source}; choose another -o")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output path {output} exists and is a file")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"output folder {output} exists; pass --overwrite to replace it")
+    if out.exists() and any(out.iterdir()) and not (out / REPORT_FILE).is_file():
+        raise OutputExistsError(
+            f"--overwrite replaces only an empty folder or an earlier llmprune output (with {REPORT_FILE}); "
+            f"{output} holds other files, so it is left alone"
+        )
     probe_writable(out, str(output))
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    """True when resolved paths ``a`` and ``b`` are the same folder or one contains the other."""
+    return a == b or b in a.parents or a in b.parents
 
 
 def staging_dir(output: Path) -> Path:
@@ -102,6 +111,7 @@ def save_pruned(
     max_shard_size: str = "5GB",
     extra_files: dict[str, Any] | None = None,
     config: Any = None,
+    export_format: str = "hf",
 ) -> Path:
     """Write weights, config, tokenizer, plan, report (and 2:4 sidecar) atomically to OUT.
 
@@ -116,24 +126,31 @@ def save_pruned(
         if plan.kind == "semi24":
             verified = verify_semi24(model, plan.semi24_targets)
             _write_json(staging / SPARSITY_FILE, sparsity_sidecar(plan, verified))
-        if config is None:
-            from llmprune.arch import ArchAdapter
-            from llmprune.surgery import exported_config
+        if export_format == "deci":  # DeciLM / Nemotron-NAS block_configs (vLLM, llama.cpp)
+            from llmprune.deci import write_deci
 
-            config = exported_config(model, ArchAdapter.for_model(model), plan)
-        from llmprune.hetero import is_hetero_config, write_modeling_file
+            model.to(save_dtype)
+            report["deci"] = write_deci(staging, model, plan, save_dtype, max_shard_size)
+        else:
+            if config is None:  # surgery.exported_config is the one place that decides it
+                from llmprune.arch import ArchAdapter
+                from llmprune.surgery import exported_config
 
-        if is_hetero_config(config):  # heterogeneous widths: the modeling file goes beside the weights
-            write_modeling_file(staging, config)
-        model.to(save_dtype)
-        model.save_pretrained(staging, max_shard_size=max_shard_size)
-        # The pruned config may differ from the in-memory one (new widths, or an equivalent
-        # family such as Llama -> Mistral), so it is written last, over save_pretrained's.
-        config.dtype = save_dtype
-        config.use_cache = True
-        config.save_pretrained(staging)
+                config = exported_config(model, ArchAdapter.for_model(model), plan)
+            from llmprune.hetero import is_hetero_config, write_modeling_file
+
+            if is_hetero_config(config):  # heterogeneous widths: the modeling file goes beside the weights
+                write_modeling_file(staging, config)
+            model.to(save_dtype)
+            model.save_pretrained(staging, max_shard_size=max_shard_size)
+            # The pruned config may differ from the in-memory one (new widths, or an equivalent
+            # family such as Llama -> Mistral), so it is written last, over save_pretrained's.
+            config.dtype = save_dtype
+            config.use_cache = True
+            config.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+            portable_tokenizer_config(staging)
         plan.save(staging)
         for name, payload in (extra_files or {}).items():
             if isinstance(payload, Path):
@@ -141,9 +158,12 @@ def save_pruned(
             else:
                 _write_json(staging / name, payload)
         _write_json(staging / REPORT_FILE, report)
+        apply_umask(staging)  # transformers writes the weights 0600
         finalize(staging, output)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if disk_full(err):
+            raise OutputExistsError(f"no space left on device while writing {output} (nothing was written)") from err
         raise
     return output
 

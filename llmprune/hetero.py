@@ -5,18 +5,22 @@ A non-uniform plan cannot be described by a standard config. We write, beside th
 - ``config.json`` of a small config class derived from the family's own config class, with the
   dense geometry plus ``layer_widths`` (query heads, KV heads, MLP channels of every layer) and an
   ``auto_map`` pointing at
-- ``modeling_llmprune.py``: the config class and a causal-LM class derived from the family's
-  transformers classes (``LlamaForCausalLM`` …) that resizes each decoder layer's projections to
-  its widths; a module pruned to 0 heads/channels becomes a no-op.
+- ``modeling_llmprune.py``: the config class, a base-model and a causal-LM class derived from the
+  family's transformers classes (``LlamaModel``, ``LlamaForCausalLM`` …) that resize each decoder
+  layer's projections to its widths; a module pruned to 0 heads/channels becomes a no-op.
+  ``save_pretrained`` of these classes writes the file and the ``auto_map`` again.
 
 So ``AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)`` works in a clean process
-with plain transformers. When ``llmprune`` is installed, ``register_auto_classes()`` (called
-lazily by ``llmprune.loading``) registers the same classes with the Auto classes, so the folder
-also loads without ``trust_remote_code``. Both paths execute the same source text (``TEMPLATE``).
+with plain transformers. After ``import llmprune``, ``register_family`` (called lazily by the
+hooks in ``llmprune.autoregister``, or for all families by ``register_auto_classes()``) registers
+the same classes with the Auto classes, so the folder also loads without ``trust_remote_code``.
+Both paths execute the same source text (``TEMPLATE``); the executed module is kept in
+``sys.modules`` (``torch.compile`` looks classes up by module name).
 """
 
 from __future__ import annotations
 
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -27,33 +31,44 @@ from llmprune.plan import PrunePlan
 MODELING_FILE = "modeling_llmprune.py"
 MODEL_TYPE_PREFIX = "llmprune_hetero_"
 
-TEMPLATE = '''\
-"""Heterogeneous-width {prefix} model written by llmprune (global structured pruning).
+TEMPLATE = """\
+\"\"\"Heterogeneous-width {prefix} model written by llmprune (global structured pruning).
 
 Every decoder layer has its own number of query heads, KV heads and MLP channels
 (``config.layer_widths``); a layer whose attention or MLP was pruned entirely skips it.
-Load with ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)``.
-Needs only torch and transformers.
-"""
+Load with ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` (or without
+``trust_remote_code`` after ``import llmprune``). Needs only torch and transformers.
+\"\"\"
+
+import os
+import sys
 
 import torch
 from torch import nn
 from transformers.models.{module}.configuration_{module} import {prefix}Config as _BaseConfig
 from transformers.models.{module}.modeling_{module} import {prefix}ForCausalLM as _BaseForCausalLM
+from transformers.models.{module}.modeling_{module} import {prefix}Model as _BaseModel
 
 BASE_MODEL_TYPE = "{family}"
+MODEL_TYPE = "{model_type}"
+MODELING_FILE = "modeling_llmprune.py"
+AUTO_MAP = {{
+    "AutoConfig": "modeling_llmprune.LlmpruneHeteroConfig",
+    "AutoModel": "modeling_llmprune.LlmpruneHeteroModel",
+    "AutoModelForCausalLM": "modeling_llmprune.LlmpruneHeteroForCausalLM",
+}}
 
 
 class LlmpruneHeteroConfig(_BaseConfig):
-    """The family's config plus ``layer_widths``: one dict per layer with ``num_attention_heads``,
-    ``num_key_value_heads`` and ``intermediate_size``."""
+    \"\"\"The family's config plus ``layer_widths``: one dict per layer with ``num_attention_heads``,
+    ``num_key_value_heads`` and ``intermediate_size``.\"\"\"
 
-    model_type = "{model_type}"
+    model_type = MODEL_TYPE
     llmprune_base_model_type = BASE_MODEL_TYPE
 
 
 class NullAttention(nn.Module):
-    """Attention pruned to zero heads: adds nothing to the residual stream."""
+    \"\"\"Attention pruned to zero heads: adds nothing to the residual stream.\"\"\"
 
     def __init__(self, layer_idx, head_dim):
         super().__init__()
@@ -67,7 +82,7 @@ class NullAttention(nn.Module):
 
 
 class NullMLP(nn.Module):
-    """MLP pruned to zero channels: adds nothing to the residual stream."""
+    \"\"\"MLP pruned to zero channels: adds nothing to the residual stream.\"\"\"
 
     def forward(self, hidden_states):
         return torch.zeros_like(hidden_states)
@@ -78,11 +93,12 @@ def _linear(old, in_features, out_features):
                      device=old.weight.device, dtype=old.weight.dtype)
 
 
-def apply_layer_widths(model, config):
-    """Resize every decoder layer of a freshly built dense model to ``config.layer_widths``."""
-    widths = getattr(config, "layer_widths", None) or []
+def apply_layer_widths(layers, config, widths=None):
+    \"\"\"Resize the decoder layers of a freshly built dense model to ``widths`` (default
+    ``config.layer_widths``).\"\"\"
+    widths = widths if widths is not None else (getattr(config, "layer_widths", None) or [])
     hidden = config.hidden_size
-    for index, (layer, width) in enumerate(zip(model.model.layers, widths)):
+    for index, (layer, width) in enumerate(zip(layers, widths)):
         heads, kv_heads = width["num_attention_heads"], width["num_key_value_heads"]
         channels = width["intermediate_size"]
         attn = layer.self_attn
@@ -106,13 +122,64 @@ def apply_layer_widths(model, config):
                 mlp.intermediate_size = channels
 
 
-class LlmpruneHeteroForCausalLM(_BaseForCausalLM):
+def register_peft_targets(model_type=MODEL_TYPE):
+    \"\"\"Give PEFT's default-target tables (LoRA, IA3, ...) an entry for ``model_type``, copied
+    from the base family's, so ``LoraConfig()`` without ``target_modules`` works. Only touches PEFT
+    when it is already imported; ``import llmprune`` also does it when PEFT is imported later.\"\"\"
+    constants = sys.modules.get("peft.utils.constants")
+    if constants is None:
+        return
+    for name in dir(constants):
+        table = getattr(constants, name)
+        if name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(table, dict) and BASE_MODEL_TYPE in table:
+            table.setdefault(model_type, table[BASE_MODEL_TYPE])
+
+
+def _source_text():
+    # Registered (``import llmprune``) path: the text is injected; remote-code path: this file.
+    text = globals().get("LLMPRUNE_MODELING_SOURCE")
+    if text is None:
+        with open(__file__, encoding="utf-8") as handle:
+            text = handle.read()
+    return text
+
+
+class _SavesModelingFile:
+    \"\"\"``save_pretrained`` also writes this modeling file and the ``auto_map`` pointing at it, so a
+    saved copy (e.g. after a LoRA merge) loads in a fresh process like the original folder.\"\"\"
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        self.config.auto_map = dict(AUTO_MAP)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            target = os.path.join(str(save_directory), MODELING_FILE)
+            if not os.path.exists(target):
+                with open(target, "w", encoding="utf-8") as handle:
+                    handle.write(_source_text())
+
+
+class LlmpruneHeteroModel(_SavesModelingFile, _BaseModel):
     config_class = LlmpruneHeteroConfig
 
     def __init__(self, config):
         super().__init__(config)
-        apply_layer_widths(self, config)
-'''
+        apply_layer_widths(self.layers, config)
+        register_peft_targets()
+
+
+class LlmpruneHeteroForCausalLM(_SavesModelingFile, _BaseForCausalLM):
+    config_class = LlmpruneHeteroConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        apply_layer_widths(self.model.layers, config)
+        register_peft_targets()
+"""
+
+
+def hetero_families() -> list[str]:
+    """Names of the families (``arch.FAMILIES``) whose transformers classes the export derives from."""
+    return [f.name for f in arch.FAMILIES if f.transformers_module]
 
 
 def family_of(model_type: str) -> str:
@@ -125,43 +192,81 @@ def family_of(model_type: str) -> str:
 
 def modeling_source(family: str) -> str:
     spec = arch.family_named(family)
-    if spec is None:
+    if spec is None or not spec.transformers_module:
         raise ValueError(f"no heterogeneous-width export for family {family!r}")
     return TEMPLATE.format(module=spec.transformers_module, prefix=spec.class_prefix, family=family,
                            model_type=MODEL_TYPE_PREFIX + family)
 
 
+def is_hetero_config(config: Any) -> bool:
+    """Whether ``config`` is a heterogeneous-width config (its folder needs the modeling file)."""
+    return str(getattr(config, "model_type", "")).startswith(MODEL_TYPE_PREFIX)
+
+
 _MODULES: dict[str, types.ModuleType] = {}
+
+
+def module_name(family: str) -> str:
+    """Import name of the executed modeling module (kept in ``sys.modules`` so that pickling and
+    ``torch.compile``, which look classes up by ``__module__``, find it)."""
+    return f"llmprune._hetero_modeling_{family}"
 
 
 def family_module(family: str) -> types.ModuleType:
     """The modeling file of ``family`` executed as a module (same text as the exported file)."""
     if family not in _MODULES:
-        module = types.ModuleType(f"llmprune_hetero_{family}")
-        exec(compile(modeling_source(family), f"<{MODELING_FILE}:{family}>", "exec"), module.__dict__)
+        name = module_name(family)
+        module = types.ModuleType(name)
+        source = modeling_source(family)
+        module.__dict__["LLMPRUNE_MODELING_SOURCE"] = source  # what save_pretrained writes
+        sys.modules[name] = module
+        try:
+            exec(compile(source, f"<{MODELING_FILE}:{family}>", "exec"), module.__dict__)
+        except BaseException:
+            del sys.modules[name]
+            raise
         _MODULES[family] = module
     return _MODULES[family]
 
 
-_registered = False
+_REGISTERED: set[str] = set()
+
+
+def register_family(family: str) -> None:
+    """Register one family's heterogeneous classes with AutoConfig, AutoModel and
+    AutoModelForCausalLM (and PEFT's default-target tables when PEFT is imported)."""
+    if family in _REGISTERED:
+        return
+    _REGISTERED.add(family)
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    module = family_module(family)
+    config_cls = module.LlmpruneHeteroConfig
+    AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+    AutoModel.register(config_cls, module.LlmpruneHeteroModel, exist_ok=True)
+    AutoModelForCausalLM.register(config_cls, module.LlmpruneHeteroForCausalLM, exist_ok=True)
+    module.register_peft_targets()
 
 
 def register_auto_classes() -> None:
-    """Register every family's heterogeneous config/model with AutoConfig/AutoModelForCausalLM."""
-    global _registered
-    if _registered:
-        return
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Register every family's heterogeneous classes now (``import llmprune`` does it lazily,
+    see ``llmprune.autoregister``)."""
+    for family in hetero_families():
+        register_family(family)
 
-    for family in (f.name for f in arch.FAMILIES if f.transformers_module):
-        module = family_module(family)
-        try:
-            AutoConfig.register(module.LlmpruneHeteroConfig.model_type, module.LlmpruneHeteroConfig, exist_ok=True)
-            AutoModelForCausalLM.register(module.LlmpruneHeteroConfig, module.LlmpruneHeteroForCausalLM, exist_ok=True)
-        except TypeError:  # older transformers without exist_ok
-            AutoConfig.register(module.LlmpruneHeteroConfig.model_type, module.LlmpruneHeteroConfig)
-            AutoModelForCausalLM.register(module.LlmpruneHeteroConfig, module.LlmpruneHeteroForCausalLM)
-    _registered = True
+
+def register_peft_targets(constants: types.ModuleType | None = None) -> None:
+    """Default LoRA/IA3/... targets for every heterogeneous model type, copied from its family's
+    (``peft.utils.constants``; nothing happens when PEFT is not imported)."""
+    constants = constants or sys.modules.get("peft.utils.constants")
+    if constants is None:
+        return
+    for name in dir(constants):
+        table = getattr(constants, name)
+        if name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(table, dict):
+            for family in hetero_families():
+                if family in table:
+                    table.setdefault(MODEL_TYPE_PREFIX + family, table[family])
 
 
 def layer_widths(plan: PrunePlan) -> list[dict[str, int]]:
@@ -183,16 +288,8 @@ def hetero_config(config: Any, plan: PrunePlan) -> Any:
     hetero = module.LlmpruneHeteroConfig(**data)
     hetero.layer_widths = layer_widths(plan)
     hetero.architectures = ["LlmpruneHeteroForCausalLM"]
-    hetero.auto_map = {
-        "AutoConfig": f"{MODELING_FILE[:-3]}.LlmpruneHeteroConfig",
-        "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.LlmpruneHeteroForCausalLM",
-    }
+    hetero.auto_map = dict(module.AUTO_MAP)
     return hetero
-
-
-def is_hetero_config(config: Any) -> bool:
-    """Whether ``config`` is a heterogeneous-width config (its folder needs the modeling file)."""
-    return str(getattr(config, "model_type", "")).startswith(MODEL_TYPE_PREFIX)
 
 
 def write_modeling_file(folder: Path, config: Any) -> Path:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from llmprune.arch import ArchAdapter, family_named
+from llmprune.completeness import expected_tensors, missing_tensor_error
 from llmprune.errors import ModelLoadError, UnsupportedArchitectureError
 from llmprune.export import SPARSITY_FILE
 from llmprune.plan import PLAN_FILE
@@ -28,10 +29,27 @@ def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
     shapes: dict[str, tuple[int, ...]] = {}
     for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+        except Exception as err:  # SafetensorError, OSError: truncated, corrupt or unreadable
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelLoadError(f"cannot read the safetensors header of {file}: {first}") from err
     return shapes
+
+
+def check_complete(folder: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise when the headers lack a tensor the config's model needs (it would load as random values)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception:  # reported by loads_without_custom_code
+        return
+    expected = expected_tensors(config)
+    if expected is not None and expected - set(shapes):
+        raise missing_tensor_error(expected - set(shapes), f"model folder {folder}")
 
 
 def loads_without_custom_code(folder: Path) -> tuple[bool, str]:
@@ -40,6 +58,8 @@ def loads_without_custom_code(folder: Path) -> tuple[bool, str]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config_data = _read_json(folder / "config.json") or {}
+    if config_data.get("model_type") == "nemotron-nas":
+        return False, "DeciLM format: vLLM, llama.cpp's converter, or transformers with trust_remote_code=True"
     if "auto_map" in config_data:
         return False, "needs trust_remote_code=True (or `import llmprune` first)"
     try:
@@ -51,9 +71,10 @@ def loads_without_custom_code(folder: Path) -> tuple[bool, str]:
     return True, f"plain AutoModelForCausalLM ({config.model_type})"
 
 
-def _adapter(config: dict[str, Any]) -> ArchAdapter | None:
-    """The family's adapter (it knows the projection names and head geometry), or None for a folder
-    of another architecture (inspect then reports no per-layer widths)."""
+def _adapter(config: dict[str, Any]) -> ArchAdapter:
+    """The adapter that names the folder's projections and knows its head geometry: its family's,
+    the family of a heterogeneous-width export, or the shared Llama layout for other model types
+    (e.g. DeciLM exports), which then reports what matches it."""
     try:
         return ArchAdapter.for_config(SimpleNamespace(**config))
     except UnsupportedArchitectureError:
@@ -63,8 +84,8 @@ def _adapter(config: dict[str, Any]) -> ArchAdapter | None:
     try:  # a heterogeneous-width export names its family in its model type
         family = family_named(family_of(str(config.get("model_type"))))
     except ValueError:
-        return None
-    return ArchAdapter(family) if family is not None else None
+        family = None
+    return ArchAdapter(family) if family is not None else ArchAdapter.generic()
 
 
 def inspect_folder(path: str) -> dict[str, Any]:
@@ -77,13 +98,13 @@ def inspect_folder(path: str) -> dict[str, Any]:
     shapes = tensor_shapes(folder)
     if not shapes:
         raise ModelLoadError(f"no safetensors weights in {path}")
+    check_complete(folder, shapes)
     adapter = _adapter(config)
-    linears = {name: adapter.parse_linear_weight(name) for name in shapes} if adapter else {}
-    linears = {name: where for name, where in linears.items() if where is not None}
+    linears = {name: where for name in shapes if (where := adapter.parse_linear_weight(name)) is not None}
     per_layer: dict[int, dict[str, tuple[int, ...]]] = {}
     for name, (index, key) in linears.items():
         per_layer.setdefault(index, {})[key] = shapes[name]
-    head_dim = adapter.geometry(SimpleNamespace(**config)).head_dim if adapter else 1
+    head_dim = adapter.geometry(SimpleNamespace(**config)).head_dim if per_layer else 1
     layers = []
     for index in range(config.get("num_hidden_layers", len(per_layer))):
         mods = per_layer.get(index, {})

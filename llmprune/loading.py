@@ -8,7 +8,10 @@ from typing import Any
 import torch
 
 from llmprune.arch import ArchAdapter
-from llmprune.errors import ModelLoadError, UsageError
+from llmprune.config import check_seqlen
+from llmprune.completeness import check_loading_info
+from llmprune.errors import ModelLoadError, UnsupportedArchitectureError, UsageError
+from llmprune.hub import require_hub
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -59,8 +62,10 @@ def resolve_seqlen(requested: int | None, config: Any) -> int:
     context = getattr(config, "max_position_embeddings", None) or DEFAULT_SEQLEN
     if requested is None:
         return min(DEFAULT_SEQLEN, context)
-    if requested < 2:
-        raise UsageError(f"--seqlen must be at least 2, got {requested}")
+    try:
+        check_seqlen(requested)
+    except ValueError as err:
+        raise UsageError(f"invalid --seqlen: {err}") from err
     if requested > context:
         raise UsageError(f"--seqlen {requested} exceeds the model's context of {context} tokens")
     return requested
@@ -94,6 +99,14 @@ def load_config(name: str) -> Any:
             raise ModelLoadError(f"model path is not a folder: {name}")
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"no config.json in model folder {name}")
+        from llmprune.deci import MODEL_TYPE as DECI_MODEL_TYPE
+
+        if _config_model_type(path) == DECI_MODEL_TYPE:
+            raise UnsupportedArchitectureError(
+                f"{name} is a DeciLM (--export-format deci) folder, for vLLM and llama.cpp; llmprune reads "
+                "the default hf export of the same model (load this one with trust_remote_code=True)")
+    else:
+        require_hub(name)  # one quick connection instead of half a minute of retries
     try:
         config = AutoConfig.from_pretrained(str(path) if path.exists() else name)
     except Exception as err:
@@ -110,9 +123,10 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype):
     adapter = ArchAdapter.for_config(config)
     source = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True)
     except Exception as err:
         raise ModelLoadError(f"cannot load model weights from {name!r}: {_first_line(err)}") from err
+    check_loading_info(info, model, f"model {name!r}")
     model.to(device).eval()
     model.config.use_cache = False
     tokenizer = load_tokenizer(source)
@@ -126,6 +140,15 @@ def load_tokenizer(source: str):
         return AutoTokenizer.from_pretrained(source)
     except Exception as err:
         raise ModelLoadError(f"cannot load tokenizer from {source!r}: {_first_line(err)}") from err
+
+
+def _config_model_type(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None  # AutoConfig reports unreadable configs
 
 
 def _first_line(err: BaseException) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from math import lcm
+
 import torch
 
+from llmprune.alignment import Alignment
 from llmprune.arch import Geometry
 
 
@@ -17,19 +20,27 @@ def attn_params_kept(geom: Geometry, attn_unit: str, kept_units: int) -> int:
     return geom.attn_params_kept(attn_unit, kept_units)
 
 
-def uniform_widths(geom: Geometry, sparsity: float, attn_unit: str) -> tuple[int, int]:
+def attn_grid_step(geom: Geometry, attn_unit: str, align: Alignment | None = None) -> int:
+    """Kept attention units are multiples of this: the unit's own step and the ``--align`` grid."""
+    step = attn_step(geom, attn_unit)
+    return step if align is None else lcm(step, align.attn_granule(geom, attn_unit))
+
+
+def uniform_widths(geom: Geometry, sparsity: float, attn_unit: str, align: Alignment | None = None) -> tuple[int, int]:
     """Per-layer kept (attention units, MLP channels) meeting the sparsity budget.
 
     Attention keeps the requested fraction rounded to its granularity (at least one step); the MLP
-    width absorbs the rounding so the total is within one channel per layer of the budget.
+    width absorbs the rounding so the total is within one channel per layer of the budget (one
+    grid step of ``align``: widths on the grid meet the budget only as closely as the grid allows).
     """
+    align = align or Alignment()
     n_attn = geom.attn_unit_count(attn_unit)
-    step = attn_step(geom, attn_unit)
+    step = attn_grid_step(geom, attn_unit, align)
     target = (1.0 - sparsity) * geom.dense_layer_params
     k_attn = int(round((1.0 - sparsity) * n_attn / step)) * step
     k_attn = min(max(k_attn, step), n_attn)
-    k_mlp = int(round((target - attn_params_kept(geom, attn_unit, k_attn)) / geom.mlp_unit_params))
-    k_mlp = min(max(k_mlp, 1), geom.intermediate_size)
+    k_mlp = align.round_channels((target - attn_params_kept(geom, attn_unit, k_attn)) / geom.mlp_unit_params,
+                                 geom.intermediate_size)
     return k_attn, k_mlp
 
 
@@ -79,3 +90,21 @@ def max_nonzeros_per_group(weight: torch.Tensor, m: int = 4) -> int:
     out_features, in_features = weight.shape
     groups = (weight != 0).reshape(out_features, in_features // m, m)
     return int(groups.sum(-1).max())
+
+
+def min_layer_params(geom: Geometry, attn_unit: str) -> int:
+    """Decoder-linear parameters of one layer that keeps the least structured pruning allows:
+    one attention step and one MLP channel (no method removes a whole module)."""
+    return attn_params_kept(geom, attn_unit, attn_step(geom, attn_unit)) + geom.mlp_unit_params
+
+
+def max_structured_sparsity(geom: Geometry, attn_unit: str) -> float:
+    """The largest sparsity structured pruning can reach on this geometry."""
+    dense = geom.layer_linear_params(geom.num_heads, geom.num_kv_heads, geom.intermediate_size)
+    return 1.0 - min_layer_params(geom, attn_unit) / dense
+
+
+def one_unit_sparsity(geom: Geometry) -> float:
+    """The sparsity of one MLP channel in every layer: how closely a structured plan can meet a budget."""
+    dense = geom.layer_linear_params(geom.num_heads, geom.num_kv_heads, geom.intermediate_size)
+    return geom.mlp_unit_params / dense

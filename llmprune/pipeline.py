@@ -18,17 +18,21 @@ import torch
 
 import llmprune
 from llmprune import distributed
+from llmprune.alignment import alignment_report
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.config import PruneSettings
-from llmprune.data import calibration_samples, resolve_calibration_source
-from llmprune.errors import ResumeError, UsageError
-from llmprune.export import check_output, save_pruned, work_dir
+from llmprune.budget import check_reachable, miss_warning
+from llmprune.data import calibration_samples, resolve_calibration_source, text_sha256
+from llmprune.errors import UsageError
+from llmprune.export import save_pruned
 from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_device, resolve_dtype, resolve_seqlen
 from llmprune.plan import PrunePlan
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext, PruneResult, get_pruner_class
 from llmprune.report import HistoryStep, PruneReport
+from llmprune.signals import sigterm_as_interrupt
 from llmprune.surgery import apply_plan, exported_config
+from llmprune.workspace import Workspace
 
 
 def package_versions() -> dict[str, str]:
@@ -100,27 +104,31 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> Prun
     (``llmprune.distributed``); only rank 0 writes, and the group is destroyed at the end.
     """
     started = distributed.init(settings.device)
+    claim: list[Workspace] = []  # rank 0's hold on OUT, once opened
     try:
-        return _run_prune(settings, reporter)
+        with sigterm_as_interrupt():
+            return _run_prune(settings, reporter, claim)
+    except BaseException as err:
+        if not claim:
+            raise
+        replacement = claim[0].fail(err)  # keeps a resumable checkpoint, removes everything else
+        if replacement is err:
+            raise
+        raise replacement from err
     finally:
         if started:
             distributed.cleanup()
 
 
-def _prepare_output(settings: PruneSettings, pruner_cls: Any, reporter: Reporter) -> Path:
-    """Check OUT and prepare the checkpoint folder (rank 0's job)."""
-    check_output(settings.output, settings.model, settings.overwrite)
-    work = work_dir(settings.output)
-    if settings.resume and not pruner_cls.resumable:
-        reporter.log(f"[yellow]note:[/] {settings.strategy} --method {settings.method} is one-shot; --resume has nothing to resume")
-    if settings.resume and pruner_cls.resumable and not work.exists():
-        raise ResumeError(f"--resume: no checkpoint folder {work} from an earlier run of this output")
-    if not settings.resume and work.exists():
-        shutil.rmtree(work)
+def _open_workspace(settings: PruneSettings, pruner_cls: Any, reporter: Reporter, claim: list[Workspace]) -> Path:
+    """Check OUT, lock it and prepare the checkpoint folder (rank 0's job)."""
+    workspace = Workspace(settings, pruner_cls, reporter)
+    work = workspace.open()
+    claim.append(workspace)
     return work
 
 
-def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> PruneReport:
+def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[Workspace]) -> PruneReport:
     main = distributed.is_main()
     reporter = reporter or (Reporter() if main else _QuietReporter())
     t_start = time.perf_counter()
@@ -130,7 +138,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> Pru
     if world > 1 and pruner_cls.needs_calibration and min(settings.nsamples, settings.batch_size) < world:
         raise UsageError(f"with {world} ranks, --nsamples ({settings.nsamples}) and --batch-size "
                          f"({settings.batch_size}) must be at least {world} (each rank needs its share)")
-    work = distributed.on_main(lambda: _prepare_output(settings, pruner_cls, reporter))
+    work = distributed.on_main(lambda: _open_workspace(settings, pruner_cls, reporter, claim))
     if not main:  # other ranks keep their scratch files (e.g. Týr's supernet) in a private folder
         if settings.offload_dir is not None:
             Path(settings.offload_dir).mkdir(parents=True, exist_ok=True)
@@ -141,7 +149,14 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> Pru
 
     device = distributed.device_for(resolve_device(settings.device))
     config = load_config(settings.model)
+    if settings.export_format == "deci":  # fail before the pruning work, not at export
+        from llmprune.deci import check_exportable
+
+        check_exportable(config)
     settings = settings.model_copy(update={"seqlen": resolve_seqlen(settings.seqlen, config)})
+    geom = ArchAdapter.for_config(config).geometry(config)
+    if settings.strategy != "semi24":
+        check_reachable(geom, settings.sparsity, settings.attn_unit)  # before the weights are read
     compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
     save_dtype = checkpoint_dtype(config) or torch.float32
     if settings.save_dtype != "auto":
@@ -162,10 +177,12 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> Pru
             source, warning = resolve_calibration_source(settings.calib)
             if warning:
                 reporter.log(f"[yellow]warning:[/] {warning}")
-            return source, calibration_samples(tokenizer, source, settings.nsamples, settings.seqlen, settings.seed)
+            samples = calibration_samples(tokenizer, source, settings.nsamples, settings.seqlen, settings.seed)
+            return source, samples, text_sha256(source)
+
 
         # Rank 0 reads the text and draws the windows; every rank gets the same samples.
-        source, calib = distributed.on_main(load_calibration)
+        source, calib, calib_sha256 = distributed.on_main(load_calibration)
         settings = settings.model_copy(update={"calib": source})
     t_loaded = time.perf_counter()
 
@@ -185,6 +202,10 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> Pru
     apply_plan(model, adapter, plan)
 
     kept_params = sum(kept_params_per_layer(model, adapter, plan))
+    achieved = 1.0 - kept_params / dense_params
+    missed = miss_warning(geom, settings.sparsity, achieved) if plan.kind == "structured" else None
+    if missed:
+        reporter.log(f"[yellow]warning:[/] {missed}")
     fields: dict[str, Any] = {
         "strategy": settings.strategy,
         "method": settings.method,
@@ -196,14 +217,16 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> Pru
         "save_dtype": str(save_dtype).removeprefix("torch."),
         "dense_geometry": plan.dense or None,
         "requested_sparsity": settings.sparsity,
-        "achieved_sparsity": 1.0 - kept_params / dense_params,
+        "achieved_sparsity": achieved,
         "layer_sparsity": layer_sparsity(model, adapter, plan),
         "layer_widths": plan.layer_widths() if plan.kind == "structured" else None,
         "params_decoder_linear_dense": dense_params,
         "params_decoder_linear": kept_params,
         "params_total_dense": dense_total,
         "params_total": sum(p.numel() for p in model.parameters()),
-        "calibration": {"source": settings.calib, "nsamples": int(calib.shape[0]), "seqlen": settings.seqlen}
+        "sparsity_warning": missed,
+        "calibration": {"source": settings.calib, "nsamples": int(calib.shape[0]), "seqlen": settings.seqlen,
+                        "text_sha256": calib_sha256}
         if calib is not None else None,
         "time_load_s": t_loaded - t_start,
         "time_prune_s": t_pruned - t_loaded,
@@ -212,6 +235,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> Pru
         "history": previous_pruning(settings.model),
         **method_report,
     }
+    fields.update(alignment_report(settings, plan, reporter.log))
     if distributed.is_enabled():
         fields["distributed"] = {"world_size": world, "backend": distributed.backend()}
     fields.update(peak_memory())
@@ -219,8 +243,11 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> Pru
     report = PruneReport.model_validate(fields)
     if main:
         save_pruned(model, tokenizer, plan, report.as_json(), settings.output, save_dtype, settings.max_shard_size,
-                    method_files or None, config=exported_config(model, adapter, plan))
-    shutil.rmtree(work, ignore_errors=True)
+                    method_files or None, config=exported_config(model, adapter, plan),
+                    export_format=settings.export_format)
+        claim[0].close()
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     distributed.barrier()  # the other ranks wait for rank 0's export
     report.time_total_s = time.perf_counter() - t_start
     return report

@@ -3,7 +3,8 @@
 The pipeline builds it, the export writes it, and ``eval``, ``inspect``, the terminal summary and
 stacking (a pruned model pruned again) read it back through ``PruneReport.load`` instead of each
 picking its own dictionary keys. A method adds its own fields (``PruneResult.report``, e.g.
-``semi24_skipped`` or a ``minimax`` block); they are kept as extra fields, in order.
+``semi24_skipped`` or a ``minimax`` block); they are kept as extra fields, in order
+(as are the ``alignment`` entry and anything a later llmprune adds).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Calibration(BaseModel):
     source: str
     nsamples: int
     seqlen: int | None = None
+    text_sha256: str | None = None  # of the calibration text, to tell runs on different text apart
 
 
 class HistoryStep(BaseModel):
@@ -40,6 +42,7 @@ class HistoryStep(BaseModel):
     method: str | None = None
     achieved_sparsity: float | None = None
     layer_widths: list[dict[str, int]] | None = None
+    calibration: Calibration | None = None
     model: str | None = None
 
 
@@ -65,6 +68,7 @@ class PruneReport(BaseModel):
     params_decoder_linear: int | None = None
     params_total_dense: int | None = None
     params_total: int | None = None
+    sparsity_warning: str | None = None  # the structured budget could not be met closely
     calibration: Calibration | None = None
     time_load_s: float | None = None
     time_prune_s: float | None = None
@@ -101,7 +105,8 @@ class PruneReport(BaseModel):
     def as_history_step(self) -> HistoryStep:
         """This run as one entry of the history of a model pruned from its output."""
         return HistoryStep(strategy=self.strategy, method=self.method, achieved_sparsity=self.achieved_sparsity,
-                           layer_widths=self.layer_widths, model=self.settings.get("model"))
+                           layer_widths=self.layer_widths, calibration=self.calibration,
+                           model=self.settings.get("model"))
 
     def pruning_history(self) -> list[HistoryStep]:
         """Every pruning applied to this output, oldest first (the history a further run inherits)."""

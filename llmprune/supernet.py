@@ -28,7 +28,8 @@ from safetensors.torch import save_file
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.capture import LayerwiseRunner
 from llmprune.local_prune import ROUNDS, prune_module_levels, unit_rows
-from llmprune.masks import attn_params_kept
+from llmprune.alignment import Alignment
+from llmprune.masks import attn_grid_step, attn_params_kept
 
 #: Level offsets k of a supernet (methods.md §3: center ± kΔ, k = −4..4). Positive = denser.
 LEVELS: tuple[int, ...] = tuple(range(-4, 5))
@@ -59,14 +60,18 @@ class ModuleType:
         return max(1, int(round(delta * granules))) * self.granularity
 
 
-def module_types(geom: Geometry, attn_unit: str) -> dict[str, ModuleType]:
+def module_types(geom: Geometry, attn_unit: str, align: Alignment | None = None) -> dict[str, ModuleType]:
+    """The two module types; with ``align`` their granularity is the ``--align`` grid."""
     d, g = geom.head_dim, geom.group_size
+    attn_granule = attn_grid_step(geom, attn_unit, align)
+    mlp_granule = align.width if align is not None else 1
     if attn_unit == "group":
-        o = ModuleType("o", geom.num_kv_heads, unit_rows(geom.num_kv_heads, g * d), 1, None, geom, attn_unit)
+        o = ModuleType("o", geom.num_kv_heads, unit_rows(geom.num_kv_heads, g * d), attn_granule, None, geom, attn_unit)
     else:
         groups = [[j * g + r for r in range(g)] for j in range(geom.num_kv_heads)]
-        o = ModuleType("o", geom.num_heads, unit_rows(geom.num_heads, d), geom.num_kv_heads, groups, geom, attn_unit)
-    down = ModuleType("down", geom.intermediate_size, unit_rows(geom.intermediate_size, 1), 1, None, geom, attn_unit)
+        o = ModuleType("o", geom.num_heads, unit_rows(geom.num_heads, d), attn_granule, groups, geom, attn_unit)
+    down = ModuleType("down", geom.intermediate_size, unit_rows(geom.intermediate_size, 1), mlp_granule, None, geom,
+                      attn_unit)
     return {"o": o, "down": down}
 
 

@@ -433,3 +433,19 @@ def test_an_option_the_method_does_not_declare_is_refused_by_the_pruner():
         get_pruner_class("uniform", "wanda")({"lora_rank": 8})
     with pytest.raises(UsageError, match="lora_rnak"):
         get_pruner_class("uniform", "minimax")({"lora_rnak": 8})
+
+
+@pytest.mark.parametrize("method", ["wanda", "magnitude"])
+def test_global_has_uniform_width_baselines(model_dir, calib, tmp_path, method):
+    """`global --method wanda|magnitude`: the uniform-width scores, the reference a searched
+    distribution (tyr) is compared with; same weights as `uniform --method ...`, recorded as global."""
+    outs = {}
+    for strategy in ("global", "uniform"):
+        outs[strategy] = tmp_path / strategy
+        result = run(strategy, model_dir, "-o", outs[strategy], "--method", method, "--sparsity", "0.4",
+                     "--calib", calib, *SMALL)
+        assert result.exit_code == 0, result.output
+    report = read_json(outs["global"] / "llmprune_report.json")
+    assert (report["strategy"], report["method"]) == ("global", method)
+    assert len({(w["heads"], w["kv_heads"], w["channels"]) for w in report["layer_widths"]}) == 1, "uniform widths"
+    assert (outs["global"] / "model.safetensors").read_bytes() == (outs["uniform"] / "model.safetensors").read_bytes()

@@ -98,3 +98,113 @@ def test_export_reloads_with_trust_remote_code_in_a_clean_process(tmp_path, fami
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     torch.testing.assert_close(torch.load(result), expected, atol=1e-5, rtol=1e-5)
+
+
+# ----- plain transformers after `import llmprune`, in fresh processes (issue 16) ------------------
+REGISTERED_SCRIPT = r"""
+import json, os, sys
+import llmprune
+assert "torch" not in sys.modules and "transformers" not in sys.modules, "import llmprune must stay cheap"
+import torch
+from transformers import AutoModel, AutoModelForCausalLM
+out, saved, report = sys.argv[1:4]
+tokens = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8, 120, 64, 33, 2]])
+results = {}
+def check(name, fn):
+    try:
+        results[name] = fn()
+    except Exception as err:
+        results[name] = f"{type(err).__name__}: {err}"
+model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+with torch.no_grad():
+    torch.save(model(tokens).logits, os.path.join(os.path.dirname(report), "plain.pt"))
+results["plain_class"] = type(model).__name__
+def compiled():
+    fn = torch.compile(model, backend="eager", fullgraph=False)
+    with torch.no_grad():
+        torch.save(fn(tokens).logits, os.path.join(os.path.dirname(report), "compiled.pt"))
+    return "ok"
+check("compile", compiled)
+check("automodel", lambda: type(AutoModel.from_pretrained(out, dtype=torch.float32)).__name__)
+def saved_copy():
+    model.save_pretrained(saved)
+    return sorted(os.listdir(saved))
+check("save_pretrained", saved_copy)
+def peft_default():
+    from peft import LoraConfig, get_peft_model
+    peft_model = get_peft_model(model, LoraConfig(r=2))
+    return sorted({n.split(".")[-4] for n, _ in peft_model.named_parameters() if "lora_A" in n})
+try:
+    import peft  # noqa: F401
+    check("peft", peft_default)
+except ImportError:
+    results["peft"] = "not installed"
+json.dump(results, open(report, "w"))
+"""
+
+SAVED_SCRIPT = r"""
+import json, sys, torch
+from transformers import AutoModel, AutoModelForCausalLM
+saved, report = sys.argv[1:3]
+tokens = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8, 120, 64, 33, 2]])
+model = AutoModelForCausalLM.from_pretrained(saved, trust_remote_code=True, dtype=torch.float32)
+base = AutoModel.from_pretrained(saved, trust_remote_code=True, dtype=torch.float32)
+assert not any(m == "llmprune" or m.startswith("llmprune.") for m in sys.modules), "llmprune was imported"
+with torch.no_grad():
+    torch.save(model(tokens).logits, report + ".pt")
+json.dump({"class": type(model).__name__, "base": type(base).__name__}, open(report, "w"))
+"""
+
+
+def _run(script: str, tmp_path: Path, *args, pythonpath: str) -> None:
+    path = tmp_path / f"script{abs(hash(script))}.py"
+    path.write_text(script)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=pythonpath, HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
+    proc = subprocess.run([sys.executable, str(path), *map(str, args)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def registered_run(tmp_path_factory):
+    """One global-style output, used in a fresh process after `import llmprune` only."""
+    tmp_path = tmp_path_factory.mktemp("registered")
+    out, expected, _ = _export(tmp_path, "llama")
+    report = tmp_path / "report.json"
+    repo = str(Path(__file__).resolve().parents[1])
+    _run(REGISTERED_SCRIPT, tmp_path, out, tmp_path / "saved", report, pythonpath=repo)
+    return tmp_path, expected, json.loads(report.read_text())
+
+
+def test_plain_from_pretrained_after_import_llmprune(registered_run):
+    tmp_path, expected, results = registered_run
+    assert results["plain_class"] == "LlmpruneHeteroForCausalLM"
+    torch.testing.assert_close(torch.load(tmp_path / "plain.pt"), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_compile_of_a_registered_load(registered_run):
+    tmp_path, expected, results = registered_run
+    assert results["compile"] == "ok", results["compile"]
+    torch.testing.assert_close(torch.load(tmp_path / "compiled.pt"), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_automodel_loads_the_backbone(registered_run):
+    assert registered_run[2]["automodel"] == "LlmpruneHeteroModel"
+
+
+def test_peft_default_targets(registered_run):
+    results = registered_run[2]
+    if results["peft"] == "not installed":
+        pytest.skip("peft is not installed")
+    assert results["peft"] == ["q_proj", "v_proj"], results["peft"]
+
+
+def test_save_pretrained_copy_loads_in_a_fresh_process_without_llmprune(registered_run):
+    tmp_path, expected, results = registered_run
+    assert "modeling_llmprune.py" in results["save_pretrained"], results["save_pretrained"]
+    auto_map = json.loads((tmp_path / "saved" / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    report = tmp_path / "saved.json"
+    _run(SAVED_SCRIPT, tmp_path, tmp_path / "saved", report, pythonpath="")
+    assert json.loads(report.read_text()) == {"class": "LlmpruneHeteroForCausalLM", "base": "LlmpruneHeteroModel"}
+    torch.testing.assert_close(torch.load(str(report) + ".pt"), expected, atol=1e-5, rtol=1e-5)

@@ -36,7 +36,8 @@ METHODS = {
                        "--select-tokens", "32,64,128", "--survivors", "2,1", "--iterations", "2",
                        "--topk-logits", "50", "--budget-split", "free"], "search_state.pt", 0.4),
 }
-INTERRUPTED = "error: interrupted (rerun with --resume to continue where supported)"
+#: signal -> the opening words of the error line (the exit code is 128 + the signal number).
+STOPPED = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +111,11 @@ def kill_and_resume(setup, tmp_path: Path, method: str, sig: signal.Signals) -> 
     err = stderr_path.read_text()
     if sig == signal.SIGKILL:
         assert rc == -signal.SIGKILL
-    else:
-        assert rc == 130, (rc, err)
-        assert err.strip() == INTERRUPTED, err
+    else:  # SIGINT, and SIGTERM (what schedulers send) alike: stop, keep the checkpoint, say how to resume
+        assert rc == 128 + sig, (rc, err)
+        assert err.strip() == (f"error: {STOPPED[sig]}; the checkpoint in {work.resolve()} is kept: rerun the same "
+                               "command with --resume to continue"), err
+        assert not (work / "llmprune.lock").exists(), "the lock goes with the process"
     assert not out.exists(), "no partial output folder"
     assert (work / checkpoint).is_file()
 
@@ -127,12 +130,76 @@ def kill_and_resume(setup, tmp_path: Path, method: str, sig: signal.Signals) -> 
     ("minimax", signal.SIGKILL),
     ("proxsparse", signal.SIGINT),
     ("tyr", signal.SIGKILL),
+    ("proxsparse", signal.SIGTERM),
+    pytest.param("minimax", signal.SIGTERM, marks=pytest.mark.slow),
     pytest.param("minimax", signal.SIGINT, marks=pytest.mark.slow),
     pytest.param("proxsparse", signal.SIGKILL, marks=pytest.mark.slow),
     pytest.param("tyr", signal.SIGINT, marks=pytest.mark.slow),
 ], ids=lambda v: v.name if isinstance(v, signal.Signals) else v)
 def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path, method, sig):
     kill_and_resume(setup, tmp_path, method, sig)
+
+
+# ----- one output, one run -----------------------------------------------------------------------
+def _wait_for(path: Path, proc: subprocess.Popen, stderr_path: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path.name} appeared: {stderr_path.read_text()}"
+        assert time.monotonic() < deadline, f"no {path.name} within {timeout} s"
+        time.sleep(0.02)
+
+
+def test_a_second_run_on_the_same_output_is_refused(setup, tmp_path):
+    """Two runs, one -o: the second is refused in one line naming the first, which is not disturbed."""
+    import socket
+
+    reference = _reference(setup, "proxsparse")
+    out = tmp_path / "out"
+    work = tmp_path / ".out.llmprune-work"
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        first = subprocess.Popen(_command(setup, "proxsparse", out), stdout=subprocess.DEVNULL, stderr=stderr,
+                                 env=_env(0.25))
+        try:
+            _wait_for(work / "proxsparse_state.pt", first, stderr_path)
+            second = subprocess.run([sys.executable, "-m", "llmprune", "semi24", str(setup["model"]), "-o", str(out),
+                                     "--method", "wanda", "--calib", str(setup["calib"]), *COMMON, "--overwrite"],
+                                    capture_output=True, text=True, env=_env())
+            assert first.poll() is None, "the first run is still working"
+            rc = first.wait(timeout=120)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+    assert second.returncode == 6, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: output {out} is in use by another llmprune run (pid {first.pid} on {socket.gethostname()} since "), lines
+    assert rc == 0, stderr_path.read_text()
+    _assert_same_export(reference, out)
+    assert not work.exists()
+
+
+def test_a_one_shot_run_stopped_by_ctrl_c_does_not_suggest_resume(setup, tmp_path):
+    out = tmp_path / "out"
+    work = tmp_path / ".out.llmprune-work"
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "llmprune", "semi24", str(setup["model"]), "-o", str(out),
+                                 "--method", "wanda", "--calib", str(setup["calib"]), *COMMON],
+                                stdout=subprocess.DEVNULL, stderr=stderr, env=_env())
+        try:
+            _wait_for(work / "llmprune.lock", proc, stderr_path)  # the run holds its output
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    err = stderr_path.read_text().strip()
+    assert rc == 130, (rc, err)
+    assert err == "error: interrupted; nothing was written (wanda is one-shot: rerun to start again)", err
+    assert not out.exists() and not work.exists()
 
 
 # ----- a death in the middle of a checkpoint write ------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
 from pathlib import Path
@@ -162,14 +163,19 @@ def test_offloaded_activations_give_identical_results_and_are_cleaned_up(pristin
     calib = tmp_path / "calib.txt"
     calib.write_text(SAMPLE_TEXT)
     offload = tmp_path / "offload"
+    existing = tmp_path / "existing-offload"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("the user's")
     digests = []
-    for name, extra in (("mem", []), ("disk", ["--offload-dir", offload])):
+    for name, extra in (("mem", []), ("disk", ["--offload-dir", offload / "a" / "b"]), ("disk2", ["--offload-dir", existing])):
         out = tmp_path / name
         result = run("semi24", pristine, "-o", out, "--method", "sparsegpt", "--calib", calib, *SMALL, *extra)
         assert result.exit_code == 0, result.output
         digests.append(hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
-    assert digests[0] == digests[1]
-    assert offload.exists() and not any(offload.rglob("*.pt")), "offloaded activations are deleted"
+    assert digests[0] == digests[1] == digests[2]
+    assert not offload.exists(), "an offload folder the run created is removed at exit (with its parents it made)"
+    assert existing.is_dir() and not any(existing.rglob("*.pt")), "offloaded activations are deleted"
+    assert (existing / "keep.txt").read_text() == "the user's", "a folder the user made is kept"
 
 
 def test_activation_store_roundtrip(tmp_path):
@@ -194,9 +200,9 @@ def _unsupported(tmp: Path) -> Path:
     return folder
 
 
-def _model_case(breaker):
+def _model_case(breaker, strategy=None):
     """A case that breaks a copy of the model folder; the calibration text is fine."""
-    return lambda pristine, tmp, calib: ([_broken_copy(pristine, tmp, breaker), "--calib", calib], None)
+    return lambda pristine, tmp, calib: ([_broken_copy(pristine, tmp, breaker), "--calib", calib], strategy)
 
 
 def _calib_case(content: bytes):
@@ -214,6 +220,71 @@ def _flags(*flags, strategy="uniform"):
 def _output_is_file(pristine, tmp, calib):
     (tmp / "out").write_text("a file")
     return [pristine, "--calib", calib], None
+
+
+def _unrelated_output_folder(pristine, tmp, calib):
+    (tmp / "out").mkdir()
+    (tmp / "out" / "thesis.tex").write_text("\\documentclass{article}")
+    return [pristine, "--calib", calib, "--overwrite"], None
+
+
+def _offload_in_model(pristine, tmp, calib):
+    model = tmp / "model-copy"
+    shutil.copytree(pristine, model)
+    return [model, "--calib", calib, "--offload-dir", model / "offload"], None
+
+
+def _offload_is_file(pristine, tmp, calib):
+    (tmp / "offload").write_text("x")
+    return [pristine, "--calib", calib, "--offload-dir", tmp / "offload"], None
+
+
+def _recipe_with_wrong_type(pristine, tmp, calib):
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text("nsamples: [1, 2]\n")
+    return [pristine, "--calib", calib, "--config", recipe, "--nsamples", "4"], None
+
+
+def _drop_tensor(name: str):
+    def breaker(folder: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(folder / "model.safetensors")
+        del weights[name]
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return breaker
+
+
+MISSING = "model.layers.1.mlp.down_proj.weight"
+
+
+class _Patched:
+    """A table row that also patches llmprune in-process (``make(..., monkeypatch)``)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __call__(self, pristine, tmp, calib, monkeypatch):
+        return self.make(pristine, tmp, calib, monkeypatch)
+
+
+def _disk_full_during_export(pristine, tmp, calib, monkeypatch):
+    import errno
+
+    import transformers
+
+    def full(self, folder, *args, **kwargs):
+        (Path(folder) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", full)
+    return [pristine, "--calib", calib], None
+
+
+def _hub_unreachable(pristine, tmp, calib, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # loopback, nothing listens: refused at once
+    return ["someorg/tiny-model", "--calib", calib], None
 
 
 def _output_under_file(pristine, tmp, calib):
@@ -244,22 +315,38 @@ BAD_INPUTS = {
     "output under a file": (_output_under_file, 6, "is a file"),
     "read-only output location": (lambda p, t, c: ([p, "--calib", c, "-o", "/proc/llmprune-test/out"], None), 6,
                                   "cannot write to"),
+    # issue 17
+    "missing decoder tensor (uniform)": (_model_case(_drop_tensor(MISSING)), 3, f"lacks 1 tensor(s) the model needs (first: {MISSING})"),
+    "missing decoder tensor (global)": (_model_case(_drop_tensor(MISSING), "global"), 3, f"lacks 1 tensor(s) the model needs (first: {MISSING})"),
+    "missing decoder tensor (semi24)": (_model_case(_drop_tensor(MISSING), "semi24"), 3, f"lacks 1 tensor(s) the model needs (first: {MISSING})"),
+    "unreachable sparsity": (_flags("--sparsity", "0.9"), 2, "the largest reachable --sparsity is 0.7937"),
+    "max-shard-size without a unit": (_flags("--max-shard-size", "lots"), 2, "invalid --max-shard-size"),
+    "seqlen 0": (_flags("--seqlen", "0"), 2, "invalid --seqlen: must be at least 2, got 0"),
+    "seqlen 1": (_flags("--seqlen", "1"), 2, "invalid --seqlen: must be at least 2, got 1"),
+    "offload-dir is a file": (_offload_is_file, 6, "--offload-dir"),
+    "offload-dir inside the input model": (_offload_in_model, 6, "overlaps the input model folder"),
+    "overwrite of a folder llmprune did not make": (_unrelated_output_folder, 6, "holds other files, so it is left alone"),
+    "recipe value of the wrong type": (_recipe_with_wrong_type, 2, "--config"),
+    "disk full during export": (_Patched(_disk_full_during_export), 6, "no space left on device while writing"),
+    "hub unreachable": (_Patched(_hub_unreachable), 3, "HF_HUB_OFFLINE=1"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_table(case, pristine, tmp_path):
+def test_bad_input_table(case, pristine, tmp_path, monkeypatch):
     """Each broken input: exactly one line on stderr, the exit code of its error class, no output
     or staging/work folder, and the input model folder byte-for-byte unchanged."""
     make, code, message = BAD_INPUTS[case]
     calib = tmp_path / "calib.txt"
     calib.write_text(SAMPLE_TEXT)
     pristine_before = folder_hash(pristine)
-    args, strategy = make(pristine, tmp_path, calib)
+    args, strategy = make(pristine, tmp_path, calib, monkeypatch) if isinstance(make, _Patched) else make(pristine, tmp_path, calib)
     model = Path(args[0])
     model_before = folder_hash(model) if model.is_dir() else None
+    model_tree = sorted(model.rglob("*")) if model.is_dir() else None
     out = tmp_path / "out"
     file_out = out.is_file() and out.read_bytes()
+    dir_out = folder_hash(out) if out.is_dir() else None
     if "-o" not in args:
         args += ["-o", out]
     strategy = strategy or "uniform"
@@ -277,8 +364,11 @@ def test_bad_input_table(case, pristine, tmp_path):
     assert folder_hash(pristine) == pristine_before
     if model_before is not None:
         assert folder_hash(model) == model_before
+        assert sorted(model.rglob("*")) == model_tree, "no folder created inside the input"
     if file_out is not False:
         assert out.is_file() and out.read_bytes() == file_out, "an output that is a file is left alone"
+    elif dir_out is not None:
+        assert folder_hash(out) == dir_out, "a folder that is not ours is left alone"
     else:
         assert not out.exists()
     assert not list(tmp_path.rglob("*.llmprune-*")), "no staging, work or probe folder left behind"
@@ -374,3 +464,187 @@ def test_atomic_text_write_keeps_the_old_file_when_writing_fails(tmp_path, monke
         atomic.write_text(target, "second")
     assert target.read_text() == "first"
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.json"], "no temporary file left"
+
+
+# ----- issue 17: the rest of the bad-input sweep ------------------------------------------------
+@pytest.mark.parametrize("command", ["eval", "inspect"])
+def test_missing_tensor_is_a_load_error_for_eval_and_inspect(command, pristine, tmp_path):
+    """transformers would fill the tensor with random values (eval reported ppl 43.78 instead of failing)."""
+    folder = _broken_copy(pristine, tmp_path, _drop_tensor(MISSING))
+    before = folder_hash(folder)
+    data = tmp_path / "eval.txt"
+    data.write_text(SAMPLE_TEXT)
+    args = ["--data", data, "--seqlen", "32"] if command == "eval" else []
+    result = run(command, folder, *args)
+    assert result.exit_code == 3, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and f"lacks 1 tensor(s) the model needs (first: {MISSING})" in lines[0]
+    assert folder_hash(folder) == before
+
+
+def test_tied_lm_head_is_not_missing(tmp_path, calib_text=SAMPLE_TEXT):
+    """A tied lm_head is stored once (as the embedding): every command accepts the folder."""
+    folder = save_tiny_model(tmp_path / "tied", "llama", tie_word_embeddings=True)
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
+        assert "lm_head.weight" not in set(fh.keys())
+    assert run("inspect", folder).exit_code == 0
+    data = tmp_path / "eval.txt"
+    data.write_text(calib_text)
+    assert run("eval", folder, "--data", data, "--seqlen", "32").exit_code == 0
+
+
+def test_inspect_on_a_truncated_safetensors_is_one_line(pristine, tmp_path):
+    folder = _broken_copy(pristine, tmp_path, lambda f: _truncate(f / "model.safetensors"))
+    result = run("inspect", folder)
+    assert result.exit_code == 3, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot read the safetensors header of"), result.stderr
+
+
+def test_the_largest_reachable_sparsity_is_accepted(pristine, tmp_path):
+    calib = tmp_path / "calib.txt"
+    calib.write_text(SAMPLE_TEXT)
+    result = run("uniform", pristine, "-o", tmp_path / "out", "--method", "magnitude", "--sparsity", "0.7937")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "llmprune_report.json").read_text())
+    assert report["achieved_sparsity"] == pytest.approx(0.79375) and report["sparsity_warning"] is None
+
+
+def test_an_achieved_sparsity_far_from_the_request_is_reported(tmp_path):
+    """A layer whose MLP is tiny next to one KV group: 30% is met only at 44% (1 of 2 groups goes)."""
+    folder = save_tiny_model(tmp_path / "small-mlp", "llama", intermediate_size=8)
+    out = tmp_path / "out"
+    result = run("uniform", folder, "-o", out, "--method", "magnitude", "--sparsity", "0.3")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "llmprune_report.json").read_text())
+    assert report["achieved_sparsity"] == pytest.approx(1 - 7680 / 13824)
+    assert report["sparsity_warning"].startswith("achieved sparsity 0.4444 misses the requested 0.3")
+    assert "warning: achieved sparsity 0.4444 misses the requested 0.3" in " ".join(result.stderr.split())
+
+
+def test_eval_warns_when_the_evaluation_text_is_the_calibration_text(pristine, tmp_path):
+    import hashlib
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text(SAMPLE_TEXT)
+    out = tmp_path / "out"
+    assert run("uniform", pristine, "-o", out, "--method", "wanda", "--calib", calib, *SMALL).exit_code == 0
+    recorded = json.loads((out / "llmprune_report.json").read_text())["calibration"]["text_sha256"]
+    assert recorded == hashlib.sha256(SAMPLE_TEXT.encode()).hexdigest()
+    copy = tmp_path / "same-text-other-name.txt"
+    copy.write_text(SAMPLE_TEXT)
+    same = run("eval", out, "--data", copy, "--seqlen", "32", "--json", tmp_path / "same.json")
+    assert same.exit_code == 0, same.output
+    assert "is the text" in same.stderr and "calibrated on (uniform --method wanda)" in " ".join(same.stderr.split())
+    assert json.loads((tmp_path / "same.json").read_text())["evaluated_on_calibration_text"] is True
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text(SAMPLE_TEXT[::-1])
+    other = run("eval", out, "--data", held_out, "--seqlen", "32")
+    assert other.exit_code == 0 and "warning" not in other.stderr, other.stderr
+
+
+def test_a_live_lock_refuses_a_second_run_and_leaves_its_work_alone(pristine, tmp_path):
+    """The in-process half of the lock test (tests/test_interrupt.py runs two real processes)."""
+    import os
+    import socket
+
+    from llmprune.lock import LOCK_FILE, _start_time
+
+    work = tmp_path / ".out.llmprune-work"
+    work.mkdir()
+    (work / "minimax_state.pt").write_bytes(b"another run's checkpoint")
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()), "since": 0}
+    (work / LOCK_FILE).write_text(json.dumps(owner))
+    result = run("uniform", pristine, "-o", tmp_path / "out", "--method", "magnitude")
+    assert result.exit_code == 6, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"is in use by another llmprune run (pid {os.getpid()} on {socket.gethostname()}" in lines[0]
+    assert (work / "minimax_state.pt").read_bytes() == b"another run's checkpoint"
+    assert json.loads((work / LOCK_FILE).read_text()) == owner
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stale_lock_is_taken_over(pristine, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from llmprune.lock import LOCK_FILE
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=False)
+    work = tmp_path / ".out.llmprune-work"
+    work.mkdir()
+    (work / LOCK_FILE).write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname(), "start": "1"}))
+    result = run("uniform", pristine, "-o", tmp_path / "out", "--method", "magnitude")
+    assert result.exit_code == 0, result.output
+    assert not work.exists() and (tmp_path / "out" / "llmprune_report.json").is_file()
+
+
+def test_a_failure_after_a_checkpoint_keeps_it_and_says_so(pristine, tmp_path, monkeypatch):
+    """Disk full at export after a learned run: exit 6 in one line that says --resume continues; the
+    checkpoint stays, the lock goes; the resumed run then finishes."""
+    import errno
+
+    import transformers
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text(SAMPLE_TEXT)
+    args = ["semi24", pristine, "-o", tmp_path / "out", "--method", "proxsparse", "--calib", calib, *SMALL,
+            "--steps", "4", "--checkpoint-every", "2", "--lr", "0.02", "--lambda1", "0.3"]
+
+    def full(self, folder, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(transformers.PreTrainedModel, "save_pretrained", full)
+        result = run(*args)
+    assert result.exit_code == 6, result.output
+    lines = result.stderr.strip().splitlines()
+    work = (tmp_path / ".out.llmprune-work").resolve()
+    assert len(lines) == 1 and lines[0].startswith("error: no space left on device"), result.stderr
+    assert f"the checkpoint in {work} is kept: rerun the same command with --resume" in lines[0]
+    assert (work / "proxsparse_state.pt").is_file() and not (work / "llmprune.lock").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.llmprune-tmp").exists()
+    resumed = run(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert not work.exists()
+
+
+def test_disk_full_is_recognised_from_python_and_from_safetensors():
+    import errno
+
+    from llmprune.atomic import disk_full
+
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert disk_full(RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'))
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
+
+
+def test_version():
+    import llmprune
+
+    result = run("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"llmprune {llmprune.__version__}"
+
+
+def test_a_real_full_disk_during_export(pristine, tmp_path):
+    """The same as the disk-full row, on a real 128 KB tmpfs (needs permission to mount; skipped otherwise)."""
+    import subprocess
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)], capture_output=True,
+                             check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        result = run("uniform", pristine, "-o", disk / "out", "--method", "magnitude", "--sparsity", "0.3")
+        assert result.exit_code == 6, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: no space left on device while writing"), lines
+        assert list(disk.iterdir()) == [], "no output, staging or work folder left on the full disk"
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True, check=False)

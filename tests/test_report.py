@@ -15,11 +15,13 @@ from llmprune.config import DEFAULT_SPARSITY, SEMI24_SPARSITY, PruneSettings
 from llmprune.errors import ModelLoadError
 from llmprune.report import PruneReport
 
-#: Keys of llmprune_report.json, in the order they are written (a method appends its own).
+#: Keys of llmprune_report.json, in the order they are written (a method, and entries such as
+#: ``alignment``, append their own).
 REPORT_KEYS = [
     "strategy", "method", "settings", "options", "seed", "device", "compute_dtype", "save_dtype", "dense_geometry",
     "requested_sparsity", "achieved_sparsity", "layer_sparsity", "layer_widths", "params_decoder_linear_dense",
-    "params_decoder_linear", "params_total_dense", "params_total", "calibration", "time_load_s", "time_prune_s",
+    "params_decoder_linear", "params_total_dense", "params_total", "sparsity_warning", "calibration", "time_load_s",
+    "time_prune_s",
     "versions", "output", "history",
 ]
 TAIL_KEYS = ["peak_rss_mib", "time_total_s"]
@@ -35,7 +37,7 @@ def test_report_round_trips_the_written_json(model_dir, calib, tmp_path):
                "--nsamples", "4", "--seqlen", "32").exit_code == 0
     stacked = tmp_path / "s"
     assert run("semi24", out, "-o", stacked, "--method", "magnitude").exit_code == 0
-    for folder, method_keys in ((out, []), (stacked, ["semi24_skipped"])):
+    for folder, method_keys in ((out, ["alignment"]), (stacked, ["semi24_skipped"])):
         text = (folder / "llmprune_report.json").read_text()
         written = json.loads(text)
         assert list(written) == REPORT_KEYS + method_keys + TAIL_KEYS

@@ -157,6 +157,15 @@ class Pruner(ABC):
         except Exception as err:  # pydantic ValidationError -> one line
             raise UsageError(f"invalid option for {self.strategy} --method {self.method}: {_first_error(err)}") from err
 
+    @classmethod
+    def has_checkpoint(cls, work_dir: Path) -> bool:
+        """Whether ``work_dir`` holds a checkpoint ``--resume`` continues from (kept after a failure).
+
+        Resumable methods save their state as ``*_state.pt``; caches alone (teacher logits, top-k)
+        are not worth keeping a work folder for.
+        """
+        return cls.resumable and any(work_dir.glob("*_state.pt"))
+
     @abstractmethod
     def prune(self, ctx: PruneContext) -> PrunePlan | PruneResult:
         """Decide what to remove; may edit ``ctx.model`` in place."""

@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from llmprune.alignment import Alignment
 from llmprune.arch import LINEAR_KEYS, ArchAdapter, Geometry
 from llmprune.capture import InputStats, LayerwiseRunner
 from llmprune.masks import head_scores_from_rows, nm_eligible, nm_mask, select_attention_units, topk_sorted, uniform_widths
@@ -71,7 +72,7 @@ class _UniformScored(Pruner):
     def prune(self, ctx: PruneContext) -> PrunePlan:
         s = ctx.settings
         geom = ctx.adapter.geometry(ctx.model)
-        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit)
+        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit, Alignment.of(s))
         plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
 
         def process(i: int, layer: nn.Module, runner: LayerwiseRunner | None) -> None:
@@ -166,3 +167,16 @@ class Semi24SparseGPT(_Semi24Layerwise):
 
     def new_weight(self, weight, stats, name):
         return sparsegpt_prune(weight, stats.hessian, n=2, m=4, name=name)
+
+
+# ----- global: the same scores at uniform widths, the reference a searched distribution must beat --
+@register
+class GlobalMagnitude(UniformMagnitude):
+    strategy = "global"
+    summary = "baseline: magnitude at uniform widths (no search)"
+
+
+@register
+class GlobalWanda(UniformWanda):
+    strategy = "global"
+    summary = "baseline: Wanda-sp at uniform widths (no search)"

@@ -50,7 +50,8 @@ from llmprune.atomic import save_torch
 from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
 from llmprune.errors import NumericalError, ResumeError, UsageError
 from llmprune.lora import add_lora, load_lora_state, lora_parameters, lora_state, remove_lora
-from llmprune.masks import attn_params_kept, attn_step, uniform_widths
+from llmprune.alignment import Alignment
+from llmprune.masks import attn_grid_step, attn_params_kept, uniform_widths
 from llmprune.plan import PrunePlan
 from llmprune.pruners.base import PruneContext, Pruner, register
 from llmprune.pruners.baselines import STRUCTURED_KEYS, structured_layer_plan, unit_scores
@@ -112,6 +113,7 @@ class Budget:
     geom: Geometry
     attn_unit: str
     sparsity: float
+    align: Alignment = Alignment()
 
     @property
     def n_a(self) -> int:
@@ -123,7 +125,7 @@ class Budget:
 
     @property
     def step_a(self) -> int:
-        return attn_step(self.geom, self.attn_unit)
+        return attn_grid_step(self.geom, self.attn_unit, self.align)
 
     @property
     def dense_layer(self) -> int:
@@ -146,10 +148,10 @@ class Budget:
         k_pref = min(max(int(round(s_a / step)) * step, step), self.n_a)
         candidates = sorted(range(step, self.n_a + 1, step), key=lambda k: (abs(k - k_pref), k))
         for k_a in candidates:
-            k_f = int(round((target - attn_params_kept(g, self.attn_unit, k_a)) / g.mlp_unit_params))
-            if 1 <= k_f <= self.n_f:
-                return k_a, k_f
-        return uniform_widths(g, self.sparsity, self.attn_unit)
+            raw = (target - attn_params_kept(g, self.attn_unit, k_a)) / g.mlp_unit_params
+            if 1 <= int(round(raw)) <= self.n_f:
+                return k_a, self.align.round_channels(raw, self.n_f)
+        return uniform_widths(g, self.sparsity, self.attn_unit, self.align)
 
     def kept_params(self, k_a: int, k_f: int) -> int:
         return attn_params_kept(self.geom, self.attn_unit, k_a) + k_f * self.geom.mlp_unit_params
@@ -246,7 +248,7 @@ class MinimaxPruner(Pruner):
             raise UsageError("minimax needs calibration text (--calib)")
         model, adapter, device = ctx.model, ctx.adapter, ctx.device
         geom = adapter.geometry(model)
-        budget = Budget(geom, s.attn_unit, s.sparsity)
+        budget = Budget(geom, s.attn_unit, s.sparsity, Alignment.of(s))
         calib = ctx.calib
         n_samples = calib.shape[0]
         bs = min(s.batch_size, n_samples)
@@ -306,7 +308,7 @@ class MinimaxPruner(Pruner):
         rho_min = torch.tensor([step_a / n_a, 1.0 / n_f], device=device)
         y_layer = torch.zeros(2, L, dtype=torch.float32, device=device)  # per-layer multipliers (a, f)
         y_res = torch.zeros((), dtype=torch.float32, device=device)  # resource multiplier
-        fixed_k = uniform_widths(geom, s.sparsity, s.attn_unit)
+        fixed_k = uniform_widths(geom, s.sparsity, s.attn_unit, budget.align)
 
         grad_flags = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmprune import distributed
 from llmprune.errors import OutputExistsError, ResumeError, UsageError
+from llmprune.alignment import Alignment
 from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
 from llmprune.pruners.base import PruneContext, Pruner, register, step_delay_for_tests
@@ -72,6 +73,9 @@ class TyrOptions(BaseModel):
                                         "(default: all --nsamples); the supernet always uses all.")
     percdamp: float = Field(0.01, ge=0.0, description="Hessian damping of the local pruner, as a fraction of "
                             "mean(diag H).")
+    search_space: Literal["full", "deci"] = Field(
+        "full", description="full: any widths; deci: only widths the DeciLM format (vLLM, llama.cpp) expresses "
+        "without padding: attention whole or removed, MLP widths multiples of 256 (use with --export-format deci).")
 
     @field_validator("select_tokens")
     @classmethod
@@ -136,8 +140,9 @@ class GlobalTyr(Pruner):
             raise UsageError("global --method tyr needs calibration text (--calib)")
         model, adapter = ctx.model, ctx.adapter
         geom = adapter.geometry(model)
-        types = module_types(geom, s.attn_unit)
-        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit)
+        align = Alignment.of(s) if o.search_space == "full" else Alignment.of(s).for_deci()
+        types = module_types(geom, s.attn_unit, align)
+        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit, align)
         n_layers = geom.num_layers
         config = self.search_config()
         work = Path(ctx.work_dir)
@@ -147,6 +152,7 @@ class GlobalTyr(Pruner):
         fingerprint = {
             "sparsity": s.sparsity, "seed": s.seed, "attn_unit": s.attn_unit, "nsamples": s.nsamples,
             "seqlen": s.seqlen, "calib": s.calib, "model": s.model, **self.options.model_dump(mode="json"),
+            **({} if align.trivial else align.report()),
         }
         gen = torch.Generator().manual_seed(s.seed)
         state: IterationState | None = None
