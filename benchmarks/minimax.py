@@ -34,7 +34,7 @@ def prune(strategy: str, method: str, output, sparsity: float, batch_size: int =
         strategy=strategy, method=method, model=str(REFMODEL), output=output, seqlen=256, nsamples=64, seed=0,
         calib=str(CALIB), overwrite=True, sparsity=sparsity, batch_size=batch_size, method_options=options,
     )
-    return run_prune(settings)
+    return run_prune(settings).as_json()
 
 ABLATIONS = {
     "no LoRA": {"lora_rank": 0},

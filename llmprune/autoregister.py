@@ -29,11 +29,11 @@ class _LazyHeteroTypes(dict):
     """``CONFIG_MAPPING._extra_content`` that registers a heterogeneous family on first lookup."""
 
     def _materialise(self, key: Any) -> None:
-        from llmprune.hetero import FAMILY_CLASSES, MODEL_TYPE_PREFIX, register_family
+        from llmprune.hetero import MODEL_TYPE_PREFIX, hetero_families, register_family
 
         if isinstance(key, str) and key.startswith(MODEL_TYPE_PREFIX) and not dict.__contains__(self, key):
             family = key.removeprefix(MODEL_TYPE_PREFIX)
-            if family in FAMILY_CLASSES:
+            if family in hetero_families():
                 register_family(family)
 
     def __contains__(self, key: object) -> bool:

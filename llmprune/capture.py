@@ -20,11 +20,8 @@ import torch
 from torch import nn
 
 from llmprune import distributed
-from llmprune.arch import ArchAdapter
+from llmprune.arch import INPUT_SOURCES, ArchAdapter
 from llmprune.errors import NumericalError
-
-#: Projections whose input defines a distinct activation: k and v share q's input, up shares gate's.
-INPUT_SOURCES: dict[str, str] = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate", "down": "down"}
 
 
 @dataclass

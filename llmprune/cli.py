@@ -1,7 +1,8 @@
 """Command-line interface: parse, validate, call the pipeline, print a summary. Nothing else.
 
-The three pruning commands share one option list; each adds the options its registered methods
-declare (``Pruner.cli_options``), so new methods never edit this file.
+The three pruning commands share one option list; each adds flags generated from the ``Options``
+fields of its registered methods (``pruners.base.cli_options``), so new methods never edit this file.
+A method flag (or recipe key) the chosen method does not use is a usage error.
 """
 
 from __future__ import annotations
@@ -69,21 +70,23 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _common_parameters(strategy: str) -> list[inspect.Parameter]:
+    from llmprune.config import DEFAULT_SPARSITY, SEMI24_SPARSITY
     from llmprune.pruners.base import default_method, methods
 
     known = methods(strategy)
     listing = "; ".join(f"[bold]{name}[/]: {cls.summary}" for name, cls in sorted(known.items()))
     sparsity_help = (
         "Fraction of decoder-layer linear weights to remove (q,k,v,o,gate,up,down; embeddings and "
-        "lm_head are never pruned), in [0, 1)."
+        f"lm_head are never pruned), in [0, 1). \\[default: {DEFAULT_SPARSITY}]"
         if strategy != "semi24"
-        else "2:4 always removes half of each targeted weight; only 0.5 is accepted."
+        else f"2:4 always removes half of each targeted weight; only {SEMI24_SPARSITY} is accepted. "
+        f"\\[default: {SEMI24_SPARSITY}]"
     )
     P = inspect.Parameter
     spec: list[tuple[str, Any, Any]] = [
         ("model", str, typer.Argument(..., help="Hub id (e.g. meta-llama/Llama-3.1-8B) or local model folder.", show_default=False)),
         ("output", Path, typer.Option(..., "-o", "--output", help="Output folder (written atomically; must not exist unless --overwrite).", show_default=False)),
-        ("sparsity", Optional[float], typer.Option(None, help=sparsity_help + " \\[default: 0.5]", show_default=False)),
+        ("sparsity", Optional[float], typer.Option(None, help=sparsity_help, show_default=False)),
         ("method", Optional[str], typer.Option(None, help=f"Method. {listing}. \\[default: {default_method(strategy)}]", show_default=False)),
         ("calib", str, typer.Option("auto", help="Calibration text: a .txt (documents separated by blank lines), .jsonl (field 'text') or .parquet file, a hub dataset name (wikitext2, c4), or 'builtin' (small Python-docs text shipped with llmprune). 'auto': wikitext2 when the hub is reachable, else builtin, with a warning. Never use evaluation text.")),
         ("nsamples", int, typer.Option(128, help="Number of calibration sequences.")),
@@ -109,20 +112,57 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
 
 
 def _method_parameters(strategy: str) -> list[inspect.Parameter]:
+    """One keyword parameter per method option of ``strategy`` (generated from the pruners' Options)."""
     from llmprune.pruners.base import cli_options
 
     params = []
     for opt in cli_options(strategy):
-        flag = "--" + opt.name.replace("_", "-")
-        decls = [f"{flag}/--no-{opt.name.replace('_', '-')}"] if opt.type is bool else [flag]
+        decls = [f"{opt.flag}/--no-{opt.flag[2:]}"] if opt.type is bool else [opt.flag]
+        help_text = opt.help
+        if not opt.shared_default:  # each method applies its own default when the flag is not given
+            listing = ", ".join(f"{m} {_shown(v, opt)}" for m, v in opt.defaults.items())
+            help_text += f" \\[default: {listing}]"
         params.append(
             inspect.Parameter(
                 opt.name, inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(opt.default, *decls, help=opt.help),
-                annotation=Optional[opt.type] if opt.default is None else opt.type,
+                default=typer.Option(opt.default, *decls, help=help_text, show_default=opt.shared_default
+                                     and opt.default is not None),
+                annotation=Optional[opt.type],
             )
         )
     return params
+
+
+def _shown(value: Any, opt: Any) -> str:
+    """A default as --help shows it (bool flags by their flag name, like Typer)."""
+    if opt.type is bool:
+        return opt.flag[2:] if value else f"no-{opt.flag[2:]}"
+    return str(value)
+
+
+def _method_options(
+    strategy: str, method: str, given: dict[str, Any], origin: dict[str, str]
+) -> dict[str, Any]:
+    """The chosen method's options: its defaults, overridden by the given flags and recipe keys.
+
+    A given option the method does not declare is a usage error naming the methods that do.
+    """
+    from llmprune.errors import UsageError
+    from llmprune.pruners.base import cli_options, get_pruner_class, option_defaults
+
+    defaults = option_defaults(get_pruner_class(strategy, method))
+    declared_by = {opt.name: opt.methods for opt in cli_options(strategy)}
+    for name in given:
+        if name not in defaults:
+            users = ", ".join(declared_by[name])
+            raise UsageError(f"{origin[name]} is an option of {users}, not of {strategy} --method {method}")
+    return {**defaults, **given}
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """True when the user typed ``name`` (a default value never counts)."""
+    source = ctx.get_parameter_source(name)  # an enum of the click that typer runs on (it may vendor its own)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _prune_command(strategy: str) -> Callable[..., None]:
@@ -139,23 +179,19 @@ def _prune_command(strategy: str) -> Callable[..., None]:
         from llmprune.summary import print_prune_summary
 
         recipe_path = kwargs.pop("config")
+        # Where each value came from: a flag typed by the user, a recipe key, or a default.
+        origin = {k: f"--{k.replace('_', '-')}" for k in kwargs if _given(ctx, k)}
         if recipe_path is not None:
             recipe = load_recipe(recipe_path, allowed=set(kwargs) - {"model", "output"})
             check_recipe_types(recipe, annotations, recipe_path)
             for key, value in recipe.items():
-                if ctx.get_parameter_source(key).name == "DEFAULT":
+                if key not in origin:
                     kwargs[key] = value
+                    origin[key] = f"--config {recipe_path}: {key}"
         values = {k: v for k, v in kwargs.items() if k in common_names}
-        method_options = {k: v for k, v in kwargs.items() if k not in common_names}
         values["method"] = values["method"] or default_method(strategy)
-        if strategy == "semi24":
-            if values["sparsity"] not in (None, 0.5):
-                from llmprune.errors import UsageError
-
-                raise UsageError(f"--sparsity {values['sparsity']}: 2:4 always removes half (only 0.5 is accepted)")
-            values["sparsity"] = 0.5
-        elif values["sparsity"] is None:
-            values["sparsity"] = 0.5
+        given = {k: v for k, v in kwargs.items() if k not in common_names and k in origin}
+        method_options = _method_options(strategy, values["method"], given, origin)
         settings = validated(PruneSettings, strategy=strategy, method_options=method_options, **values)
         report = run_prune(settings)
         from llmprune.distributed import env_rank

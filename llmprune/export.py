@@ -126,18 +126,20 @@ def save_pruned(
         if plan.kind == "semi24":
             verified = verify_semi24(model, plan.semi24_targets)
             _write_json(staging / SPARSITY_FILE, sparsity_sidecar(plan, verified))
-        config = config if config is not None else model.config
         if export_format == "deci":  # DeciLM / Nemotron-NAS block_configs (vLLM, llama.cpp)
             from llmprune.deci import write_deci
 
             model.to(save_dtype)
             report["deci"] = write_deci(staging, model, plan, save_dtype, max_shard_size)
         else:
-            if plan.kind == "structured" and plan.layers and not plan.is_uniform:
-                # Heterogeneous widths: per-layer config + modeling file beside the weights.
-                from llmprune.hetero import hetero_config, write_modeling_file
+            if config is None:  # surgery.exported_config is the one place that decides it
+                from llmprune.arch import ArchAdapter
+                from llmprune.surgery import exported_config
 
-                config = hetero_config(config, plan)
+                config = exported_config(model, ArchAdapter.for_model(model), plan)
+            from llmprune.hetero import is_hetero_config, write_modeling_file
+
+            if is_hetero_config(config):  # heterogeneous widths: the modeling file goes beside the weights
                 write_modeling_file(staging, config)
             model.to(save_dtype)
             model.save_pretrained(staging, max_shard_size=max_shard_size)

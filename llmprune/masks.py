@@ -16,11 +16,8 @@ def attn_step(geom: Geometry, attn_unit: str) -> int:
 
 
 def attn_params_kept(geom: Geometry, attn_unit: str, kept_units: int) -> int:
-    """Attention linear parameters of one layer keeping ``kept_units`` units."""
-    if attn_unit == "group":
-        return kept_units * geom.attn_unit_params("group")
-    kv = geom.num_kv_heads if kept_units else 0
-    return geom.hidden_size * geom.head_dim * 2 * (kept_units + kv)
+    """Attention linear parameters of one layer keeping ``kept_units`` units (``Geometry`` counts)."""
+    return geom.attn_params_kept(attn_unit, kept_units)
 
 
 def attn_grid_step(geom: Geometry, attn_unit: str, align: Alignment | None = None) -> int:
@@ -39,8 +36,7 @@ def uniform_widths(geom: Geometry, sparsity: float, attn_unit: str, align: Align
     align = align or Alignment()
     n_attn = geom.attn_unit_count(attn_unit)
     step = attn_grid_step(geom, attn_unit, align)
-    per_layer_dense = geom.layer_linear_params(geom.num_heads, geom.num_kv_heads, geom.intermediate_size)
-    target = (1.0 - sparsity) * per_layer_dense
+    target = (1.0 - sparsity) * geom.dense_layer_params
     k_attn = int(round((1.0 - sparsity) * n_attn / step)) * step
     k_attn = min(max(k_attn, step), n_attn)
     k_mlp = align.round_channels((target - attn_params_kept(geom, attn_unit, k_attn)) / geom.mlp_unit_params,

@@ -18,6 +18,7 @@ import torch
 from llmprune.errors import ModelLoadError, UsageError
 from llmprune.export import SPARSITY_FILE, check_output, save_pruned
 from llmprune.plan import PrunePlan, geometry_dict
+from llmprune.report import PruneReport
 
 
 def _tensor_files(folder: Path) -> dict[str, Path]:
@@ -73,15 +74,16 @@ def remask(model_source: str, like: Path, output: Path, overwrite: bool = False,
         weight.mul_(keep.to(weight.dtype))
     plan = PrunePlan(kind="semi24", strategy="semi24", method="remask",
                      dense=geometry_dict(adapter.geometry(model)), semi24_targets=targets)
-    previous = json.loads((like / "llmprune_report.json").read_text()) if (like / "llmprune_report.json").is_file() else {}
+    previous = PruneReport.load(like) or PruneReport()
     report = {
         "strategy": "semi24",
         "method": "remask",
         "settings": {"model": model_source, "like": str(like), "output": str(output)},
         "zeros_restored": restored,
-        "achieved_sparsity": previous.get("achieved_sparsity"),
-        "history": list(previous.get("history", [])) + [
-            {k: previous.get(k) for k in ("strategy", "method", "achieved_sparsity")} | {"model": str(like)}
+        "achieved_sparsity": previous.achieved_sparsity,
+        "history": [step.model_dump(mode="json", exclude_unset=True) for step in previous.history] + [
+            {"strategy": previous.strategy, "method": previous.method,
+             "achieved_sparsity": previous.achieved_sparsity, "model": str(like)}
         ],
     }
     save_pruned(model, tokenizer, plan, report, output, dtype)

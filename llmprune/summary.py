@@ -7,34 +7,43 @@ from typing import Any
 from rich.table import Table
 
 from llmprune.progress import console
+from llmprune.report import PruneReport
 
 
 def _millions(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:,.2f}M"
 
 
-def print_prune_summary(report: dict[str, Any]) -> None:
-    table = Table(title=f"llmprune {report['strategy']} --method {report['method']}", show_header=False)
+def _percent(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2%}"
+
+
+def _seconds(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f} s"
+
+
+def print_prune_summary(report: PruneReport) -> None:
+    table = Table(title=f"llmprune {report.strategy} --method {report.method}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    table.add_row("requested sparsity", f"{report['requested_sparsity']:.2%}")
-    table.add_row("achieved sparsity", f"{report['achieved_sparsity']:.2%}")
+    table.add_row("requested sparsity", _percent(report.requested_sparsity))
+    table.add_row("achieved sparsity", _percent(report.achieved_sparsity))
     table.add_row(
         "decoder linear params",
-        f"{_millions(report['params_decoder_linear_dense'])} → {_millions(report['params_decoder_linear'])}",
+        f"{_millions(report.params_decoder_linear_dense)} → {_millions(report.params_decoder_linear)}",
     )
-    table.add_row("total params", f"{_millions(report['params_total_dense'])} → {_millions(report['params_total'])}")
-    widths = report.get("layer_widths")
-    if widths:
-        shapes = {(w["heads"], w["kv_heads"], w["channels"]) for w in widths}
+    table.add_row("total params", f"{_millions(report.params_total_dense)} → {_millions(report.params_total)}")
+    if report.layer_widths:
+        shapes = {(w["heads"], w["kv_heads"], w["channels"]) for w in report.layer_widths}
         if len(shapes) == 1:
             h, kv, ch = shapes.pop()
             table.add_row("per-layer widths", f"{h} heads, {kv} KV heads, {ch} MLP channels")
         else:
             table.add_row("per-layer widths", "heterogeneous (see llmprune_plan.json)")
-    table.add_row("prune time", f"{report['time_prune_s']:.1f} s (total {report['time_total_s']:.1f} s)")
-    table.add_row("peak memory", f"{report['peak_rss_mib']:.0f} MiB RSS")
-    table.add_row("output", str(report["output"]))
+    table.add_row("prune time", f"{_seconds(report.time_prune_s)} (total {_seconds(report.time_total_s)})")
+    if report.peak_rss_mib is not None:
+        table.add_row("peak memory", f"{report.peak_rss_mib:.0f} MiB RSS")
+    table.add_row("output", str(report.output))
     console.print(table)
 
 

@@ -135,14 +135,19 @@ def slice_structured(model: nn.Module, adapter: ArchAdapter, plan: PrunePlan) ->
 
 
 def exported_config(model: nn.Module, adapter: ArchAdapter, plan: PrunePlan):
-    """The plain config describing the model after ``apply_plan``.
+    """The config written for the model after ``apply_plan`` (the one place that decides it).
 
-    Uniform structured plans get updated head counts and width with ``head_dim`` explicit
-    (methods.md §5); 2:4 and identity plans keep the original config. Non-uniform plans are
-    exported by the heterogeneous-width exporter, not here.
+    Uniform structured plans get a plain config with updated head counts and width, ``head_dim``
+    explicit (methods.md §5); non-uniform plans the heterogeneous-width config of
+    ``llmprune.hetero`` (per-layer widths, modeling file beside the weights); 2:4 and identity
+    plans keep the original config.
     """
-    if plan.kind != "structured" or not plan.layers or not plan.is_uniform:
+    if plan.kind != "structured" or not plan.layers:
         return model.config
+    if not plan.is_uniform:
+        from llmprune.hetero import hetero_config
+
+        return hetero_config(model.config, plan)
     first = plan.layers[0]
     return adapter.pruned_config(model.config, len(first.heads), len(first.kv_heads), len(first.channels))
 

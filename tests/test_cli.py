@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import folder_hash, read_json, run_cli as run
+from helpers import folder_hash, read_json, run_cli as run
 from llmprune.arch import ArchAdapter
 from llmprune.masks import max_nonzeros_per_group
 
@@ -282,6 +282,157 @@ def test_example_recipes_use_only_known_options(recipe):
     data = {k.replace("-", "_"): v for k, v in yaml.safe_load(recipe.read_text()).items()}
     assert set(data) <= allowed, set(data) - allowed
     assert data["method"] in methods(strategy)
+
+
+# ----- method options: declared once (pydantic Options), flags generated ---------------------
+def test_a_flag_of_another_method_is_a_usage_error(model_dir, tmp_path):
+    before = folder_hash(model_dir)
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--method", "wanda", "--lora-rank", "8")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --lora-rank is an option of minimax, not of uniform --method wanda")
+    assert len(result.output.strip().splitlines()) == 1
+    # Given explicitly, even with the default value, it is still a flag wanda does not use.
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--method", "magnitude", "--steps", "100")
+    assert result.exit_code == 2 and "--steps is an option of minimax" in result.output
+    result = run("semi24", model_dir, "-o", tmp_path / "o", "--method", "sparsegpt", "--no-distill")
+    assert result.exit_code == 2  # --distill is not a semi24 flag at all (click's own usage error)
+    result = run("semi24", model_dir, "-o", tmp_path / "o", "--method", "sparsegpt", "--lambda1", "0.2")
+    assert result.exit_code == 2 and "--lambda1 is an option of proxsparse" in result.output
+    assert folder_hash(model_dir) == before and not (tmp_path / "o").exists()
+
+
+def test_a_recipe_key_of_another_method_is_a_usage_error(model_dir, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: wanda\nlora_rank: 8\n")
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--config", recipe)
+    assert result.exit_code == 2, result.output
+    assert "lora_rank is an option of minimax, not of uniform --method wanda" in result.output
+    assert str(recipe) in result.output and not (tmp_path / "o").exists()
+    # The method given on the command line decides: the same key is fine for minimax.
+    recipe.write_text("lora_rank: 8\n")
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--config", recipe, "--method", "magnitude")
+    assert result.exit_code == 2 and "lora_rank is an option of minimax" in result.output
+
+
+@pytest.fixture
+def captured_settings(monkeypatch):
+    """Run the CLI up to the pipeline: the validated settings are captured instead of pruning."""
+    import llmprune.pipeline
+    import llmprune.summary
+
+    seen = []
+    monkeypatch.setattr(llmprune.pipeline, "run_prune", lambda settings: seen.append(settings) or {})
+    monkeypatch.setattr(llmprune.summary, "print_prune_summary", lambda report: None)
+    return seen
+
+
+def test_method_options_reach_the_method_with_its_defaults(tmp_path, captured_settings):
+    from llmprune.pruners.minimax import MinimaxOptions
+
+    assert run("uniform", "m", "-o", tmp_path / "o").exit_code == 0
+    assert run("uniform", "m", "-o", tmp_path / "o", "--lora-rank", "4", "--no-distill").exit_code == 0
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lora_rank: 2\nsteps: 7\n")
+    assert run("uniform", "m", "-o", tmp_path / "o", "--config", recipe, "--steps", "9").exit_code == 0
+    assert run("uniform", "m", "-o", tmp_path / "o", "--method", "wanda").exit_code == 0
+    defaults, flags, recipe_run, wanda = (s.method_options for s in captured_settings)
+    assert defaults == MinimaxOptions().model_dump()
+    assert flags == {**defaults, "lora_rank": 4, "distill": False}
+    assert recipe_run == {**defaults, "lora_rank": 2, "steps": 9}  # the flag overrides the recipe
+    assert wanda == {}  # nothing of minimax's rides along with another method
+
+
+def _fake_methods(monkeypatch, first: dict, second: dict):
+    """Register two throw-away uniform methods whose Options have the given fields."""
+    from pydantic import create_model
+
+    from llmprune.pruners import base
+
+    classes = {}
+    for name, fields in (("fake_a", first), ("fake_b", second)):
+        options = create_model(f"{name}_options", **fields)
+        classes[name] = type(name, (base.Pruner,), {"strategy": "uniform", "method": name, "Options": options,
+                                                   "prune": lambda self, ctx: None, "summary": name})
+        monkeypatch.setitem(base._REGISTRY["uniform"], name, classes[name])
+    return classes
+
+
+def test_a_name_shared_by_two_methods_keeps_each_methods_default(monkeypatch, tmp_path, captured_settings):
+    from pydantic import Field
+    from typer.testing import CliRunner
+
+    from llmprune.cli import _prune_command
+    from llmprune.pruners.base import cli_options
+
+    _fake_methods(monkeypatch, {"rounds": (int, Field(5, description="rounds of a"))},
+                  {"rounds": (int, Field(7, description="rounds of b")), "only_b": (bool, Field(True, description="b only"))})
+    (rounds,) = [o for o in cli_options("uniform") if o.name == "rounds"]
+    assert rounds.methods == ("fake_a", "fake_b") and rounds.default is None and not rounds.shared_default
+    app = typer_app(_prune_command("uniform"))
+    invoke = lambda *args: CliRunner().invoke(app, [str(a) for a in args], env=WIDE)  # noqa: E731
+    help_text = " ".join(invoke("--help").output.split())
+    assert "fake_a: rounds of a" in help_text and "fake_b: rounds of b" in help_text
+    assert "fake_a 5, fake_b 7" in help_text
+    for method, expected in (("fake_a", 5), ("fake_b", 7)):
+        assert invoke("m", "-o", tmp_path / "o", "--method", method).exit_code == 0
+        assert captured_settings[-1].method_options["rounds"] == expected
+        assert invoke("m", "-o", tmp_path / "o", "--method", method, "--rounds", "3").exit_code == 0
+        assert captured_settings[-1].method_options["rounds"] == 3
+    result = invoke("m", "-o", tmp_path / "o", "--method", "fake_a", "--no-only-b")
+    assert result.exit_code == 2 and "--only-b is an option of fake_b, not of uniform --method fake_a" in result.output
+
+
+#: A terminal wide enough that --help never wraps a line.
+WIDE = {"COLUMNS": "4000", "TERMINAL_WIDTH": "4000"}
+
+
+def typer_app(command):
+    import typer
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(command)
+    return app
+
+
+def test_a_name_shared_with_two_types_or_without_help_is_refused(monkeypatch):
+    from pydantic import Field
+
+    from llmprune.pruners.base import cli_options
+
+    _fake_methods(monkeypatch, {"rounds": (int, Field(5, description="a"))}, {"rounds": (float, Field(7.0, description="b"))})
+    with pytest.raises(TypeError, match="rounds.*float.*int"):
+        cli_options("uniform")
+    _fake_methods(monkeypatch, {"rounds": (int, Field(5, description="a"))}, {"rounds": (int, 5)})
+    with pytest.raises(TypeError, match="description"):
+        cli_options("uniform")
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "global", "semi24"])
+def test_help_shows_every_method_option_with_its_description(strategy):
+    from typer.testing import CliRunner
+
+    from llmprune.cli import app
+    from llmprune.pruners.base import cli_options, methods
+
+    result = CliRunner().invoke(app, [strategy, "--help"], env=WIDE)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    declared = {(m, n) for m, cls in methods(strategy).items() for n in cls.Options.model_fields}
+    assert {(m, o.name) for o in cli_options(strategy) for m in o.methods} == declared
+    for opt in cli_options(strategy):
+        assert opt.flag in text
+        for method, field in ((m, methods(strategy)[m].Options.model_fields[opt.name]) for m in opt.methods):
+            assert " ".join(f"{method}: {field.description}".split()) in text, (opt.name, method)
+
+
+def test_an_option_the_method_does_not_declare_is_refused_by_the_pruner():
+    from llmprune.errors import UsageError
+    from llmprune.pruners.base import get_pruner_class
+
+    with pytest.raises(UsageError, match="lora_rank"):
+        get_pruner_class("uniform", "wanda")({"lora_rank": 8})
+    with pytest.raises(UsageError, match="lora_rnak"):
+        get_pruner_class("uniform", "minimax")({"lora_rnak": 8})
 
 
 @pytest.mark.parametrize("method", ["wanda", "magnitude"])

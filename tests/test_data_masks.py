@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from conftest import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
+from helpers import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
 from llmprune import data
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.errors import DataError, UnsupportedArchitectureError

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_model, read_json, run_cli, save_tiny_model, tiny_tokenizer
+from helpers import make_tiny_model, read_json, run_cli, save_tiny_model, tiny_tokenizer
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.export import save_pruned
 from llmprune.plan import LayerPlan, PrunePlan

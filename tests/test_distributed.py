@@ -18,13 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_model, read_json
+from helpers import make_tiny_model, read_json
 from llmprune import distributed
 from llmprune.arch import LINEAR_KEYS, ArchAdapter
 from llmprune.capture import LayerwiseRunner
 from llmprune.config import PruneSettings
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext, get_pruner_class
+
+pytestmark = pytest.mark.distributed
 
 WORLD = 2
 NSAMPLES, SEQLEN = 8, 32
@@ -46,6 +48,8 @@ def _calib() -> torch.Tensor:
 def _ctx(work: Path, strategy: str, method: str, sparsity: float = 0.4, batch_size: int = 4, layers: int = 2,
          **options) -> PruneContext:
     work.mkdir(parents=True, exist_ok=True)
+    if strategy == "semi24":
+        sparsity = 0.5  # 2:4 always removes half; PruneSettings refuses any other value
     model = make_tiny_model("llama", num_hidden_layers=layers)
     settings = PruneSettings(strategy=strategy, method=method, model="tiny", output=work / "out", sparsity=sparsity,
                              calib="builtin", nsamples=NSAMPLES, seqlen=SEQLEN, seed=0, batch_size=batch_size,

@@ -7,7 +7,7 @@ import json
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import read_json, run_cli as run, save_tiny_model
+from helpers import read_json, run_cli as run, save_tiny_model
 
 
 def test_inspect_and_stacking_uniform_then_semi24(tmp_path):

@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SAMPLE_TEXT, folder_hash, save_tiny_model
+from helpers import SAMPLE_TEXT, folder_hash, save_tiny_model
 
 COMMON = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4", "--seed", "3"]
 #: method -> (strategy, small settings, checkpoint file in the work folder, step delay in seconds)

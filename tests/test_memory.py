@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from conftest import CALIB, REFMODEL, requires_refmodel
+from helpers import CALIB, REFMODEL, requires_refmodel
 
 pytestmark = [pytest.mark.slow, requires_refmodel]
 NSAMPLES, SEQLEN = 16, 128

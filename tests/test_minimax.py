@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import make_tiny_model, read_json, run_cli as run, tiny_tokenizer
+from helpers import make_tiny_model, read_json, run_cli as run, tiny_tokenizer
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.config import PruneSettings
 from llmprune.distill import precompute_teacher, topk_kl

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import read_json, run_cli as run, save_tiny_model
+from helpers import read_json, run_cli as run, save_tiny_model
 from llmprune.prox import share_24
 from llmprune.pruners import proxsparse
 from llmprune.pruners.base import default_method

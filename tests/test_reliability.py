@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import folder_hash, run_cli as run, SAMPLE_TEXT, save_tiny_model
+from helpers import folder_hash, run_cli as run, SAMPLE_TEXT, save_tiny_model
 from llmprune.errors import NumericalError
 from llmprune.obs import damped_cholesky_inverse
 
@@ -386,7 +386,7 @@ def test_error_classes_have_distinct_exit_codes():
 # ----- disk: the Týr supernet's need is estimated and checked before any work -------------------
 @pytest.mark.parametrize("attn_unit", ["group", "query"])
 def test_supernet_disk_estimate_matches_the_bytes_written(tmp_path, attn_unit):
-    from conftest import make_tiny_model
+    from helpers import make_tiny_model
     from llmprune.arch import ArchAdapter
     from llmprune.masks import uniform_widths
     from llmprune.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need

@@ -7,7 +7,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from conftest import folder_hash, read_json, run_cli
+from helpers import folder_hash, read_json, run_cli
 from llmprune.masks import max_nonzeros_per_group
 
 

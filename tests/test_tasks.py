@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_json, REFMODEL, requires_refmodel, run_cli as run
+from helpers import read_json, REFMODEL, requires_refmodel, run_cli as run
 
 TASK = "llmprune_easy"
 
@@ -77,7 +77,7 @@ def test_tasks_on_a_random_model_report_settings_and_metrics(model_dir, task_dir
 
 
 def test_tasks_with_perplexity_limit_and_fewshot(model_dir, task_dir, tmp_path):
-    from conftest import SAMPLE_TEXT
+    from helpers import SAMPLE_TEXT
 
     text = tmp_path / "eval.txt"
     text.write_text(SAMPLE_TEXT)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SAMPLE_TEXT, make_tiny_model, read_json, tiny_tokenizer
+from helpers import SAMPLE_TEXT, make_tiny_model, read_json, tiny_tokenizer
 from llmprune.arch import ArchAdapter
 from llmprune.config import PruneSettings
 from llmprune.data import calibration_samples

@@ -53,7 +53,7 @@ from llmprune.lora import add_lora, load_lora_state, lora_parameters, lora_state
 from llmprune.alignment import Alignment
 from llmprune.masks import attn_grid_step, attn_params_kept, uniform_widths
 from llmprune.plan import PrunePlan
-from llmprune.pruners.base import CliOption, PruneContext, Pruner, register
+from llmprune.pruners.base import PruneContext, Pruner, register
 from llmprune.pruners.baselines import STRUCTURED_KEYS, structured_layer_plan, unit_scores
 from llmprune.trace import batch_rows, pyplot, save_figure
 
@@ -69,26 +69,41 @@ GPU_HINT = (
 
 
 class MinimaxOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """The options of ``uniform --method minimax``; each field is also a command-line flag."""
 
-    steps: int = Field(100, ge=1)
-    lr: float = Field(0.02, gt=0)
-    width_lr: float = Field(0.05, gt=0)
-    lora_rank: int = Field(16, ge=0)
-    lora_alpha: float = Field(32.0, gt=0)
-    lora_lr: float = Field(2e-3, gt=0)
-    distill: bool = True
-    kl_weight: float = Field(1.0, ge=0)
-    lm_weight: float = Field(0.5, ge=0)
-    learn_widths: bool = True
-    ramp: float = Field(0.3, ge=0, lt=1)
-    finetune: float = Field(0.3, ge=0, lt=1)
-    dual_lr: float = Field(0.5, ge=0)
-    prox: float = Field(1e-3, ge=0)
-    temperature: float = Field(1.0, gt=0)
-    teacher_topk: int = Field(64, ge=1)
-    width_tau: float = Field(0.02, gt=0, le=1)
-    checkpoint_every: int = Field(20, ge=1)
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(100, ge=1, description="training steps (one batch of --batch-size sequences each). "
+                       "Small CPU models: 80-300; " + GPU_HINT + ".")
+    lr: float = Field(0.02, gt=0, description="Adam step size of the mask scores (scores start at normalised "
+                      "Wanda-sp importance, mean 1).")
+    width_lr: float = Field(0.05, gt=0, description="Adam step size of the shared widths (as fractions of the "
+                            "dense widths).")
+    lora_rank: int = Field(16, ge=0, description="LoRA rank on all q,k,v,o,gate,up,down (merged before export); "
+                           "0 disables LoRA.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha (update scaled by alpha/rank).")
+    lora_lr: float = Field(2e-3, gt=0, description="AdamW learning rate of the LoRA adapters (cosine decay); "
+                           "7B+: 1e-4 to 2e-4.")
+    distill: bool = Field(True, description="distil from the dense model's precomputed top-k logits (KL); "
+                          "--no-distill trains on the LM loss only.")
+    kl_weight: float = Field(1.0, ge=0, description="weight of the KL distillation loss.")
+    lm_weight: float = Field(0.5, ge=0, description="weight of the next-token (LM) loss.")
+    learn_widths: bool = Field(True, description="learn the shared widths (the attention/MLP split); "
+                               "--no-learn-widths fixes them at the uniform split of the baselines.")
+    ramp: float = Field(0.3, ge=0, lt=1, description="fraction of the steps over which the budget ramps from "
+                        "dense to the target.")
+    finetune: float = Field(0.3, ge=0, lt=1, description="final fraction of the steps with masks frozen at the "
+                            "final widths (LoRA only; skipped without LoRA).")
+    dual_lr: float = Field(0.5, ge=0, description="ascent step of the Lagrange multipliers (per unit of "
+                           "constraint violation, as a fraction).")
+    prox: float = Field(1e-3, ge=0, description="strength of the l1 sparsity regulariser on the scores "
+                        "(proximal soft-threshold after each step); 0 disables.")
+    temperature: float = Field(1.0, gt=0, description="distillation temperature.")
+    teacher_topk: int = Field(64, ge=1, description="teacher logits kept per position (top-k) for the KL; "
+                              "7B+: 256-1024.")
+    width_tau: float = Field(0.02, gt=0, le=1, description="width of the straight-through surrogate for the "
+                             "widths (fraction of the dense width, at least one unit).")
+    checkpoint_every: int = Field(20, ge=1, description="save a checkpoint for --resume every N steps.")
 
 
 @dataclass
@@ -214,27 +229,6 @@ class MinimaxPruner(Pruner):
     needs_calibration = True
     resumable = True
     Options = MinimaxOptions
-    cli_options = (
-        CliOption("steps", int, 100, "minimax: training steps (one batch of --batch-size sequences each). "
-                  "Small CPU models: 80-300; " + GPU_HINT + "."),
-        CliOption("lr", float, 0.02, "minimax: Adam step size of the mask scores (scores start at normalised Wanda-sp importance, mean 1)."),
-        CliOption("width_lr", float, 0.05, "minimax: Adam step size of the shared widths (as fractions of the dense widths)."),
-        CliOption("lora_rank", int, 16, "minimax: LoRA rank on all q,k,v,o,gate,up,down (merged before export); 0 disables LoRA."),
-        CliOption("lora_alpha", float, 32.0, "minimax: LoRA alpha (update scaled by alpha/rank)."),
-        CliOption("lora_lr", float, 2e-3, "minimax: AdamW learning rate of the LoRA adapters (cosine decay); 7B+: 1e-4 to 2e-4."),
-        CliOption("distill", bool, True, "minimax: distil from the dense model's precomputed top-k logits (KL); --no-distill trains on the LM loss only."),
-        CliOption("kl_weight", float, 1.0, "minimax: weight of the KL distillation loss."),
-        CliOption("lm_weight", float, 0.5, "minimax: weight of the next-token (LM) loss."),
-        CliOption("learn_widths", bool, True, "minimax: learn the shared widths (the attention/MLP split); --no-learn-widths fixes them at the uniform split of the baselines."),
-        CliOption("ramp", float, 0.3, "minimax: fraction of the steps over which the budget ramps from dense to the target."),
-        CliOption("finetune", float, 0.3, "minimax: final fraction of the steps with masks frozen at the final widths (LoRA only; skipped without LoRA)."),
-        CliOption("dual_lr", float, 0.5, "minimax: ascent step of the Lagrange multipliers (per unit of constraint violation, as a fraction)."),
-        CliOption("prox", float, 1e-3, "minimax: strength of the l1 sparsity regulariser on the scores (proximal soft-threshold after each step); 0 disables."),
-        CliOption("temperature", float, 1.0, "minimax: distillation temperature."),
-        CliOption("teacher_topk", int, 64, "minimax: teacher logits kept per position (top-k) for the KL; 7B+: 256-1024."),
-        CliOption("width_tau", float, 0.02, "minimax: width of the straight-through surrogate for the widths (fraction of the dense width, at least one unit)."),
-        CliOption("checkpoint_every", int, 20, "minimax: save a checkpoint for --resume every N steps."),
-    )
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)

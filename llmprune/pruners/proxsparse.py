@@ -47,7 +47,7 @@ from llmprune.masks import nm_eligible, nm_mask
 from llmprune.obs import damped_cholesky_inverse, sparsegpt_prune
 from llmprune.plan import PrunePlan, geometry_dict
 from llmprune.prox import prox_24, regulariser
-from llmprune.pruners.base import CliOption, PruneContext, Pruner, register
+from llmprune.pruners.base import PruneContext, Pruner, register
 from llmprune.pruners.baselines import report_skipped_semi24
 from llmprune.trace import batch_rows, pyplot, save_figure
 
@@ -61,20 +61,36 @@ GPU_HINT = ("7B+ on GPU: --nsamples 400 --seqlen 2048 --batch-size 1 --steps 400
 
 
 class ProxSparseOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """The options of ``semi24 --method proxsparse``; each field is also a command-line flag."""
 
-    lambda1: float = Field(0.1, ge=0)
-    lambda2: float = Field(0.0, ge=0)
-    steps: int = Field(24, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    warmup: float = Field(0.1, ge=0, lt=1)
-    layers_per_stage: int = Field(0, ge=0)
-    init_mask: Literal["none", "wanda", "sparsegpt"] = "none"
-    init_shrink: float = Field(0.5, ge=0, le=1)
-    metric: Literal["plain", "wanda"] = "wanda"
-    refit: Literal["none", "obs"] = "none"
-    prox_sweeps: int = Field(100, ge=1)
-    checkpoint_every: int = Field(10, ge=1)
+    model_config = ConfigDict(extra="forbid")
+
+    lambda1: float = Field(0.1, ge=0, description="strength of the 2:4 regulariser, scale-free (each matrix uses "
+                           "lambda1 / rms(W0)); not multiplied by the learning rate. Useful range 0.02-0.5.")
+    lambda2: float = Field(0.0, ge=0, description="weight of the anchor to the original weights "
+                           "(mean of ((W/W0)(W-W0))^2 / rms(W0)^2 per matrix); 0 disables.")
+    steps: int = Field(24, ge=1, description="optimiser steps (per stage with --layers-per-stage), one batch of "
+                       "--batch-size calibration sequences each. " + GPU_HINT + ".")
+    lr: float = Field(2e-3, gt=0, description="AdamW peak learning rate (linear warm-up, then linear decay to 0); "
+                      "2e-3 for a few dozen steps on small models, 1e-4 for long runs on 7B+.")
+    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the steps spent warming the learning rate up.")
+    layers_per_stage: int = Field(0, ge=0, description="train the masks of this many decoder layers at a time "
+                                  "(others frozen; AdamW memory is 4x the stage instead of 4x the model); "
+                                  "0 = all layers at once.")
+    init_mask: Literal["none", "wanda", "sparsegpt"] = Field(
+        "none", description="none | wanda | sparsegpt: start from the original weights "
+        "with the entries outside that baseline's 2:4 mask multiplied by --init-shrink.")
+    init_shrink: float = Field(0.5, ge=0, le=1, description="factor applied to the entries outside --init-mask's "
+                               "mask.")
+    metric: Literal["plain", "wanda"] = Field(
+        "wanda", description="wanda | plain: run the prox (and pick the final mask) on "
+        "|W| times the normalised input-activation norm (wanda, default) or on |W| (plain, as the paper).")
+    refit: Literal["none", "obs"] = Field(
+        "none", description="none | obs. none (ProxSparse): final weights are the original "
+        "weights times the learned mask. obs (our extension): keep the learned mask and update the kept "
+        "weights layer by layer by OBS as SparseGPT does (costs one Hessian pass).")
+    prox_sweeps: int = Field(100, ge=1, description="maximum coordinate-descent sweeps of the proximal operator.")
+    checkpoint_every: int = Field(10, ge=1, description="save a checkpoint for --resume every N steps.")
 
 
 @register
@@ -85,29 +101,6 @@ class ProxSparsePruner(Pruner):
     needs_calibration = True
     resumable = True
     Options = ProxSparseOptions
-    cli_options = (
-        CliOption("lambda1", float, 0.1, "proxsparse: strength of the 2:4 regulariser, scale-free (each matrix uses "
-                  "lambda1 / rms(W0)); not multiplied by the learning rate. Useful range 0.02-0.5."),
-        CliOption("lambda2", float, 0.0, "proxsparse: weight of the anchor to the original weights "
-                  "(mean of ((W/W0)(W-W0))^2 / rms(W0)^2 per matrix); 0 disables."),
-        CliOption("steps", int, 24, "proxsparse: optimiser steps (per stage with --layers-per-stage), one batch of "
-                  "--batch-size calibration sequences each. " + GPU_HINT + "."),
-        CliOption("lr", float, 2e-3, "proxsparse: AdamW peak learning rate (linear warm-up, then linear decay to 0); "
-                  "2e-3 for a few dozen steps on small models, 1e-4 for long runs on 7B+."),
-        CliOption("warmup", float, 0.1, "proxsparse: fraction of the steps spent warming the learning rate up."),
-        CliOption("layers_per_stage", int, 0, "proxsparse: train the masks of this many decoder layers at a time "
-                  "(others frozen; AdamW memory is 4x the stage instead of 4x the model); 0 = all layers at once."),
-        CliOption("init_mask", str, "none", "proxsparse: none | wanda | sparsegpt: start from the original weights "
-                  "with the entries outside that baseline's 2:4 mask multiplied by --init-shrink."),
-        CliOption("init_shrink", float, 0.5, "proxsparse: factor applied to the entries outside --init-mask's mask."),
-        CliOption("metric", str, "wanda", "proxsparse: wanda | plain: run the prox (and pick the final mask) on "
-                  "|W| times the normalised input-activation norm (wanda, default) or on |W| (plain, as the paper)."),
-        CliOption("refit", str, "none", "proxsparse: none | obs. none (ProxSparse): final weights are the original "
-                  "weights times the learned mask. obs (our extension): keep the learned mask and update the kept "
-                  "weights layer by layer by OBS as SparseGPT does (costs one Hessian pass)."),
-        CliOption("prox_sweeps", int, 100, "proxsparse: maximum coordinate-descent sweeps of the proximal operator."),
-        CliOption("checkpoint_every", int, 10, "proxsparse: save a checkpoint for --resume every N steps."),
-    )
 
     # ------------------------------------------------------------------------------------------
     def prune(self, ctx: PruneContext) -> PrunePlan:

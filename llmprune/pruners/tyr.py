@@ -28,7 +28,7 @@ from llmprune.errors import OutputExistsError, ResumeError, UsageError
 from llmprune.alignment import Alignment
 from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
-from llmprune.pruners.base import CliOption, PruneContext, Pruner, register, step_delay_for_tests
+from llmprune.pruners.base import PruneContext, Pruner, register, step_delay_for_tests
 from llmprune.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
 from llmprune.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need
 from llmprune.trace import pyplot, save_figure
@@ -52,19 +52,30 @@ def _int_list(value: str | list[int] | tuple[int, ...], n: int, name: str) -> tu
 
 
 class TyrOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """The options of ``global --method tyr``; each field is also a command-line flag."""
 
-    generations: int = Field(8, ge=0)
-    offspring: int = Field(16, ge=1)
-    select_tokens: str = "1024,2048,4096"
-    survivors: str = "4,2"
-    iterations: int = Field(4, ge=1, le=12)
-    delta: float = Field(0.125, gt=0.0, le=0.5)
-    budget_split: Literal["fixed", "free"] = "fixed"
-    topk_logits: int = Field(256, ge=1)
-    search_nsamples: int | None = Field(None, ge=1)
-    percdamp: float = Field(0.01, ge=0.0)
-    search_space: Literal["full", "deci"] = "full"
+    model_config = ConfigDict(extra="forbid")
+
+    generations: int = Field(8, ge=0, description="Generations per coarse-to-fine iteration (paper: 50).")
+    offspring: int = Field(16, ge=1, description="Offspring per generation (paper: 128).")
+    select_tokens: str = Field("1024,2048,4096", description="Calibration tokens of the three selection stages: "
+                               "small,medium,large (paper: 2K,16K,128K).")
+    survivors: str = Field("4,2", description="Offspring kept after the small and the medium stage (paper: 16,4).")
+    iterations: int = Field(4, ge=1, le=12, description="Coarse-to-fine iterations; Δ halves each time.")
+    delta: float = Field(0.125, gt=0.0, le=0.5, description="Initial step Δ as a fraction of each module's units "
+                         "(at least one unit).")
+    budget_split: Literal["fixed", "free"] = Field(
+        "fixed", description="fixed: attention and MLP keep their uniform parameter shares; free: the search may "
+        "move parameters between them.")
+    topk_logits: int = Field(256, ge=1, description="Dense top-k logits cached per token for the KL fitness "
+                             "(paper: up to 8192).")
+    search_nsamples: int | None = Field(None, ge=1, description="Calibration sequences used by the search "
+                                        "(default: all --nsamples); the supernet always uses all.")
+    percdamp: float = Field(0.01, ge=0.0, description="Hessian damping of the local pruner, as a fraction of "
+                            "mean(diag H).")
+    search_space: Literal["full", "deci"] = Field(
+        "full", description="full: any widths; deci: only widths the DeciLM format (vLLM, llama.cpp) expresses "
+        "without padding: attention whole or removed, MLP widths multiples of 256 (use with --export-format deci).")
 
     @field_validator("select_tokens")
     @classmethod
@@ -89,23 +100,6 @@ class GlobalTyr(Pruner):
     needs_calibration: ClassVar[bool] = True
     resumable: ClassVar[bool] = True
     Options: ClassVar[type[BaseModel]] = TyrOptions
-    cli_options: ClassVar[tuple[CliOption, ...]] = (
-        CliOption("generations", int, 8, "Generations per coarse-to-fine iteration (paper: 50)."),
-        CliOption("offspring", int, 16, "Offspring per generation (paper: 128)."),
-        CliOption("select_tokens", str, "1024,2048,4096",
-                  "Calibration tokens of the three selection stages: small,medium,large (paper: 2K,16K,128K)."),
-        CliOption("survivors", str, "4,2", "Offspring kept after the small and the medium stage (paper: 16,4)."),
-        CliOption("iterations", int, 4, "Coarse-to-fine iterations; Δ halves each time."),
-        CliOption("delta", float, 0.125, "Initial step Δ as a fraction of each module's units (at least one unit)."),
-        CliOption("budget_split", str, "fixed",
-                  "fixed: attention and MLP keep their uniform parameter shares; free: the search may move parameters between them."),
-        CliOption("topk_logits", int, 256, "Dense top-k logits cached per token for the KL fitness (paper: up to 8192)."),
-        CliOption("search_nsamples", int, None,
-                  "Calibration sequences used by the search (default: all --nsamples); the supernet always uses all."),
-        CliOption("percdamp", float, 0.01, "Hessian damping of the local pruner, as a fraction of mean(diag H)."),
-        CliOption("search_space", str, "full", "full: any widths; deci: only widths the DeciLM format (vLLM, llama.cpp) "
-                  "expresses without padding: attention whole or removed, MLP widths multiples of 256 (use with --export-format deci)."),
-    )
 
     def search_config(self) -> SearchConfig:
         o = self.options
