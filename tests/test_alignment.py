@@ -8,7 +8,7 @@ from helpers import read_json, run_cli
 from llmprune.alignment import Alignment, misaligned_widths
 from llmprune.arch import Geometry
 from llmprune.masks import attn_params_kept, uniform_widths
-from llmprune.supernet import SupernetSpec, module_types
+from llmprune.pruners.tyr.supernet import SupernetSpec, module_types
 
 REF = Geometry(hidden_size=256, num_heads=8, num_kv_heads=4, head_dim=32, intermediate_size=768, num_layers=8)
 WIDE = Geometry(hidden_size=512, num_heads=16, num_kv_heads=4, head_dim=16, intermediate_size=1000, num_layers=4)

@@ -20,11 +20,11 @@ import torch
 
 from helpers import make_tiny_model, read_json
 from llmprune import distributed
-from llmprune.arch import LINEAR_KEYS, ArchAdapter
+from llmprune.arch import ArchAdapter
 from llmprune.capture import LayerwiseRunner
 from llmprune.config import PruneSettings
 from llmprune.progress import Reporter
-from llmprune.pruners.base import PruneContext, get_pruner_class
+from llmprune.pruners.base import PruneContext, PruneResult, get_pruner_class
 
 pytestmark = pytest.mark.distributed
 
@@ -60,8 +60,8 @@ def _ctx(work: Path, strategy: str, method: str, sparsity: float = 0.4, batch_si
 
 def _prune(work: Path, strategy: str, method: str, **options):
     ctx = _ctx(work, strategy, method, **options)
-    plan = get_pruner_class(strategy, method)(options).prune(ctx)
-    return ctx, plan
+    result = PruneResult.of(get_pruner_class(strategy, method)(options).prune(ctx))
+    return ctx, result
 
 
 # ----- the scenarios (run with and without a process group) ---------------------------------------
@@ -81,18 +81,18 @@ def scenario_stats(work: Path) -> dict:
 
 def scenario_one_shot(work: Path) -> dict:
     out = {}
-    _, plan = _prune(work / "uw", "uniform", "wanda")
-    out["uniform_wanda"] = [lp.model_dump() for lp in plan.layers]
+    _, result = _prune(work / "uw", "uniform", "wanda")
+    out["uniform_wanda"] = [lp.model_dump() for lp in result.plan.layers]
     for method in ("wanda", "sparsegpt"):
-        ctx, plan = _prune(work / f"s{method}", "semi24", method)
+        ctx, _ = _prune(work / f"s{method}", "semi24", method)
         out[f"semi24_{method}"] = {name: w.detach().clone() for name, w in ctx.model.state_dict().items()
                                    if name.endswith("proj.weight")}
     return out
 
 
 def scenario_tyr(work: Path) -> dict:
-    ctx, plan = _prune(work / "tyr", "global", "tyr", **TYR_SMALL)
-    log = ctx.extras["files"]["tyr_search_log.json"]
+    _, result = _prune(work / "tyr", "global", "tyr", **TYR_SMALL)
+    plan, log = result.plan, result.files["tyr_search_log.json"]
     return {"layers": [lp.model_dump() for lp in plan.layers],
             "fitness": [r["best_fitness"] for r in log["generations"]],
             "improved": [r["improved"] for r in log["generations"]],
@@ -101,12 +101,12 @@ def scenario_tyr(work: Path) -> dict:
 
 def scenario_train(work: Path) -> dict:
     out = {}
-    ctx, plan = _prune(work / "mm", "uniform", "minimax", **MINIMAX)
-    trace = ctx.extras["files"]["minimax_trace.json"]["trace"]
+    _, result = _prune(work / "mm", "uniform", "minimax", **MINIMAX)
+    plan, trace = result.plan, result.files["minimax_trace.json"]["trace"]
     out["minimax"] = {"layers": [lp.model_dump() for lp in plan.layers], "loss": [r["loss"] for r in trace],
                       "s_attn": [r["s_attn"] for r in trace], "weights": {k: v.clone() for k, v in plan.weights.items()}}
-    ctx, plan = _prune(work / "px", "semi24", "proxsparse", **PROX)
-    trace = ctx.extras["files"]["proxsparse_trace.json"]["trace"]
+    _, result = _prune(work / "px", "semi24", "proxsparse", **PROX)
+    plan, trace = result.plan, result.files["proxsparse_trace.json"]["trace"]
     out["proxsparse"] = {"masks": {k: v.clone() for k, v in plan.masks.items()}, "loss": [r["loss"] for r in trace]}
     return out
 

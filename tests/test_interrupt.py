@@ -2,7 +2,7 @@
 then rerun with --resume: the export equals an uninterrupted run's exactly.
 
 Steps are slowed down with ``LLMPRUNE_TEST_STEP_DELAY`` (seconds slept after every step of
-minimax/proxsparse and every Týr generation; read by ``llmprune.pruners.base.step_delay_for_tests``)
+minimax/proxsparse and every Týr generation; read by ``llmprune.training.notify``)
 so the kill lands mid-run; the delay after the first checkpoint is drawn from a seeded RNG
 (``LLMPRUNE_KILL_SEED`` changes the seed), so the kill point varies between cases but every run of
 the suite is reproducible. Also: a death in the middle of a checkpoint write never corrupts the
@@ -210,21 +210,18 @@ def _dying_save(obj, f, *args, **kwargs):
 
 
 def _writers(tmp_path: Path):
-    from llmprune import atomic
-    from llmprune.pruners import minimax, proxsparse
-    from llmprune.search import IterationState
+    from llmprune import training
+    from llmprune.pruners.tyr.search import IterationState
 
+    fp = {"seed": 0}
     state = IterationState(iteration=0, generation=1, parent=(0, 1), parent_fitness=0.5, centers={"o": [1]},
                            rng=torch.Generator().manual_seed(0).get_state())
     yield ("tyr search state", tmp_path / "search_state.pt", lambda p: state.save(p),
            lambda p: IterationState.load(p).generation)
-    yield ("minimax checkpoint", tmp_path / "minimax_state.pt", lambda p: minimax.save_torch({"step": 4}, p),
-           lambda p: torch.load(p, weights_only=False)["step"])
-    yield ("proxsparse checkpoint", tmp_path / "proxsparse_state.pt",
-           lambda p: proxsparse.ProxSparsePruner._checkpoint(p, "fp", 0, 4, {}, None, {}, [], None, {}),
-           lambda p: torch.load(p, weights_only=False)["step"])
-    yield ("Týr dense top-k cache", tmp_path / "dense_topk.pt", lambda p: atomic.save_torch({"idx": 7}, p),
-           lambda p: torch.load(p, weights_only=False)["idx"])
+    # minimax and proxsparse checkpoints, minimax's teacher and Týr's dense top-k cache: one writer
+    for name, file in (("learned-method checkpoint", "minimax_state.pt"), ("teacher / top-k cache", "dense_topk.pt")):
+        yield (name, tmp_path / file, lambda p: training.save_artefact(p, {"step": 4}, fp),
+               lambda p: training.load_artefact(p, fp, resume=True)["step"])
 
 
 def test_a_kill_mid_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -242,10 +239,10 @@ def test_supernet_layer_files_and_topk_cache_are_written_atomically():
     """The other files a resume reads: supernet layers (safetensors) and Týr's dense top-k cache."""
     import inspect
 
-    from llmprune import search, supernet
+    from llmprune.pruners.tyr import search, supernet
 
     build = inspect.getsource(supernet.Supernet.build)
     assert 'tmp = self.layer_file(i).with_suffix(".tmp")' in build and "tmp.replace(self.layer_file(i))" in build
     evaluator = inspect.getsource(search.Evaluator.__init__)
-    # the cache goes through atomic.save_torch (tested above against a death mid-write), never a bare torch.save
-    assert "atomic.save_torch(" in evaluator and "torch.save(" not in evaluator.replace("atomic.save_torch(", "")
+    # the cache goes through training.save_artefact (tested above against a death mid-write), never a bare torch.save
+    assert "save_artefact(" in evaluator and "torch.save(" not in evaluator

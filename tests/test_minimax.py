@@ -15,6 +15,7 @@ from llmprune.export import save_pruned
 from llmprune.lora import add_lora, merged_weights, remove_lora
 from llmprune.masks import uniform_widths
 from llmprune.progress import Reporter
+from llmprune import training
 from llmprune.pruners import minimax
 from llmprune.pruners.base import PruneContext, default_method
 from llmprune.surgery import apply_plan, exported_config
@@ -133,18 +134,22 @@ def test_export_reloads_with_plain_transformers_and_matches_the_masked_model(mod
     work.mkdir()
     ctx = PruneContext(model=model, adapter=adapter, tokenizer=tokenizer, calib=tokens, settings=settings,
                        device=torch.device("cpu"), work_dir=work, progress=Reporter(False))
-    plan = pruner.prune(ctx)
+    events = []
+    with training.step_callback(events.append):
+        result = pruner.prune(ctx)
+    plan = result.plan
     assert plan.is_uniform and plan.weights, "LoRA weights are merged into the plan"
     changed = [n for n, w in plan.weights.items() if not torch.allclose(w, original[n + ".weight"])]
     assert changed, "LoRA training changed the kept weights"
-    assert ctx.extras["report"]["minimax"]["merge_check_max_abs_logit_diff"] < 1e-4
+    assert result.report["minimax"]["merge_check_max_abs_logit_diff"] < 1e-4
     apply_plan(model, adapter, plan)
     save_pruned(model, tokenizer, plan, {"ok": True}, tmp_path / "export", torch.float32,
                 config=exported_config(model, adapter, plan))
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype=torch.float32).eval()
+    (probe,) = [e.data for e in events if e.kind == "student"]  # the trained student's logits
     with torch.no_grad():
-        got = reloaded(pruner.probe["tokens"]).logits
-    torch.testing.assert_close(got, pruner.probe["logits"], atol=1e-4, rtol=1e-4)
+        got = reloaded(probe["tokens"]).logits
+    torch.testing.assert_close(got, probe["logits"], atol=1e-4, rtol=1e-4)
 
 
 def test_multipliers_increase_while_the_constraint_is_violated(model_dir, calib, tmp_path):
@@ -164,21 +169,16 @@ def test_multipliers_increase_while_the_constraint_is_violated(model_dir, calib,
             assert cur["y_resource"] < prev["y_resource"]
 
 
-def test_resume_after_an_interruption_equals_an_uninterrupted_run(model_dir, calib, tmp_path, monkeypatch):
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(model_dir, calib, tmp_path):
     args = ["--sparsity", "0.4", "--calib", calib, *SMALL, *FAST]
     full = tmp_path / "full"
     assert run("uniform", model_dir, "-o", full, *args).exit_code == 0
 
-    def interrupt(step: int) -> None:
-        if step == 6:
-            raise KeyboardInterrupt
-
     part = tmp_path / "part"
-    monkeypatch.setattr(minimax, "_after_step", interrupt)
-    result = run("uniform", model_dir, "-o", part, *args)
+    with training.step_callback(training.interrupt_after(6)):
+        result = run("uniform", model_dir, "-o", part, *args)
     assert result.exit_code == 130 and "--resume" in result.output
     assert not part.exists()
-    monkeypatch.setattr(minimax, "_after_step", lambda step: None)
     result = run("uniform", model_dir, "-o", part, *args, "--resume")
     assert result.exit_code == 0, result.output
 
@@ -227,10 +227,9 @@ def test_bad_options_give_one_clear_line(model_dir, calib, tmp_path, extra, need
     assert not (tmp_path / "o").exists()
 
 
-def test_resume_refuses_a_checkpoint_from_other_options(model_dir, calib, tmp_path, monkeypatch):
+def test_resume_refuses_a_checkpoint_from_other_options(model_dir, calib, tmp_path):
     args = ["--sparsity", "0.4", "--calib", calib, *SMALL, *FAST]
-    monkeypatch.setattr(minimax, "_after_step", lambda step: (_ for _ in ()).throw(KeyboardInterrupt) if step == 5 else None)
-    assert run("uniform", model_dir, "-o", tmp_path / "o", *args).exit_code == 130
-    monkeypatch.setattr(minimax, "_after_step", lambda step: None)
+    with training.step_callback(training.interrupt_after(5)):
+        assert run("uniform", model_dir, "-o", tmp_path / "o", *args).exit_code == 130
     result = run("uniform", model_dir, "-o", tmp_path / "o", *args, "--lm-weight", "0.9", "--resume")
     assert result.exit_code == 9 and "different settings" in result.output

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from helpers import read_json, run_cli as run, save_tiny_model
+from llmprune import training
 from llmprune.prox import share_24
-from llmprune.pruners import proxsparse
 from llmprune.pruners.base import default_method
 
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
@@ -138,20 +138,15 @@ def test_bfloat16_compute_trains_float32_masters(model_dir, calib, tmp_path):
 
 
 @pytest.mark.parametrize("stop_at", [3, 7])  # inside stage 1; inside stage 2 (after a stage boundary)
-def test_resume_after_an_interruption_equals_an_uninterrupted_run(model_dir, calib, tmp_path, monkeypatch, stop_at):
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(model_dir, calib, tmp_path, stop_at):
     args = ["--calib", calib, *SMALL, *FAST, "--layers-per-stage", "1"]
     full = tmp_path / "full"
     assert run("semi24", model_dir, "-o", full, *args).exit_code == 0
 
-    def interrupt(step: int) -> None:
-        if step == stop_at:
-            raise KeyboardInterrupt
-
     part = tmp_path / "part"
-    monkeypatch.setattr(proxsparse, "_after_step", interrupt)
-    result = run("semi24", model_dir, "-o", part, *args)
+    with training.step_callback(training.interrupt_after(stop_at)):
+        result = run("semi24", model_dir, "-o", part, *args)
     assert result.exit_code != 0 and not part.exists()
-    monkeypatch.setattr(proxsparse, "_after_step", lambda step: None)
     result = run("semi24", model_dir, "-o", part, *args, "--resume")
     assert result.exit_code == 0, result.output
 
@@ -164,17 +159,12 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(model_dir, cal
     assert [r["loss"] for r in trace_a] == pytest.approx([r["loss"] for r in trace_b], abs=1e-6)
 
 
-def test_resume_with_changed_options_is_refused(model_dir, calib, tmp_path, monkeypatch):
+def test_resume_with_changed_options_is_refused(model_dir, calib, tmp_path):
     args = ["--calib", calib, *SMALL, *FAST]
     part = tmp_path / "part"
 
-    def interrupt(step: int) -> None:
-        if step == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(proxsparse, "_after_step", interrupt)
-    assert run("semi24", model_dir, "-o", part, *args).exit_code != 0
-    monkeypatch.setattr(proxsparse, "_after_step", lambda step: None)
+    with training.step_callback(training.interrupt_after(3)):
+        assert run("semi24", model_dir, "-o", part, *args).exit_code != 0
     result = run("semi24", model_dir, "-o", part, *args, "--lambda1", "0.7", "--resume")
     assert result.exit_code != 0 and "different settings" in result.output
 
@@ -193,21 +183,21 @@ def test_bad_options_fail_with_one_line(model_dir, calib, tmp_path, extra, needl
 
 
 def test_lr_schedule_warms_up_then_decays_linearly():
-    f = [proxsparse.lr_factor(s, 10, 0.2) for s in range(10)]
+    f = [training.LRSchedule(0.2).factor(s, 10) for s in range(10)]
     assert f[:2] == [0.5, 1.0] and f[2] == 1.0 and f[-1] == pytest.approx(0.125)
     assert all(a >= b for a, b in zip(f[1:], f[2:]))
-    assert proxsparse.lr_factor(0, 10, 0.0) == 1.0
+    assert training.LRSchedule(0.0).factor(0, 10) == 1.0
 
 
 def test_obs_with_a_given_mask_reproduces_sparsegpt_for_its_own_mask():
-    from llmprune.obs import sparsegpt_prune
+    from llmprune.obs import obs_prune, sparsegpt_prune
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(16, 64, generator=g)
     x = torch.randn(300, 64, generator=g)
     hessian = x.t() @ x
     ref = sparsegpt_prune(w, hessian, blocksize=32)
-    torch.testing.assert_close(proxsparse.obs_with_mask(w, hessian, ref != 0, blocksize=32), ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(obs_prune(w, hessian, mask=ref != 0, blocksize=32), ref, rtol=0, atol=1e-6)
 
 
 def test_refit_obs_keeps_the_learned_mask_and_updates_kept_weights(model_dir, calib, tmp_path):

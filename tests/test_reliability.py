@@ -388,8 +388,9 @@ def test_error_classes_have_distinct_exit_codes():
 def test_supernet_disk_estimate_matches_the_bytes_written(tmp_path, attn_unit):
     from helpers import make_tiny_model
     from llmprune.arch import ArchAdapter
+    from llmprune.capture import LayerwiseRunner
     from llmprune.masks import uniform_widths
-    from llmprune.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need
+    from llmprune.pruners.tyr.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need
 
     model = make_tiny_model("llama", num_hidden_layers=3)
     adapter = ArchAdapter.for_model(model)
@@ -400,7 +401,7 @@ def test_supernet_disk_estimate_matches_the_bytes_written(tmp_path, attn_unit):
                         steps={k: types[k].step(0.125) for k in KEYS}, delta=0.125)
     supernet = Supernet(tmp_path / "sn", spec, types, 3)
     calib = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(0))
-    supernet.build(model, adapter, calib, torch.device("cpu"), batch_size=4)
+    supernet.build(model, adapter, LayerwiseRunner(model, adapter, calib, torch.device("cpu"), 4), torch.device("cpu"))
     written = sum(supernet.layer_file(i).stat().st_size for i in range(3))
     estimate = supernet.disk_bytes()
     assert written <= estimate <= written * 1.02 + 4096, (written, estimate)
@@ -411,7 +412,7 @@ def test_supernet_disk_estimate_matches_the_bytes_written(tmp_path, attn_unit):
 def test_too_little_disk_for_the_supernet_is_refused_before_any_work(pristine, tmp_path, monkeypatch):
     import collections
 
-    import llmprune.pruners.tyr as tyr
+    import llmprune.pruners.tyr.pruner as tyr
 
     calls = []
     Usage = collections.namedtuple("Usage", "total used free")

@@ -10,15 +10,16 @@ import torch
 
 from helpers import SAMPLE_TEXT, make_tiny_model, read_json, tiny_tokenizer
 from llmprune.arch import ArchAdapter
+from llmprune.capture import LayerwiseRunner
 from llmprune.config import PruneSettings
 from llmprune.data import calibration_samples
-from llmprune.local_prune import least_squares_refit, prune_module, unit_rows
+from llmprune.pruners.tyr.local_prune import least_squares_refit, prune_module, unit_rows
 from llmprune.masks import uniform_widths
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext
 from llmprune.pruners.tyr import GlobalTyr
-from llmprune.search import SearchSpace, cross_ratio, mutate
-from llmprune.supernet import LEVELS, Supernet, SupernetSpec, expectation_weights, level_values, module_types
+from llmprune.pruners.tyr.search import SearchSpace, cross_ratio, mutate
+from llmprune.pruners.tyr.supernet import LEVELS, Supernet, SupernetSpec, expectation_weights, level_values, module_types
 
 
 def _problem(n_in=48, n_out=20, tokens=400, seed=0):
@@ -124,7 +125,7 @@ def test_supernet_levels_have_the_right_counts(tmp_path, attn_unit):
     centers = {"o": [types["o"].units // 2, types["o"].units], "down": [50, 90]}
     spec = SupernetSpec(centers, {"o": types["o"].granularity, "down": 12}, 0.125)
     net = Supernet(tmp_path / "net", spec, types, 2)
-    net.build(model, adapter, ctx.calib, ctx.device, batch_size=4)
+    net.build(model, adapter, LayerwiseRunner(model, adapter, ctx.calib, ctx.device, 4), ctx.device)
     assert net.complete()
     for key, v in model.state_dict().items():  # building leaves the model dense
         assert torch.equal(v, dense[key]), key
@@ -196,7 +197,8 @@ def test_plan_is_consistent_with_the_budget_and_weights(tmp_path):
     model = make_tiny_model("llama", num_hidden_layers=3)
     dense = copy.deepcopy(model)
     ctx = _ctx(tmp_path, model, **SMALL)
-    plan = GlobalTyr(SMALL).prune(ctx)
+    result = GlobalTyr(SMALL).prune(ctx)
+    plan = result.plan
     geom = ctx.adapter.geometry(model)
     k_attn, k_mlp = uniform_widths(geom, 0.4, "group")
     kept = sum(geom.layer_linear_params(len(lp.heads), len(lp.kv_heads), len(lp.channels)) for lp in plan.layers)
@@ -209,19 +211,19 @@ def test_plan_is_consistent_with_the_budget_and_weights(tmp_path):
             w = plan.weights[name]
             removed = [c for c in range(geom.intermediate_size) if c not in lp.channels]
             assert torch.all(w[:, removed] == 0)
-    log = ctx.extras["files"]["tyr_search_log.json"]
+    log = result.files["tyr_search_log.json"]
     fits = [r["best_fitness"] for r in log["generations"] if r["iteration"] == 0]
     assert len(fits) == SMALL["generations"] + 1 and fits == sorted(fits, reverse=True)
-    assert Path(ctx.extras["files"]["tyr_kept_fraction.png"]).is_file()
-    assert ctx.extras["report"]["time_supernet_s"] > 0
+    assert Path(result.files["tyr_kept_fraction.png"]).is_file()
+    assert result.report["time_supernet_s"] > 0
 
 
 @pytest.mark.parametrize("stop_after", [4, 9])  # saves: mid first iteration / mid second iteration
 def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop_after):
-    import llmprune.search as search_mod
+    import llmprune.pruners.tyr.search as search_mod
 
     options = dict(SMALL, generations=3, budget_split="free")
-    straight = GlobalTyr(options).prune(_ctx(tmp_path / "a", make_tiny_model("llama", num_hidden_layers=3), **options))
+    straight = GlobalTyr(options).prune(_ctx(tmp_path / "a", make_tiny_model("llama", num_hidden_layers=3), **options)).plan
 
     calls = {"n": 0}
     original = search_mod.IterationState.save
@@ -237,17 +239,18 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop_after):
         GlobalTyr(options).prune(_ctx(tmp_path / "b", make_tiny_model("llama", num_hidden_layers=3), **options))
     monkeypatch.setattr(search_mod.IterationState, "save", original)
     resumed_ctx = _ctx(tmp_path / "b", make_tiny_model("llama", num_hidden_layers=3), resume=True, **options)
-    resumed = GlobalTyr(options).prune(resumed_ctx)
+    resumed_result = GlobalTyr(options).prune(resumed_ctx)
+    resumed = resumed_result.plan
     assert [lp.model_dump() for lp in resumed.layers] == [lp.model_dump() for lp in straight.layers]
     assert resumed.weights.keys() == straight.weights.keys()
     for name in straight.weights:
         torch.testing.assert_close(resumed.weights[name], straight.weights[name], atol=1e-6, rtol=0)
-    log = resumed_ctx.extras["files"]["tyr_search_log.json"]["generations"]
+    log = resumed_result.files["tyr_search_log.json"]["generations"]
     assert len(log) == options["iterations"] * (options["generations"] + 1)
 
 
 def test_resume_refuses_a_checkpoint_made_with_other_settings(tmp_path, monkeypatch):
-    import llmprune.search as search_mod
+    import llmprune.pruners.tyr.search as search_mod
     from llmprune.errors import ResumeError
 
     calls = {"n": 0}

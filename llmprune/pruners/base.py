@@ -275,16 +275,9 @@ def _load_builtin() -> None:
 ProgressFn = Callable[[int], None]
 
 
-#: Tests only: seconds to sleep after every checkpointed step of the long-running methods
-#: (minimax/proxsparse steps, Týr generations), so that a test can kill the process mid-run.
-STEP_DELAY_ENV = "LLMPRUNE_TEST_STEP_DELAY"
-
-
-def step_delay_for_tests() -> None:
-    """Sleep ``$LLMPRUNE_TEST_STEP_DELAY`` seconds if set (never set outside tests/test_interrupt.py)."""
-    import os
-    import time
-
-    delay = os.environ.get(STEP_DELAY_ENV)
-    if delay:
-        time.sleep(float(delay))
+def skipped_semi24(ctx: PruneContext, skipped: list[str]) -> dict[str, Any]:
+    """Weights whose input width is not a multiple of 4 stay dense: warn, and the report field."""
+    if skipped:
+        ctx.progress.log(f"[yellow]warning:[/] {len(skipped)} weights have an input width that is not a multiple "
+                         f"of 4 and stay dense (first: {skipped[0]})")
+    return {"semi24_skipped": skipped}

@@ -14,52 +14,14 @@ import torch
 from torch import nn
 
 from llmprune.alignment import Alignment
-from llmprune.arch import LINEAR_KEYS, ArchAdapter, Geometry
+from llmprune.arch import LINEAR_KEYS
 from llmprune.capture import InputStats, LayerwiseRunner
-from llmprune.masks import head_scores_from_rows, nm_eligible, nm_mask, select_attention_units, topk_sorted, uniform_widths
-from llmprune.plan import LayerPlan, PrunePlan, geometry_dict, units_to_heads
-from llmprune.pruners.base import PruneContext, Pruner, register
+from llmprune.masks import nm_eligible, nm_mask, uniform_widths
 from llmprune.obs import sparsegpt_prune
+from llmprune.plan import PrunePlan, geometry_dict
+from llmprune.pruners.base import PruneContext, Pruner, register, skipped_semi24
+from llmprune.scoring import STRUCTURED_KEYS, structured_layer_plan, unit_scores, weight_importance
 from llmprune.surgery import mask_layer
-
-STRUCTURED_KEYS = ("q", "k", "v", "o", "gate", "up", "down")
-
-
-# ----- structured scoring ---------------------------------------------------------------------
-def weight_importance(weight: torch.Tensor, stats: InputStats | None) -> torch.Tensor:
-    """Per-weight importance: |w|·||X_j|| with statistics (Wanda), w² without (magnitude)."""
-    w = weight.detach().float()
-    if stats is None:
-        return w * w
-    return w.abs() * stats.col_norm.to(w.device)[None, :]
-
-
-def unit_scores(
-    layer: nn.Module, adapter: ArchAdapter, geom: Geometry, attn_unit: str, stats: dict[str, InputStats] | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores of the attention units and MLP channels of one layer (higher = keep)."""
-    lin = adapter.linears(layer)
-    imp = {k: weight_importance(lin[k].weight, stats[k] if stats else None) for k in STRUCTURED_KEYS}
-    d, g = geom.head_dim, geom.group_size
-    per_head = head_scores_from_rows(imp["q"].sum(1), d) + head_scores_from_rows(imp["o"].sum(0), d)
-    if attn_unit == "group":
-        per_kv = head_scores_from_rows(imp["k"].sum(1), d) + head_scores_from_rows(imp["v"].sum(1), d)
-        attn = per_head.view(geom.num_kv_heads, g).sum(1) + per_kv
-    else:
-        attn = per_head
-    mlp = imp["gate"].sum(1) + imp["up"].sum(1) + imp["down"].sum(0)
-    if stats is None:  # magnitude: L2 norm of the unit's weights
-        attn, mlp = attn.sqrt(), mlp.sqrt()
-    return attn.cpu(), mlp.cpu()
-
-
-def structured_layer_plan(
-    index: int, attn_scores: torch.Tensor, mlp_scores: torch.Tensor, k_attn: int, k_mlp: int, geom: Geometry, attn_unit: str
-) -> LayerPlan:
-    """Keep the top ``k_attn`` attention units and ``k_mlp`` channels of one layer."""
-    units = select_attention_units(attn_scores, k_attn, geom, attn_unit)
-    heads, kv_heads = units_to_heads(units, geom, attn_unit)
-    return LayerPlan(index=index, heads=heads, kv_heads=kv_heads, channels=topk_sorted(mlp_scores, k_mlp))
 
 
 class _UniformScored(Pruner):
@@ -134,10 +96,7 @@ class _Semi24Layerwise(Pruner):
 
 def report_skipped_semi24(ctx: PruneContext, skipped: list[str]) -> None:
     """Weights whose input width is not a multiple of 4 stay dense; say so and record them."""
-    if skipped:
-        ctx.progress.log(f"[yellow]warning:[/] {len(skipped)} weights have an input width that is not a multiple "
-                         f"of 4 and stay dense (first: {skipped[0]})")
-    ctx.extras.setdefault("report", {})["semi24_skipped"] = skipped
+    ctx.extras.setdefault("report", {}).update(skipped_semi24(ctx, skipped))
 
 
 @register

@@ -31,9 +31,6 @@ budget of methods.md §0 is met within one channel per layer (the accounting of
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,20 +41,18 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from llmprune import distributed
-from llmprune.arch import Geometry
-from llmprune.atomic import save_torch
-from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
-from llmprune.errors import NumericalError, ResumeError, UsageError
-from llmprune.lora import add_lora, load_lora_state, lora_parameters, lora_state, remove_lora
 from llmprune.alignment import Alignment
+from llmprune.arch import Geometry
+from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
+from llmprune.errors import UsageError
+from llmprune.lora import add_lora, load_lora_state, lora_parameters, lora_state, remove_lora
 from llmprune.masks import attn_grid_step, attn_params_kept, uniform_widths
 from llmprune.plan import PrunePlan
-from llmprune.pruners.base import PruneContext, Pruner, register
-from llmprune.pruners.baselines import STRUCTURED_KEYS, structured_layer_plan, unit_scores
-from llmprune.trace import batch_rows, pyplot, save_figure
+from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
+from llmprune.scoring import STRUCTURED_KEYS, structured_layer_plan, unit_scores
+from llmprune.trace import pyplot, save_figure
+from llmprune.training import Batch, Event, LearnedMethod, Losses, LRSchedule, Training, is_main, notify, sharded_rows
 
-CHECKPOINT = "minimax_state.pt"
 TEACHER = "minimax_teacher.pt"
 TRACE_JSON = "minimax_trace.json"
 TRACE_PNG = "minimax_trace.png"
@@ -239,284 +234,28 @@ class MinimaxPruner(Pruner):
             raise UsageError("--kl-weight and --lm-weight are both 0: nothing to train on")
         if not o.distill and o.lm_weight == 0:
             raise UsageError("--no-distill needs --lm-weight > 0 (the LM loss is the only loss left)")
-        self.probe: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------------
-    def prune(self, ctx: PruneContext) -> PrunePlan:
-        o, s = self.options, ctx.settings
+    def prune(self, ctx: PruneContext) -> PruneResult:
         if ctx.calib is None:
             raise UsageError("minimax needs calibration text (--calib)")
-        model, adapter, device = ctx.model, ctx.adapter, ctx.device
-        geom = adapter.geometry(model)
-        budget = Budget(geom, s.attn_unit, s.sparsity, Alignment.of(s))
-        calib = ctx.calib
-        n_samples = calib.shape[0]
-        bs = min(s.batch_size, n_samples)
-        use_kl = o.distill and o.kl_weight > 0
-        lm_w = o.lm_weight
+        o = self.options
+        training = Training(ctx, self.method, o, o.checkpoint_every)
+        checkpoint = training.load_checkpoint()
         timings: dict[str, float] = {}
-        fingerprint = self._fingerprint(ctx)
-        ckpt_path = Path(ctx.work_dir) / CHECKPOINT
-        teacher_path = Path(ctx.work_dir) / TEACHER
-
-        # --- resume or start (rank 0's checkpoint, on every rank) ----------------------------
-        def load_state() -> dict[str, Any] | None:
-            if not (s.resume and ckpt_path.exists()):
-                return None
-            return torch.load(ckpt_path, map_location="cpu", weights_only=False)
-
-        state = distributed.on_main(load_state)
-        if state is not None and state.get("fingerprint") != fingerprint:
-            raise ResumeError("--resume: the checkpoint was made with different settings or options; rerun without --resume")
-
-        # --- teacher targets (precomputed once, kept on CPU) ---------------------------------
         t0 = time.perf_counter()
-        teacher: TeacherTopK | None = None
-        if use_kl:
-            cached = distributed.on_main(
-                lambda: torch.load(teacher_path, map_location="cpu", weights_only=False)
-                if s.resume and teacher_path.exists() else None
-            )
-            if cached is not None:
-                teacher = TeacherTopK.from_state(cached)
-            else:
-                task = ctx.progress.task("minimax teacher top-k", total=math.ceil(n_samples / bs))
-                model.eval()
-                teacher = _teacher(model, calib, o.teacher_topk, o.temperature, bs, device, task.advance)
-                if distributed.is_main():
-                    save_torch(teacher.state(), teacher_path)
+        teacher = None
+        if o.distill and o.kl_weight > 0:  # precomputed once (kept on CPU), reused by --resume
+            teacher = TeacherTopK.from_state(training.cached(TEACHER, lambda: _teacher(ctx, o).state()))
         timings["time_teacher_s"] = time.perf_counter() - t0
-
-        # --- scores: Wanda-sp importance on dense activations, normalised per layer -----------
         t0 = time.perf_counter()
-        if state is None:
+        geom = ctx.adapter.geometry(ctx.model)
+        scores = checkpoint.method if checkpoint else None
+        if scores is None:
             z_a, z_f = self._init_scores(ctx, geom)
-        else:
-            z_a, z_f = state["z_a"].clone(), state["z_f"].clone()
-        prior_a = (state["prior_a"] if state is not None else z_a.clone()).to(device)
-        prior_f = (state["prior_f"] if state is not None else z_f.clone()).to(device)
+            scores = {"z_a": z_a, "z_f": z_f, "prior_a": z_a.clone(), "prior_f": z_f.clone()}
         timings["time_init_s"] = time.perf_counter() - t0
-
-        # --- trainable state ------------------------------------------------------------------
-        L = geom.num_layers
-        n_a, n_f, step_a = budget.n_a, budget.n_f, budget.step_a
-        rows_a = geom.num_kv_heads if s.attn_unit == "query" else 1
-        z_a = nn.Parameter(z_a.to(device).view(L, rows_a, n_a // rows_a))
-        z_f = nn.Parameter(z_f.to(device).view(L, 1, n_f))
-        prior_a, prior_f = prior_a.view_as(z_a), prior_f.view_as(z_f)
-        rho = nn.Parameter(torch.ones(2, dtype=torch.float32, device=device))  # widths as fractions
-        rho_min = torch.tensor([step_a / n_a, 1.0 / n_f], device=device)
-        y_layer = torch.zeros(2, L, dtype=torch.float32, device=device)  # per-layer multipliers (a, f)
-        y_res = torch.zeros((), dtype=torch.float32, device=device)  # resource multiplier
-        fixed_k = uniform_widths(geom, s.sparsity, s.attn_unit, budget.align)
-
-        grad_flags = [p.requires_grad for p in model.parameters()]
-        for p in model.parameters():
-            p.requires_grad_(False)
-        wrapped = add_lora(model, adapter, o.lora_rank, o.lora_alpha, s.seed) if o.lora_rank > 0 else {}
-        hooks = MaskHooks(model, adapter, geom)
-        opt_z = torch.optim.Adam([z_a, z_f], lr=o.lr)
-        opt_w = torch.optim.Adam([rho], lr=o.width_lr)
-        opt_l = torch.optim.AdamW(lora_parameters(wrapped), lr=o.lora_lr, weight_decay=0.0) if wrapped else None
-
-        T = o.steps
-        ramp_steps = int(round(o.ramp * T))
-        freeze_step = T - int(round(o.finetune * T)) if wrapped else T
-        trace: list[dict[str, Any]] = []
-        frozen: dict[str, Any] | None = None
-        start = 0
-        if state is not None:
-            with torch.no_grad():
-                rho.copy_(state["rho"])
-                y_layer.copy_(state["y_layer"])
-                y_res.copy_(state["y_res"])
-            opt_z.load_state_dict(state["opt_z"])
-            opt_w.load_state_dict(state["opt_w"])
-            if opt_l is not None:
-                load_lora_state(wrapped, state["lora"])
-                opt_l.load_state_dict(state["opt_l"])
-            trace, frozen, start = state["trace"], state["frozen"], state["step"]
-            ctx.progress.log(f"minimax: resuming at step {start} of {T}")
-
-        def widths(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-            """Current continuous widths in units (with gradient when learned)."""
-            if o.learn_widths:
-                return rho[0] * n_a, rho[1] * n_f
-            r = min(1.0, (step + 1) / ramp_steps) if ramp_steps else 1.0
-            sa = n_a - (n_a - fixed_k[0]) * r
-            sf = n_f - (n_f - fixed_k[1]) * r
-            return torch.tensor(float(sa), device=device), torch.tensor(float(sf), device=device)
-
-        def target(step: int) -> float:
-            r = min(1.0, (step + 1) / ramp_steps) if ramp_steps else 1.0
-            return 1.0 - s.sparsity * r
-
-        def freeze(step: int) -> dict[str, Any]:
-            sa, _ = widths(step)
-            k_a, k_f = fixed_k if not o.learn_widths else budget.final_widths(float(sa.detach()))
-            key_a, key_f = ranking_key(z_a, prior_a), ranking_key(z_f, prior_f)
-            layers = [
-                structured_layer_plan(i, key_a[i].flatten().cpu(), key_f[i].flatten().cpu(), k_a, k_f, geom, s.attn_unit)
-                for i in range(L)
-            ]
-            return {"k_a": k_a, "k_f": k_f, "layers": [lp.model_dump() for lp in layers], "step": step}
-
-        def frozen_masks(fr: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-            heads, chans = [], []
-            for lp in fr["layers"]:
-                h = torch.zeros(geom.num_heads, device=device)
-                h[lp["heads"]] = 1.0
-                c = torch.zeros(n_f, device=device)
-                c[lp["channels"]] = 1.0
-                heads.append(h)
-                chans.append(c)
-            return heads, chans
-
-        task = ctx.progress.task("minimax", total=T)
-        task.advance(start)
-        t0 = time.perf_counter()
-        model.train(False)
-        # Under torchrun: DistributedDataParallel over every trainable tensor (scores, widths,
-        # LoRA); each rank runs its shard of every step's batch. Single process: the model itself.
-        trainable = [z_a, z_f, rho, *lora_parameters(wrapped)]
-        forward = distributed.data_parallel(trainable, lambda t: model(t, use_cache=False).logits,
-                                            find_unused_parameters=True)
-        try:
-            for step in range(start, T):
-                if frozen is None and step >= freeze_step:
-                    frozen = freeze(step)
-                rows = batch_rows(step, n_samples, bs, s.seed)
-                n_rows = rows.numel()
-                lo, hi = distributed.shard_range(n_rows)  # all rows without a process group
-                rows = rows[lo:hi]
-                tokens = calib[rows].to(device)
-                if frozen is None:
-                    sa, sf = widths(step)
-                    m_a = ste_mask(z_a, sa / rows_a, max(1.0, o.width_tau * n_a / rows_a), prior_a)
-                    m_f = ste_mask(z_f, sf, max(1.0, o.width_tau * n_f), prior_f)
-                    head_masks = [self._head_mask(m_a[i].flatten(), geom, s.attn_unit) for i in range(L)]
-                    hooks.set(head_masks, [m_f[i].flatten() for i in range(L)])
-                else:
-                    hooks.set(*frozen_masks(frozen))
-                    sa = torch.tensor(float(frozen["k_a"]), device=device)
-                    sf = torch.tensor(float(frozen["k_f"]), device=device)
-
-                logits = forward(tokens)
-                kl = torch.zeros((), device=device)
-                if use_kl:
-                    kl = topk_kl(logits, *teacher.batch(rows, device), o.temperature)
-                lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-                loss = (o.kl_weight * kl if use_kl else 0.0) + lm_w * lm
-                logged = _global_means(rows.numel(), n_rows, loss, kl, lm)  # floats, same on every rank
-                if not math.isfinite(logged[0]):
-                    raise NumericalError(f"minimax: loss is not finite at step {step} (lower --lr/--lora-lr, or use --dtype float32)")
-
-                # budget of the widths actually in use (rounded), gradient to the continuous widths
-                sa_used = sa + (torch.clamp(torch.round(sa.detach() / rows_a), min=1) * rows_a - sa.detach())
-                sf_used = sf + (torch.clamp(torch.round(sf.detach()), min=1) - sf.detach())
-                frac = budget.fraction(sa_used, sf_used)
-                violation = float(frac.detach() if torch.is_tensor(frac) else frac) - target(step)
-                with torch.no_grad():
-                    active = torch.stack([(z_a > 0).flatten(1).sum(1), (z_f > 0).flatten(1).sum(1)]).float()
-                    layer_viol = torch.stack([(active[0] - sa.detach()) / n_a, (active[1] - sf.detach()) / n_f])
-                total = loss * distributed.loss_weight(rows.numel(), n_rows) if distributed.is_enabled() else loss
-                learn_now = frozen is None
-                if learn_now and o.learn_widths:
-                    # Lagrangian terms: only s carries gradient here (counts are constants).
-                    # (the per-layer terms y_ℓ(‖z_ℓ‖₀ − s) act through the prox threshold only)
-                    total = total + y_res * (frac - target(step))
-
-                for opt in (opt_z, opt_w, opt_l):
-                    if opt is not None:
-                        opt.zero_grad(set_to_none=True)
-                total.backward()
-                if opt_l is not None:
-                    for group in opt_l.param_groups:
-                        group["lr"] = o.lora_lr * _cosine(step, T)
-                    opt_l.step()
-                if learn_now:
-                    opt_z.step()
-                    if o.learn_widths:
-                        opt_w.step()
-                    with torch.no_grad():
-                        # proximal step of (λ + y_ℓ)·‖z_ℓ outside its kept set‖₁, scaled by the step
-                        # size: pruned units' scores decay to 0 unless their gradient keeps them up.
-                        for z, y, m in ((z_a, y_layer[0], m_a), (z_f, y_layer[1], m_f)):
-                            thr = (o.lr * (o.prox + y)).view(L, 1, 1) * (1.0 - m.detach())
-                            z.copy_(torch.sign(z) * torch.clamp(z.abs() - thr, min=0.0))
-                        rho.copy_(torch.maximum(torch.minimum(rho, torch.ones_like(rho)), rho_min))
-                        # dual ascent, projected on y ≥ 0
-                        y_res.copy_(torch.clamp(y_res + o.dual_lr * violation, min=0.0))
-                        y_layer.copy_(torch.clamp(y_layer + o.dual_lr * layer_viol, min=0.0))
-
-                rec = {
-                    "step": step + 1, "loss": logged[0], "kl": logged[1], "lm": logged[2],
-                    "s_attn": float(sa.detach()), "s_mlp": float(sf.detach()),
-                    "k_attn": int(frozen["k_a"]) if frozen else int(round(float(sa.detach()))),
-                    "k_mlp": int(frozen["k_f"]) if frozen else int(round(float(sf.detach()))),
-                    "params_fraction": float(frac.detach() if torch.is_tensor(frac) else frac), "budget": target(step), "violation": violation,
-                    "y_resource": float(y_res), "y_layer_attn": float(y_layer[0].mean()),
-                    "y_layer_mlp": float(y_layer[1].mean()),
-                    "layer_violation_attn": float(layer_viol[0].mean()), "layer_violation_mlp": float(layer_viol[1].mean()),
-                    "frozen": frozen is not None,
-                }
-                trace.append(rec)
-                task.advance()
-                task.info(loss=rec["loss"], kl=rec["kl"], k_a=rec["k_attn"], k_f=rec["k_mlp"], viol=round(violation, 4))
-                if (step + 1) % o.checkpoint_every == 0 and step + 1 < T and distributed.is_main():
-                    self._checkpoint(ckpt_path, fingerprint, step + 1, z_a, z_f, rho, y_layer, y_res, opt_z, opt_w,
-                                     opt_l, wrapped, trace, frozen, prior_a, prior_f)
-                _after_step(step + 1)
-
-            if frozen is None:
-                frozen = freeze(T)
-            timings["time_train_s"] = time.perf_counter() - t0
-            del forward  # releases DDP's hooks and buckets
-
-            # --- final plan, merged LoRA, self-check of the merge -----------------------------
-            plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
-            plan.layers = [type(plan.layers[0]).model_validate(lp) for lp in frozen["layers"]]
-            hooks.set(*frozen_masks(frozen))
-            probe_tokens = calib[:1].to(device)
-            with torch.no_grad():
-                student = model(probe_tokens, use_cache=False).logits.float().cpu()
-            self.probe = {"tokens": probe_tokens.cpu(), "logits": student}
-        finally:
-            hooks.remove()
-            remove_lora(model, adapter)
-            for p, flag in zip(model.parameters(), grad_flags):
-                p.requires_grad_(flag)
-        # Merge LoRA into the weights in place (one matrix at a time); plan.weights refers to them.
-        with torch.no_grad():
-            for name, module in wrapped.items():
-                module.base.weight.copy_(module.merged_weight().to(module.base.weight.dtype))
-                plan.weights[name] = module.base.weight.detach()
-        merge_diff = self._merge_check(ctx, plan, probe_tokens, student)
-
-        k_a, k_f = frozen["k_a"], frozen["k_f"]
-        kept = budget.kept_params(k_a, k_f)
-        ctx.extras.setdefault("report", {})["minimax"] = {
-            "k_attn": k_a, "k_mlp": k_f, "attn_unit": s.attn_unit,
-            "attn_share_of_kept_params": attn_params_kept(geom, s.attn_unit, k_a) / kept,
-            "uniform_split": {"k_attn": fixed_k[0], "k_mlp": fixed_k[1]},
-            "steps": T, "freeze_step": frozen["step"], "final_loss": trace[-1]["loss"] if trace else None,
-            "final_kl": trace[-1]["kl"] if trace else None, "merge_check_max_abs_logit_diff": merge_diff,
-            **timings,
-        }
-        files = ctx.extras.setdefault("files", {})
-        files[TRACE_JSON] = {"options": o.model_dump(mode="json"), "trace": trace}
-        png = _plot_trace(trace, Path(ctx.work_dir) / TRACE_PNG, s.sparsity) if distributed.is_main() else None
-        if png is not None:
-            files[TRACE_PNG] = png
-        return plan
-
-    # ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _head_mask(unit_mask: torch.Tensor, geom: Geometry, attn_unit: str) -> torch.Tensor:
-        """Attention-unit mask -> per-query-head mask (a KV group covers its g query heads)."""
-        if attn_unit == "group":
-            return unit_mask.repeat_interleave(geom.group_size)
-        return unit_mask
+        return training.run(MinimaxTraining(self, ctx, geom, teacher, scores, timings))
 
     def _init_scores(self, ctx: PruneContext, geom: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
         """Wanda-sp scores of every layer on dense activations, each divided by its layer mean."""
@@ -535,75 +274,271 @@ class MinimaxPruner(Pruner):
             runner.run(process, progress=task)
         return torch.stack(attn_scores), torch.stack(mlp_scores)
 
-    @staticmethod
-    def _fingerprint(ctx: PruneContext) -> str:
-        s = ctx.settings
-        keys = {k: v for k, v in s.model_dump(mode="json").items() if k not in ("resume", "overwrite", "output", "device")}
-        blob = json.dumps(keys, sort_keys=True, default=str) + str(ctx.calib.shape) + str(int(ctx.calib.sum()))
-        return hashlib.sha256(blob.encode()).hexdigest()
 
-    @staticmethod
-    def _checkpoint(path, fingerprint, step, z_a, z_f, rho, y_layer, y_res, opt_z, opt_w, opt_l, wrapped, trace, frozen,
-                    prior_a, prior_f):
-        state = {
-            "fingerprint": fingerprint, "step": step,
-            "z_a": z_a.detach().cpu().flatten(1).clone(), "z_f": z_f.detach().cpu().flatten(1).clone(),
-            "rho": rho.detach().cpu().clone(), "y_layer": y_layer.cpu().clone(), "y_res": y_res.cpu().clone(),
-            "opt_z": opt_z.state_dict(), "opt_w": opt_w.state_dict(),
-            "opt_l": opt_l.state_dict() if opt_l is not None else None,
-            "lora": lora_state(wrapped), "trace": list(trace), "frozen": frozen,
-            "prior_a": prior_a.detach().cpu().flatten(1).clone(), "prior_f": prior_f.detach().cpu().flatten(1).clone(),
-        }
-        save_torch(state, path)
+class MinimaxTraining(LearnedMethod):
+    """The minimax objective as hooks of the shared training loop (``llmprune.training``)."""
 
-    @staticmethod
-    def _merge_check(ctx: PruneContext, plan: PrunePlan, tokens: torch.Tensor, student: torch.Tensor) -> float:
-        """Max |logit| difference between the trained student (hooks + LoRA) and the model with the
-        merged weights and the removed units zeroed (left so: surgery then slices them away)."""
-        from llmprune.surgery import mask_structured
+    name = "minimax"
+    hint = "lower --lr/--lora-lr, or use --dtype float32"
+    find_unused_parameters = True  # frozen masks leave the scores without gradient
 
+    def __init__(self, pruner: MinimaxPruner, ctx: PruneContext, geom: Geometry, teacher: TeacherTopK | None,
+                 scores: dict[str, torch.Tensor], timings: dict[str, float]) -> None:
+        o, s, device = pruner.options, ctx.settings, ctx.device
+        self.o, self.s, self.ctx, self.geom, self.teacher, self.timings = o, s, ctx, geom, teacher, timings
+        self.strategy, self.method = pruner.strategy, pruner.method
+        self.budget = budget = Budget(geom, s.attn_unit, s.sparsity, Alignment.of(s))
+        self.steps_per_stage = T = o.steps
+        L = geom.num_layers
+        self.n_a, self.n_f = budget.n_a, budget.n_f
+        self.rows_a = rows_a = geom.num_kv_heads if s.attn_unit == "query" else 1
+        self.z_a = nn.Parameter(scores["z_a"].clone().to(device).view(L, rows_a, self.n_a // rows_a))
+        self.z_f = nn.Parameter(scores["z_f"].clone().to(device).view(L, 1, self.n_f))
+        self.prior_a = scores["prior_a"].to(device).view_as(self.z_a)
+        self.prior_f = scores["prior_f"].to(device).view_as(self.z_f)
+        self.rho = nn.Parameter(torch.ones(2, dtype=torch.float32, device=device))  # widths as fractions
+        self.rho_min = torch.tensor([budget.step_a / self.n_a, 1.0 / self.n_f], device=device)
+        self.y_layer = torch.zeros(2, L, dtype=torch.float32, device=device)  # per-layer multipliers (a, f)
+        self.y_res = torch.zeros((), dtype=torch.float32, device=device)  # resource multiplier
+        self.fixed_k = uniform_widths(geom, s.sparsity, s.attn_unit, budget.align)
+        self.ramp_steps = int(round(o.ramp * T))
+        self.freeze_step = T - int(round(o.finetune * T)) if o.lora_rank > 0 else T
+        self.frozen: dict[str, Any] | None = None
+        self.wrapped: dict[str, Any] = {}
+        self.hooks: MaskHooks | None = None
+        self.lora_lr = LRSchedule(warmup=0.05, decay="cosine", floor=0.1, min_warmup_steps=1)
+
+    # ----- the schedule of the widths and the budget ------------------------------------------
+    def widths(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Current continuous widths in units (with gradient when learned)."""
+        if self.o.learn_widths:
+            return self.rho[0] * self.n_a, self.rho[1] * self.n_f
+        r = min(1.0, (step + 1) / self.ramp_steps) if self.ramp_steps else 1.0
+        sa = self.n_a - (self.n_a - self.fixed_k[0]) * r
+        sf = self.n_f - (self.n_f - self.fixed_k[1]) * r
+        return torch.tensor(float(sa), device=self.ctx.device), torch.tensor(float(sf), device=self.ctx.device)
+
+    def target(self, step: int) -> float:
+        """Kept fraction allowed at ``step``: ramps from dense to ``1 − sparsity``."""
+        r = min(1.0, (step + 1) / self.ramp_steps) if self.ramp_steps else 1.0
+        return 1.0 - self.s.sparsity * r
+
+    def freeze(self, step: int) -> dict[str, Any]:
+        """Final whole widths and each layer's kept units by the current scores."""
+        sa, _ = self.widths(step)
+        k_a, k_f = self.fixed_k if not self.o.learn_widths else self.budget.final_widths(float(sa.detach()))
+        key_a, key_f = ranking_key(self.z_a, self.prior_a), ranking_key(self.z_f, self.prior_f)
+        layers = [
+            structured_layer_plan(i, key_a[i].flatten().cpu(), key_f[i].flatten().cpu(), k_a, k_f, self.geom,
+                                  self.s.attn_unit)
+            for i in range(self.geom.num_layers)
+        ]
+        return {"k_a": k_a, "k_f": k_f, "layers": [lp.model_dump() for lp in layers], "step": step}
+
+    def frozen_masks(self, fr: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        heads, chans = [], []
+        for lp in fr["layers"]:
+            h = torch.zeros(self.geom.num_heads, device=self.ctx.device)
+            h[lp["heads"]] = 1.0
+            c = torch.zeros(self.n_f, device=self.ctx.device)
+            c[lp["channels"]] = 1.0
+            heads.append(h)
+            chans.append(c)
+        return heads, chans
+
+    # ----- hooks of the training loop ----------------------------------------------------------
+    def begin_stage(self, stage: int, resume: dict[str, Any] | None) -> list[torch.Tensor]:
+        o, ctx = self.o, self.ctx
+        self.wrapped = add_lora(ctx.model, ctx.adapter, o.lora_rank, o.lora_alpha, self.s.seed) if o.lora_rank > 0 else {}
+        self.hooks = MaskHooks(ctx.model, ctx.adapter, self.geom)
+        self.opt_z = torch.optim.Adam([self.z_a, self.z_f], lr=o.lr)
+        self.opt_w = torch.optim.Adam([self.rho], lr=o.width_lr)
+        self.opt_l = (torch.optim.AdamW(lora_parameters(self.wrapped), lr=o.lora_lr, weight_decay=0.0)
+                      if self.wrapped else None)
+        if resume is not None:
+            with torch.no_grad():
+                self.rho.copy_(resume["rho"])
+                self.y_layer.copy_(resume["y_layer"])
+                self.y_res.copy_(resume["y_res"])
+            self.opt_z.load_state_dict(resume["opt_z"])
+            self.opt_w.load_state_dict(resume["opt_w"])
+            if self.opt_l is not None:
+                load_lora_state(self.wrapped, resume["lora"])
+                self.opt_l.load_state_dict(resume["opt_l"])
+            self.frozen = resume["frozen"]
+        self.t_train = time.perf_counter()
+        # Under torchrun the loop wraps every trainable tensor (scores, widths, LoRA) in DDP.
+        return [self.z_a, self.z_f, self.rho, *lora_parameters(self.wrapped)]
+
+    def step(self, batch: Batch, forward) -> Losses:
+        o, step, device = self.o, batch.step, self.ctx.device
+        geom, L, n_a, n_f, rows_a = self.geom, self.geom.num_layers, self.n_a, self.n_f, self.rows_a
+        for opt in (self.opt_z, self.opt_w, self.opt_l):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+        if self.frozen is None and step >= self.freeze_step:
+            self.frozen = self.freeze(step)
+        if self.frozen is None:
+            sa, sf = self.widths(step)
+            m_a = ste_mask(self.z_a, sa / rows_a, max(1.0, o.width_tau * n_a / rows_a), self.prior_a)
+            m_f = ste_mask(self.z_f, sf, max(1.0, o.width_tau * n_f), self.prior_f)
+            head_masks = [_head_mask(m_a[i].flatten(), geom, self.s.attn_unit) for i in range(L)]
+            self.hooks.set(head_masks, [m_f[i].flatten() for i in range(L)])
+        else:
+            m_a = m_f = None
+            self.hooks.set(*self.frozen_masks(self.frozen))
+            sa = torch.tensor(float(self.frozen["k_a"]), device=device)
+            sf = torch.tensor(float(self.frozen["k_f"]), device=device)
+
+        logits = forward(batch.tokens)
+        use_kl = self.teacher is not None
+        kl = torch.zeros((), device=device)
+        if use_kl:
+            kl = topk_kl(logits, *self.teacher.batch(batch.rows, device), o.temperature)
+        lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch.tokens[:, 1:].reshape(-1))
+        loss = (o.kl_weight * kl if use_kl else 0.0) + o.lm_weight * lm
+
+        # budget of the widths actually in use (rounded), gradient to the continuous widths
+        sa_used = sa + (torch.clamp(torch.round(sa.detach() / rows_a), min=1) * rows_a - sa.detach())
+        sf_used = sf + (torch.clamp(torch.round(sf.detach()), min=1) - sf.detach())
+        frac = self.budget.fraction(sa_used, sf_used)
+        violation = float(frac.detach() if torch.is_tensor(frac) else frac) - self.target(step)
         with torch.no_grad():
-            mask_structured(ctx.model, ctx.adapter, plan)
-            out = ctx.model(tokens, use_cache=False).logits.float().cpu()
-        return float((out - student).abs().max())
+            active = torch.stack([(self.z_a > 0).flatten(1).sum(1), (self.z_f > 0).flatten(1).sum(1)]).float()
+            layer_viol = torch.stack([(active[0] - sa.detach()) / n_a, (active[1] - sf.detach()) / n_f])
+        extra = None
+        if self.frozen is None and o.learn_widths:
+            # Lagrangian terms: only s carries gradient here (counts are constants).
+            # (the per-layer terms y_ℓ(‖z_ℓ‖₀ − s) act through the prox threshold only)
+            extra = self.y_res * (frac - self.target(step))
+        self.current = {"sa": sa, "sf": sf, "m_a": m_a, "m_f": m_f, "frac": frac, "violation": violation,
+                        "layer_viol": layer_viol}
+        return Losses(data=loss, logged={"loss": loss, "kl": kl, "lm": lm}, extra=extra)
+
+    def update(self, batch: Batch, means: dict[str, float]) -> dict[str, Any]:
+        o, c, step, L = self.o, self.current, batch.step, self.geom.num_layers
+        if self.opt_l is not None:
+            self.lora_lr.apply(self.opt_l, o.lora_lr, step, o.steps)
+            self.opt_l.step()
+        frozen = self.frozen
+        if frozen is None:
+            self.opt_z.step()
+            if o.learn_widths:
+                self.opt_w.step()
+            with torch.no_grad():
+                # proximal step of (λ + y_ℓ)·‖z_ℓ outside its kept set‖₁, scaled by the step
+                # size: pruned units' scores decay to 0 unless their gradient keeps them up.
+                for z, y, m in ((self.z_a, self.y_layer[0], c["m_a"]), (self.z_f, self.y_layer[1], c["m_f"])):
+                    thr = (o.lr * (o.prox + y)).view(L, 1, 1) * (1.0 - m.detach())
+                    z.copy_(torch.sign(z) * torch.clamp(z.abs() - thr, min=0.0))
+                self.rho.copy_(torch.maximum(torch.minimum(self.rho, torch.ones_like(self.rho)), self.rho_min))
+                # dual ascent, projected on y ≥ 0
+                self.y_res.copy_(torch.clamp(self.y_res + o.dual_lr * c["violation"], min=0.0))
+                self.y_layer.copy_(torch.clamp(self.y_layer + o.dual_lr * c["layer_viol"], min=0.0))
+        sa, sf, frac, layer_viol = c["sa"], c["sf"], c["frac"], c["layer_viol"]
+        return {
+            "step": step + 1, "loss": means["loss"], "kl": means["kl"], "lm": means["lm"],
+            "s_attn": float(sa.detach()), "s_mlp": float(sf.detach()),
+            "k_attn": int(frozen["k_a"]) if frozen else int(round(float(sa.detach()))),
+            "k_mlp": int(frozen["k_f"]) if frozen else int(round(float(sf.detach()))),
+            "params_fraction": float(frac.detach() if torch.is_tensor(frac) else frac), "budget": self.target(step),
+            "violation": c["violation"],
+            "y_resource": float(self.y_res), "y_layer_attn": float(self.y_layer[0].mean()),
+            "y_layer_mlp": float(self.y_layer[1].mean()),
+            "layer_violation_attn": float(layer_viol[0].mean()), "layer_violation_mlp": float(layer_viol[1].mean()),
+            "frozen": frozen is not None,
+        }
+
+    def progress_info(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"loss": record["loss"], "kl": record["kl"], "k_a": record["k_attn"], "k_f": record["k_mlp"],
+                "viol": round(record["violation"], 4)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "z_a": self.z_a.detach().cpu().flatten(1).clone(), "z_f": self.z_f.detach().cpu().flatten(1).clone(),
+            "prior_a": self.prior_a.detach().cpu().flatten(1).clone(),
+            "prior_f": self.prior_f.detach().cpu().flatten(1).clone(),
+            "rho": self.rho.detach().cpu().clone(), "y_layer": self.y_layer.cpu().clone(),
+            "y_res": self.y_res.cpu().clone(), "opt_z": self.opt_z.state_dict(), "opt_w": self.opt_w.state_dict(),
+            "opt_l": self.opt_l.state_dict() if self.opt_l is not None else None,
+            "lora": lora_state(self.wrapped), "frozen": self.frozen,
+        }
+
+    def finish(self, trace: list[dict[str, Any]]) -> PruneResult:
+        """Final plan, LoRA merged into the kept weights, and a self-check of the merge."""
+        o, s, ctx, geom, T = self.o, self.s, self.ctx, self.geom, self.o.steps
+        frozen = self.frozen if self.frozen is not None else self.freeze(T)
+        self.timings["time_train_s"] = time.perf_counter() - self.t_train
+        plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
+        plan.layers = [type(plan.layers[0]).model_validate(lp) for lp in frozen["layers"]]
+        self.hooks.set(*self.frozen_masks(frozen))
+        probe_tokens = ctx.calib[:1].to(ctx.device)
+        with torch.no_grad():
+            student = ctx.model(probe_tokens, use_cache=False).logits.float().cpu()
+        notify(Event(self.name, "student", T, {"tokens": probe_tokens.cpu(), "logits": student}))
+        self.close()
+        # Merge LoRA into the weights in place (one matrix at a time); plan.weights refers to them.
+        with torch.no_grad():
+            for name, module in self.wrapped.items():
+                module.base.weight.copy_(module.merged_weight().to(module.base.weight.dtype))
+                plan.weights[name] = module.base.weight.detach()
+        merge_diff = _merge_check(ctx, plan, probe_tokens, student)
+
+        k_a, k_f = frozen["k_a"], frozen["k_f"]
+        kept = self.budget.kept_params(k_a, k_f)
+        report = {
+            "k_attn": k_a, "k_mlp": k_f, "attn_unit": s.attn_unit,
+            "attn_share_of_kept_params": attn_params_kept(geom, s.attn_unit, k_a) / kept,
+            "uniform_split": {"k_attn": self.fixed_k[0], "k_mlp": self.fixed_k[1]},
+            "steps": T, "freeze_step": frozen["step"], "final_loss": trace[-1]["loss"] if trace else None,
+            "final_kl": trace[-1]["kl"] if trace else None, "merge_check_max_abs_logit_diff": merge_diff,
+            **self.timings,
+        }
+        files: dict[str, Any] = {TRACE_JSON: {"options": o.model_dump(mode="json"), "trace": trace}}
+        png = _plot_trace(trace, Path(ctx.work_dir) / TRACE_PNG, s.sparsity) if is_main() else None
+        if png is not None:
+            files[TRACE_PNG] = png
+        return PruneResult(plan, report={"minimax": report}, files=files)
+
+    def close(self) -> None:
+        if self.hooks is not None:
+            self.hooks.remove()
+        remove_lora(self.ctx.model, self.ctx.adapter)
 
 
-def _after_step(step: int) -> None:
-    """Called after every completed step (tests replace it to inject an interruption)."""
-    from llmprune.pruners.base import step_delay_for_tests
-
-    step_delay_for_tests()
-
-
-def _global_means(local_rows: int, global_rows: int, *values: torch.Tensor) -> list[float]:
-    """Batch means over all ranks' rows (row-weighted) of per-rank means; the local values alone
-    without a process group."""
-    local = [float(v.detach()) for v in values]
-    if not distributed.is_enabled():
-        return local
-    sums = distributed.all_reduce_floats([v * local_rows for v in local])
-    return [v / global_rows for v in sums]
+# ----- helpers --------------------------------------------------------------------------------
+def _head_mask(unit_mask: torch.Tensor, geom: Geometry, attn_unit: str) -> torch.Tensor:
+    """Attention-unit mask -> per-query-head mask (a KV group covers its g query heads)."""
+    if attn_unit == "group":
+        return unit_mask.repeat_interleave(geom.group_size)
+    return unit_mask
 
 
-def _teacher(model: nn.Module, calib: torch.Tensor, k: int, temperature: float, bs: int, device: torch.device,
-             progress) -> TeacherTopK:
+def _merge_check(ctx: PruneContext, plan: PrunePlan, tokens: torch.Tensor, student: torch.Tensor) -> float:
+    """Max |logit| difference between the trained student (hooks + LoRA) and the model with the
+    merged weights and the removed units zeroed (left so: surgery then slices them away)."""
+    from llmprune.surgery import mask_structured
+
+    with torch.no_grad():
+        mask_structured(ctx.model, ctx.adapter, plan)
+        out = ctx.model(tokens, use_cache=False).logits.float().cpu()
+    return float((out - student).abs().max())
+
+
+def _teacher(ctx: PruneContext, o: MinimaxOptions) -> TeacherTopK:
     """Teacher top-k of every calibration row; under torchrun each rank runs its shard and the
     rows are gathered (all ranks then hold the same targets)."""
-    if not distributed.is_enabled():
-        return precompute_teacher(model, calib, k, temperature, bs, device, progress=progress)
-    n = calib.shape[0]
-    lo, hi = distributed.shard_range(n)  # non-empty: the pipeline asks for --nsamples >= ranks
-    part = precompute_teacher(model, calib[lo:hi], k, temperature, bs, device, progress=progress)
-    return TeacherTopK(distributed.gather_rows(part.logp, n, lo), distributed.gather_rows(part.index, n, lo),
-                       distributed.gather_rows(part.log_rest, n, lo), temperature)
+    calib, n = ctx.calib, ctx.calib.shape[0]
+    bs = min(ctx.settings.batch_size, n)
+    task = ctx.progress.task("minimax teacher top-k", total=-(-n // bs))
+    ctx.model.eval()
 
+    def shard(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        part = precompute_teacher(ctx.model, calib[lo:hi], o.teacher_topk, o.temperature, bs, ctx.device,
+                                  progress=task.advance)
+        return part.logp, part.index, part.log_rest
 
-def _cosine(step: int, total: int, warmup: float = 0.05, floor: float = 0.1) -> float:
-    w = max(1, int(round(warmup * total)))
-    if step < w:
-        return (step + 1) / w
-    p = (step - w) / max(1, total - w)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+    return TeacherTopK(*sharded_rows(n, shard), o.temperature)
 
 
 def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Path | None:

@@ -26,9 +26,6 @@ the next stage starts, so later stages train on top of the pruned earlier layers
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -38,20 +35,16 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from llmprune import distributed
 from llmprune.arch import LINEAR_KEYS
-from llmprune.atomic import save_torch
-from llmprune.capture import LayerwiseRunner
-from llmprune.errors import NumericalError, ResumeError, UsageError
+from llmprune.errors import NumericalError, UsageError
 from llmprune.masks import nm_eligible, nm_mask
-from llmprune.obs import damped_cholesky_inverse, sparsegpt_prune
+from llmprune.obs import obs_prune, sparsegpt_prune
 from llmprune.plan import PrunePlan, geometry_dict
 from llmprune.prox import prox_24, regulariser
-from llmprune.pruners.base import PruneContext, Pruner, register
-from llmprune.pruners.baselines import report_skipped_semi24
-from llmprune.trace import batch_rows, pyplot, save_figure
+from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register, skipped_semi24
+from llmprune.trace import pyplot, save_figure
+from llmprune.training import Batch, LearnedMethod, Losses, LRSchedule, Training, is_main
 
-CHECKPOINT = "proxsparse_state.pt"
 TRACE_JSON = "proxsparse_trace.json"
 TRACE_PNG = "proxsparse_trace.png"
 ANCHOR_EPS = 1e-2  # ε of the λ₂ anchor, relative to rms(W₀)
@@ -103,235 +96,37 @@ class ProxSparsePruner(Pruner):
     Options = ProxSparseOptions
 
     # ------------------------------------------------------------------------------------------
-    def prune(self, ctx: PruneContext) -> PrunePlan:
-        o, s = self.options, ctx.settings
+    def prune(self, ctx: PruneContext) -> PruneResult:
+        o = self.options
         if ctx.calib is None:
             raise UsageError("proxsparse needs calibration text (--calib)")
-        model, adapter, device = ctx.model, ctx.adapter, ctx.device
-        geom = adapter.geometry(model)
-        plan = PrunePlan(kind="semi24", strategy=self.strategy, method=self.method, dense=geometry_dict(geom))
-        layers = adapter.layers(model)
-        n_layers = len(layers)
-        per_stage = o.layers_per_stage or n_layers
-        stages = [list(range(i, min(i + per_stage, n_layers))) for i in range(0, n_layers, per_stage)]
-
+        training = Training(ctx, self.method, o, o.checkpoint_every)
+        checkpoint = training.load_checkpoint()
         targets: dict[str, nn.Linear] = {}
         layer_of: dict[str, int] = {}
         skipped: list[str] = []
-        for i, layer in enumerate(layers):
-            for key, lin in adapter.linears(layer).items():
-                name = adapter.linear_name(i, key)
+        for i, layer in enumerate(ctx.adapter.layers(ctx.model)):
+            for key, lin in ctx.adapter.linears(layer).items():
+                name = ctx.adapter.linear_name(i, key)
                 if nm_eligible(lin.in_features):
                     targets[name], layer_of[name] = lin, i
                 else:
                     skipped.append(name)
-        plan.semi24_targets = list(targets)
-        # Original weights (fp32 master copies, on the CPU) and their per-matrix scale.
+        # Original weights (fp32 master copies, on the CPU).
         w0 = {name: lin.weight.detach().float().cpu().clone() for name, lin in targets.items()}
-        rms = {name: float(w.pow(2).mean().sqrt().clamp_min(1e-12)) for name, w in w0.items()}
-
-        fingerprint = self._fingerprint(ctx)
-        ckpt_path = Path(ctx.work_dir) / CHECKPOINT
-        state = distributed.on_main(  # rank 0's checkpoint, on every rank
-            lambda: torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            if s.resume and ckpt_path.exists() else None
-        )
-        if state is not None:
-            if state.get("fingerprint") != fingerprint:
-                raise ResumeError("--resume: the checkpoint was made with different settings or options; rerun without --resume")
-
-        timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        if state is not None:
-            scales, init = state["scales"], state["init_masks"]
+        if checkpoint is not None:
+            scales, init = checkpoint.method["scales"], checkpoint.method["init_masks"]
         else:
             scales, init = self._calibration_pass(ctx, targets, w0)
-        timings["time_init_s"] = time.perf_counter() - t0
-
-        masks: dict[str, torch.Tensor] = dict(state["masks"]) if state else {}
-        trace: list[dict[str, Any]] = list(state["trace"]) if state else []
-        start_stage = state["stage"] if state else 0
-        start_step = state["step"] if state else 0
-        if state is not None:
-            ctx.progress.log(f"proxsparse: resuming at stage {start_stage + 1}/{len(stages)}, step {start_step} of {o.steps}")
-        # Stages finished before an interruption: prune them again from the original weights.
-        with torch.no_grad():
-            for name, mask in masks.items():
-                targets[name].weight.copy_((w0[name] * mask).to(targets[name].weight.dtype))
-
-        grad_flags = [p.requires_grad for p in model.parameters()]
-        was_training = model.training
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.eval()  # no dropout: a step is a deterministic function of the weights and the batch
-        task = ctx.progress.task("proxsparse", total=o.steps * len(stages))
-        task.advance(start_stage * o.steps + start_step)
-        t0 = time.perf_counter()
-        try:
-            for si in range(start_stage, len(stages)):
-                names = [n for n in targets if layer_of[n] in stages[si]]
-                # A checkpoint taken at a stage boundary holds no optimiser state: start the stage afresh.
-                resume_state = state if (state is not None and si == start_stage and state["opt"] is not None) else None
-                self._train_stage(ctx, si, len(stages), names, targets, w0, rms, scales, init, masks, trace,
-                                  resume_state, fingerprint, ckpt_path, task)
-        finally:
-            for p, flag in zip(model.parameters(), grad_flags):
-                p.requires_grad_(flag)
-            model.train(was_training)
-        timings["time_train_s"] = time.perf_counter() - t0
-        timings["time_prox_s"] = sum(r.get("time_prox_s", 0.0) for r in trace)
-
-        # Verify the pattern before handing the plan over.
-        for name, mask in masks.items():
-            per_group = mask.reshape(mask.shape[0], -1, 4).sum(-1)
-            if not bool((per_group == 2).all()):
-                raise NumericalError(f"proxsparse: mask of {name} is not exactly 2:4")
-        plan.masks = {name: masks[name] for name in targets}
-        if o.refit == "obs":
-            t0 = time.perf_counter()
-            self._refit_obs(ctx, targets, w0, masks)
-            timings["time_refit_s"] = time.perf_counter() - t0
-        report_skipped_semi24(ctx, skipped)
-        changed = self._mask_changes(masks, w0, scales, init)
-        ctx.extras.setdefault("report", {})["proxsparse"] = {
-            "stages": len(stages), "layers_per_stage": per_stage, "steps_per_stage": o.steps,
-            "final_share_24": trace[-1]["share24"] if trace else None,
-            "final_loss": trace[-1]["loss"] if trace else None,
-            "lambda_per_matrix": {n: o.lambda1 / self._metric_rms(n, w0, scales) for n in targets},
-            **changed, **timings,
-        }
-        files = ctx.extras.setdefault("files", {})
-        files[TRACE_JSON] = {"options": o.model_dump(mode="json"), "trace": trace}
-        png = plot_trace(trace, Path(ctx.work_dir) / TRACE_PNG) if distributed.is_main() else None
-        if png is not None:
-            files[TRACE_PNG] = png
-        return plan
-
-    # ------------------------------------------------------------------------------------------
-    def _train_stage(self, ctx, si, n_stages, names, targets, w0, rms, scales, init, masks, trace, state,
-                     fingerprint, ckpt_path, task) -> None:
-        o, s = self.options, ctx.settings
-        model, device, calib = ctx.model, ctx.device, ctx.calib
-        n_samples = calib.shape[0]
-        bs = min(s.batch_size, n_samples)
-        T = o.steps
-        # Trainable fp32 masters. With a float32 model they ARE the weights; otherwise the model's
-        # weights get a rounded copy before every forward and pass their gradient back.
-        shared = all(targets[n].weight.dtype == torch.float32 for n in names)
-        masters: dict[str, torch.Tensor] = {}
-        for n in names:
-            if state is not None:
-                start_w = state["masters"][n]
-            elif init is not None:
-                start_w = w0[n] * (init[n] + (~init[n]) * o.init_shrink)
-            else:
-                start_w = w0[n]
-            if shared:
-                lin = targets[n]
-                with torch.no_grad():
-                    lin.weight.copy_(start_w.to(device))
-                lin.weight.requires_grad_(True)
-                masters[n] = lin.weight
-            else:
-                masters[n] = nn.Parameter(start_w.to(device).clone())
-                targets[n].weight.requires_grad_(True)
-        params = [masters[n] for n in names]
-        opt = torch.optim.AdamW(params, lr=o.lr, betas=(0.9, 0.999), weight_decay=0.0)
-        start = 0
-        if state is not None:
-            opt.load_state_dict(state["opt"])
-            start = state["step"]
-            torch.set_rng_state(state["rng"])
-        lam = {n: o.lambda1 / self._metric_rms(n, w0, scales) for n in names}
-        scale_dev = {n: scales[n].to(device) for n in names} if scales is not None else None
-        w0_dev = {n: w0[n].to(device) for n in names} if o.lambda2 > 0 else None
-        total_groups = sum(masters[n].numel() // 4 for n in names)
-        # Under torchrun: DistributedDataParallel over the weights the forward pass uses (the fp32
-        # masters themselves, or the model's low-precision copies whose averaged gradient is then
-        # handed to the masters); each rank runs its shard of every step's batch.
-        forward = distributed.data_parallel([targets[n].weight for n in names],
-                                            lambda t: model(t, use_cache=False).logits)
-
-        for step in range(start, T):
-            rows = batch_rows(si * T + step, n_samples, bs, s.seed)
-            n_rows = rows.numel()
-            lo, hi = distributed.shard_range(n_rows)  # all rows without a process group
-            rows = rows[lo:hi]
-            tokens = calib[rows].to(device)
-            if not shared:
-                with torch.no_grad():
-                    for n in names:
-                        targets[n].weight.copy_(masters[n].to(targets[n].weight.dtype))
-            logits = forward(tokens)
-            lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-            lm_value = float(lm.detach())
-            if distributed.is_enabled():  # the batch mean over all ranks' rows (logged, checked)
-                lm_value = distributed.all_reduce_floats([lm_value * rows.numel()])[0] / n_rows
-                lm = lm * distributed.loss_weight(rows.numel(), n_rows)
-            loss = lm
-            anchor = torch.zeros((), device=device)
-            if o.lambda2 > 0:
-                for n in names:
-                    ref = w0_dev[n]
-                    denom = ref + ANCHOR_EPS * rms[n] * torch.where(ref >= 0, 1.0, -1.0)
-                    anchor = anchor + (((masters[n] / denom) * (masters[n] - ref)) ** 2).mean() / rms[n] ** 2
-                anchor = anchor / len(names)
-                loss = loss + o.lambda2 * anchor
-            if not (math.isfinite(lm_value) and torch.isfinite(anchor)):
-                raise NumericalError(f"proxsparse: loss is not finite at step {step} (lower --lr, or use --dtype float32)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if not shared:
-                for n in names:
-                    masters[n].grad = targets[n].weight.grad.float()
-                    targets[n].weight.grad = None
-            for group in opt.param_groups:
-                group["lr"] = o.lr * lr_factor(step, T, o.warmup)
-            opt.step()
-            reg_sum, nz_groups = 0.0, 0
-            t_prox = time.perf_counter()
-            with torch.no_grad():
-                for n in names:
-                    w = masters[n]
-                    if scale_dev is not None:
-                        new = prox_24(w * scale_dev[n], lam[n], o.prox_sweeps) / scale_dev[n]
-                    else:
-                        new = prox_24(w, lam[n], o.prox_sweeps)
-                    w.copy_(new)
-                    metric_w = w * scale_dev[n] if scale_dev is not None else w
-                    reg_sum += float(regulariser(metric_w / self._metric_rms(n, w0, scales)).sum())
-                    nz_groups += int(((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).sum())
-            rec = {"stage": si + 1, "step": step + 1, "loss": lm_value, "anchor": float(anchor.detach()),
-                   "reg": reg_sum / total_groups, "share24": nz_groups / total_groups,
-                   "lr": o.lr * lr_factor(step, T, o.warmup), "time_prox_s": time.perf_counter() - t_prox}
-            trace.append(rec)
-            task.advance()
-            task.info(stage=f"{si + 1}/{n_stages}", loss=rec["loss"], reg=rec["reg"], share24=f"{rec['share24']:.1%}")
-            if (step + 1) % o.checkpoint_every == 0 and step + 1 < T and distributed.is_main():
-                self._checkpoint(ckpt_path, fingerprint, si, step + 1, masters, opt, masks, trace, scales, init)
-            _after_step(si * T + step + 1)
-
-        # Final masks of the stage: top-2 |W_learned| (in the chosen metric), applied to W₀.
-        with torch.no_grad():
-            for n in names:
-                w = masters[n].detach().float().cpu()
-                score = (w * scales[n]).abs() if scales is not None else w.abs()
-                masks[n] = nm_mask(score)
-                targets[n].weight.requires_grad_(False)
-                targets[n].weight.copy_((w0[n] * masks[n]).to(device=targets[n].weight.device,
-                                                               dtype=targets[n].weight.dtype))
-        del opt, masters, forward
-        if si + 1 < n_stages and distributed.is_main():
-            self._checkpoint(ckpt_path, fingerprint, si + 1, 0, {}, None, masks, trace, scales, init)
-
-    # ------------------------------------------------------------------------------------------
-    def _metric_rms(self, name: str, w0: dict[str, torch.Tensor], scales: dict[str, torch.Tensor] | None) -> float:
-        w = w0[name] * scales[name] if scales is not None else w0[name]
-        return float(w.pow(2).mean().sqrt().clamp_min(1e-12))
+        method = ProxSparseTraining(self, ctx, targets, layer_of, w0, scales, init, skipped,
+                                    checkpoint.method["masks"] if checkpoint else {})
+        method.timings["time_init_s"] = time.perf_counter() - t0
+        return training.run(method)
 
     def _calibration_pass(self, ctx: PruneContext, targets, w0):
         """Activation scales (``--metric wanda``) and/or the baseline's mask (``--init-mask``)."""
-        o, s = self.options, ctx.settings
+        o = self.options
         if o.metric == "plain" and o.init_mask == "none":
             return None, None
         scales: dict[str, torch.Tensor] = {}
@@ -356,32 +151,207 @@ class ProxSparsePruner(Pruner):
 
         task = ctx.progress.task(f"proxsparse {o.init_mask if o.init_mask != 'none' else 'activation'} statistics",
                                  total=len(ctx.adapter.layers(ctx.model)))
-        runner = LayerwiseRunner(ctx.model, ctx.adapter, ctx.calib, ctx.device, s.batch_size)
+        runner = ctx.layerwise_runner()
         runner.run(process, progress=task)
         with torch.no_grad():  # undo the baseline's in-place pruning
             for name, lin in targets.items():
                 lin.weight.copy_(w0[name].to(lin.weight.dtype))
         return (scales if o.metric == "wanda" else None), (init or None)
 
-    def _refit_obs(self, ctx: PruneContext, targets, w0, masks) -> None:
+
+class ProxSparseTraining(LearnedMethod):
+    """ProxSparse as hooks of the shared training loop: AdamW on the LM loss (+ λ₂ anchor), then
+    the 2:4 proximal operator after every step; a stage's masks are fixed at its end."""
+
+    name = "proxsparse"
+    hint = "lower --lr, or use --dtype float32"
+
+    def __init__(self, pruner: ProxSparsePruner, ctx: PruneContext, targets: dict[str, nn.Linear],
+                 layer_of: dict[str, int], w0: dict[str, torch.Tensor], scales: dict[str, torch.Tensor] | None,
+                 init: dict[str, torch.Tensor] | None, skipped: list[str], masks: dict[str, torch.Tensor]) -> None:
+        o = pruner.options
+        self.o, self.ctx, self.strategy, self.method = o, ctx, pruner.strategy, pruner.method
+        self.targets, self.layer_of, self.w0, self.scales, self.init, self.skipped = targets, layer_of, w0, scales, init, skipped
+        n_layers = len(ctx.adapter.layers(ctx.model))
+        self.per_stage = per_stage = o.layers_per_stage or n_layers
+        self.stages = [list(range(i, min(i + per_stage, n_layers))) for i in range(0, n_layers, per_stage)]
+        self.n_stages, self.steps_per_stage = len(self.stages), o.steps
+        # Scale-free λ: R is cubic in the weights, so each matrix's λ₁ is divided by its rms (in the metric).
+        self.rms = {name: float(w.pow(2).mean().sqrt().clamp_min(1e-12)) for name, w in w0.items()}
+        self.lam = {n: o.lambda1 / self._metric_rms(n) for n in targets}
+        self.schedule = LRSchedule(warmup=o.warmup, decay="linear")
+        self.masks = dict(masks)
+        self.masters: dict[str, torch.Tensor] = {}
+        self.opt: torch.optim.Optimizer | None = None
+        self.timings: dict[str, float] = {}
+        # Stages finished before an interruption: prune them again from the original weights.
+        with torch.no_grad():
+            for name, mask in self.masks.items():
+                targets[name].weight.copy_((w0[name] * mask).to(targets[name].weight.dtype))
+        self.t_train = time.perf_counter()
+
+    def _metric_rms(self, name: str) -> float:
+        w = self.w0[name] * self.scales[name] if self.scales is not None else self.w0[name]
+        return float(w.pow(2).mean().sqrt().clamp_min(1e-12))
+
+    # ----- hooks of the training loop ----------------------------------------------------------
+    def begin_stage(self, stage: int, resume: dict[str, Any] | None) -> list[torch.Tensor]:
+        o, device, targets, w0, init = self.o, self.ctx.device, self.targets, self.w0, self.init
+        self.names = names = [n for n in targets if self.layer_of[n] in self.stages[stage]]
+        # Trainable fp32 masters. With a float32 model they ARE the weights; otherwise the model's
+        # weights get a rounded copy before every forward and pass their gradient back.
+        self.shared = all(targets[n].weight.dtype == torch.float32 for n in names)
+        self.masters = {}
+        for n in names:
+            if resume is not None:
+                start_w = resume["masters"][n]
+            elif init is not None:
+                start_w = w0[n] * (init[n] + (~init[n]) * o.init_shrink)
+            else:
+                start_w = w0[n]
+            if self.shared:
+                lin = targets[n]
+                with torch.no_grad():
+                    lin.weight.copy_(start_w.to(device))
+                lin.weight.requires_grad_(True)
+                self.masters[n] = lin.weight
+            else:
+                self.masters[n] = nn.Parameter(start_w.to(device).clone())
+                targets[n].weight.requires_grad_(True)
+        self.opt = torch.optim.AdamW([self.masters[n] for n in names], lr=o.lr, betas=(0.9, 0.999), weight_decay=0.0)
+        if resume is not None:
+            self.opt.load_state_dict(resume["opt"])
+        self.scale_dev = {n: self.scales[n].to(device) for n in names} if self.scales is not None else None
+        self.w0_dev = {n: w0[n].to(device) for n in names} if o.lambda2 > 0 else None
+        self.total_groups = sum(self.masters[n].numel() // 4 for n in names)
+        # Under torchrun the loop wraps the weights the forward pass uses in DDP (the fp32 masters
+        # themselves, or the model's low-precision copies whose gradient is handed to the masters).
+        return [targets[n].weight for n in names]
+
+    def step(self, batch: Batch, forward) -> Losses:
+        o, names, masters, targets = self.o, self.names, self.masters, self.targets
+        self.opt.zero_grad(set_to_none=True)
+        if not self.shared:
+            with torch.no_grad():
+                for n in names:
+                    targets[n].weight.copy_(masters[n].to(targets[n].weight.dtype))
+        logits = forward(batch.tokens)
+        lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch.tokens[:, 1:].reshape(-1))
+        anchor = torch.zeros((), device=self.ctx.device)
+        extra = None
+        if o.lambda2 > 0:
+            for n in names:
+                ref, rms = self.w0_dev[n], self.rms[n]
+                denom = ref + ANCHOR_EPS * rms * torch.where(ref >= 0, 1.0, -1.0)
+                anchor = anchor + (((masters[n] / denom) * (masters[n] - ref)) ** 2).mean() / rms ** 2
+            anchor = anchor / len(names)
+            extra = o.lambda2 * anchor
+        self.anchor = anchor
+        return Losses(data=lm, logged={"loss": lm}, extra=extra)
+
+    def update(self, batch: Batch, means: dict[str, float]) -> dict[str, Any]:
+        o, names, masters, targets, scale_dev = self.o, self.names, self.masters, self.targets, self.scale_dev
+        if not self.shared:
+            for n in names:
+                masters[n].grad = targets[n].weight.grad.float()
+                targets[n].weight.grad = None
+        lr = self.schedule.apply(self.opt, o.lr, batch.step, o.steps)
+        self.opt.step()
+        reg_sum, nz_groups = 0.0, 0
+        t_prox = time.perf_counter()
+        with torch.no_grad():
+            for n in names:
+                w = masters[n]
+                if scale_dev is not None:
+                    new = prox_24(w * scale_dev[n], self.lam[n], o.prox_sweeps) / scale_dev[n]
+                else:
+                    new = prox_24(w, self.lam[n], o.prox_sweeps)
+                w.copy_(new)
+                metric_w = w * scale_dev[n] if scale_dev is not None else w
+                reg_sum += float(regulariser(metric_w / self._metric_rms(n)).sum())
+                nz_groups += int(((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).sum())
+        return {"stage": batch.stage + 1, "step": batch.step + 1, "loss": means["loss"],
+                "anchor": float(self.anchor.detach()), "reg": reg_sum / self.total_groups,
+                "share24": nz_groups / self.total_groups, "lr": lr, "time_prox_s": time.perf_counter() - t_prox}
+
+    def progress_info(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"stage": f"{record['stage']}/{self.n_stages}", "loss": record["loss"], "reg": record["reg"],
+                "share24": f"{record['share24']:.1%}"}
+
+    def end_stage(self, stage: int) -> None:
+        """Final masks of the stage: top-2 |W_learned| (in the chosen metric), applied to W₀."""
+        with torch.no_grad():
+            for n in self.names:
+                w = self.masters[n].detach().float().cpu()
+                score = (w * self.scales[n]).abs() if self.scales is not None else w.abs()
+                self.masks[n] = nm_mask(score)
+                lin = self.targets[n]
+                lin.weight.requires_grad_(False)
+                lin.weight.copy_((self.w0[n] * self.masks[n]).to(device=lin.weight.device, dtype=lin.weight.dtype))
+        self.opt, self.masters = None, {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "masters": {n: w.detach().float().cpu().clone() for n, w in self.masters.items()},
+            "opt": self.opt.state_dict() if self.opt is not None else None,
+            "masks": {n: m.clone() for n, m in self.masks.items()},
+            "scales": self.scales, "init_masks": self.init,
+        }
+
+    def finish(self, trace: list[dict[str, Any]]) -> PruneResult:
+        o, ctx, masks, targets = self.o, self.ctx, self.masks, self.targets
+        self.timings["time_train_s"] = time.perf_counter() - self.t_train
+        self.timings["time_prox_s"] = sum(r.get("time_prox_s", 0.0) for r in trace)
+        # Verify the pattern before handing the plan over.
+        for name, mask in masks.items():
+            per_group = mask.reshape(mask.shape[0], -1, 4).sum(-1)
+            if not bool((per_group == 2).all()):
+                raise NumericalError(f"proxsparse: mask of {name} is not exactly 2:4")
+        geom = ctx.adapter.geometry(ctx.model)
+        plan = PrunePlan(kind="semi24", strategy=self.strategy, method=self.method, dense=geometry_dict(geom))
+        plan.semi24_targets = list(targets)
+        plan.masks = {name: masks[name] for name in targets}
+        if o.refit == "obs":
+            t0 = time.perf_counter()
+            self._refit_obs()
+            self.timings["time_refit_s"] = time.perf_counter() - t0
+        report = {
+            **skipped_semi24(ctx, self.skipped),
+            "proxsparse": {
+                "stages": self.n_stages, "layers_per_stage": self.per_stage, "steps_per_stage": o.steps,
+                "final_share_24": trace[-1]["share24"] if trace else None,
+                "final_loss": trace[-1]["loss"] if trace else None,
+                "lambda_per_matrix": dict(self.lam),
+                **self._mask_changes(), **self.timings,
+            },
+        }
+        files: dict[str, Any] = {TRACE_JSON: {"options": o.model_dump(mode="json"), "trace": trace}}
+        png = plot_trace(trace, Path(ctx.work_dir) / TRACE_PNG) if is_main() else None
+        if png is not None:
+            files[TRACE_PNG] = png
+        return PruneResult(plan, report=report, files=files)
+
+    def _refit_obs(self) -> None:
         """Layer by layer (on the inputs of the already refitted layers before), rebuild each weight
         from its original values by OBS with the learned mask fixed: SparseGPT's update, our mask."""
+        ctx = self.ctx
 
         @torch.no_grad()
         def process(i: int, layer: nn.Module) -> None:
             stats = runner.collect(i, layer, LINEAR_KEYS, hessian=True)
             for key, lin in ctx.adapter.linears(layer).items():
                 name = ctx.adapter.linear_name(i, key)
-                if name in targets:
-                    new = obs_with_mask(w0[name], stats[key].hessian, masks[name], name=name)
+                if name in self.targets:
+                    new = obs_prune(self.w0[name], stats[key].hessian, mask=self.masks[name], name=name)
                     lin.weight.copy_(new.to(device=lin.weight.device, dtype=lin.weight.dtype))
 
         task = ctx.progress.task("proxsparse OBS refit", total=len(ctx.adapter.layers(ctx.model)))
-        runner = LayerwiseRunner(ctx.model, ctx.adapter, ctx.calib, ctx.device, ctx.settings.batch_size)
+        runner = ctx.layerwise_runner()
         runner.run(process, progress=task)
 
-    def _mask_changes(self, masks, w0, scales, init) -> dict[str, float]:
+    def _mask_changes(self) -> dict[str, float]:
         """How far the learned masks are from magnitude, Wanda-like and init masks (share of groups)."""
+        masks, w0, init = self.masks, self.w0, self.init
         total = sum(m.numel() for m in masks.values())
         out = {}
         diff = sum(int((m != nm_mask(w0[n].abs())).sum()) for n, m in masks.items())
@@ -390,69 +360,6 @@ class ProxSparsePruner(Pruner):
             diff = sum(int((m != init[n]).sum()) for n, m in masks.items())
             out["share_weights_differing_from_init_mask"] = diff / total
         return out
-
-    def _fingerprint(self, ctx: PruneContext) -> str:
-        s = ctx.settings
-        keys = {k: v for k, v in s.model_dump(mode="json").items() if k not in ("resume", "overwrite", "output", "device")}
-        keys["options"] = self.options.model_dump(mode="json")
-        blob = json.dumps(keys, sort_keys=True, default=str) + str(tuple(ctx.calib.shape)) + str(int(ctx.calib.sum()))
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    @staticmethod
-    def _checkpoint(path, fingerprint, stage, step, masters, opt, masks, trace, scales, init) -> None:
-        state = {
-            "fingerprint": fingerprint, "stage": stage, "step": step,
-            "masters": {n: w.detach().float().cpu().clone() for n, w in masters.items()},
-            "opt": opt.state_dict() if opt is not None else None,
-            "masks": {n: m.clone() for n, m in masks.items()}, "trace": list(trace),
-            "scales": scales, "init_masks": init, "rng": torch.get_rng_state(),
-        }
-        save_torch(state, path)
-
-
-# ----- helpers --------------------------------------------------------------------------------
-def _after_step(step: int) -> None:
-    """Called after every completed step (global count); tests replace it to inject an interruption."""
-    from llmprune.pruners.base import step_delay_for_tests
-
-    step_delay_for_tests()
-
-
-def obs_with_mask(weight: torch.Tensor, hessian: torch.Tensor, mask: torch.Tensor, blocksize: int = 128,
-                  percdamp: float = 0.01, name: str = "") -> torch.Tensor:
-    """SparseGPT's OBS update (column blocks, damping ``percdamp``·mean diag H) with a given mask:
-    pruned weights are set to 0 and their error is spread over the not-yet-processed columns."""
-    W = weight.detach().float().clone()
-    H = hessian.detach().float()
-    cols = W.shape[1]
-    W[:, torch.diag(H) == 0] = 0
-    Hinv = damped_cholesky_inverse(H, percdamp, name)
-    drop = ~mask.to(W.device)
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            w = W1[:, i]
-            q = torch.where(drop[:, i1 + i], torch.zeros_like(w), w)
-            err = (w - q) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            W1[:, i] = q
-            Err1[:, i] = err
-        W[:, i1:i2] = W1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    if not torch.isfinite(W).all():
-        raise NumericalError(f"OBS refit produced non-finite weights for {name or 'a module'}")
-    return W * mask.to(W.device)
-
-
-def lr_factor(step: int, total: int, warmup: float) -> float:
-    """Linear warm-up over ``warmup·total`` steps, then linear decay to 0 at ``total``."""
-    w = int(round(warmup * total))
-    if step < w:
-        return (step + 1) / w
-    return max(0.0, (total - step) / max(1, total - w))
 
 
 def plot_trace(trace: list[dict[str, Any]], path: Path) -> Path | None:

@@ -27,7 +27,8 @@ from torch import nn
 
 from llmprune import atomic, distributed
 from llmprune.arch import ArchAdapter
-from llmprune.supernet import KEYS, LEVELS, ModuleType, Supernet
+from llmprune.pruners.tyr.supernet import KEYS, LEVELS, ModuleType, Supernet
+from llmprune.training import load_artefact, save_artefact
 
 LOW, HIGH = LEVELS[0], LEVELS[-1]
 
@@ -152,7 +153,8 @@ class Evaluator:
     """Loads candidates into the (dense) model and measures KL(dense ‖ pruned) on top-k logits."""
 
     def __init__(self, model: nn.Module, adapter: ArchAdapter, tokens: torch.Tensor, topk: int,
-                 device: torch.device, batch_size: int, cache: Path | None = None) -> None:
+                 device: torch.device, batch_size: int, cache: Path | None = None,
+                 fingerprint: dict[str, Any] | None = None, resume: bool = False) -> None:
         self.model, self.adapter, self.tokens = model, adapter, tokens
         self.device, self.batch_size = device, batch_size
         self.layers = adapter.layers(model)
@@ -160,15 +162,16 @@ class Evaluator:
                       for i, layer in enumerate(self.layers) for key in KEYS}
         self.loaded: dict[tuple[int, str], Any] = {}
         self.topk = min(topk, model.config.vocab_size)
-        # Rank 0 holds the cache (--resume); otherwise every rank computes its shard of rows.
-        # Without a process group on_main just calls the function and this process is rank 0.
-        data = distributed.on_main(lambda: torch.load(cache) if cache is not None and cache.is_file() else None)
+        # With --resume, rank 0's cache (refused when made with other settings) on every rank;
+        # otherwise every rank computes its shard of rows and rank 0 writes the cache (atomically).
+        fp = fingerprint or {}
+        data = load_artefact(cache, fp, resume) if cache is not None else None
         if data is not None:
             self.top_idx, self.top_logp = data["idx"], data["logp"]
         else:
             self.top_idx, self.top_logp = self._dense_topk()
-            if cache is not None and distributed.is_main():  # a kill mid-write never leaves a truncated cache
-                atomic.save_torch({"idx": self.top_idx, "logp": self.top_logp}, cache)
+            if cache is not None:
+                save_artefact(cache, {"idx": self.top_idx, "logp": self.top_logp}, fp)
 
     @torch.no_grad()
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:

@@ -25,11 +25,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from llmprune.alignment import Alignment
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.capture import LayerwiseRunner
-from llmprune.local_prune import ROUNDS, prune_module_levels, unit_rows
-from llmprune.alignment import Alignment
 from llmprune.masks import attn_grid_step, attn_params_kept
+from llmprune.pruners.tyr.local_prune import ROUNDS, prune_module_levels, unit_rows
 
 #: Level offsets k of a supernet (methods.md §3: center ± kΔ, k = −4..4). Positive = denser.
 LEVELS: tuple[int, ...] = tuple(range(-4, 5))
@@ -135,6 +135,8 @@ class Supernet:
     spec: SupernetSpec
     types: dict[str, ModuleType]
     num_layers: int
+    #: Settings of the run (``training.fingerprint``): a supernet built with others is rebuilt.
+    fingerprint: dict = field(default_factory=dict)
     _handles: dict[int, object] = field(default_factory=dict, repr=False)
 
     # ----- files ----------------------------------------------------------------------------
@@ -145,12 +147,15 @@ class Supernet:
     def marker(self) -> Path:
         return self.folder / "supernet.json"
 
+    def _marker_json(self) -> dict:
+        return {**self.spec.to_json(), "fingerprint": self.fingerprint}
+
     def complete(self) -> bool:
-        """True when every layer was built for exactly this spec (resume reuses it)."""
+        """True when every layer was built for exactly this spec and these settings (resume reuses it)."""
         if not self.marker.is_file():
             return False
         try:
-            return json.loads(self.marker.read_text()) == self.spec.to_json()
+            return json.loads(self.marker.read_text()) == self._marker_json()
         except ValueError:
             return False
 
@@ -184,18 +189,17 @@ class Supernet:
         self,
         model: torch.nn.Module,
         adapter: ArchAdapter,
-        calib: torch.Tensor,
+        runner: LayerwiseRunner,
         device: torch.device,
-        batch_size: int,
         percdamp: float = 0.01,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        """Build every layer's variants (block by block) and write them to ``folder``."""
+        """Build every layer's variants (block by block) and write them to ``folder``; ``runner``
+        walks the calibration samples (``PruneContext.layerwise_runner``: --offload-dir honoured)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.marker.exists():
             self.marker.unlink()
         self.close()
-        runner = LayerwiseRunner(model, adapter, calib, device, batch_size)
         for i, layer in enumerate(adapter.layers(model)):
             home = next(layer.parameters()).device
             layer.to(device)
@@ -233,4 +237,4 @@ class Supernet:
             del stats, tensors, averaged
             if progress:
                 progress(i)
-        self.marker.write_text(json.dumps(self.spec.to_json()))
+        self.marker.write_text(json.dumps(self._marker_json()))

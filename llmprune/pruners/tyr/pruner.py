@@ -2,8 +2,8 @@
 
 The driver: start from the uniform widths of the budget, then for each coarse-to-fine iteration
 (Δ = delta, delta/2, …) build a supernet centred on the current distribution (re-pruned from the
-dense weights, ``llmprune.supernet``), run the evolutionary search over it
-(``llmprune.search``), and centre the next iteration on the result. The final distribution is
+dense weights, ``llmprune.pruners.tyr.supernet``), run the evolutionary search over it
+(``llmprune.pruners.tyr.search``), and centre the next iteration on the result. The final distribution is
 materialised from the last supernet: kept heads/KV heads/channels per layer and the refit
 ``o_proj``/``down_proj`` weights (dense coordinates) as ``plan.weights``.
 
@@ -18,20 +18,21 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmprune import distributed
-from llmprune.errors import OutputExistsError, ResumeError, UsageError
 from llmprune.alignment import Alignment
+from llmprune.errors import OutputExistsError, ResumeError, UsageError
 from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
-from llmprune.pruners.base import PruneContext, Pruner, register, step_delay_for_tests
-from llmprune.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
-from llmprune.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need
+from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
+from llmprune.pruners.tyr.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
+from llmprune.pruners.tyr.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need
 from llmprune.trace import pyplot, save_figure
+from llmprune.training import Event, check_fingerprint, fingerprint, notify
 
 STATE_FILE = "search_state.pt"
 LOG_FILE = "tyr_search_log.json"
@@ -130,11 +131,10 @@ class GlobalTyr(Pruner):
             raise OutputExistsError(
                 f"not enough disk space for the Týr supernet: need {need / 1e9:.2f} GB, free {free / 1e9:.2f} GB "
                 f"in {work} (free some space or choose an output -o on a larger disk)")
-        ctx.extras.setdefault("report", {})["supernet_disk_estimate_bytes"] = need
         return need
 
     # ----------------------------------------------------------------------------------------
-    def prune(self, ctx: PruneContext) -> PrunePlan:
+    def prune(self, ctx: PruneContext) -> PruneResult:
         s, o = ctx.settings, self.options
         if ctx.calib is None:
             raise UsageError("global --method tyr needs calibration text (--calib)")
@@ -147,13 +147,8 @@ class GlobalTyr(Pruner):
         config = self.search_config()
         work = Path(ctx.work_dir)
         state_path = work / STATE_FILE
-        self.check_disk(ctx, types, k_attn, k_mlp)
-
-        fingerprint = {
-            "sparsity": s.sparsity, "seed": s.seed, "attn_unit": s.attn_unit, "nsamples": s.nsamples,
-            "seqlen": s.seqlen, "calib": s.calib, "model": s.model, **self.options.model_dump(mode="json"),
-            **({} if align.trivial else align.report()),
-        }
+        disk_need = self.check_disk(ctx, types, k_attn, k_mlp)
+        fp = fingerprint(s, ctx.calib, o)  # carried by the search state, the top-k cache and the supernets
         gen = torch.Generator().manual_seed(s.seed)
         state: IterationState | None = None
 
@@ -171,18 +166,14 @@ class GlobalTyr(Pruner):
 
         state = distributed.on_main(load_state)  # rank 0's checkpoint, on every rank
         if state is not None:
-            if state.fingerprint != fingerprint:
-                changed = sorted(k for k in set(fingerprint) | set(state.fingerprint)
-                                 if fingerprint.get(k) != state.fingerprint.get(k))
-                raise ResumeError(f"--resume: the checkpoint was made with different settings ({', '.join(changed)}); "
-                                  "rerun without --resume")
+            check_fingerprint(state.fingerprint, fp, STATE_FILE)
             gen.set_state(state.rng)
             ctx.progress.log(f"resuming global tyr at iteration {state.iteration + 1}, "
                              f"generation {state.generation}")
         pool = ctx.calib if o.search_nsamples is None else ctx.calib[: o.search_nsamples]
         t0 = time.perf_counter()
         evaluator = Evaluator(model, adapter, pool, o.topk_logits, ctx.device, s.batch_size,
-                              cache=work / "dense_topk.pt")
+                              cache=work / "dense_topk.pt", fingerprint=fp, resume=s.resume)
         dense_topk_seconds = time.perf_counter() - t0
         centers = {"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers}
         supernet = None
@@ -195,16 +186,16 @@ class GlobalTyr(Pruner):
                     iteration=it, generation=0, parent=(0,) * (2 * n_layers), parent_fitness=None,
                     centers=centers, rng=gen.get_state(), log=prev.log if prev else [],
                     supernet_seconds=prev.supernet_seconds if prev else 0.0,
-                    search_seconds=prev.search_seconds if prev else 0.0, fingerprint=fingerprint,
+                    search_seconds=prev.search_seconds if prev else 0.0, fingerprint=fp,
                 )
                 save_state(state)
             spec = SupernetSpec(centers=state.centers, steps={k: types[k].step(delta) for k in KEYS}, delta=delta)
-            supernet = Supernet(work / "supernet" / f"iter{it}", spec, types, n_layers)
+            supernet = Supernet(work / "supernet" / f"iter{it}", spec, types, n_layers, fingerprint=fp)
             if distributed.any_rank(not supernet.complete()):  # every rank builds (collectives) or none
                 evaluator.restore_dense()
                 t1 = time.perf_counter()
                 task = ctx.progress.task(f"supernet {it + 1}/{o.iterations} Δ={delta:.4g}", total=n_layers)
-                supernet.build(model, adapter, ctx.calib, ctx.device, s.batch_size, o.percdamp, progress=task)
+                supernet.build(model, adapter, ctx.layerwise_runner(), ctx.device, o.percdamp, progress=task)
                 state.supernet_seconds += time.perf_counter() - t1
                 save_state(state)
             space = SearchSpace.from_supernet(supernet)
@@ -214,7 +205,7 @@ class GlobalTyr(Pruner):
             def on_generation(record, task=task) -> None:
                 task.advance()
                 task.info(best_kl=record.best_fitness)
-                step_delay_for_tests()
+                notify(Event(self.method, "step", record.generation))
 
             state = run_generations(space, supernet, evaluator, config, state, gen, delta,
                                     checkpoint=save_state, on_generation=on_generation)
@@ -228,8 +219,8 @@ class GlobalTyr(Pruner):
         plan = self.materialize(ctx, supernet, space.kept_map(state.parent), geom)
         evaluator.restore_dense()
         supernet.close()
-        self.outputs(ctx, plan, state, geom, k_attn, k_mlp, dense_topk_seconds)
-        return plan
+        report, files = self.outputs(ctx, plan, state, geom, k_attn, k_mlp, dense_topk_seconds)
+        return PruneResult(plan, report={"supernet_disk_estimate_bytes": disk_need, **report}, files=files)
 
     # ----------------------------------------------------------------------------------------
     def materialize(self, ctx: PruneContext, supernet: Supernet, kept: dict[tuple[int, str], int], geom) -> PrunePlan:
@@ -248,7 +239,8 @@ class GlobalTyr(Pruner):
         return plan
 
     def outputs(self, ctx: PruneContext, plan: PrunePlan, state: IterationState, geom, k_attn: int, k_mlp: int,
-                dense_topk_seconds: float) -> None:
+                dense_topk_seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The report fields and the files (search log; the kept-fraction plot on rank 0)."""
         attn_total = geom.num_heads
         attn = [len(lp.heads) / attn_total for lp in plan.layers]
         mlp = [len(lp.channels) / geom.intermediate_size for lp in plan.layers]
@@ -260,21 +252,16 @@ class GlobalTyr(Pruner):
             "kept_fraction": {"attention": attn, "mlp": mlp},
             "generations": state.log,
         }
-        files = ctx.extras.setdefault("files", {})
-        files[LOG_FILE] = log
-        if not distributed.is_main():  # only rank 0 exports: no plot elsewhere
-            return self._report(ctx, state, attn, mlp, start, dense_topk_seconds)
-        plot = plot_kept_fraction(Path(ctx.work_dir) / PLOT_FILE, attn, mlp, k_attn / geom.attn_unit_count(plan.attn_unit),
-                                  k_mlp / geom.intermediate_size, ctx.settings.sparsity,
-                                  title=f"Týr global pruning, {ctx.settings.sparsity:.0%} sparsity, "
-                                  f"{self.options.budget_split} budget split: kept fraction per layer")
-        if plot is not None:
-            files[PLOT_FILE] = plot
-        self._report(ctx, state, attn, mlp, start, dense_topk_seconds)
-
-    @staticmethod
-    def _report(ctx: PruneContext, state: IterationState, attn, mlp, start, dense_topk_seconds: float) -> None:
-        ctx.extras.setdefault("report", {}).update({
+        files: dict[str, Any] = {LOG_FILE: log}
+        if distributed.is_main():  # only rank 0 exports: no plot elsewhere
+            plot = plot_kept_fraction(Path(ctx.work_dir) / PLOT_FILE, attn, mlp,
+                                      k_attn / geom.attn_unit_count(plan.attn_unit), k_mlp / geom.intermediate_size,
+                                      ctx.settings.sparsity,
+                                      title=f"Týr global pruning, {ctx.settings.sparsity:.0%} sparsity, "
+                                      f"{self.options.budget_split} budget split: kept fraction per layer")
+            if plot is not None:
+                files[PLOT_FILE] = plot
+        report = {
             "time_supernet_s": state.supernet_seconds,
             "time_search_s": state.search_seconds,
             "time_dense_topk_s": dense_topk_seconds,
@@ -282,7 +269,8 @@ class GlobalTyr(Pruner):
             "search_final_fitness": state.parent_fitness,
             "kept_fraction_attention": attn,
             "kept_fraction_mlp": mlp,
-        })
+        }
+        return report, files
 
 
 def plot_kept_fraction(path: Path, attn: list[float], mlp: list[float], uni_attn: float, uni_mlp: float,

@@ -3,7 +3,8 @@
 Work in the ``[in, out]`` orientation ``V = Wᵀ``: a unit is a set of rows of ``V`` (one input
 channel of ``down``; ``d_h`` rows per query head of ``o``, ``g·d_h`` rows per KV group). From the
 module's calibration inputs ``X``: ``H = XᵀX`` (float32, summed over tokens) and ``G = H·V_dense``
-(the target: the dense output). ``H`` is damped by ``percdamp·mean(diag H)`` for every inverse.
+(the target: the dense output). ``H`` is damped by ``percdamp·mean(diag H)`` for every inverse
+(``obs.damp_hessian``: the damping policy shared with SparseGPT).
 
 Each round scores the alive units by a first-order term plus the OBS cost of removing the unit
 with optimal compensation of the others,
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from llmprune.errors import NumericalError
+from llmprune.obs import cholesky_damped, damp_hessian
 
 #: Rounds of progressive pruning per module type (methods.md §3: MLP 16, heads 1).
 ROUNDS = {"o": 1, "down": 16}
@@ -46,26 +48,9 @@ def unit_rows(num_units: int, rows_per_unit: int) -> torch.Tensor:
     return torch.arange(num_units * rows_per_unit).view(num_units, rows_per_unit)
 
 
-def damped(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """``H + percdamp·mean(diag H)·I`` in float32; dead inputs (zero diagonal) get a unit diagonal."""
-    H = hessian.detach().float().clone()
-    if not torch.isfinite(H).all():
-        raise NumericalError("non-finite Hessian in the local pruner (use --dtype float32 or bfloat16)")
-    diag = torch.diagonal(H)
-    dead = diag == 0
-    diag[dead] = 1.0
-    if percdamp > 0:
-        diag += percdamp * diag.mean().clamp_min(1e-8)
-    return H
-
-
 def _inverse(H: torch.Tensor) -> torch.Tensor:
-    L, info = torch.linalg.cholesky_ex(H)
-    if int(info) != 0:
-        # Rare: fall back to a jittered solve so that a search never dies on one variant.
-        jitter = 1e-6 * torch.diagonal(H).mean().clamp_min(1e-8)
-        L = torch.linalg.cholesky(H + jitter * torch.eye(H.shape[0], dtype=H.dtype, device=H.device))
-    return torch.cholesky_inverse(L)
+    """``H⁻¹`` of an already damped block; more damping by the shared policy if it is singular."""
+    return torch.cholesky_inverse(cholesky_damped(H, 0.0, "a Týr variant"))
 
 
 def least_squares_refit(H: torch.Tensor, G: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -174,7 +159,7 @@ def prune_module_levels(
     keeps = [max(0, min(int(k), num_units)) for k in keeps]
     Hraw = hessian.detach().float()
     G = target if target is not None else Hraw @ V_dense
-    H = damped(Hraw, percdamp)
+    H = damp_hessian(Hraw, percdamp)
     granule = len(groups) if groups is not None else 1
     if groups is not None and any(k % granule for k in keeps):
         raise ValueError(f"query-head pruning needs counts divisible by {granule} KV groups")
