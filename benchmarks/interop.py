@@ -47,7 +47,7 @@ from common import CALIB, REFMODEL, ROOT, WORK, display_path, prune, prune_comma
 
 PROMPT = "The model is pruned and then"
 GREEDY_TOKENS = 12
-TYR_SMALL = dict(generations=4, offspring=8, iterations=2)
+TYR_SMALL = dict(generations=4, offspring=8, iterations=2, nsamples=16)
 
 #: (row name, pruning arguments or None for the input model itself)
 OUTPUTS: list[tuple[str, dict[str, Any] | None]] = [
@@ -414,23 +414,52 @@ def prepare_converter(source: Path, work: Path, probe_model: Path) -> tuple[Path
 COLUMNS = [("output", "output", "")] + [(c, c, "") for c in CONSUMERS]
 
 
+DETAILS = ROOT / "benchmarks" / "results" / "interop_details.json"
+
+
+def publish(records: list[dict[str, Any]], converter_note: str) -> None:
+    """Write the page and the JSON for the rows measured so far (after every row, so an interrupted
+    run keeps what it measured; ``--only`` reruns rows and keeps the others)."""
+    order = [name for name, _ in OUTPUTS]
+    records = sorted(records, key=lambda r: order.index(r["output"]) if r["output"] in order else len(order))
+    rows = []
+    for record in records:
+        row = {"output": record["output"]}
+        for column in CONSUMERS:
+            status, detail = record["cells"][column]
+            row[column] = status if not detail else f"{status}: {detail}"
+        rows.append(row)
+    notes = ["Commands:", ""] + [f"- {r['output']}: `{r['command']}`" for r in records] + ["", converter_note]
+    write_results("interop", "Interop: outputs × consumers", rows, COLUMNS,
+                  intro="Each cell: `works` / `fails` / `n/a` / `not run here`, with what was checked. "
+                  "Outputs are pruned from the reference model (calibration 64 × 256 tokens of calib.txt, seed 0; "
+                  "Týr on 16 × 256 tokens with --generations 4 --offspring 8 --iterations 2 to keep the run short).",
+                  notes="\n".join(notes))
+    DETAILS.write_text(json.dumps(records, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sdist", help="llama-cpp-python source distribution (.tar.gz) holding llama.cpp's converter")
     parser.add_argument("--llama-cpp", help="a llama.cpp checkout (its convert_hf_to_gguf.py is used)")
-    parser.add_argument("--only", help="comma-separated row names to run (default: all)")
+    parser.add_argument("--only", help="comma-separated row names to (re)run; the other rows are kept from the last run")
     args = parser.parse_args()
+    only = args.only.split(",") if args.only else None
     work = WORK / "interop"
-    if work.exists():
-        shutil.rmtree(work)
+    shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     source = find_converter(args, work)
     converter, hashes = None, []
     if source is not None:
         converter, hashes = prepare_converter(source, work, REFMODEL)
-    rows, records = [], []
+    converter_note = "Converter: " + ("llama.cpp's `convert_hf_to_gguf.py` from "
+        + display_path(args.llama_cpp or args.sdist or "the llama-cpp-python sdist")
+        + f", patched at run time with the two tokenizer mappings (pre-tokenizer hash(es) "
+        f"{', '.join(h[:12] + '…' for h in hashes) or 'none needed'} → gpt-2; "
+        "DeciLM GPT-2 vocabulary path for any vocabulary size)." if converter else "none available.")
+    records = json.loads(DETAILS.read_text()) if only and DETAILS.is_file() else []
     for name, spec in OUTPUTS:
-        if args.only and name not in args.only.split(","):
+        if only and name not in only:
             continue
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         if spec is None:
@@ -446,24 +475,9 @@ def main() -> None:
                 command += f" (padding: {report['deci']['padding_params']:,} parameters)"
         record = check_output(name, folder, work / slug / "checks", converter, hashes)
         record["command"] = command
-        records.append(record)
-        row = {"output": name}
-        for column in CONSUMERS:
-            status, detail = record["cells"][column]
-            row[column] = status if not detail else f"{status}: {detail}"
-        rows.append(row)
+        records = [r for r in records if r["output"] != name] + [record]
+        publish(records, converter_note)
         print(name, {c: record["cells"][c][0] for c in CONSUMERS}, flush=True)
-    notes = ["Commands:", ""] + [f"- {r['output']}: `{r['command']}`" for r in records]
-    notes += ["", "Converter: " + ("llama.cpp's `convert_hf_to_gguf.py` from "
-              + (args.llama_cpp or args.sdist or "the llama-cpp-python sdist")
-              + f", patched at run time with the two tokenizer mappings (pre-tokenizer hash(es) {', '.join(h[:12] + '…' for h in hashes) or 'none needed'} → gpt-2; "
-              "DeciLM GPT-2 vocabulary path for any vocabulary size)." if converter else "none available.")]
-    write_results("interop", "Interop: outputs × consumers", [{**r} for r in rows], COLUMNS,
-                  intro="Each cell: `works` / `fails` / `n/a` / `not run here`, with what was checked. "
-                  "Outputs are pruned from the reference model (calibration 64 × 256 tokens of calib.txt, seed 0; "
-                  f"Týr with {', '.join(f'--{k} {v}' for k, v in TYR_SMALL.items())} to keep the run short).",
-                  notes="\n".join(notes))
-    (ROOT / "benchmarks" / "results" / "interop_details.json").write_text(json.dumps(records, indent=2) + "\n")
 
 
 if __name__ == "__main__":

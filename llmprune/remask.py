@@ -54,7 +54,7 @@ def remask(model_source: str, like: Path, output: Path, overwrite: bool = False,
 
     from llmprune.loading import checkpoint_dtype, load_model
 
-    like = Path(like).expanduser()
+    like, output = Path(like).expanduser(), Path(output)
     check_output(output, model_source, overwrite)
     targets, files = reference_masks(like)
     model, adapter, tokenizer = load_model(model_source, torch.device("cpu"), save_dtype or torch.float32)
