@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 
-from common import WORK, evaluate, prune, prune_command, write_results, REFMODEL
+from common import REFMODEL, WORK, evaluate, prune, prune_command, write_results
 
 RUNS = [
     ("uniform", "magnitude", 0.3),

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CALIB, REFMODEL, ROOT, WORK, display_path, prune, prune_command, write_results  # noqa: E402
+from common import REFMODEL, ROOT, WORK, display_path, prune, prune_command, write_results  # noqa: E402
 
 PROMPT = "The model is pruned and then"
 GREEDY_TOKENS = 12

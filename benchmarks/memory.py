@@ -92,7 +92,6 @@ def main() -> None:
     layer_mib = (2 * layer_params * 4 + (2 * h * h + inter * inter) * 4 + bs * heads * t * t * 4) / mib
     acts_mib = 2 * n * t * h * 4 / mib
     base = baseline_rss_mib()
-    common = dict(model=folder, nsamples=n, seqlen=t, batch_size=bs)
     # Týr: 9 variants of o [h, h] and down [h, inter] of one block, the dense o/down copies of every
     # layer, the cached dense top-k (int32 index + float32 log-prob, k = 256) of every token, and the
     # logits and log-probabilities of one batch (full forward passes: dense top-k and fitness).

@@ -17,7 +17,7 @@ import argparse
 import json
 import shutil
 
-from common import CALIB, DOCS, RESULTS, WORK, evaluate, prune_command, write_results, REFMODEL
+from common import CALIB, DOCS, REFMODEL, RESULTS, WORK, evaluate, prune_command, write_results
 
 #: Options given to every minimax run (set from the command line; empty = the method's defaults).
 MINIMAX_OPTS: dict = {}

@@ -130,8 +130,11 @@ def plot_sweep(rows: list[dict]):
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="proxsparse")
     for label, style in (("Wanda 2:4", "--"), ("SparseGPT 2:4 (mask + OBS weight update)", ":"), ("magnitude 2:4", "-.")):
         ax.axhline(by[label], ls=style, color="grey", label=label.split(" (")[0])
-    ax.set_xscale("log"); ax.set_xlabel("--lambda1 (scale-free)"); ax.set_ylabel("perplexity (eval.txt, 256)")
-    ax.legend(fontsize=8); fig.tight_layout()
+    ax.set_xscale("log")
+    ax.set_xlabel("--lambda1 (scale-free)")
+    ax.set_ylabel("perplexity (eval.txt, 256)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     path = DOCS / "proxsparse_sweep.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -17,7 +17,19 @@ import json
 import shutil
 from pathlib import Path
 
-from common import CALIB, DOCS, EVAL, REFMODEL, RESULTS, WORK, display_path, evaluate, prune, prune_command, write_results
+from common import (
+    CALIB,
+    DOCS,
+    EVAL,
+    REFMODEL,
+    RESULTS,
+    WORK,
+    display_path,
+    evaluate,
+    prune,
+    prune_command,
+    write_results,
+)
 
 STRUCTURED = [("uniform", "magnitude"), ("uniform", "wanda"), ("uniform", "minimax"), ("global", "tyr")]
 SEMI24 = [("semi24", "magnitude"), ("semi24", "wanda"), ("semi24", "sparsegpt"), ("semi24", "proxsparse")]

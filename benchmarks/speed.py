@@ -11,7 +11,6 @@ import argparse
 import shutil
 
 import torch
-
 from common import CALIB, REFMODEL, WORK, prune, prune_command, write_results
 
 COLUMNS = [
@@ -50,7 +49,10 @@ def widths_summary(folder) -> str:
         return "2:4 on every linear"
     heads = [len(layer["heads"]) for layer in layers]
     mlp = [len(layer["channels"]) for layer in layers]
-    span = lambda v: str(v[0]) if min(v) == max(v) else f"{min(v)}–{max(v)}"
+
+    def span(v: list[int]) -> str:
+        return str(v[0]) if min(v) == max(v) else f"{min(v)}–{max(v)}"
+
     return f"heads {span(heads)}, MLP {span(mlp)}"
 
 

@@ -16,9 +16,8 @@ import json
 import os
 import shutil
 import sys
-from pathlib import Path
 
-from common import DOCS, REFMODEL, RESULTS, WORK, evaluate, prune, prune_command, write_results
+from common import DOCS, RESULTS, WORK, evaluate, prune, prune_command, write_results
 
 COLUMNS = [
     ("sparsity", "target", ".0%"),

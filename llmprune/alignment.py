@@ -32,7 +32,7 @@ class Alignment:
     whole_attention: bool = False
 
     @classmethod
-    def of(cls, settings: Any) -> "Alignment":
+    def of(cls, settings: Any) -> Alignment:
         """From PruneSettings (or any object with ``align``/``align_heads``; absent means 1)."""
         return cls(int(getattr(settings, "align", 1) or 1), int(getattr(settings, "align_heads", 1) or 1))
 
@@ -40,7 +40,7 @@ class Alignment:
     def trivial(self) -> bool:
         return self.width == 1 and self.heads == 1 and not self.whole_attention
 
-    def for_deci(self) -> "Alignment":
+    def for_deci(self) -> Alignment:
         """The widths the DeciLM format expresses without padding: attention whole or no-op, MLP
         widths multiples of 256 (``--search-space deci``)."""
         return Alignment(lcm(self.width, DECI_FFN_MULTIPLE), self.heads, whole_attention=True)

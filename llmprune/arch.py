@@ -141,7 +141,7 @@ class ArchAdapter:
 
     # ----- lookup ---------------------------------------------------------------------------
     @classmethod
-    def for_config(cls, config: Any) -> "ArchAdapter":
+    def for_config(cls, config: Any) -> ArchAdapter:
         """Pick the adapter for a config, or fail naming the supported families."""
         model_type = getattr(config, "model_type", None)
         # Heterogeneous-width exports (llmprune.hetero) name the family they are built on.
@@ -155,11 +155,11 @@ class ArchAdapter:
         )
 
     @classmethod
-    def for_model(cls, model: nn.Module) -> "ArchAdapter":
+    def for_model(cls, model: nn.Module) -> ArchAdapter:
         return cls.for_config(model.config)
 
     @classmethod
-    def generic(cls) -> "ArchAdapter":
+    def generic(cls) -> ArchAdapter:
         """The module layout every family shares, without a family: reads the tensor names of other
         model types that follow it (e.g. DeciLM exports) without building them."""
         return cls(Family("generic", ()))

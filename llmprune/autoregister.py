@@ -19,7 +19,8 @@ import importlib.abc
 import importlib.machinery
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 CONFIG_AUTO = "transformers.models.auto.configuration_auto"
 PEFT_CONSTANTS = "peft.utils.constants"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -244,8 +245,8 @@ def eval_command(
     task_batch_size: int = typer.Option(8, help="With --tasks: requests per forward pass."),
 ) -> None:
     """Perplexity (docs/methods.md §0), parameter counts, optional throughput and task accuracy, as a table and JSON."""
-    from llmprune.evaluation_run import EvalSettings, run_eval
     from llmprune.config import validated
+    from llmprune.evaluation_run import EvalSettings, run_eval
     from llmprune.summary import print_eval_summary
 
     settings = validated(

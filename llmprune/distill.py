@@ -34,7 +34,7 @@ class TeacherTopK:
         return {"logp": self.logp, "index": self.index, "log_rest": self.log_rest, "temperature": self.temperature}
 
     @classmethod
-    def from_state(cls, state: dict) -> "TeacherTopK":
+    def from_state(cls, state: dict) -> TeacherTopK:
         return cls(state["logp"], state["index"], state["log_rest"], float(state["temperature"]))
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from llmprune.arch import ArchAdapter
-from llmprune.config import check_seqlen
 from llmprune.completeness import check_loading_info
+from llmprune.config import check_seqlen
 from llmprune.errors import ModelLoadError, UnsupportedArchitectureError, UsageError
 from llmprune.hub import require_hub
 

@@ -9,7 +9,7 @@ times before a one-line ``NumericalError``; a non-finite Hessian is a ``Numerica
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

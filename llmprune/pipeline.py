@@ -20,8 +20,8 @@ import llmprune
 from llmprune import distributed
 from llmprune.alignment import Alignment, alignment_report
 from llmprune.arch import ArchAdapter, Geometry
-from llmprune.config import PruneSettings
 from llmprune.budget import check_reachable, miss_warning
+from llmprune.config import PruneSettings
 from llmprune.data import calibration_samples, resolve_calibration_source, text_sha256
 from llmprune.errors import UsageError
 from llmprune.export import save_pruned

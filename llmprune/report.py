@@ -81,7 +81,7 @@ class PruneReport(BaseModel):
     time_total_s: float | None = None
 
     @classmethod
-    def load(cls, folder: str | Path) -> "PruneReport | None":
+    def load(cls, folder: str | Path) -> PruneReport | None:
         """The report in ``folder``, or None when the folder is not an llmprune output."""
         path = Path(folder).expanduser() / REPORT_FILE
         if not path.is_file():

@@ -60,7 +60,7 @@ def make_tiny_model(family: str, seed: int = 0, **overrides):
 
 def tiny_tokenizer(vocab_size: int = 300):
     """A byte-level BPE tokenizer trained in memory on a few sentences (no network)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import read_json, run_cli
+
 from llmprune.alignment import Alignment, misaligned_widths
 from llmprune.arch import Geometry
 from llmprune.masks import attn_params_kept, uniform_widths

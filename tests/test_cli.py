@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import folder_hash, read_json
+from helpers import run_cli as run
 from transformers import AutoModelForCausalLM
 
-from helpers import folder_hash, read_json, run_cli as run
 from llmprune.arch import ArchAdapter
 from llmprune.masks import max_nonzeros_per_group
 

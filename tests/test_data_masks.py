@@ -9,8 +9,8 @@ import types
 
 import pytest
 import torch
-
 from helpers import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
+
 from llmprune import data
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.errors import DataError, UnsupportedArchitectureError

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_tiny_model, read_json, run_cli, save_tiny_model, tiny_tokenizer
 from safetensors.torch import load_file
 
-from helpers import make_tiny_model, read_json, run_cli, save_tiny_model, tiny_tokenizer
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.export import save_pruned
 from llmprune.plan import LayerPlan, PrunePlan

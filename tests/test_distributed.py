@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import make_tiny_model, read_json
+
 from llmprune import distributed
 from llmprune.arch import ArchAdapter
 from llmprune.capture import LayerwiseRunner

@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from helpers import make_tiny_model, tiny_tokenizer
+
 from llmprune import arch, hetero
 from llmprune.arch import LINEAR_KEYS, ArchAdapter, Family
 from llmprune.plan import LayerPlan, PrunePlan

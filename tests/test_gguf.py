@@ -41,7 +41,6 @@ def converter(tmp_path_factory):
 def test_deci_export_converts_to_gguf_with_per_layer_widths(tmp_path, converter):
     import interop
     from gguf import GGUFReader
-
     from test_deci import _export, _group_plan
 
     source, work = converter

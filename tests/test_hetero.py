@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import make_tiny_model, tiny_tokenizer
+
 from llmprune.arch import ArchAdapter
 from llmprune.export import save_pruned
 from llmprune.plan import LayerPlan, PrunePlan

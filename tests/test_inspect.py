@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import torch
+from helpers import read_json, save_tiny_model
+from helpers import run_cli as run
 from transformers import AutoModelForCausalLM
-
-from helpers import read_json, run_cli as run, save_tiny_model
 
 
 def test_inspect_and_stacking_uniform_then_semi24(tmp_path):

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers import SAMPLE_TEXT, folder_hash, save_tiny_model
+from safetensors.torch import load_file
 
 COMMON = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4", "--seed", "3"]
 #: method -> (strategy, small settings, checkpoint file in the work folder, step delay in seconds)

@@ -14,7 +14,6 @@ import sys
 
 import pytest
 import torch
-
 from helpers import CALIB, REFMODEL, requires_refmodel
 
 pytestmark = [pytest.mark.slow, requires_refmodel]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import make_tiny_model, read_json, tiny_tokenizer
+from helpers import run_cli as run
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from helpers import make_tiny_model, read_json, run_cli as run, tiny_tokenizer
+from llmprune import training
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.config import PruneSettings
 from llmprune.distill import precompute_teacher, topk_kl
@@ -15,7 +17,6 @@ from llmprune.export import save_pruned
 from llmprune.lora import add_lora, merged_weights, remove_lora
 from llmprune.masks import uniform_widths
 from llmprune.progress import Reporter
-from llmprune import training
 from llmprune.pruners import minimax
 from llmprune.pruners.base import PruneContext, default_method
 from llmprune.surgery import apply_plan, exported_config

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_json, save_tiny_model
+from helpers import run_cli as run
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from helpers import read_json, run_cli as run, save_tiny_model
 from llmprune import training
 from llmprune.prox import share_24
 from llmprune.pruners.base import default_method

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import CALIB, EVAL, REFMODEL, read_json, requires_refmodel
 from typer.testing import CliRunner
 
-from helpers import CALIB, EVAL, REFMODEL, read_json, requires_refmodel
 from llmprune.cli import app
 
 pytestmark = [pytest.mark.slow, requires_refmodel]

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SAMPLE_TEXT, folder_hash, save_tiny_model
+from helpers import run_cli as run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import folder_hash, run_cli as run, SAMPLE_TEXT, save_tiny_model
 from llmprune.errors import NumericalError
 from llmprune.obs import damped_cholesky_inverse
 
@@ -388,6 +389,7 @@ def test_error_classes_have_distinct_exit_codes():
 @pytest.mark.parametrize("attn_unit", ["group", "query"])
 def test_supernet_disk_estimate_matches_the_bytes_written(tmp_path, attn_unit):
     from helpers import make_tiny_model
+
     from llmprune.arch import ArchAdapter
     from llmprune.capture import LayerwiseRunner
     from llmprune.masks import uniform_widths

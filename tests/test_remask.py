@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import torch
+from helpers import folder_hash, read_json, run_cli
 from safetensors.torch import load_file
 
-from helpers import folder_hash, read_json, run_cli
 from llmprune.masks import max_nonzeros_per_group
 
 

@@ -7,9 +7,10 @@ import json
 
 import pytest
 import torch
+from helpers import make_tiny_model, read_json
+from helpers import run_cli as run
 from pydantic import ValidationError
 
-from helpers import make_tiny_model, read_json, run_cli as run
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.config import DEFAULT_SPARSITY, SEMI24_SPARSITY, PruneSettings
 from llmprune.errors import ModelLoadError

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from helpers import read_json, REFMODEL, requires_refmodel, run_cli as run
+from helpers import REFMODEL, read_json, requires_refmodel
+from helpers import run_cli as run
 
 TASK = "llmprune_easy"
 

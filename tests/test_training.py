@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
+from conftest import run_cli as run
 from safetensors.torch import load_file
 
-from conftest import SAMPLE_TEXT, make_tiny_model, run_cli as run, tiny_tokenizer
 from llmprune import training
 from llmprune.arch import ArchAdapter
 from llmprune.capture import LayerwiseRunner

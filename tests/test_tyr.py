@@ -7,19 +7,26 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import SAMPLE_TEXT, make_tiny_model, read_json, tiny_tokenizer
+
 from llmprune.arch import ArchAdapter
 from llmprune.capture import LayerwiseRunner
 from llmprune.config import PruneSettings
 from llmprune.data import calibration_samples
-from llmprune.pruners.tyr.local_prune import least_squares_refit, prune_module, unit_rows
 from llmprune.masks import uniform_widths
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext
 from llmprune.pruners.tyr import GlobalTyr
+from llmprune.pruners.tyr.local_prune import least_squares_refit, prune_module, unit_rows
 from llmprune.pruners.tyr.search import SearchSpace, cross_ratio, mutate
-from llmprune.pruners.tyr.supernet import LEVELS, Supernet, SupernetSpec, expectation_weights, level_values, module_types
+from llmprune.pruners.tyr.supernet import (
+    LEVELS,
+    Supernet,
+    SupernetSpec,
+    expectation_weights,
+    level_values,
+    module_types,
+)
 
 
 def _problem(n_in=48, n_out=20, tokens=400, seed=0):

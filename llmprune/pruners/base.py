@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import types
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -130,7 +131,7 @@ class PruneResult:
     files: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, value: "PrunePlan | PruneResult") -> "PruneResult":
+    def of(cls, value: PrunePlan | PruneResult) -> PruneResult:
         return value if isinstance(value, PruneResult) else cls(plan=value)
 
 

@@ -552,7 +552,10 @@ def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Pat
     ax.plot(steps, [r["loss"] for r in trace], label="loss")
     ax.plot(steps, [r["kl"] for r in trace], label="KL")
     ax.plot(steps, [r["lm"] for r in trace], label="LM")
-    ax.set_xlabel("step"); ax.set_title("losses"); ax.legend(); ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title("losses")
+    ax.legend()
+    ax.set_yscale("log")
     ax = axes[1]
     n_a = max(r["s_attn"] for r in trace) or 1
     n_f = max(r["s_mlp"] for r in trace) or 1
@@ -560,11 +563,15 @@ def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Pat
     ax.plot(steps, [r["s_mlp"] / n_f for r in trace], label=f"MLP width / {n_f:g}")
     ax.plot(steps, [r["params_fraction"] for r in trace], label="kept params")
     ax.plot(steps, [r["budget"] for r in trace], "--", label="budget")
-    ax.set_xlabel("step"); ax.set_title(f"widths (sparsity {sparsity:g})"); ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_title(f"widths (sparsity {sparsity:g})")
+    ax.legend(fontsize=8)
     ax = axes[2]
     ax.plot(steps, [r["violation"] for r in trace], label="resource violation")
     ax.plot(steps, [r["y_resource"] for r in trace], label="y_resource")
     ax.plot(steps, [r["y_layer_mlp"] for r in trace], label="mean y_layer (MLP)")
     ax.plot(steps, [r["y_layer_attn"] for r in trace], label="mean y_layer (attn)")
-    ax.set_xlabel("step"); ax.set_title("constraint and multipliers"); ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_title("constraint and multipliers")
+    ax.legend(fontsize=8)
     return save_figure(fig, path)

@@ -372,11 +372,14 @@ def plot_trace(trace: list[dict[str, Any]], path: Path) -> Path | None:
     axes[0].plot(x, [r["loss"] for r in trace], label="LM loss")
     if any(r["anchor"] for r in trace):
         axes[0].plot(x, [r["anchor"] for r in trace], label="anchor")
-    axes[0].set_title("loss"); axes[0].legend()
+    axes[0].set_title("loss")
+    axes[0].legend()
     axes[1].plot(x, [r["reg"] for r in trace])
-    axes[1].set_title("regulariser R(W / rms W0) in the prox metric, mean per group"); axes[1].set_yscale("symlog", linthresh=1e-3)
+    axes[1].set_title("regulariser R(W / rms W0) in the prox metric, mean per group")
+    axes[1].set_yscale("symlog", linthresh=1e-3)
     axes[2].plot(x, [r["share24"] for r in trace])
-    axes[2].set_ylim(0, 1.02); axes[2].set_title("share of groups already 2:4")
+    axes[2].set_ylim(0, 1.02)
+    axes[2].set_title("share of groups already 2:4")
     stages = sorted({r["stage"] for r in trace})
     for ax in axes:
         ax.set_xlabel("step" + (" (all stages)" if len(stages) > 1 else ""))

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ class SearchSpace:
     types: dict[str, ModuleType]
 
     @classmethod
-    def from_supernet(cls, supernet: Supernet) -> "SearchSpace":
+    def from_supernet(cls, supernet: Supernet) -> SearchSpace:
         modules = [(i, key) for i in range(supernet.num_layers) for key in KEYS]
         return cls(modules, [supernet.levels(key, i) for i, key in modules], supernet.types)
 
@@ -284,7 +285,7 @@ class IterationState:
         atomic.save_torch({**self.__dict__, "parent": list(self.parent)}, path)
 
     @classmethod
-    def load(cls, path: Path) -> "IterationState":
+    def load(cls, path: Path) -> IterationState:
         data = torch.load(path, weights_only=False)
         data["parent"] = tuple(data["parent"])
         return cls(**data)

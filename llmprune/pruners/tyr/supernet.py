@@ -17,9 +17,9 @@ Peak memory: one block, the calibration activations and the variants of one bloc
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import safe_open
