@@ -93,6 +93,7 @@ class PruneContext:
 
     def layerwise_runner(self) -> LayerwiseRunner:
         """A runner over the calibration samples honouring --device, --dtype and --offload-dir."""
+        assert self.calib is not None, "a layer-wise runner needs calibration samples"
         return LayerwiseRunner(
             self.model, self.adapter, self.calib, self.device, self.settings.batch_size,
             compute_dtype=self.compute_dtype, offload_dir=self.offload_dir,

@@ -224,6 +224,7 @@ class MinimaxPruner(Pruner):
     needs_calibration = True
     resumable = True
     Options = MinimaxOptions
+    options: MinimaxOptions
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -260,7 +261,8 @@ class MinimaxPruner(Pruner):
     def _init_scores(self, ctx: PruneContext, geom: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
         """Wanda-sp scores of every layer on dense activations, each divided by its layer mean."""
         s = ctx.settings
-        attn_scores, mlp_scores = [], []
+        attn_scores: list[torch.Tensor] = []
+        mlp_scores: list[torch.Tensor] = []
 
         def process(i: int, layer: nn.Module) -> None:
             stats = runner.collect(i, layer, STRUCTURED_KEYS, hessian=False)
@@ -378,6 +380,9 @@ class MinimaxTraining(LearnedMethod):
                 opt.zero_grad(set_to_none=True)
         if self.frozen is None and step >= self.freeze_step:
             self.frozen = self.freeze(step)
+        assert self.hooks is not None  # begin_stage installed them
+        m_a: torch.Tensor | None
+        m_f: torch.Tensor | None
         if self.frozen is None:
             sa, sf = self.widths(step)
             m_a = ste_mask(self.z_a, sa / rows_a, max(1.0, o.width_tau * n_a / rows_a), self.prior_a)
@@ -394,6 +399,7 @@ class MinimaxTraining(LearnedMethod):
         use_kl = self.teacher is not None
         kl = torch.zeros((), device=device)
         if use_kl:
+            assert self.teacher is not None  # narrowed by use_kl
             kl = topk_kl(logits, *self.teacher.batch(batch.rows, device), o.temperature)
         lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch.tokens[:, 1:].reshape(-1))
         loss = (o.kl_weight * kl if use_kl else 0.0) + o.lm_weight * lm
@@ -411,7 +417,7 @@ class MinimaxTraining(LearnedMethod):
             # Lagrangian terms: only s carries gradient here (counts are constants).
             # (the per-layer terms y_ℓ(‖z_ℓ‖₀ − s) act through the prox threshold only)
             extra = self.y_res * (frac - self.target(step))
-        self.current = {"sa": sa, "sf": sf, "m_a": m_a, "m_f": m_f, "frac": frac, "violation": violation,
+        self.current: dict[str, Any] = {"sa": sa, "sf": sf, "m_a": m_a, "m_f": m_f, "frac": frac, "violation": violation,
                         "layer_viol": layer_viol}
         return Losses(data=loss, logged={"loss": loss, "kl": kl, "lm": lm}, extra=extra)
 
@@ -471,6 +477,8 @@ class MinimaxTraining(LearnedMethod):
         self.timings["time_train_s"] = time.perf_counter() - self.t_train
         plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
         plan.layers = [type(plan.layers[0]).model_validate(lp) for lp in frozen["layers"]]
+        assert self.hooks is not None  # begin_stage installed them
+        assert ctx.calib is not None  # MinimaxPruner.prune checked it
         self.hooks.set(*self.frozen_masks(frozen))
         probe_tokens = ctx.calib[:1].to(ctx.device)
         with torch.no_grad():
@@ -528,7 +536,9 @@ def _merge_check(ctx: PruneContext, plan: PrunePlan, tokens: torch.Tensor, stude
 def _teacher(ctx: PruneContext, o: MinimaxOptions) -> TeacherTopK:
     """Teacher top-k of every calibration row; under torchrun each rank runs its shard and the
     rows are gathered (all ranks then hold the same targets)."""
-    calib, n = ctx.calib, ctx.calib.shape[0]
+    calib = ctx.calib
+    assert calib is not None  # MinimaxPruner.prune checked it
+    n = calib.shape[0]
     bs = min(ctx.settings.batch_size, n)
     task = ctx.progress.task("minimax teacher top-k", total=-(-n // bs))
     ctx.model.eval()
@@ -538,7 +548,8 @@ def _teacher(ctx: PruneContext, o: MinimaxOptions) -> TeacherTopK:
                                   progress=task.advance)
         return part.logp, part.index, part.log_rest
 
-    return TeacherTopK(*sharded_rows(n, shard), o.temperature)
+    logp, index, log_rest = sharded_rows(n, shard)
+    return TeacherTopK(logp, index, log_rest, o.temperature)
 
 
 def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Path | None:

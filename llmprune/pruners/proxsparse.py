@@ -94,6 +94,7 @@ class ProxSparsePruner(Pruner):
     needs_calibration = True
     resumable = True
     Options = ProxSparseOptions
+    options: ProxSparseOptions
 
     # ------------------------------------------------------------------------------------------
     def prune(self, ctx: PruneContext) -> PruneResult:
@@ -145,7 +146,9 @@ class ProxSparsePruner(Pruner):
                 if o.init_mask == "wanda":
                     init[name] = nm_mask(w0[name].abs() * norm[None, :])
                 elif o.init_mask == "sparsegpt":
-                    new = sparsegpt_prune(lin.weight, stats[key].hessian, n=2, m=4, name=name)
+                    hessian = stats[key].hessian
+                    assert hessian is not None  # collected with hessian=True
+                    new = sparsegpt_prune(lin.weight, hessian, n=2, m=4, name=name)
                     init[name] = nm_mask(new.detach().float().abs().cpu())
                     lin.weight.copy_(new.to(lin.weight.dtype))  # sequential, as the baseline
 
@@ -230,6 +233,7 @@ class ProxSparseTraining(LearnedMethod):
 
     def step(self, batch: Batch, forward) -> Losses:
         o, names, masters, targets = self.o, self.names, self.masters, self.targets
+        assert self.opt is not None  # begin_stage created it
         self.opt.zero_grad(set_to_none=True)
         if not self.shared:
             with torch.no_grad():
@@ -240,6 +244,7 @@ class ProxSparseTraining(LearnedMethod):
         anchor = torch.zeros((), device=self.ctx.device)
         extra = None
         if o.lambda2 > 0:
+            assert self.w0_dev is not None  # begin_stage set it when lambda2 > 0
             for n in names:
                 ref, rms = self.w0_dev[n], self.rms[n]
                 denom = ref + ANCHOR_EPS * rms * torch.where(ref >= 0, 1.0, -1.0)
@@ -253,8 +258,11 @@ class ProxSparseTraining(LearnedMethod):
         o, names, masters, targets, scale_dev = self.o, self.names, self.masters, self.targets, self.scale_dev
         if not self.shared:
             for n in names:
-                masters[n].grad = targets[n].weight.grad.float()
+                grad = targets[n].weight.grad
+                assert grad is not None  # backward ran through the model's weights
+                masters[n].grad = grad.float()
                 targets[n].weight.grad = None
+        assert self.opt is not None  # begin_stage created it
         lr = self.schedule.apply(self.opt, o.lr, batch.step, o.steps)
         self.opt.step()
         reg_sum, nz_groups = 0.0, 0
@@ -342,7 +350,9 @@ class ProxSparseTraining(LearnedMethod):
             for key, lin in ctx.adapter.linears(layer).items():
                 name = ctx.adapter.linear_name(i, key)
                 if name in self.targets:
-                    new = obs_prune(self.w0[name], stats[key].hessian, mask=self.masks[name], name=name)
+                    hessian = stats[key].hessian
+                    assert hessian is not None  # collected with hessian=True
+                    new = obs_prune(self.w0[name], hessian, mask=self.masks[name], name=name)
                     lin.weight.copy_(new.to(device=lin.weight.device, dtype=lin.weight.dtype))
 
         task = ctx.progress.task("proxsparse OBS refit", total=len(ctx.adapter.layers(ctx.model)))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -101,25 +101,27 @@ class GlobalTyr(Pruner):
     needs_calibration: ClassVar[bool] = True
     resumable: ClassVar[bool] = True
     Options: ClassVar[type[BaseModel]] = TyrOptions
+    options: TyrOptions
 
     def search_config(self) -> SearchConfig:
         o = self.options
         return SearchConfig(
             generations=o.generations, offspring=o.offspring,
-            select_tokens=_int_list(o.select_tokens, 3, "--select-tokens"),
-            survivors=_int_list(o.survivors, 2, "--survivors"), budget_split=o.budget_split,
+            select_tokens=cast("tuple[int, int, int]", _int_list(o.select_tokens, 3, "--select-tokens")),
+            survivors=cast("tuple[int, int]", _int_list(o.survivors, 2, "--survivors")), budget_split=o.budget_split,
         )
 
     def check_disk(self, ctx: PruneContext, types, k_attn: int, k_mlp: int) -> int:
         """Refuse to start when the work folder's disk cannot hold the supernets and the dense top-k
         cache (``supernet_disk_need``); returns the estimated bytes still to be written."""
         s, o = ctx.settings, self.options
+        assert ctx.calib is not None  # prune() checked it
         work = Path(ctx.work_dir)
         n_layers = types["o"].geom.num_layers
         first = SupernetSpec(centers={"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers},
                              steps={k: types[k].step(o.delta) for k in KEYS}, delta=o.delta)
         rows = ctx.calib.shape[0] if o.search_nsamples is None else min(o.search_nsamples, ctx.calib.shape[0])
-        topk = min(o.topk_logits, ctx.model.config.vocab_size)
+        topk = min(o.topk_logits, cast(Any, ctx.model).config.vocab_size)  # a Hugging Face model's config
         need = supernet_disk_need(types, first, n_layers, o.iterations) + rows * ctx.calib.shape[1] * topk * 8
         existing = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) if work.exists() else 0
         need = max(need - existing, 0)  # --resume: what is already on disk counts

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -87,6 +87,7 @@ class SearchSpace:
         if a is None:
             return False
         gain = self.move_delta(state, a, +1)
+        assert gain is not None  # _pick only returns modules that can move
         saved = list(state)
         state[a] += 1
         b = self._pick(state, key, -1, gen, want=-gain)
@@ -108,7 +109,7 @@ class SearchSpace:
                 if m is None:
                     state[:] = saved
                     return False
-                total += self.move_delta(state, m, d)
+                total += cast(int, self.move_delta(state, m, d))  # _pick only returns modules that can move
                 state[m] += d
         if total != 0:
             state[:] = saved
@@ -162,7 +163,7 @@ class Evaluator:
         self.dense = {(i, key): adapter.linear(layer, key).weight.detach().clone()
                       for i, layer in enumerate(self.layers) for key in KEYS}
         self.loaded: dict[tuple[int, str], Any] = {}
-        self.topk = min(topk, model.config.vocab_size)
+        self.topk = min(topk, cast(Any, model).config.vocab_size)  # a Hugging Face model's config
         # With --resume, rank 0's cache (refused when made with other settings) on every rank;
         # otherwise every rank computes its shard of rows and rank 0 writes the cache (atomically).
         fp = fingerprint or {}
@@ -216,6 +217,7 @@ class Evaluator:
 
         Under torchrun each rank scores its shard of ``rows``; the sums and token counts are
         all-reduced, so every rank returns the same token-weighted mean over all rows."""
+        count: float
         if distributed.is_enabled():
             lo, hi = distributed.shard_range(rows.numel())
             total, count = self._kl_sums(rows[lo:hi])

@@ -211,6 +211,7 @@ class Supernet:
                 lin = adapter.linear(layer, key)
                 W = lin.weight.detach().float()
                 H = stats[key].hessian
+                assert H is not None  # collected with hessian=True
                 G = H @ W.t()
                 kept_values = sorted(set(self.levels(key, i)))
                 weights = expectation_weights(kept_values, mtype.units)
