@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -166,17 +166,17 @@ class ArchAdapter:
 
     # ----- structure ------------------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        return model.model.layers
+        return cast(nn.ModuleList, cast(nn.Module, model.model).layers)
 
     def decoder(self, model: nn.Module) -> nn.Module:
         """The backbone (embeddings, layers, final norm, rotary embedding)."""
-        return model.model
+        return cast(nn.Module, model.model)
 
     def attention(self, layer: nn.Module) -> nn.Module:
-        return layer.self_attn
+        return cast(nn.Module, layer.self_attn)
 
     def mlp(self, layer: nn.Module) -> nn.Module:
-        return layer.mlp
+        return cast(nn.Module, layer.mlp)
 
     def linear(self, layer: nn.Module, key: str) -> nn.Linear:
         parent, child = _PATHS[key]
@@ -242,7 +242,8 @@ class ArchAdapter:
         """Update the attention module's cached head counts after slicing its projections."""
         attn = self.attention(layer)
         if num_kv_heads > 0:
-            attn.num_key_value_groups = num_heads // num_kv_heads
+            # torch types Module attributes as tensor or module only; a plain int is fine at runtime
+            attn.num_key_value_groups = num_heads // num_kv_heads  # type: ignore[assignment]
         for name, value in (("num_heads", num_heads), ("num_key_value_heads", num_kv_heads)):
             if hasattr(attn, name):
                 setattr(attn, name, value)

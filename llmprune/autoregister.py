@@ -50,6 +50,7 @@ def _on_config_auto(module: types.ModuleType) -> None:
     mapping = getattr(module, "CONFIG_MAPPING", None)
     extra = getattr(mapping, "_extra_content", None)
     if isinstance(extra, dict) and not isinstance(extra, _LazyHeteroTypes):
+        assert mapping is not None  # the table was read from it
         mapping._extra_content = _LazyHeteroTypes(extra)
     elif extra is None and mapping is not None:  # a transformers without the private table: register now
         from llmprune.hetero import register_auto_classes

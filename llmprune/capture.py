@@ -246,6 +246,7 @@ class LayerwiseRunner:
     def advance(self, layer: nn.Module) -> None:
         """Replace the captured inputs by this (possibly pruned) layer's outputs."""
         outputs = self._forward(layer, keep=True)
+        assert outputs is not None  # keep=True always returns the store
         self.inputs.hidden.release()
         self.inputs.hidden = outputs
 

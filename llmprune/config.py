@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from llmprune.errors import UsageError
+
+_Settings = TypeVar("_Settings", bound=BaseModel)
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
@@ -116,7 +118,7 @@ def shard_size_bytes(text: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
-def validated(settings_class: type[BaseModel], **values: Any) -> BaseModel:
+def validated(settings_class: type[_Settings], **values: Any) -> _Settings:
     """Build a settings object, turning validation errors into one-line UsageErrors."""
     try:
         return settings_class(**values)

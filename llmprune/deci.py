@@ -33,7 +33,7 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -334,7 +334,7 @@ def write_deci(folder: Path, model: nn.Module, plan: PrunePlan, save_dtype: torc
 
 def _check_same_function(model: nn.Module, deci_model: nn.Module, length: int = 16) -> None:
     """The padded layout must not change the function: compare logits on a fixed sequence."""
-    vocab = model.config.vocab_size
+    vocab = cast(Any, model.config).vocab_size  # a transformers config, not a tensor or module
     tokens = (torch.arange(length) * 7919 % vocab).unsqueeze(0).to(next(model.parameters()).device)
     deci_model.to(next(model.parameters()).device)
     ref_dtype = next(model.parameters()).dtype

@@ -250,7 +250,7 @@ class TrainableParameters(nn.Module):
     the model is not part of the module (DDP neither broadcasts nor reduces it).
     """
 
-    def __init__(self, params: Sequence[nn.Parameter], forward: Callable[..., Any]) -> None:
+    def __init__(self, params: Sequence[torch.Tensor], forward: Callable[..., Any]) -> None:
         super().__init__()
         self.trainable = nn.ParameterList(list(params))
         self._forward = [forward]  # a list: not registered as a submodule
@@ -259,7 +259,7 @@ class TrainableParameters(nn.Module):
         return self._forward[0](*args, **kwargs)
 
 
-def data_parallel(params: Sequence[nn.Parameter], forward: Callable[..., Any],
+def data_parallel(params: Sequence[torch.Tensor], forward: Callable[..., Any],
                   find_unused_parameters: bool = False) -> Callable[..., Any]:
     """``forward`` itself without a group; otherwise a DDP module over ``params`` calling ``forward``.
 

@@ -18,7 +18,7 @@ from llmprune.evaluate import count_parameters, perplexity, throughput
 from llmprune.export import SPARSITY_FILE
 from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_device, resolve_dtype, resolve_seqlen
 from llmprune.progress import Reporter
-from llmprune.report import PruneReport
+from llmprune.report import HistoryStep, PruneReport
 
 
 class EvalSettings(BaseModel):
@@ -85,7 +85,7 @@ def calibrated_on(model: str, data: str) -> str | None:
     report = PruneReport.load(model)
     if report is None:
         return None
-    steps = [*report.history, report]
+    steps: list[HistoryStep | PruneReport] = [*report.history, report]
     recorded = [(s, s.calibration.text_sha256 if s.calibration else None) for s in steps]
     if not any(digest for _, digest in recorded):
         return None

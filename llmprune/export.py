@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from llmprune.errors import NumericalError, OutputExistsError
 from llmprune.masks import max_nonzeros_per_group
 from llmprune.plan import PrunePlan
 from llmprune.portable import apply_umask, portable_tokenizer_config
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 REPORT_FILE = "llmprune_report.json"
 SPARSITY_FILE = "llmprune_sparsity.json"
@@ -142,7 +145,8 @@ def save_pruned(
             if is_hetero_config(config):  # heterogeneous widths: the modeling file goes beside the weights
                 write_modeling_file(staging, config)
             model.to(save_dtype)
-            model.save_pretrained(staging, max_shard_size=max_shard_size)
+            # a transformers model; nn.Module does not declare save_pretrained
+            cast("PreTrainedModel", model).save_pretrained(staging, max_shard_size=max_shard_size)
             # The pruned config may differ from the in-memory one (new widths, or an equivalent
             # family such as Llama -> Mistral), so it is written last, over save_pretrained's.
             config.dtype = save_dtype

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -123,7 +123,9 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype):
     adapter = ArchAdapter.for_config(config)
     source = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True)
+        # With output_loading_info the call returns (model, info); the stubs only know the model.
+        model, info = cast("tuple[Any, dict[str, Any]]",
+                           AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True))
     except Exception as err:
         raise ModelLoadError(f"cannot load model weights from {name!r}: {_first_line(err)}") from err
     check_loading_info(info, model, f"model {name!r}")

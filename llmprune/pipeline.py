@@ -173,10 +173,11 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     dense_total = sum(p.numel() for p in model.parameters())
     calib = None
     if pruner_cls.needs_calibration:
-        def load_calibration() -> tuple[str, torch.Tensor]:
+        def load_calibration() -> tuple[str, torch.Tensor, str]:
             source, warning = resolve_calibration_source(settings.calib)
             if warning:
                 reporter.log(f"[yellow]warning:[/] {warning}")
+            assert settings.seqlen is not None  # resolve_seqlen above always sets it
             samples = calibration_samples(tokenizer, source, settings.nsamples, settings.seqlen, settings.seed)
             return source, samples, text_sha256(source)
 

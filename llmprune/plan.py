@@ -56,7 +56,8 @@ class PrunePlan(BaseModel):
 
     # ----- constructors ---------------------------------------------------------------------
     @classmethod
-    def dense_structured(cls, geom: Geometry, strategy: str, method: str, attn_unit: str = "group") -> PrunePlan:
+    def dense_structured(cls, geom: Geometry, strategy: str, method: str,
+                         attn_unit: Literal["group", "query"] = "group") -> PrunePlan:
         """A structured plan that keeps everything (the identity)."""
         layers = [
             LayerPlan(

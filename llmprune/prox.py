@@ -136,10 +136,12 @@ def _sweeps(aw: list[torch.Tensor], lam: torch.Tensor, thr: torch.Tensor, ww: li
                 pair = torch.addcmul(x * (y + u), y, u)
             ww[i] = torch.addcmul(aw[i], lam, pair, value=-1.0).clamp_(min=0.0)
         if check:
-            moved = None
+            assert prev is not None  # cloned above whenever check is set
+            moved: torch.Tensor | None = None
             for w, p in zip(ww, prev):
                 step = (w - p).abs_() > thr
                 moved = step if moved is None else moved.logical_or_(step)
+            assert moved is not None  # ww holds at least three groups
             count = int(moved.sum())
             if count == 0:
                 return ww

@@ -93,8 +93,8 @@ class PruneReport(BaseModel):
             where = ".".join(str(p) for p in first["loc"]) or "report"
             raise ModelLoadError(f"{path} is not a readable llmprune report: {where}: {first['msg']}") from err
         except (OSError, UnicodeDecodeError, ValueError) as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ModelLoadError(f"{path} is not a readable llmprune report: {first}") from err
+            line = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ModelLoadError(f"{path} is not a readable llmprune report: {line}") from err
 
     def as_json(self) -> dict[str, Any]:
         """The JSON object written to ``llmprune_report.json`` (only the fields that were set)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from llmprune.progress import console
@@ -76,7 +77,9 @@ def print_task_summary(tasks: dict[str, Any]) -> None:
     settings = tasks["settings"]
     limit = f", limit {settings['limit']}" if settings.get("limit") else ""
     table = Table(title=f"tasks (lm-eval {settings['lm_eval_version']}, {settings['num_fewshot']}-shot{limit})")
-    for col, justify in (("task", "left"), ("examples", "right"), ("acc", "right"), ("acc_norm", "right"), ("other", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("task", "left"), ("examples", "right"), ("acc", "right"), ("acc_norm", "right"), ("other", "left"))
+    for col, justify in columns:
         table.add_column(col, justify=justify)
 
     def cell(row: dict[str, Any], metric: str) -> str:

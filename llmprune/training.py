@@ -304,9 +304,9 @@ class Training:
             for stage in range(start_stage, n_stages):
                 # A checkpoint inside this stage resumes it; one at its boundary starts it afresh.
                 inside = ckpt is not None and stage == start_stage and start_step > 0
-                trainable = method.begin_stage(stage, ckpt.method if inside else None)
+                trainable = method.begin_stage(stage, ckpt.method if inside and ckpt is not None else None)
                 start = start_step if inside else 0
-                if inside and ckpt.rng is not None:
+                if inside and ckpt is not None and ckpt.rng is not None:
                     torch.set_rng_state(ckpt.rng)
                 forward = distributed.data_parallel(list(trainable), lambda t: model(t, use_cache=False).logits,
                                                     find_unused_parameters=method.find_unused_parameters)

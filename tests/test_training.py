@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
-from conftest import run_cli as run
+from helpers import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
+from helpers import run_cli as run
 from safetensors.torch import load_file
 
 from llmprune import training
