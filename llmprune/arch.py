@@ -99,8 +99,14 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("llama", ("llama",), fallback_model_type="mistral", fallback_architecture="MistralForCausalLM",
-           transformers_module="llama", class_prefix="Llama"),
+    Family(
+        "llama",
+        ("llama",),
+        fallback_model_type="mistral",
+        fallback_architecture="MistralForCausalLM",
+        transformers_module="llama",
+        class_prefix="Llama",
+    ),
     Family("mistral", ("mistral",), transformers_module="mistral", class_prefix="Mistral"),
     Family("qwen2", ("qwen2",), transformers_module="qwen2", class_prefix="Qwen2"),
     Family("qwen3", ("qwen3",), transformers_module="qwen3", class_prefix="Qwen3"),
@@ -117,6 +123,7 @@ def family_named(name: str) -> Family | None:
 def family_for_model_type(model_type: str | None) -> Family | None:
     """The family a config's ``model_type`` belongs to, or None when it is not supported."""
     return next((f for f in FAMILIES if model_type in f.model_types), None)
+
 
 _PATHS = {
     "q": ("self_attn", "q_proj"),
@@ -150,8 +157,7 @@ class ArchAdapter:
         if family is not None:
             return cls(family)
         raise UnsupportedArchitectureError(
-            f"unsupported architecture {model_type!r}; supported model types: "
-            + ", ".join(SUPPORTED_MODEL_TYPES)
+            f"unsupported architecture {model_type!r}; supported model types: " + ", ".join(SUPPORTED_MODEL_TYPES)
         )
 
     @classmethod

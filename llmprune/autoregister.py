@@ -99,7 +99,10 @@ class _PostImportHooks(importlib.abc.MetaPathFinder):
         return None
 
 
-HOOKS: dict[str, Callable[[types.ModuleType], None]] = {CONFIG_AUTO: _on_config_auto, PEFT_CONSTANTS: _on_peft_constants}
+HOOKS: dict[str, Callable[[types.ModuleType], None]] = {
+    CONFIG_AUTO: _on_config_auto,
+    PEFT_CONSTANTS: _on_peft_constants,
+}
 
 
 def install() -> None:

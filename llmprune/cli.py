@@ -84,27 +84,138 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
     )
     P = inspect.Parameter
     spec: list[tuple[str, Any, Any]] = [
-        ("model", str, typer.Argument(..., help="Hub id (e.g. meta-llama/Llama-3.1-8B) or local model folder.", show_default=False)),
-        ("output", Path, typer.Option(..., "-o", "--output", help="Output folder (written atomically; must not exist unless --overwrite).", show_default=False)),
+        (
+            "model",
+            str,
+            typer.Argument(
+                ..., help="Hub id (e.g. meta-llama/Llama-3.1-8B) or local model folder.", show_default=False
+            ),
+        ),
+        (
+            "output",
+            Path,
+            typer.Option(
+                ...,
+                "-o",
+                "--output",
+                help="Output folder (written atomically; must not exist unless --overwrite).",
+                show_default=False,
+            ),
+        ),
         ("sparsity", Optional[float], typer.Option(None, help=sparsity_help, show_default=False)),
-        ("method", Optional[str], typer.Option(None, help=f"Method. {listing}. \\[default: {default_method(strategy)}]", show_default=False)),
-        ("calib", str, typer.Option("auto", help="Calibration text: a .txt (documents separated by blank lines), .jsonl (field 'text') or .parquet file, a hub dataset name (wikitext2, c4), or 'builtin' (small Python-docs text shipped with llmprune). 'auto': wikitext2 when the hub is reachable, else builtin, with a warning. Never use evaluation text.")),
+        (
+            "method",
+            Optional[str],
+            typer.Option(None, help=f"Method. {listing}. \\[default: {default_method(strategy)}]", show_default=False),
+        ),
+        (
+            "calib",
+            str,
+            typer.Option(
+                "auto",
+                help="Calibration text: a .txt (documents separated by blank lines), .jsonl (field 'text') or .parquet file, a hub dataset name (wikitext2, c4), or 'builtin' (small Python-docs text shipped with llmprune). 'auto': wikitext2 when the hub is reachable, else builtin, with a warning. Never use evaluation text.",
+            ),
+        ),
         ("nsamples", int, typer.Option(128, help="Number of calibration sequences.")),
-        ("seqlen", Optional[int], typer.Option(None, help="Tokens per calibration sequence. \\[default: min(2048, model context)]", show_default=False)),
-        ("seed", int, typer.Option(0, help="Random seed for calibration sampling and any stochastic step; same seed, same result.")),
+        (
+            "seqlen",
+            Optional[int],
+            typer.Option(
+                None, help="Tokens per calibration sequence. \\[default: min(2048, model context)]", show_default=False
+            ),
+        ),
+        (
+            "seed",
+            int,
+            typer.Option(
+                0, help="Random seed for calibration sampling and any stochastic step; same seed, same result."
+            ),
+        ),
         ("device", str, typer.Option("auto", help="Compute device: auto (cuda if available), cpu, cuda, cuda:1, ...")),
-        ("dtype", str, typer.Option("auto", help="Dtype the model runs in: auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16. Statistics are always float32.")),
-        ("save_dtype", str, typer.Option("auto", help="Dtype of the exported weights: auto (the checkpoint's), float32, bfloat16, float16.")),
-        ("attn_unit", str, typer.Option("group", help="Attention pruning unit: 'group' removes whole KV groups (KV head + its query heads); 'query' removes query heads, the same number from every group.")),
-        ("align", int, typer.Option(1, help="Keep every width (query and KV heads × head_dim, MLP channels) a multiple of N, e.g. 32 or 256 for GGUF quantization blocks, 64/128 for GPU kernels; the budget is met as closely as that grid allows (the report gives the achieved sparsity). A module pruned entirely or kept whole is always allowed.")),
-        ("align_heads", int, typer.Option(1, help="Keep every query-head and KV-head count divisible by T (the tensor-parallel size you will serve with, e.g. vLLM --tensor-parallel-size).")),
+        (
+            "dtype",
+            str,
+            typer.Option(
+                "auto",
+                help="Dtype the model runs in: auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16. Statistics are always float32.",
+            ),
+        ),
+        (
+            "save_dtype",
+            str,
+            typer.Option(
+                "auto", help="Dtype of the exported weights: auto (the checkpoint's), float32, bfloat16, float16."
+            ),
+        ),
+        (
+            "attn_unit",
+            str,
+            typer.Option(
+                "group",
+                help="Attention pruning unit: 'group' removes whole KV groups (KV head + its query heads); 'query' removes query heads, the same number from every group.",
+            ),
+        ),
+        (
+            "align",
+            int,
+            typer.Option(
+                1,
+                help="Keep every width (query and KV heads × head_dim, MLP channels) a multiple of N, e.g. 32 or 256 for GGUF quantization blocks, 64/128 for GPU kernels; the budget is met as closely as that grid allows (the report gives the achieved sparsity). A module pruned entirely or kept whole is always allowed.",
+            ),
+        ),
+        (
+            "align_heads",
+            int,
+            typer.Option(
+                1,
+                help="Keep every query-head and KV-head count divisible by T (the tensor-parallel size you will serve with, e.g. vLLM --tensor-parallel-size).",
+            ),
+        ),
         ("batch_size", int, typer.Option(8, help="Sequences per forward pass during calibration.")),
-        ("offload_dir", Optional[Path], typer.Option(None, help="Keep calibration activations between layers on disk in this folder instead of in memory (layer-wise methods; for very large models or many samples).", show_default=False)),
-        ("export_format", str, typer.Option("hf", help="Output format: 'hf' (plain config for uniform widths; per-layer widths with a modeling file for global) or 'deci' (DeciLM / Nemotron-NAS block_configs, which vLLM and llama.cpp serve; widths the format cannot express are zero-padded, the report says what that costs). See docs/export.md.")),
+        (
+            "offload_dir",
+            Optional[Path],
+            typer.Option(
+                None,
+                help="Keep calibration activations between layers on disk in this folder instead of in memory (layer-wise methods; for very large models or many samples).",
+                show_default=False,
+            ),
+        ),
+        (
+            "export_format",
+            str,
+            typer.Option(
+                "hf",
+                help="Output format: 'hf' (plain config for uniform widths; per-layer widths with a modeling file for global) or 'deci' (DeciLM / Nemotron-NAS block_configs, which vLLM and llama.cpp serve; widths the format cannot express are zero-padded, the report says what that costs). See docs/export.md.",
+            ),
+        ),
         ("max_shard_size", str, typer.Option("5GB", help="Largest safetensors shard in the output.")),
-        ("config", Optional[Path], typer.Option(None, "--config", help="YAML or JSON recipe with the same keys as these options (e.g. sparsity: 0.3, lora_rank: 8); flags given on the command line override it.", show_default=False)),
-        ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace an existing output folder (only after the new one is complete).")),
-        ("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same command from its last checkpoint (methods that train or search).")),
+        (
+            "config",
+            Optional[Path],
+            typer.Option(
+                None,
+                "--config",
+                help="YAML or JSON recipe with the same keys as these options (e.g. sparsity: 0.3, lora_rank: 8); flags given on the command line override it.",
+                show_default=False,
+            ),
+        ),
+        (
+            "overwrite",
+            bool,
+            typer.Option(
+                False, "--overwrite", help="Replace an existing output folder (only after the new one is complete)."
+            ),
+        ),
+        (
+            "resume",
+            bool,
+            typer.Option(
+                False,
+                "--resume",
+                help="Continue an interrupted run of the same command from its last checkpoint (methods that train or search).",
+            ),
+        ),
     ]
     if strategy == "semi24":
         spec = [s for s in spec if s[0] not in ("attn_unit", "align", "align_heads", "export_format")]
@@ -124,9 +235,11 @@ def _method_parameters(strategy: str) -> list[inspect.Parameter]:
             help_text += f" \\[default: {listing}]"
         params.append(
             inspect.Parameter(
-                opt.name, inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(opt.default, *decls, help=help_text, show_default=opt.shared_default
-                                     and opt.default is not None),
+                opt.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(
+                    opt.default, *decls, help=help_text, show_default=opt.shared_default and opt.default is not None
+                ),
                 annotation=Optional[opt.type],
             )
         )
@@ -140,9 +253,7 @@ def _shown(value: Any, opt: Any) -> str:
     return str(value)
 
 
-def _method_options(
-    strategy: str, method: str, given: dict[str, Any], origin: dict[str, str]
-) -> dict[str, Any]:
+def _method_options(strategy: str, method: str, given: dict[str, Any], origin: dict[str, str]) -> dict[str, Any]:
     """The chosen method's options: its defaults, overridden by the given flags and recipe keys.
 
     A given option the method does not declare is a usage error naming the methods that do.
@@ -216,7 +327,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version, is_eager=True),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_version, is_eager=True
+    ),
 ) -> None:
     """Prune Hugging Face causal LMs: uniform structured, global structured, and 2:4."""
 
@@ -228,19 +341,47 @@ for _strategy in ("uniform", "global", "semi24"):
 @app.command(name="eval")
 @friendly_errors
 def eval_command(
-    model: str = typer.Argument(..., help="Hub id, local model folder, or an llmprune output folder.", show_default=False),
-    data: Optional[str] = typer.Option(None, help="Perplexity text: a .txt/.jsonl/.parquet file or a hub dataset name (wikitext2 test split, c4 validation). \\[default: wikitext2; with --tasks, perplexity only when --data is given]", show_default=False),
-    seqlen: Optional[int] = typer.Option(None, help="Window length in tokens (non-overlapping windows, remainder dropped). \\[default: min(2048, model context)]", show_default=False),
+    model: str = typer.Argument(
+        ..., help="Hub id, local model folder, or an llmprune output folder.", show_default=False
+    ),
+    data: Optional[str] = typer.Option(
+        None,
+        help="Perplexity text: a .txt/.jsonl/.parquet file or a hub dataset name (wikitext2 test split, c4 validation). \\[default: wikitext2; with --tasks, perplexity only when --data is given]",
+        show_default=False,
+    ),
+    seqlen: Optional[int] = typer.Option(
+        None,
+        help="Window length in tokens (non-overlapping windows, remainder dropped). \\[default: min(2048, model context)]",
+        show_default=False,
+    ),
     batch_size: int = typer.Option(8, help="Windows per forward pass."),
-    speed: bool = typer.Option(False, "--speed", help="Also measure prefill and decode tokens/s (warm-up and repeated runs, median)."),
+    speed: bool = typer.Option(
+        False, "--speed", help="Also measure prefill and decode tokens/s (warm-up and repeated runs, median)."
+    ),
     speed_repeats: int = typer.Option(5, help="Timed repeats for --speed."),
-    baseline: Optional[str] = typer.Option(None, help="With --speed: also time this model (e.g. the dense original) in the same process and report the speed-up.", show_default=False),
+    baseline: Optional[str] = typer.Option(
+        None,
+        help="With --speed: also time this model (e.g. the dense original) in the same process and report the speed-up.",
+        show_default=False,
+    ),
     device: str = typer.Option("auto", help="Compute device: auto, cpu, cuda, cuda:1, ..."),
-    dtype: str = typer.Option("auto", help="auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON to this file.", show_default=False),
-    tasks: Optional[str] = typer.Option(None, help="Also measure task accuracy with lm-evaluation-harness (pip install 'llmprune\\[tasks]'): comma-separated harness task names (arc_easy,hellaswag; `lm-eval ls tasks` lists them) and/or paths of local task YAML files or folders.", show_default=False),
+    dtype: str = typer.Option(
+        "auto", help="auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16."
+    ),
+    json_path: Optional[Path] = typer.Option(
+        None, "--json", help="Write the report as JSON to this file.", show_default=False
+    ),
+    tasks: Optional[str] = typer.Option(
+        None,
+        help="Also measure task accuracy with lm-evaluation-harness (pip install 'llmprune\\[tasks]'): comma-separated harness task names (arc_easy,hellaswag; `lm-eval ls tasks` lists them) and/or paths of local task YAML files or folders.",
+        show_default=False,
+    ),
     num_fewshot: int = typer.Option(0, help="With --tasks: few-shot examples per prompt."),
-    task_limit: Optional[int] = typer.Option(None, help="With --tasks: evaluate only the first N examples of each task (quick checks; not comparable to full runs).", show_default=False),
+    task_limit: Optional[int] = typer.Option(
+        None,
+        help="With --tasks: evaluate only the first N examples of each task (quick checks; not comparable to full runs).",
+        show_default=False,
+    ),
     task_batch_size: int = typer.Option(8, help="With --tasks: requests per forward pass."),
 ) -> None:
     """Perplexity (docs/methods.md §0), parameter counts, optional throughput and task accuracy, as a table and JSON."""
@@ -249,9 +390,21 @@ def eval_command(
     from llmprune.summary import print_eval_summary
 
     settings = validated(
-        EvalSettings, model=model, data=data, seqlen=seqlen, batch_size=batch_size, speed=speed,
-        speed_repeats=speed_repeats, device=device, dtype=dtype, json_path=json_path, baseline=baseline,
-        tasks=tasks, num_fewshot=num_fewshot, task_limit=task_limit, task_batch_size=task_batch_size,
+        EvalSettings,
+        model=model,
+        data=data,
+        seqlen=seqlen,
+        batch_size=batch_size,
+        speed=speed,
+        speed_repeats=speed_repeats,
+        device=device,
+        dtype=dtype,
+        json_path=json_path,
+        baseline=baseline,
+        tasks=tasks,
+        num_fewshot=num_fewshot,
+        task_limit=task_limit,
+        task_batch_size=task_batch_size,
     )
     report = run_eval(settings)
     print_eval_summary(report)
@@ -260,7 +413,9 @@ def eval_command(
 @app.command(name="inspect")
 @friendly_errors
 def inspect_command(
-    folder: str = typer.Argument(..., help="A model folder (llmprune output or any HF model folder).", show_default=False),
+    folder: str = typer.Argument(
+        ..., help="A model folder (llmprune output or any HF model folder).", show_default=False
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the description as JSON instead of tables."),
 ) -> None:
     """Describe a model folder: how it was pruned, per-layer widths or 2:4 coverage, parameter counts,
@@ -280,9 +435,22 @@ def inspect_command(
 @app.command(name="remask")
 @friendly_errors
 def remask_command(
-    model: str = typer.Argument(..., help="Model folder to fix, e.g. a 2:4 output after a LoRA merge.", show_default=False),
-    output: Path = typer.Option(..., "-o", "--output", help="Output folder (written atomically; must not exist unless --overwrite).", show_default=False),
-    like: Path = typer.Option(..., "--like", help="The 2:4 output whose zero pattern to restore (has llmprune_sparsity.json).", show_default=False),
+    model: str = typer.Argument(
+        ..., help="Model folder to fix, e.g. a 2:4 output after a LoRA merge.", show_default=False
+    ),
+    output: Path = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        help="Output folder (written atomically; must not exist unless --overwrite).",
+        show_default=False,
+    ),
+    like: Path = typer.Option(
+        ...,
+        "--like",
+        help="The 2:4 output whose zero pattern to restore (has llmprune_sparsity.json).",
+        show_default=False,
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Re-apply a 2:4 output's zero pattern after fine-tuning (a merged LoRA makes every weight dense)."""

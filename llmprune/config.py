@@ -167,5 +167,7 @@ def load_recipe(path: Path, allowed: set[str]) -> dict[str, Any]:
     recipe = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(recipe) - allowed)
     if unknown:
-        raise UsageError(f"--config {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+        raise UsageError(
+            f"--config {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}"
+        )
     return recipe

@@ -129,25 +129,39 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict[s
         same = calibrated_on(settings.model, data)
         if same:
             report["evaluated_on_calibration_text"] = True
-            reporter.log(f"[yellow]warning:[/] the evaluation text {data!r} is the text {settings.model} was "
-                         f"calibrated on ({same}); its perplexity is optimistic, use held-out text")
+            reporter.log(
+                f"[yellow]warning:[/] the evaluation text {data!r} is the text {settings.model} was "
+                f"calibrated on ({same}); its perplexity is optimistic, use held-out text"
+            )
         with reporter.live():
-            task = reporter.task("perplexity", total=(windows.shape[0] + settings.batch_size - 1) // settings.batch_size)
+            task = reporter.task(
+                "perplexity", total=(windows.shape[0] + settings.batch_size - 1) // settings.batch_size
+            )
             ppl, nll = perplexity(model, windows, settings.batch_size, device, progress=task.advance)
-        report.update(perplexity=ppl, mean_nll=nll, eval_windows=int(windows.shape[0]), eval_tokens=int(windows.numel()))
+        report.update(
+            perplexity=ppl, mean_nll=nll, eval_windows=int(windows.shape[0]), eval_tokens=int(windows.numel())
+        )
     if task_plan is not None:
         from llmprune.tasks import run_tasks
 
-        report["tasks"] = run_tasks(model, tokenizer, task_plan, num_fewshot=settings.num_fewshot,
-                                    limit=settings.task_limit, batch_size=settings.task_batch_size)
+        report["tasks"] = run_tasks(
+            model,
+            tokenizer,
+            task_plan,
+            num_fewshot=settings.num_fewshot,
+            limit=settings.task_limit,
+            batch_size=settings.task_batch_size,
+        )
         report["tasks"]["settings"].update(device=str(device), dtype=str(dtype).removeprefix("torch."))
-    report.update({
-        "seqlen": seqlen,
-        **count_parameters(model, adapter),
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "pruning": pruning_info(settings.model),
-    })
+    report.update(
+        {
+            "seqlen": seqlen,
+            **count_parameters(model, adapter),
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "pruning": pruning_info(settings.model),
+        }
+    )
     if settings.speed:
         report.update(measure_speed(model, seqlen, settings.speed_repeats))
         report["torch_threads"] = torch.get_num_threads()

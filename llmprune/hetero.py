@@ -194,8 +194,9 @@ def modeling_source(family: str) -> str:
     spec = arch.family_named(family)
     if spec is None or not spec.transformers_module:
         raise ValueError(f"no heterogeneous-width export for family {family!r}")
-    return TEMPLATE.format(module=spec.transformers_module, prefix=spec.class_prefix, family=family,
-                           model_type=MODEL_TYPE_PREFIX + family)
+    return TEMPLATE.format(
+        module=spec.transformers_module, prefix=spec.class_prefix, family=family, model_type=MODEL_TYPE_PREFIX + family
+    )
 
 
 def is_hetero_config(config: Any) -> bool:
@@ -271,8 +272,11 @@ def register_peft_targets(constants: types.ModuleType | None = None) -> None:
 
 def layer_widths(plan: PrunePlan) -> list[dict[str, int]]:
     return [
-        {"num_attention_heads": len(lp.heads), "num_key_value_heads": len(lp.kv_heads),
-         "intermediate_size": len(lp.channels)}
+        {
+            "num_attention_heads": len(lp.heads),
+            "num_key_value_heads": len(lp.kv_heads),
+            "intermediate_size": len(lp.channels),
+        }
         for lp in plan.layers
     ]
 

@@ -67,7 +67,10 @@ def loads_without_custom_code(folder: Path) -> tuple[bool, str]:
         with torch.device("meta"):
             AutoModelForCausalLM.from_config(config)
     except Exception as err:  # any failure means "not without help"
-        return False, f"plain transformers cannot build it: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        return (
+            False,
+            f"plain transformers cannot build it: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+        )
     return True, f"plain AutoModelForCausalLM ({config.model_type})"
 
 
@@ -108,12 +111,14 @@ def inspect_folder(path: str) -> dict[str, Any]:
     layers = []
     for index in range(config.get("num_hidden_layers", len(per_layer))):
         mods = per_layer.get(index, {})
-        layers.append({
-            "layer": index,
-            "heads": mods["q"][0] // head_dim if "q" in mods else 0,
-            "kv_heads": mods["k"][0] // head_dim if "k" in mods else 0,
-            "channels": mods["down"][1] if "down" in mods else 0,
-        })
+        layers.append(
+            {
+                "layer": index,
+                "heads": mods["q"][0] // head_dim if "q" in mods else 0,
+                "kv_heads": mods["k"][0] // head_dim if "k" in mods else 0,
+                "channels": mods["down"][1] if "down" in mods else 0,
+            }
+        )
     report = PruneReport.load(folder)
     sidecar = _read_json(folder / SPARSITY_FILE)
     ok, how = loads_without_custom_code(folder)

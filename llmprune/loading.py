@@ -104,7 +104,8 @@ def load_config(name: str) -> Any:
         if _config_model_type(path) == DECI_MODEL_TYPE:
             raise UnsupportedArchitectureError(
                 f"{name} is a DeciLM (--export-format deci) folder, for vLLM and llama.cpp; llmprune reads "
-                "the default hf export of the same model (load this one with trust_remote_code=True)")
+                "the default hf export of the same model (load this one with trust_remote_code=True)"
+            )
     else:
         require_hub(name)  # one quick connection instead of half a minute of retries
     try:
@@ -124,8 +125,10 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype):
     source = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:
         # With output_loading_info the call returns (model, info); the stubs only know the model.
-        model, info = cast("tuple[Any, dict[str, Any]]",
-                           AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True))
+        model, info = cast(
+            "tuple[Any, dict[str, Any]]",
+            AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True),
+        )
     except Exception as err:
         raise ModelLoadError(f"cannot load model weights from {name!r}: {_first_line(err)}") from err
     check_loading_info(info, model, f"model {name!r}")

@@ -39,8 +39,9 @@ def uniform_widths(geom: Geometry, sparsity: float, attn_unit: str, align: Align
     target = (1.0 - sparsity) * geom.dense_layer_params
     k_attn = int(round((1.0 - sparsity) * n_attn / step)) * step
     k_attn = min(max(k_attn, step), n_attn)
-    k_mlp = align.round_channels((target - attn_params_kept(geom, attn_unit, k_attn)) / geom.mlp_unit_params,
-                                 geom.intermediate_size)
+    k_mlp = align.round_channels(
+        (target - attn_params_kept(geom, attn_unit, k_attn)) / geom.mlp_unit_params, geom.intermediate_size
+    )
     return k_attn, k_mlp
 
 
@@ -97,7 +98,10 @@ def min_layer_params(geom: Geometry, attn_unit: str, align: Alignment | None = N
     attention step and one MLP channel (one grid step of each with ``--align``)."""
     align = align or Alignment()
     k_attn = min(attn_grid_step(geom, attn_unit, align), geom.attn_unit_count(attn_unit))
-    return attn_params_kept(geom, attn_unit, k_attn) + align.round_channels(0, geom.intermediate_size) * geom.mlp_unit_params
+    return (
+        attn_params_kept(geom, attn_unit, k_attn)
+        + align.round_channels(0, geom.intermediate_size) * geom.mlp_unit_params
+    )
 
 
 def max_structured_sparsity(geom: Geometry, attn_unit: str, align: Alignment | None = None) -> float:

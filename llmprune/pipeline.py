@@ -136,8 +136,10 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     pruner = pruner_cls(settings.method_options)
     world = distributed.world_size()
     if world > 1 and pruner_cls.needs_calibration and min(settings.nsamples, settings.batch_size) < world:
-        raise UsageError(f"with {world} ranks, --nsamples ({settings.nsamples}) and --batch-size "
-                         f"({settings.batch_size}) must be at least {world} (each rank needs its share)")
+        raise UsageError(
+            f"with {world} ranks, --nsamples ({settings.nsamples}) and --batch-size "
+            f"({settings.batch_size}) must be at least {world} (each rank needs its share)"
+        )
     work = distributed.on_main(lambda: _open_workspace(settings, pruner_cls, reporter, claim))
     if not main:  # other ranks keep their scratch files (e.g. Týr's supernet) in a private folder
         if settings.offload_dir is not None:
@@ -156,7 +158,9 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     settings = settings.model_copy(update={"seqlen": resolve_seqlen(settings.seqlen, config)})
     geom = ArchAdapter.for_config(config).geometry(config)
     if settings.strategy != "semi24":
-        check_reachable(geom, settings.sparsity, settings.attn_unit, Alignment.of(settings))  # before the weights are read
+        check_reachable(
+            geom, settings.sparsity, settings.attn_unit, Alignment.of(settings)
+        )  # before the weights are read
     compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
     save_dtype = checkpoint_dtype(config) or torch.float32
     if settings.save_dtype != "auto":
@@ -173,6 +177,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     dense_total = sum(p.numel() for p in model.parameters())
     calib = None
     if pruner_cls.needs_calibration:
+
         def load_calibration() -> tuple[str, torch.Tensor, str]:
             source, warning = resolve_calibration_source(settings.calib)
             if warning:
@@ -181,7 +186,6 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
             samples = calibration_samples(tokenizer, source, settings.nsamples, settings.seqlen, settings.seed)
             return source, samples, text_sha256(source)
 
-
         # Rank 0 reads the text and draws the windows; every rank gets the same samples.
         source, calib, calib_sha256 = distributed.on_main(load_calibration)
         settings = settings.model_copy(update={"calib": source})
@@ -189,8 +193,15 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
 
     work.mkdir(parents=True, exist_ok=True)
     ctx = PruneContext(
-        model=model, adapter=adapter, tokenizer=tokenizer, calib=calib, settings=settings,
-        device=device, work_dir=work, progress=reporter, compute_dtype=compute_dtype,
+        model=model,
+        adapter=adapter,
+        tokenizer=tokenizer,
+        calib=calib,
+        settings=settings,
+        device=device,
+        work_dir=work,
+        progress=reporter,
+        compute_dtype=compute_dtype,
         offload_dir=settings.offload_dir,
     )
     with reporter.live():
@@ -204,7 +215,9 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
 
     kept_params = sum(kept_params_per_layer(model, adapter, plan))
     achieved = 1.0 - kept_params / dense_params
-    missed = miss_warning(geom, settings.sparsity, achieved, Alignment.of(settings)) if plan.kind == "structured" else None
+    missed = (
+        miss_warning(geom, settings.sparsity, achieved, Alignment.of(settings)) if plan.kind == "structured" else None
+    )
     if missed:
         reporter.log(f"[yellow]warning:[/] {missed}")
     fields: dict[str, Any] = {
@@ -226,9 +239,14 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         "params_total_dense": dense_total,
         "params_total": sum(p.numel() for p in model.parameters()),
         "sparsity_warning": missed,
-        "calibration": {"source": settings.calib, "nsamples": int(calib.shape[0]), "seqlen": settings.seqlen,
-                        "text_sha256": calib_sha256}
-        if calib is not None else None,
+        "calibration": {
+            "source": settings.calib,
+            "nsamples": int(calib.shape[0]),
+            "seqlen": settings.seqlen,
+            "text_sha256": calib_sha256,
+        }
+        if calib is not None
+        else None,
         "time_load_s": t_loaded - t_start,
         "time_prune_s": t_pruned - t_loaded,
         "versions": package_versions(),
@@ -243,9 +261,18 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     fields["time_total_s"] = time.perf_counter() - t_start
     report = PruneReport.model_validate(fields)
     if main:
-        save_pruned(model, tokenizer, plan, report.as_json(), settings.output, save_dtype, settings.max_shard_size,
-                    method_files or None, config=exported_config(model, adapter, plan),
-                    export_format=settings.export_format)
+        save_pruned(
+            model,
+            tokenizer,
+            plan,
+            report.as_json(),
+            settings.output,
+            save_dtype,
+            settings.max_shard_size,
+            method_files or None,
+            config=exported_config(model, adapter, plan),
+            export_format=settings.export_format,
+        )
         claim[0].close()
     else:
         shutil.rmtree(work, ignore_errors=True)

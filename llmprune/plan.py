@@ -56,8 +56,9 @@ class PrunePlan(BaseModel):
 
     # ----- constructors ---------------------------------------------------------------------
     @classmethod
-    def dense_structured(cls, geom: Geometry, strategy: str, method: str,
-                         attn_unit: Literal["group", "query"] = "group") -> PrunePlan:
+    def dense_structured(
+        cls, geom: Geometry, strategy: str, method: str, attn_unit: Literal["group", "query"] = "group"
+    ) -> PrunePlan:
         """A structured plan that keeps everything (the identity)."""
         layers = [
             LayerPlan(
@@ -69,8 +70,12 @@ class PrunePlan(BaseModel):
             for i in range(geom.num_layers)
         ]
         return cls(
-            kind="structured", strategy=strategy, method=method, attn_unit=attn_unit,
-            dense=geometry_dict(geom), layers=layers,
+            kind="structured",
+            strategy=strategy,
+            method=method,
+            attn_unit=attn_unit,
+            dense=geometry_dict(geom),
+            layers=layers,
         )
 
     # ----- queries --------------------------------------------------------------------------

@@ -47,8 +47,9 @@ def reference_masks(like: Path) -> tuple[list[str], dict[str, Path]]:
 
 
 @torch.no_grad()
-def remask(model_source: str, like: Path, output: Path, overwrite: bool = False,
-           save_dtype: torch.dtype | None = None) -> dict[str, Any]:
+def remask(
+    model_source: str, like: Path, output: Path, overwrite: bool = False, save_dtype: torch.dtype | None = None
+) -> dict[str, Any]:
     """Re-apply ``like``'s 2:4 zero pattern to ``model_source`` and export to ``output``."""
     from safetensors import safe_open
 
@@ -72,8 +73,13 @@ def remask(model_source: str, like: Path, output: Path, overwrite: bool = False,
             raise UsageError(f"{name}: shape {tuple(weight.shape)} differs from --like's {tuple(keep.shape)}")
         restored += int(((weight != 0) & ~keep).sum())
         weight.mul_(keep.to(weight.dtype))
-    plan = PrunePlan(kind="semi24", strategy="semi24", method="remask",
-                     dense=geometry_dict(adapter.geometry(model)), semi24_targets=targets)
+    plan = PrunePlan(
+        kind="semi24",
+        strategy="semi24",
+        method="remask",
+        dense=geometry_dict(adapter.geometry(model)),
+        semi24_targets=targets,
+    )
     previous = PruneReport.load(like) or PruneReport()
     report = {
         "strategy": "semi24",
@@ -81,9 +87,14 @@ def remask(model_source: str, like: Path, output: Path, overwrite: bool = False,
         "settings": {"model": model_source, "like": str(like), "output": str(output)},
         "zeros_restored": restored,
         "achieved_sparsity": previous.achieved_sparsity,
-        "history": [step.model_dump(mode="json", exclude_unset=True) for step in previous.history] + [
-            {"strategy": previous.strategy, "method": previous.method,
-             "achieved_sparsity": previous.achieved_sparsity, "model": str(like)}
+        "history": [step.model_dump(mode="json", exclude_unset=True) for step in previous.history]
+        + [
+            {
+                "strategy": previous.strategy,
+                "method": previous.method,
+                "achieved_sparsity": previous.achieved_sparsity,
+                "model": str(like),
+            }
         ],
     }
     save_pruned(model, tokenizer, plan, report, output, dtype)

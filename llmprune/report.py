@@ -104,9 +104,14 @@ class PruneReport(BaseModel):
 
     def as_history_step(self) -> HistoryStep:
         """This run as one entry of the history of a model pruned from its output."""
-        return HistoryStep(strategy=self.strategy, method=self.method, achieved_sparsity=self.achieved_sparsity,
-                           layer_widths=self.layer_widths, calibration=self.calibration,
-                           model=self.settings.get("model"))
+        return HistoryStep(
+            strategy=self.strategy,
+            method=self.method,
+            achieved_sparsity=self.achieved_sparsity,
+            layer_widths=self.layer_widths,
+            calibration=self.calibration,
+            model=self.settings.get("model"),
+        )
 
     def pruning_history(self) -> list[HistoryStep]:
         """Every pruning applied to this output, oldest first (the history a further run inherits)."""

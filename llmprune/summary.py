@@ -54,18 +54,25 @@ def print_eval_summary(report: dict[str, Any]) -> None:
     table.add_column("")
     if "perplexity" in report:
         table.add_row("perplexity", f"{report['perplexity']:.3f}")
-        table.add_row("data", f"{report['data']} ({report['eval_windows']} windows × {report['seqlen']} = {report['eval_tokens']} tokens)")
+        table.add_row(
+            "data",
+            f"{report['data']} ({report['eval_windows']} windows × {report['seqlen']} = {report['eval_tokens']} tokens)",
+        )
     table.add_row("params total", f"{report['params_total']:,}")
     table.add_row("params decoder linear", f"{report['params_decoder_linear']:,}")
     pruning = report.get("pruning") or {}
     if pruning.get("method"):
-        table.add_row("pruned by", f"{pruning['strategy']} --method {pruning['method']} ({pruning['achieved_sparsity']:.2%})")
+        table.add_row(
+            "pruned by", f"{pruning['strategy']} --method {pruning['method']} ({pruning['achieved_sparsity']:.2%})"
+        )
     if "prefill_tokens_per_s" in report:
         table.add_row("prefill", f"{report['prefill_tokens_per_s']:,.0f} tokens/s")
         table.add_row("decode", f"{report['decode_tokens_per_s']:,.1f} tokens/s")
     if "speedup_prefill" in report:
-        table.add_row("speed-up vs baseline", f"prefill ×{report['speedup_prefill']:.2f}, decode ×{report['speedup_decode']:.2f} "
-                      f"({report['baseline']})")
+        table.add_row(
+            "speed-up vs baseline",
+            f"prefill ×{report['speedup_prefill']:.2f}, decode ×{report['speedup_decode']:.2f} ({report['baseline']})",
+        )
     table.add_row("device / dtype", f"{report['device']} / {report['dtype']}")
     console.print(table)
     if report.get("tasks"):
@@ -78,7 +85,12 @@ def print_task_summary(tasks: dict[str, Any]) -> None:
     limit = f", limit {settings['limit']}" if settings.get("limit") else ""
     table = Table(title=f"tasks (lm-eval {settings['lm_eval_version']}, {settings['num_fewshot']}-shot{limit})")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("task", "left"), ("examples", "right"), ("acc", "right"), ("acc_norm", "right"), ("other", "left"))
+        ("task", "left"),
+        ("examples", "right"),
+        ("acc", "right"),
+        ("acc_norm", "right"),
+        ("other", "left"),
+    )
     for col, justify in columns:
         table.add_column(col, justify=justify)
 
@@ -90,8 +102,11 @@ def print_task_summary(tasks: dict[str, Any]) -> None:
 
     skip = {"n_samples", "n_available", "num_fewshot", "version", "group", "acc", "acc_norm"}
     for name, row in tasks["results"].items():
-        other = ", ".join(f"{k} {v:.4f}" for k, v in row.items()
-                          if k not in skip and not k.endswith("_stderr") and isinstance(v, float))
+        other = ", ".join(
+            f"{k} {v:.4f}"
+            for k, v in row.items()
+            if k not in skip and not k.endswith("_stderr") and isinstance(v, float)
+        )
         examples = "group" if row.get("group") else f"{row['n_samples']}/{row['n_available']}"
         table.add_row(name, examples, cell(row, "acc"), cell(row, "acc_norm"), other or "")
     console.print(table)
@@ -103,13 +118,19 @@ def print_inspect(info: dict[str, Any]) -> None:
     table.add_column("")
     table.add_row("model type", str(info["model_type"]))
     if info["pruned_by_llmprune"]:
-        table.add_row("pruned by", f"{info['strategy']} --method {info['method']} ({info['achieved_sparsity']:.2%} of decoder linear weights)")
+        table.add_row(
+            "pruned by",
+            f"{info['strategy']} --method {info['method']} ({info['achieved_sparsity']:.2%} of decoder linear weights)",
+        )
         settings = info.get("settings") or {}
         keys = ("model", "sparsity", "calib", "nsamples", "seqlen", "seed", "attn_unit")
         table.add_row("settings", ", ".join(f"{k}={settings[k]}" for k in keys if k in settings))
         for step in info.get("history", []):
-            table.add_row("applied before", f"{step.get('strategy')} --method {step.get('method')} "
-                          f"({step.get('achieved_sparsity', 0):.2%}) on {step.get('model')}")
+            table.add_row(
+                "applied before",
+                f"{step.get('strategy')} --method {step.get('method')} "
+                f"({step.get('achieved_sparsity', 0):.2%}) on {step.get('model')}",
+            )
     else:
         table.add_row("pruned by", "not an llmprune output")
     table.add_row("params total", f"{info['params_total']:,}")

@@ -41,8 +41,9 @@ from llmprune.errors import NumericalError, ResumeError
 from llmprune.trace import batch_rows
 
 #: Settings that do not change what a run computes: a resumed run may differ in them.
-RUN_CONTROL = frozenset({"resume", "overwrite", "output", "device", "offload_dir", "max_shard_size", "save_dtype",
-                         "method_options"})
+RUN_CONTROL = frozenset(
+    {"resume", "overwrite", "output", "device", "offload_dir", "max_shard_size", "save_dtype", "method_options"}
+)
 
 
 # ----- fingerprints and cached artefacts ----------------------------------------------------------
@@ -283,8 +284,9 @@ class Training:
 
     def _save(self, stage: int, step: int, trace: list[dict[str, Any]], method: LearnedMethod) -> None:
         if distributed.is_main():
-            state = Checkpoint(stage=stage, step=step, trace=list(trace), method=method.state_dict(),
-                               rng=torch.get_rng_state())
+            state = Checkpoint(
+                stage=stage, step=step, trace=list(trace), method=method.state_dict(), rng=torch.get_rng_state()
+            )
             save_artefact(self.checkpoint_path, state.__dict__, self.fingerprint)
 
     def run(self, method: LearnedMethod) -> Any:
@@ -308,8 +310,11 @@ class Training:
                 start = start_step if inside else 0
                 if inside and ckpt is not None and ckpt.rng is not None:
                     torch.set_rng_state(ckpt.rng)
-                forward = distributed.data_parallel(list(trainable), lambda t: model(t, use_cache=False).logits,
-                                                    find_unused_parameters=method.find_unused_parameters)
+                forward = distributed.data_parallel(
+                    list(trainable),
+                    lambda t: model(t, use_cache=False).logits,
+                    find_unused_parameters=method.find_unused_parameters,
+                )
                 for step in range(start, T):
                     rows = batch_rows(stage * T + step, n_samples, bs, ctx.settings.seed)
                     n_rows = rows.numel()

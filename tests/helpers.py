@@ -19,17 +19,49 @@ EVAL = _REFERENCE / "data" / "eval.txt"
 
 #: family -> config kwargs of a tiny random model (GQA: 4 query heads, 2 KV heads).
 TINY_CONFIGS: dict[str, dict] = {
-    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=96, num_attention_heads=4,
-                  num_key_value_heads=2, num_hidden_layers=2, vocab_size=300, max_position_embeddings=128,
-                  tie_word_embeddings=False),
-    "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=96, num_attention_heads=4,
-                    num_key_value_heads=2, num_hidden_layers=2, vocab_size=300, max_position_embeddings=128,
-                    sliding_window=None),
-    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=96, num_attention_heads=4,
-                  num_key_value_heads=2, num_hidden_layers=2, vocab_size=300, max_position_embeddings=128),
-    "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=96, num_attention_heads=4,
-                  num_key_value_heads=2, num_hidden_layers=2, vocab_size=300, max_position_embeddings=128,
-                  head_dim=16),
+    "llama": dict(
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=300,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    ),
+    "mistral": dict(
+        model_type="mistral",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=300,
+        max_position_embeddings=128,
+        sliding_window=None,
+    ),
+    "qwen2": dict(
+        model_type="qwen2",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=300,
+        max_position_embeddings=128,
+    ),
+    "qwen3": dict(
+        model_type="qwen3",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=300,
+        max_position_embeddings=128,
+        head_dim=16,
+    ),
 }
 
 FAMILIES = tuple(TINY_CONFIGS)
@@ -66,11 +98,14 @@ def tiny_tokenizer(vocab_size: int = 300):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator([SAMPLE_TEXT] * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+
 
 SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog. Pruning removes weights from a network.\n\n"
@@ -91,12 +126,16 @@ def folder_hash(folder: Path) -> dict[str, str]:
     """Content hash of every file in a folder (to prove an input was left untouched)."""
     import hashlib
 
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
 
 requires_refmodel = pytest.mark.skipif(not (REFMODEL / "config.json").exists(), reason="../shared/refmodel not present")
 

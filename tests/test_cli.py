@@ -29,20 +29,45 @@ def load(folder: Path):
 def test_uniform_baselines_export_plain_loadable_models(model_dir, calib, tmp_path, method, attn_unit):
     before = folder_hash(model_dir)
     out = tmp_path / "out"
-    result = run("uniform", model_dir, "-o", out, "--sparsity", "0.3", "--method", method,
-                 "--attn-unit", attn_unit, "--calib", calib, "--save-dtype", "float32", *SMALL)
+    result = run(
+        "uniform",
+        model_dir,
+        "-o",
+        out,
+        "--sparsity",
+        "0.3",
+        "--method",
+        method,
+        "--attn-unit",
+        attn_unit,
+        "--calib",
+        calib,
+        "--save-dtype",
+        "float32",
+        *SMALL,
+    )
     assert result.exit_code == 0, result.output
     assert folder_hash(model_dir) == before, "the input model must never change"
-    assert sorted(p.name for p in out.iterdir()) == sorted([
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-        "tokenizer_config.json", "llmprune_plan.json", "llmprune_report.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "llmprune_plan.json",
+            "llmprune_report.json",
+        ]
+    )
     report = read_json(out / "llmprune_report.json")
     assert abs(report["achieved_sparsity"] - 0.3) < 0.02
     assert report["method"] == method and report["seed"] == 0 and report["versions"]["torch"]
     assert len(report["layer_sparsity"]) == 2 and report["time_prune_s"] >= 0 and report["peak_rss_mib"] > 0
     model = load(out)
     adapter = ArchAdapter.for_model(model)
-    widths = {(adapter.linear(l, "q").out_features, adapter.linear(l, "down").in_features) for l in adapter.layers(model)}
+    widths = {
+        (adapter.linear(l, "q").out_features, adapter.linear(l, "down").in_features) for l in adapter.layers(model)
+    }
     assert len(widths) == 1, "uniform pruning keeps the same widths in every layer"
     assert adapter.decoder_linear_params(model) == report["params_decoder_linear"]
     config = read_json(out / "config.json")
@@ -54,7 +79,9 @@ def test_uniform_baselines_export_plain_loadable_models(model_dir, calib, tmp_pa
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_semi24_exports_exact_pattern_and_leaves_the_rest(model_dir, calib, tmp_path, method):
     out = tmp_path / "out"
-    result = run("semi24", model_dir, "-o", out, "--method", method, "--calib", calib, "--save-dtype", "float32", *SMALL)
+    result = run(
+        "semi24", model_dir, "-o", out, "--method", method, "--calib", calib, "--save-dtype", "float32", *SMALL
+    )
     assert result.exit_code == 0, result.output
     dense, pruned = load(model_dir), load(out)
     adapter = ArchAdapter.for_model(pruned)
@@ -78,12 +105,20 @@ def test_semi24_exports_exact_pattern_and_leaves_the_rest(model_dir, calib, tmp_
 
 def test_eval_reports_the_contract_keys(model_dir, calib, tmp_path):
     report_path = tmp_path / "r.json"
-    result = run("eval", model_dir, "--data", calib, "--seqlen", "32", "--json", report_path,
-                 "--speed", "--speed-repeats", "1")
+    result = run(
+        "eval", model_dir, "--data", calib, "--seqlen", "32", "--json", report_path, "--speed", "--speed-repeats", "1"
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
-    for key in ("perplexity", "seqlen", "eval_tokens", "params_total", "params_decoder_linear",
-                "prefill_tokens_per_s", "decode_tokens_per_s"):
+    for key in (
+        "perplexity",
+        "seqlen",
+        "eval_tokens",
+        "params_total",
+        "params_decoder_linear",
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+    ):
         assert key in report, key
     assert report["seqlen"] == 32 and report["eval_tokens"] % 32 == 0
     assert report["perplexity"] > 1 and report["prefill_tokens_per_s"] > 0
@@ -91,8 +126,21 @@ def test_eval_reports_the_contract_keys(model_dir, calib, tmp_path):
 
 def test_sparsity_zero_changes_nothing(model_dir, calib, tmp_path):
     out = tmp_path / "out"
-    result = run("uniform", model_dir, "-o", out, "--sparsity", "0", "--method", "wanda", "--calib", calib,
-                 "--save-dtype", "float32", *SMALL)
+    result = run(
+        "uniform",
+        model_dir,
+        "-o",
+        out,
+        "--sparsity",
+        "0",
+        "--method",
+        "wanda",
+        "--calib",
+        calib,
+        "--save-dtype",
+        "float32",
+        *SMALL,
+    )
     assert result.exit_code == 0, result.output
     tokens = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -128,15 +176,48 @@ BAD_CASES = {
     "sparsity negative": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--sparsity", "-0.1"], 2, "sparsity"),
     "sparsity nan": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--sparsity", "nan"], 2, "sparsity"),
     "semi24 sparsity": (lambda d, c, t: ["semi24", d, "-o", t / "o", "--sparsity", "0.3"], 2, "half"),
-    "unknown method": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--method", "bogus"], 7, "known methods: magnitude"),
+    "unknown method": (
+        lambda d, c, t: ["uniform", d, "-o", t / "o", "--method", "bogus"],
+        7,
+        "known methods: magnitude",
+    ),
     "nsamples 0": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--nsamples", "0", "--calib", c], 2, "nsamples"),
     "bad dtype": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--dtype", "int8", "--calib", c], 2, "dtype"),
-    "seqlen too long": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", c, "--seqlen", "4096", "--method", "wanda"], 2, "context"),
-    "missing calib": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", t / "none.txt", "--method", "wanda", *SMALL], 5, "not found"),
-    "too little calib": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", c, "--method", "wanda", "--seqlen", "64", "--nsamples", "5000"], 5, "windows of 64"),
+    "seqlen too long": (
+        lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", c, "--seqlen", "4096", "--method", "wanda"],
+        2,
+        "context",
+    ),
+    "missing calib": (
+        lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", t / "none.txt", "--method", "wanda", *SMALL],
+        5,
+        "not found",
+    ),
+    "too little calib": (
+        lambda d, c, t: [
+            "uniform",
+            d,
+            "-o",
+            t / "o",
+            "--calib",
+            c,
+            "--method",
+            "wanda",
+            "--seqlen",
+            "64",
+            "--nsamples",
+            "5000",
+        ],
+        5,
+        "windows of 64",
+    ),
     "output is input": (lambda d, c, t: ["uniform", d, "-o", d, "--method", "magnitude"], 6, "overlaps the input"),
     "output is a file": (lambda d, c, t: ["uniform", d, "-o", c, "--method", "magnitude"], 6, "is a file"),
-    "bad attn unit": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--attn-unit", "heads", "--method", "magnitude"], 2, "attn-unit"),
+    "bad attn unit": (
+        lambda d, c, t: ["uniform", d, "-o", t / "o", "--attn-unit", "heads", "--method", "magnitude"],
+        2,
+        "attn-unit",
+    ),
     "eval missing data": (lambda d, c, t: ["eval", d, "--data", t / "none.txt", "--seqlen", "32"], 5, "not found"),
 }
 
@@ -156,8 +237,11 @@ def test_bad_input_is_one_clear_line(case, model_dir, calib, tmp_path):
 
 
 def test_subprocess_error_has_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "llmprune", "uniform", str(tmp_path / "missing"), "-o", str(tmp_path / "o")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmprune", "uniform", str(tmp_path / "missing"), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 3
     assert proc.stderr.strip().startswith("error: model folder not found")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -194,7 +278,9 @@ def test_exported_model_equals_the_plan_applied_as_masks(model_dir, calib, tmp_p
     from llmprune.surgery import mask_structured
 
     out = tmp_path / "out"
-    result = run("uniform", model_dir, "-o", out, "--sparsity", "0.4", "--method", "magnitude", "--save-dtype", "float32")
+    result = run(
+        "uniform", model_dir, "-o", out, "--sparsity", "0.4", "--method", "magnitude", "--save-dtype", "float32"
+    )
     assert result.exit_code == 0, result.output
     plan = PrunePlan.load(out)
     assert PrunePlan.model_validate_json(plan.model_dump_json()) == plan  # JSON round-trip
@@ -207,7 +293,9 @@ def test_exported_model_equals_the_plan_applied_as_masks(model_dir, calib, tmp_p
 
 def test_large_outputs_are_sharded(model_dir, tmp_path):
     out = tmp_path / "out"
-    result = run("uniform", model_dir, "-o", out, "--method", "magnitude", "--sparsity", "0.2", "--max-shard-size", "100KB")
+    result = run(
+        "uniform", model_dir, "-o", out, "--method", "magnitude", "--sparsity", "0.2", "--max-shard-size", "100KB"
+    )
     assert result.exit_code == 0, result.output
     shards = sorted(p.name for p in out.glob("model-*.safetensors"))
     assert len(shards) > 1 and (out / "model.safetensors.index.json").exists()
@@ -216,7 +304,9 @@ def test_large_outputs_are_sharded(model_dir, tmp_path):
 
 def test_bfloat16_compute_still_gives_exact_24(model_dir, calib, tmp_path):
     out = tmp_path / "out"
-    result = run("semi24", model_dir, "-o", out, "--method", "sparsegpt", "--dtype", "bfloat16", "--calib", calib, *SMALL)
+    result = run(
+        "semi24", model_dir, "-o", out, "--method", "sparsegpt", "--dtype", "bfloat16", "--calib", calib, *SMALL
+    )
     assert result.exit_code == 0, result.output
     report = read_json(out / "llmprune_report.json")
     assert report["compute_dtype"] == "bfloat16" and report["achieved_sparsity"] == pytest.approx(0.5)
@@ -259,18 +349,34 @@ def test_eval_speed_against_a_baseline(model_dir, calib, tmp_path):
     out = tmp_path / "pruned"
     assert run("uniform", model_dir, "-o", out, "--method", "magnitude", "--sparsity", "0.5").exit_code == 0
     report_path = tmp_path / "r.json"
-    result = run("eval", out, "--data", calib, "--seqlen", "32", "--speed", "--speed-repeats", "1",
-                 "--baseline", model_dir, "--json", report_path)
+    result = run(
+        "eval",
+        out,
+        "--data",
+        calib,
+        "--seqlen",
+        "32",
+        "--speed",
+        "--speed-repeats",
+        "1",
+        "--baseline",
+        model_dir,
+        "--json",
+        report_path,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     assert report["baseline"] == str(model_dir)
-    assert report["speedup_prefill"] == pytest.approx(report["prefill_tokens_per_s"] / report["baseline_prefill_tokens_per_s"])
+    assert report["speedup_prefill"] == pytest.approx(
+        report["prefill_tokens_per_s"] / report["baseline_prefill_tokens_per_s"]
+    )
     result = run("eval", out, "--data", calib, "--baseline", model_dir)
     assert result.exit_code == 2 and "add --speed" in result.output
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "examples" / "recipes").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "recipe", sorted((Path(__file__).parents[1] / "examples" / "recipes").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_example_recipes_use_only_known_options(recipe):
     """Every shipped recipe parses and names only options its command has."""
     import yaml
@@ -352,8 +458,17 @@ def _fake_methods(monkeypatch, first: dict, second: dict):
     classes = {}
     for name, fields in (("fake_a", first), ("fake_b", second)):
         options = create_model(f"{name}_options", **fields)
-        classes[name] = type(name, (base.Pruner,), {"strategy": "uniform", "method": name, "Options": options,
-                                                   "prune": lambda self, ctx: None, "summary": name})
+        classes[name] = type(
+            name,
+            (base.Pruner,),
+            {
+                "strategy": "uniform",
+                "method": name,
+                "Options": options,
+                "prune": lambda self, ctx: None,
+                "summary": name,
+            },
+        )
         monkeypatch.setitem(base._REGISTRY["uniform"], name, classes[name])
     return classes
 
@@ -365,8 +480,11 @@ def test_a_name_shared_by_two_methods_keeps_each_methods_default(monkeypatch, tm
     from llmprune.cli import _prune_command
     from llmprune.pruners.base import cli_options
 
-    _fake_methods(monkeypatch, {"rounds": (int, Field(5, description="rounds of a"))},
-                  {"rounds": (int, Field(7, description="rounds of b")), "only_b": (bool, Field(True, description="b only"))})
+    _fake_methods(
+        monkeypatch,
+        {"rounds": (int, Field(5, description="rounds of a"))},
+        {"rounds": (int, Field(7, description="rounds of b")), "only_b": (bool, Field(True, description="b only"))},
+    )
     (rounds,) = [o for o in cli_options("uniform") if o.name == "rounds"]
     assert rounds.methods == ("fake_a", "fake_b") and rounds.default is None and not rounds.shared_default
     app = typer_app(_prune_command("uniform"))
@@ -400,7 +518,9 @@ def test_a_name_shared_with_two_types_or_without_help_is_refused(monkeypatch):
 
     from llmprune.pruners.base import cli_options
 
-    _fake_methods(monkeypatch, {"rounds": (int, Field(5, description="a"))}, {"rounds": (float, Field(7.0, description="b"))})
+    _fake_methods(
+        monkeypatch, {"rounds": (int, Field(5, description="a"))}, {"rounds": (float, Field(7.0, description="b"))}
+    )
     with pytest.raises(TypeError, match="rounds.*float.*int"):
         cli_options("uniform")
     _fake_methods(monkeypatch, {"rounds": (int, Field(5, description="a"))}, {"rounds": (int, 5)})
@@ -443,8 +563,9 @@ def test_global_has_uniform_width_baselines(model_dir, calib, tmp_path, method):
     outs = {}
     for strategy in ("global", "uniform"):
         outs[strategy] = tmp_path / strategy
-        result = run(strategy, model_dir, "-o", outs[strategy], "--method", method, "--sparsity", "0.4",
-                     "--calib", calib, *SMALL)
+        result = run(
+            strategy, model_dir, "-o", outs[strategy], "--method", method, "--sparsity", "0.4", "--calib", calib, *SMALL
+        )
         assert result.exit_code == 0, result.output
     report = read_json(outs["global"] / "llmprune_report.json")
     assert (report["strategy"], report["method"]) == ("global", method)

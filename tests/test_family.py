@@ -26,8 +26,10 @@ def test_every_family_has_its_heterogeneous_export_from_the_family_table():
         assert hetero.family_of(family.name) == family.name
         assert hetero.family_of(hetero.MODEL_TYPE_PREFIX + family.name) == family.name
         source = hetero.modeling_source(family.name)
-        assert f"from transformers.models.{family.transformers_module}.modeling_{family.transformers_module} " \
-               f"import {family.class_prefix}ForCausalLM" in source
+        assert (
+            f"from transformers.models.{family.transformers_module}.modeling_{family.transformers_module} "
+            f"import {family.class_prefix}ForCausalLM" in source
+        )
     with pytest.raises(ValueError, match="gpt2"):
         hetero.family_of("gpt2")
 
@@ -46,8 +48,13 @@ def test_projection_names_come_from_the_adapter():
     for i in (0, 11):
         for key in LINEAR_KEYS:
             assert adapter.parse_linear_weight(adapter.linear_name(i, key) + ".weight") == (i, key)
-    for name in ("model.layers.0.self_attn.q_proj.bias", "model.layers.0.input_layernorm.weight",
-                 "lm_head.weight", "model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight_scale"):
+    for name in (
+        "model.layers.0.self_attn.q_proj.bias",
+        "model.layers.0.input_layernorm.weight",
+        "lm_head.weight",
+        "model.embed_tokens.weight",
+        "model.layers.0.mlp.down_proj.weight_scale",
+    ):
         assert adapter.parse_linear_weight(name) is None
 
 

@@ -63,8 +63,10 @@ def test_wanda_beats_magnitude(strategy, extra, tmp_path, eval_subset):
     assert ppl_wanda < ppl_mag, results
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "refmodel").is_dir(),
-                    reason="../shared is not beside this checkout")
+@pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[2] / "shared" / "refmodel").is_dir(),
+    reason="../shared is not beside this checkout",
+)
 @pytest.mark.parametrize("name", ["refmodel", "data"])
 def test_bundled_example_copies_equal_the_shared_reference(name):
     from helpers import EXAMPLES, SHARED

@@ -19,11 +19,30 @@ from llmprune.report import PruneReport
 #: Keys of llmprune_report.json, in the order they are written (a method, and entries such as
 #: ``alignment``, append their own).
 REPORT_KEYS = [
-    "strategy", "method", "settings", "options", "seed", "device", "compute_dtype", "save_dtype", "dense_geometry",
-    "requested_sparsity", "achieved_sparsity", "layer_sparsity", "layer_widths", "params_decoder_linear_dense",
-    "params_decoder_linear", "params_total_dense", "params_total", "sparsity_warning", "calibration", "time_load_s",
+    "strategy",
+    "method",
+    "settings",
+    "options",
+    "seed",
+    "device",
+    "compute_dtype",
+    "save_dtype",
+    "dense_geometry",
+    "requested_sparsity",
+    "achieved_sparsity",
+    "layer_sparsity",
+    "layer_widths",
+    "params_decoder_linear_dense",
+    "params_decoder_linear",
+    "params_total_dense",
+    "params_total",
+    "sparsity_warning",
+    "calibration",
+    "time_load_s",
     "time_prune_s",
-    "versions", "output", "history",
+    "versions",
+    "output",
+    "history",
 ]
 TAIL_KEYS = ["peak_rss_mib", "time_total_s"]
 
@@ -34,8 +53,25 @@ def _settings(**kw) -> PruneSettings:
 
 def test_report_round_trips_the_written_json(model_dir, calib, tmp_path):
     out = tmp_path / "u"
-    assert run("uniform", model_dir, "-o", out, "--method", "wanda", "--sparsity", "0.3", "--calib", calib,
-               "--nsamples", "4", "--seqlen", "32").exit_code == 0
+    assert (
+        run(
+            "uniform",
+            model_dir,
+            "-o",
+            out,
+            "--method",
+            "wanda",
+            "--sparsity",
+            "0.3",
+            "--calib",
+            calib,
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+        ).exit_code
+        == 0
+    )
     stacked = tmp_path / "s"
     assert run("semi24", out, "-o", stacked, "--method", "magnitude").exit_code == 0
     for folder, method_keys in ((out, ["alignment"]), (stacked, ["semi24_skipped"])):
@@ -53,7 +89,10 @@ def test_report_round_trips_the_written_json(model_dir, calib, tmp_path):
     # The readers use the same values.
     info = json.loads(run("inspect", stacked, "--json").output)
     assert (info["strategy"], info["achieved_sparsity"], info["history"]) == (
-        "semi24", report.achieved_sparsity, [step.model_dump(mode="json")])
+        "semi24",
+        report.achieved_sparsity,
+        [step.model_dump(mode="json")],
+    )
     assert PruneReport.load(model_dir) is None
 
 
@@ -77,8 +116,9 @@ def test_a_broken_report_is_one_clear_error(model_dir, tmp_path):
 
 
 def test_method_fields_are_kept_after_the_common_ones():
-    report = PruneReport.model_validate({"strategy": "semi24", "method": "x", "time_total_s": 1.0, "peak_rss_mib": 2.0,
-                                         "x_trace": {"loss": [1, 2]}})
+    report = PruneReport.model_validate(
+        {"strategy": "semi24", "method": "x", "time_total_s": 1.0, "peak_rss_mib": 2.0, "x_trace": {"loss": [1, 2]}}
+    )
     assert list(report.as_json()) == ["strategy", "method", "x_trace", "peak_rss_mib", "time_total_s"]
     assert report.x_trace == {"loss": [1, 2]}
 
@@ -126,8 +166,9 @@ def test_geometry_counts_what_the_model_stores(attn_unit):
     units = select_attention_units(torch.rand(geom.attn_unit_count(attn_unit)), k_attn, geom, attn_unit)
     heads, kv = units_to_heads(units, geom, attn_unit)
     plan = PrunePlan.dense_structured(geom, "uniform", "test", attn_unit)
-    plan.layers = [LayerPlan(index=i, heads=heads, kv_heads=kv, channels=list(range(k_mlp)))
-                   for i in range(geom.num_layers)]
+    plan.layers = [
+        LayerPlan(index=i, heads=heads, kv_heads=kv, channels=list(range(k_mlp))) for i in range(geom.num_layers)
+    ]
     apply_plan(model, adapter, plan)
     expected = geom.attn_params_kept(attn_unit, k_attn) + k_mlp * geom.mlp_unit_params
     assert expected == geom.layer_linear_params(len(heads), len(kv), k_mlp)

@@ -95,8 +95,13 @@ class PruneContext:
         """A runner over the calibration samples honouring --device, --dtype and --offload-dir."""
         assert self.calib is not None, "a layer-wise runner needs calibration samples"
         return LayerwiseRunner(
-            self.model, self.adapter, self.calib, self.device, self.settings.batch_size,
-            compute_dtype=self.compute_dtype, offload_dir=self.offload_dir,
+            self.model,
+            self.adapter,
+            self.calib,
+            self.device,
+            self.settings.batch_size,
+            compute_dtype=self.compute_dtype,
+            offload_dir=self.offload_dir,
         )
 
     def for_each_layer(
@@ -230,8 +235,10 @@ def _flag_type(annotation: Any, where: str) -> type:
             return _flag_type(args[0], where)
     elif annotation in (bool, int, float, str):
         return annotation
-    raise TypeError(f"{where}: option type {annotation!r} cannot be a command-line flag (use bool, int, float, str, "
-                    "a Literal of one of them, or one of them | None)")
+    raise TypeError(
+        f"{where}: option type {annotation!r} cannot be a command-line flag (use bool, int, float, str, "
+        "a Literal of one of them, or one of them | None)"
+    )
 
 
 def cli_options(strategy: str) -> list[MethodOption]:
@@ -250,8 +257,10 @@ def cli_options(strategy: str) -> list[MethodOption]:
             if not f.description:
                 raise TypeError(f"{where} has no Field(description=...) (it is the --help text)")
             if kinds.setdefault(name, kind) is not kind:
-                raise TypeError(f"{where} is a {kind.__name__}, but another method of {strategy} declares it "
-                                f"as a {kinds[name].__name__}: one flag cannot have both types")
+                raise TypeError(
+                    f"{where} is a {kind.__name__}, but another method of {strategy} declares it "
+                    f"as a {kinds[name].__name__}: one flag cannot have both types"
+                )
             helps.setdefault(name, {})[method] = f.description
             defaults.setdefault(name, {})[method] = f.get_default(call_default_factory=True)
     result = []
@@ -280,6 +289,8 @@ ProgressFn = Callable[[int], None]
 def skipped_semi24(ctx: PruneContext, skipped: list[str]) -> dict[str, Any]:
     """Weights whose input width is not a multiple of 4 stay dense: warn, and the report field."""
     if skipped:
-        ctx.progress.log(f"[yellow]warning:[/] {len(skipped)} weights have an input width that is not a multiple "
-                         f"of 4 and stay dense (first: {skipped[0]})")
+        ctx.progress.log(
+            f"[yellow]warning:[/] {len(skipped)} weights have an input width that is not a multiple "
+            f"of 4 and stay dense (first: {skipped[0]})"
+        )
     return {"semi24_skipped": skipped}

@@ -68,36 +68,71 @@ class MinimaxOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(100, ge=1, description="training steps (one batch of --batch-size sequences each). "
-                       "Small CPU models: 80-300; " + GPU_HINT + ".")
-    lr: float = Field(0.02, gt=0, description="Adam step size of the mask scores (scores start at normalised "
-                      "Wanda-sp importance, mean 1).")
-    width_lr: float = Field(0.05, gt=0, description="Adam step size of the shared widths (as fractions of the "
-                            "dense widths).")
-    lora_rank: int = Field(16, ge=0, description="LoRA rank on all q,k,v,o,gate,up,down (merged before export); "
-                           "0 disables LoRA.")
+    steps: int = Field(
+        100,
+        ge=1,
+        description="training steps (one batch of --batch-size sequences each). "
+        "Small CPU models: 80-300; " + GPU_HINT + ".",
+    )
+    lr: float = Field(
+        0.02,
+        gt=0,
+        description="Adam step size of the mask scores (scores start at normalised Wanda-sp importance, mean 1).",
+    )
+    width_lr: float = Field(
+        0.05, gt=0, description="Adam step size of the shared widths (as fractions of the dense widths)."
+    )
+    lora_rank: int = Field(
+        16, ge=0, description="LoRA rank on all q,k,v,o,gate,up,down (merged before export); 0 disables LoRA."
+    )
     lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha (update scaled by alpha/rank).")
-    lora_lr: float = Field(2e-3, gt=0, description="AdamW learning rate of the LoRA adapters (cosine decay); "
-                           "7B+: 1e-4 to 2e-4.")
-    distill: bool = Field(True, description="distil from the dense model's precomputed top-k logits (KL); "
-                          "--no-distill trains on the LM loss only.")
+    lora_lr: float = Field(
+        2e-3, gt=0, description="AdamW learning rate of the LoRA adapters (cosine decay); 7B+: 1e-4 to 2e-4."
+    )
+    distill: bool = Field(
+        True,
+        description="distil from the dense model's precomputed top-k logits (KL); "
+        "--no-distill trains on the LM loss only.",
+    )
     kl_weight: float = Field(1.0, ge=0, description="weight of the KL distillation loss.")
     lm_weight: float = Field(0.5, ge=0, description="weight of the next-token (LM) loss.")
-    learn_widths: bool = Field(True, description="learn the shared widths (the attention/MLP split); "
-                               "--no-learn-widths fixes them at the uniform split of the baselines.")
-    ramp: float = Field(0.3, ge=0, lt=1, description="fraction of the steps over which the budget ramps from "
-                        "dense to the target.")
-    finetune: float = Field(0.3, ge=0, lt=1, description="final fraction of the steps with masks frozen at the "
-                            "final widths (LoRA only; skipped without LoRA).")
-    dual_lr: float = Field(0.5, ge=0, description="ascent step of the Lagrange multipliers (per unit of "
-                           "constraint violation, as a fraction).")
-    prox: float = Field(1e-3, ge=0, description="strength of the l1 sparsity regulariser on the scores "
-                        "(proximal soft-threshold after each step); 0 disables.")
+    learn_widths: bool = Field(
+        True,
+        description="learn the shared widths (the attention/MLP split); "
+        "--no-learn-widths fixes them at the uniform split of the baselines.",
+    )
+    ramp: float = Field(
+        0.3, ge=0, lt=1, description="fraction of the steps over which the budget ramps from dense to the target."
+    )
+    finetune: float = Field(
+        0.3,
+        ge=0,
+        lt=1,
+        description="final fraction of the steps with masks frozen at the "
+        "final widths (LoRA only; skipped without LoRA).",
+    )
+    dual_lr: float = Field(
+        0.5,
+        ge=0,
+        description="ascent step of the Lagrange multipliers (per unit of constraint violation, as a fraction).",
+    )
+    prox: float = Field(
+        1e-3,
+        ge=0,
+        description="strength of the l1 sparsity regulariser on the scores "
+        "(proximal soft-threshold after each step); 0 disables.",
+    )
     temperature: float = Field(1.0, gt=0, description="distillation temperature.")
-    teacher_topk: int = Field(64, ge=1, description="teacher logits kept per position (top-k) for the KL; "
-                              "7B+: 256-1024.")
-    width_tau: float = Field(0.02, gt=0, le=1, description="width of the straight-through surrogate for the "
-                             "widths (fraction of the dense width, at least one unit).")
+    teacher_topk: int = Field(
+        64, ge=1, description="teacher logits kept per position (top-k) for the KL; 7B+: 256-1024."
+    )
+    width_tau: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="width of the straight-through surrogate for the "
+        "widths (fraction of the dense width, at least one unit).",
+    )
     checkpoint_every: int = Field(20, ge=1, description="save a checkpoint for --resume every N steps.")
 
 
@@ -230,7 +265,9 @@ class MinimaxPruner(Pruner):
         super().__init__(options)
         o = self.options
         if o.ramp + o.finetune >= 1.0:
-            raise UsageError(f"--ramp {o.ramp} + --finetune {o.finetune} must be below 1 (steps are needed at the target budget)")
+            raise UsageError(
+                f"--ramp {o.ramp} + --finetune {o.finetune} must be below 1 (steps are needed at the target budget)"
+            )
         if o.distill and o.kl_weight == 0 and o.lm_weight == 0:
             raise UsageError("--kl-weight and --lm-weight are both 0: nothing to train on")
         if not o.distill and o.lm_weight == 0:
@@ -284,8 +321,15 @@ class MinimaxTraining(LearnedMethod):
     hint = "lower --lr/--lora-lr, or use --dtype float32"
     find_unused_parameters = True  # frozen masks leave the scores without gradient
 
-    def __init__(self, pruner: MinimaxPruner, ctx: PruneContext, geom: Geometry, teacher: TeacherTopK | None,
-                 scores: dict[str, torch.Tensor], timings: dict[str, float]) -> None:
+    def __init__(
+        self,
+        pruner: MinimaxPruner,
+        ctx: PruneContext,
+        geom: Geometry,
+        teacher: TeacherTopK | None,
+        scores: dict[str, torch.Tensor],
+        timings: dict[str, float],
+    ) -> None:
         o, s, device = pruner.options, ctx.settings, ctx.device
         self.o, self.s, self.ctx, self.geom, self.teacher, self.timings = o, s, ctx, geom, teacher, timings
         self.strategy, self.method = pruner.strategy, pruner.method
@@ -331,8 +375,9 @@ class MinimaxTraining(LearnedMethod):
         k_a, k_f = self.fixed_k if not self.o.learn_widths else self.budget.final_widths(float(sa.detach()))
         key_a, key_f = ranking_key(self.z_a, self.prior_a), ranking_key(self.z_f, self.prior_f)
         layers = [
-            structured_layer_plan(i, key_a[i].flatten().cpu(), key_f[i].flatten().cpu(), k_a, k_f, self.geom,
-                                  self.s.attn_unit)
+            structured_layer_plan(
+                i, key_a[i].flatten().cpu(), key_f[i].flatten().cpu(), k_a, k_f, self.geom, self.s.attn_unit
+            )
             for i in range(self.geom.num_layers)
         ]
         return {"k_a": k_a, "k_f": k_f, "layers": [lp.model_dump() for lp in layers], "step": step}
@@ -351,12 +396,15 @@ class MinimaxTraining(LearnedMethod):
     # ----- hooks of the training loop ----------------------------------------------------------
     def begin_stage(self, stage: int, resume: dict[str, Any] | None) -> list[torch.Tensor]:
         o, ctx = self.o, self.ctx
-        self.wrapped = add_lora(ctx.model, ctx.adapter, o.lora_rank, o.lora_alpha, self.s.seed) if o.lora_rank > 0 else {}
+        self.wrapped = (
+            add_lora(ctx.model, ctx.adapter, o.lora_rank, o.lora_alpha, self.s.seed) if o.lora_rank > 0 else {}
+        )
         self.hooks = MaskHooks(ctx.model, ctx.adapter, self.geom)
         self.opt_z = torch.optim.Adam([self.z_a, self.z_f], lr=o.lr)
         self.opt_w = torch.optim.Adam([self.rho], lr=o.width_lr)
-        self.opt_l = (torch.optim.AdamW(lora_parameters(self.wrapped), lr=o.lora_lr, weight_decay=0.0)
-                      if self.wrapped else None)
+        self.opt_l = (
+            torch.optim.AdamW(lora_parameters(self.wrapped), lr=o.lora_lr, weight_decay=0.0) if self.wrapped else None
+        )
         if resume is not None:
             with torch.no_grad():
                 self.rho.copy_(resume["rho"])
@@ -417,8 +465,15 @@ class MinimaxTraining(LearnedMethod):
             # Lagrangian terms: only s carries gradient here (counts are constants).
             # (the per-layer terms y_ℓ(‖z_ℓ‖₀ − s) act through the prox threshold only)
             extra = self.y_res * (frac - self.target(step))
-        self.current: dict[str, Any] = {"sa": sa, "sf": sf, "m_a": m_a, "m_f": m_f, "frac": frac, "violation": violation,
-                        "layer_viol": layer_viol}
+        self.current: dict[str, Any] = {
+            "sa": sa,
+            "sf": sf,
+            "m_a": m_a,
+            "m_f": m_f,
+            "frac": frac,
+            "violation": violation,
+            "layer_viol": layer_viol,
+        }
         return Losses(data=loss, logged={"loss": loss, "kl": kl, "lm": lm}, extra=extra)
 
     def update(self, batch: Batch, means: dict[str, float]) -> dict[str, Any]:
@@ -443,31 +498,48 @@ class MinimaxTraining(LearnedMethod):
                 self.y_layer.copy_(torch.clamp(self.y_layer + o.dual_lr * c["layer_viol"], min=0.0))
         sa, sf, frac, layer_viol = c["sa"], c["sf"], c["frac"], c["layer_viol"]
         return {
-            "step": step + 1, "loss": means["loss"], "kl": means["kl"], "lm": means["lm"],
-            "s_attn": float(sa.detach()), "s_mlp": float(sf.detach()),
+            "step": step + 1,
+            "loss": means["loss"],
+            "kl": means["kl"],
+            "lm": means["lm"],
+            "s_attn": float(sa.detach()),
+            "s_mlp": float(sf.detach()),
             "k_attn": int(frozen["k_a"]) if frozen else int(round(float(sa.detach()))),
             "k_mlp": int(frozen["k_f"]) if frozen else int(round(float(sf.detach()))),
-            "params_fraction": float(frac.detach() if torch.is_tensor(frac) else frac), "budget": self.target(step),
+            "params_fraction": float(frac.detach() if torch.is_tensor(frac) else frac),
+            "budget": self.target(step),
             "violation": c["violation"],
-            "y_resource": float(self.y_res), "y_layer_attn": float(self.y_layer[0].mean()),
+            "y_resource": float(self.y_res),
+            "y_layer_attn": float(self.y_layer[0].mean()),
             "y_layer_mlp": float(self.y_layer[1].mean()),
-            "layer_violation_attn": float(layer_viol[0].mean()), "layer_violation_mlp": float(layer_viol[1].mean()),
+            "layer_violation_attn": float(layer_viol[0].mean()),
+            "layer_violation_mlp": float(layer_viol[1].mean()),
             "frozen": frozen is not None,
         }
 
     def progress_info(self, record: dict[str, Any]) -> dict[str, Any]:
-        return {"loss": record["loss"], "kl": record["kl"], "k_a": record["k_attn"], "k_f": record["k_mlp"],
-                "viol": round(record["violation"], 4)}
+        return {
+            "loss": record["loss"],
+            "kl": record["kl"],
+            "k_a": record["k_attn"],
+            "k_f": record["k_mlp"],
+            "viol": round(record["violation"], 4),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "z_a": self.z_a.detach().cpu().flatten(1).clone(), "z_f": self.z_f.detach().cpu().flatten(1).clone(),
+            "z_a": self.z_a.detach().cpu().flatten(1).clone(),
+            "z_f": self.z_f.detach().cpu().flatten(1).clone(),
             "prior_a": self.prior_a.detach().cpu().flatten(1).clone(),
             "prior_f": self.prior_f.detach().cpu().flatten(1).clone(),
-            "rho": self.rho.detach().cpu().clone(), "y_layer": self.y_layer.cpu().clone(),
-            "y_res": self.y_res.cpu().clone(), "opt_z": self.opt_z.state_dict(), "opt_w": self.opt_w.state_dict(),
+            "rho": self.rho.detach().cpu().clone(),
+            "y_layer": self.y_layer.cpu().clone(),
+            "y_res": self.y_res.cpu().clone(),
+            "opt_z": self.opt_z.state_dict(),
+            "opt_w": self.opt_w.state_dict(),
             "opt_l": self.opt_l.state_dict() if self.opt_l is not None else None,
-            "lora": lora_state(self.wrapped), "frozen": self.frozen,
+            "lora": lora_state(self.wrapped),
+            "frozen": self.frozen,
         }
 
     def finish(self, trace: list[dict[str, Any]]) -> PruneResult:
@@ -495,11 +567,16 @@ class MinimaxTraining(LearnedMethod):
         k_a, k_f = frozen["k_a"], frozen["k_f"]
         kept = self.budget.kept_params(k_a, k_f)
         report = {
-            "k_attn": k_a, "k_mlp": k_f, "attn_unit": s.attn_unit,
+            "k_attn": k_a,
+            "k_mlp": k_f,
+            "attn_unit": s.attn_unit,
             "attn_share_of_kept_params": attn_params_kept(geom, s.attn_unit, k_a) / kept,
             "uniform_split": {"k_attn": self.fixed_k[0], "k_mlp": self.fixed_k[1]},
-            "steps": T, "freeze_step": frozen["step"], "final_loss": trace[-1]["loss"] if trace else None,
-            "final_kl": trace[-1]["kl"] if trace else None, "merge_check_max_abs_logit_diff": merge_diff,
+            "steps": T,
+            "freeze_step": frozen["step"],
+            "final_loss": trace[-1]["loss"] if trace else None,
+            "final_kl": trace[-1]["kl"] if trace else None,
+            "merge_check_max_abs_logit_diff": merge_diff,
             **self.timings,
         }
         files: dict[str, Any] = {TRACE_JSON: {"options": o.model_dump(mode="json"), "trace": trace}}
@@ -544,8 +621,9 @@ def _teacher(ctx: PruneContext, o: MinimaxOptions) -> TeacherTopK:
     ctx.model.eval()
 
     def shard(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        part = precompute_teacher(ctx.model, calib[lo:hi], o.teacher_topk, o.temperature, bs, ctx.device,
-                                  progress=task.advance)
+        part = precompute_teacher(
+            ctx.model, calib[lo:hi], o.teacher_topk, o.temperature, bs, ctx.device, progress=task.advance
+        )
         return part.logp, part.index, part.log_rest
 
     logp, index, log_rest = sharded_rows(n, shard)

@@ -49,8 +49,10 @@ TRACE_JSON = "proxsparse_trace.json"
 TRACE_PNG = "proxsparse_trace.png"
 ANCHOR_EPS = 1e-2  # ε of the λ₂ anchor, relative to rms(W₀)
 
-GPU_HINT = ("7B+ on GPU: --nsamples 400 --seqlen 2048 --batch-size 1 --steps 400 --lr 1e-4 --lambda1 0.1 "
-            "--dtype bfloat16, --layers-per-stage 4-8 when full-model AdamW (4x the model) does not fit")
+GPU_HINT = (
+    "7B+ on GPU: --nsamples 400 --seqlen 2048 --batch-size 1 --steps 400 --lr 1e-4 --lambda1 0.1 "
+    "--dtype bfloat16, --layers-per-stage 4-8 when full-model AdamW (4x the model) does not fit"
+)
 
 
 class ProxSparseOptions(BaseModel):
@@ -58,30 +60,55 @@ class ProxSparseOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    lambda1: float = Field(0.1, ge=0, description="strength of the 2:4 regulariser, scale-free (each matrix uses "
-                           "lambda1 / rms(W0)); not multiplied by the learning rate. Useful range 0.02-0.5.")
-    lambda2: float = Field(0.0, ge=0, description="weight of the anchor to the original weights "
-                           "(mean of ((W/W0)(W-W0))^2 / rms(W0)^2 per matrix); 0 disables.")
-    steps: int = Field(24, ge=1, description="optimiser steps (per stage with --layers-per-stage), one batch of "
-                       "--batch-size calibration sequences each. " + GPU_HINT + ".")
-    lr: float = Field(2e-3, gt=0, description="AdamW peak learning rate (linear warm-up, then linear decay to 0); "
-                      "2e-3 for a few dozen steps on small models, 1e-4 for long runs on 7B+.")
+    lambda1: float = Field(
+        0.1,
+        ge=0,
+        description="strength of the 2:4 regulariser, scale-free (each matrix uses "
+        "lambda1 / rms(W0)); not multiplied by the learning rate. Useful range 0.02-0.5.",
+    )
+    lambda2: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the anchor to the original weights "
+        "(mean of ((W/W0)(W-W0))^2 / rms(W0)^2 per matrix); 0 disables.",
+    )
+    steps: int = Field(
+        24,
+        ge=1,
+        description="optimiser steps (per stage with --layers-per-stage), one batch of "
+        "--batch-size calibration sequences each. " + GPU_HINT + ".",
+    )
+    lr: float = Field(
+        2e-3,
+        gt=0,
+        description="AdamW peak learning rate (linear warm-up, then linear decay to 0); "
+        "2e-3 for a few dozen steps on small models, 1e-4 for long runs on 7B+.",
+    )
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the steps spent warming the learning rate up.")
-    layers_per_stage: int = Field(0, ge=0, description="train the masks of this many decoder layers at a time "
-                                  "(others frozen; AdamW memory is 4x the stage instead of 4x the model); "
-                                  "0 = all layers at once.")
+    layers_per_stage: int = Field(
+        0,
+        ge=0,
+        description="train the masks of this many decoder layers at a time "
+        "(others frozen; AdamW memory is 4x the stage instead of 4x the model); "
+        "0 = all layers at once.",
+    )
     init_mask: Literal["none", "wanda", "sparsegpt"] = Field(
-        "none", description="none | wanda | sparsegpt: start from the original weights "
-        "with the entries outside that baseline's 2:4 mask multiplied by --init-shrink.")
-    init_shrink: float = Field(0.5, ge=0, le=1, description="factor applied to the entries outside --init-mask's "
-                               "mask.")
+        "none",
+        description="none | wanda | sparsegpt: start from the original weights "
+        "with the entries outside that baseline's 2:4 mask multiplied by --init-shrink.",
+    )
+    init_shrink: float = Field(0.5, ge=0, le=1, description="factor applied to the entries outside --init-mask's mask.")
     metric: Literal["plain", "wanda"] = Field(
-        "wanda", description="wanda | plain: run the prox (and pick the final mask) on "
-        "|W| times the normalised input-activation norm (wanda, default) or on |W| (plain, as the paper).")
+        "wanda",
+        description="wanda | plain: run the prox (and pick the final mask) on "
+        "|W| times the normalised input-activation norm (wanda, default) or on |W| (plain, as the paper).",
+    )
     refit: Literal["none", "obs"] = Field(
-        "none", description="none | obs. none (ProxSparse): final weights are the original "
+        "none",
+        description="none | obs. none (ProxSparse): final weights are the original "
         "weights times the learned mask. obs (our extension): keep the learned mask and update the kept "
-        "weights layer by layer by OBS as SparseGPT does (costs one Hessian pass).")
+        "weights layer by layer by OBS as SparseGPT does (costs one Hessian pass).",
+    )
     prox_sweeps: int = Field(100, ge=1, description="maximum coordinate-descent sweeps of the proximal operator.")
     checkpoint_every: int = Field(10, ge=1, description="save a checkpoint for --resume every N steps.")
 
@@ -120,8 +147,9 @@ class ProxSparsePruner(Pruner):
             scales, init = checkpoint.method["scales"], checkpoint.method["init_masks"]
         else:
             scales, init = self._calibration_pass(ctx, targets, w0)
-        method = ProxSparseTraining(self, ctx, targets, layer_of, w0, scales, init, skipped,
-                                    checkpoint.method["masks"] if checkpoint else {})
+        method = ProxSparseTraining(
+            self, ctx, targets, layer_of, w0, scales, init, skipped, checkpoint.method["masks"] if checkpoint else {}
+        )
         method.timings["time_init_s"] = time.perf_counter() - t0
         return training.run(method)
 
@@ -152,8 +180,10 @@ class ProxSparsePruner(Pruner):
                     init[name] = nm_mask(new.detach().float().abs().cpu())
                     lin.weight.copy_(new.to(lin.weight.dtype))  # sequential, as the baseline
 
-        task = ctx.progress.task(f"proxsparse {o.init_mask if o.init_mask != 'none' else 'activation'} statistics",
-                                 total=len(ctx.adapter.layers(ctx.model)))
+        task = ctx.progress.task(
+            f"proxsparse {o.init_mask if o.init_mask != 'none' else 'activation'} statistics",
+            total=len(ctx.adapter.layers(ctx.model)),
+        )
         runner = ctx.layerwise_runner()
         runner.run(process, progress=task)
         with torch.no_grad():  # undo the baseline's in-place pruning
@@ -169,12 +199,28 @@ class ProxSparseTraining(LearnedMethod):
     name = "proxsparse"
     hint = "lower --lr, or use --dtype float32"
 
-    def __init__(self, pruner: ProxSparsePruner, ctx: PruneContext, targets: dict[str, nn.Linear],
-                 layer_of: dict[str, int], w0: dict[str, torch.Tensor], scales: dict[str, torch.Tensor] | None,
-                 init: dict[str, torch.Tensor] | None, skipped: list[str], masks: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self,
+        pruner: ProxSparsePruner,
+        ctx: PruneContext,
+        targets: dict[str, nn.Linear],
+        layer_of: dict[str, int],
+        w0: dict[str, torch.Tensor],
+        scales: dict[str, torch.Tensor] | None,
+        init: dict[str, torch.Tensor] | None,
+        skipped: list[str],
+        masks: dict[str, torch.Tensor],
+    ) -> None:
         o = pruner.options
         self.o, self.ctx, self.strategy, self.method = o, ctx, pruner.strategy, pruner.method
-        self.targets, self.layer_of, self.w0, self.scales, self.init, self.skipped = targets, layer_of, w0, scales, init, skipped
+        self.targets, self.layer_of, self.w0, self.scales, self.init, self.skipped = (
+            targets,
+            layer_of,
+            w0,
+            scales,
+            init,
+            skipped,
+        )
         n_layers = len(ctx.adapter.layers(ctx.model))
         self.per_stage = per_stage = o.layers_per_stage or n_layers
         self.stages = [list(range(i, min(i + per_stage, n_layers))) for i in range(0, n_layers, per_stage)]
@@ -248,7 +294,7 @@ class ProxSparseTraining(LearnedMethod):
             for n in names:
                 ref, rms = self.w0_dev[n], self.rms[n]
                 denom = ref + ANCHOR_EPS * rms * torch.where(ref >= 0, 1.0, -1.0)
-                anchor = anchor + (((masters[n] / denom) * (masters[n] - ref)) ** 2).mean() / rms ** 2
+                anchor = anchor + (((masters[n] / denom) * (masters[n] - ref)) ** 2).mean() / rms**2
             anchor = anchor / len(names)
             extra = o.lambda2 * anchor
         self.anchor = anchor
@@ -278,13 +324,24 @@ class ProxSparseTraining(LearnedMethod):
                 metric_w = w * scale_dev[n] if scale_dev is not None else w
                 reg_sum += float(regulariser(metric_w / self._metric_rms(n)).sum())
                 nz_groups += int(((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).sum())
-        return {"stage": batch.stage + 1, "step": batch.step + 1, "loss": means["loss"],
-                "anchor": float(self.anchor.detach()), "reg": reg_sum / self.total_groups,
-                "share24": nz_groups / self.total_groups, "lr": lr, "time_prox_s": time.perf_counter() - t_prox}
+        return {
+            "stage": batch.stage + 1,
+            "step": batch.step + 1,
+            "loss": means["loss"],
+            "anchor": float(self.anchor.detach()),
+            "reg": reg_sum / self.total_groups,
+            "share24": nz_groups / self.total_groups,
+            "lr": lr,
+            "time_prox_s": time.perf_counter() - t_prox,
+        }
 
     def progress_info(self, record: dict[str, Any]) -> dict[str, Any]:
-        return {"stage": f"{record['stage']}/{self.n_stages}", "loss": record["loss"], "reg": record["reg"],
-                "share24": f"{record['share24']:.1%}"}
+        return {
+            "stage": f"{record['stage']}/{self.n_stages}",
+            "loss": record["loss"],
+            "reg": record["reg"],
+            "share24": f"{record['share24']:.1%}",
+        }
 
     def end_stage(self, stage: int) -> None:
         """Final masks of the stage: top-2 |W_learned| (in the chosen metric), applied to W₀."""
@@ -303,7 +360,8 @@ class ProxSparseTraining(LearnedMethod):
             "masters": {n: w.detach().float().cpu().clone() for n, w in self.masters.items()},
             "opt": self.opt.state_dict() if self.opt is not None else None,
             "masks": {n: m.clone() for n, m in self.masks.items()},
-            "scales": self.scales, "init_masks": self.init,
+            "scales": self.scales,
+            "init_masks": self.init,
         }
 
     def finish(self, trace: list[dict[str, Any]]) -> PruneResult:
@@ -326,11 +384,14 @@ class ProxSparseTraining(LearnedMethod):
         report = {
             **skipped_semi24(ctx, self.skipped),
             "proxsparse": {
-                "stages": self.n_stages, "layers_per_stage": self.per_stage, "steps_per_stage": o.steps,
+                "stages": self.n_stages,
+                "layers_per_stage": self.per_stage,
+                "steps_per_stage": o.steps,
                 "final_share_24": trace[-1]["share24"] if trace else None,
                 "final_loss": trace[-1]["loss"] if trace else None,
                 "lambda_per_matrix": dict(self.lam),
-                **self._mask_changes(), **self.timings,
+                **self._mask_changes(),
+                **self.timings,
             },
         }
         files: dict[str, Any] = {TRACE_JSON: {"options": o.model_dump(mode="json"), "trace": trace}}

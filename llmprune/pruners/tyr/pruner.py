@@ -59,24 +59,36 @@ class TyrOptions(BaseModel):
 
     generations: int = Field(8, ge=0, description="Generations per coarse-to-fine iteration (paper: 50).")
     offspring: int = Field(16, ge=1, description="Offspring per generation (paper: 128).")
-    select_tokens: str = Field("1024,2048,4096", description="Calibration tokens of the three selection stages: "
-                               "small,medium,large (paper: 2K,16K,128K).")
+    select_tokens: str = Field(
+        "1024,2048,4096",
+        description="Calibration tokens of the three selection stages: small,medium,large (paper: 2K,16K,128K).",
+    )
     survivors: str = Field("4,2", description="Offspring kept after the small and the medium stage (paper: 16,4).")
     iterations: int = Field(4, ge=1, le=12, description="Coarse-to-fine iterations; Δ halves each time.")
-    delta: float = Field(0.125, gt=0.0, le=0.5, description="Initial step Δ as a fraction of each module's units "
-                         "(at least one unit).")
+    delta: float = Field(
+        0.125, gt=0.0, le=0.5, description="Initial step Δ as a fraction of each module's units (at least one unit)."
+    )
     budget_split: Literal["fixed", "free"] = Field(
-        "fixed", description="fixed: attention and MLP keep their uniform parameter shares; free: the search may "
-        "move parameters between them.")
-    topk_logits: int = Field(256, ge=1, description="Dense top-k logits cached per token for the KL fitness "
-                             "(paper: up to 8192).")
-    search_nsamples: int | None = Field(None, ge=1, description="Calibration sequences used by the search "
-                                        "(default: all --nsamples); the supernet always uses all.")
-    percdamp: float = Field(0.01, ge=0.0, description="Hessian damping of the local pruner, as a fraction of "
-                            "mean(diag H).")
+        "fixed",
+        description="fixed: attention and MLP keep their uniform parameter shares; free: the search may "
+        "move parameters between them.",
+    )
+    topk_logits: int = Field(
+        256, ge=1, description="Dense top-k logits cached per token for the KL fitness (paper: up to 8192)."
+    )
+    search_nsamples: int | None = Field(
+        None,
+        ge=1,
+        description="Calibration sequences used by the search (default: all --nsamples); the supernet always uses all.",
+    )
+    percdamp: float = Field(
+        0.01, ge=0.0, description="Hessian damping of the local pruner, as a fraction of mean(diag H)."
+    )
     search_space: Literal["full", "deci"] = Field(
-        "full", description="full: any widths; deci: only widths the DeciLM format (vLLM, llama.cpp) expresses "
-        "without padding: attention whole or removed, MLP widths multiples of 256 (use with --export-format deci).")
+        "full",
+        description="full: any widths; deci: only widths the DeciLM format (vLLM, llama.cpp) expresses "
+        "without padding: attention whole or removed, MLP widths multiples of 256 (use with --export-format deci).",
+    )
 
     @field_validator("select_tokens")
     @classmethod
@@ -106,9 +118,11 @@ class GlobalTyr(Pruner):
     def search_config(self) -> SearchConfig:
         o = self.options
         return SearchConfig(
-            generations=o.generations, offspring=o.offspring,
+            generations=o.generations,
+            offspring=o.offspring,
             select_tokens=cast("tuple[int, int, int]", _int_list(o.select_tokens, 3, "--select-tokens")),
-            survivors=cast("tuple[int, int]", _int_list(o.survivors, 2, "--survivors")), budget_split=o.budget_split,
+            survivors=cast("tuple[int, int]", _int_list(o.survivors, 2, "--survivors")),
+            budget_split=o.budget_split,
         )
 
     def check_disk(self, ctx: PruneContext, types, k_attn: int, k_mlp: int) -> int:
@@ -118,8 +132,11 @@ class GlobalTyr(Pruner):
         assert ctx.calib is not None  # prune() checked it
         work = Path(ctx.work_dir)
         n_layers = types["o"].geom.num_layers
-        first = SupernetSpec(centers={"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers},
-                             steps={k: types[k].step(o.delta) for k in KEYS}, delta=o.delta)
+        first = SupernetSpec(
+            centers={"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers},
+            steps={k: types[k].step(o.delta) for k in KEYS},
+            delta=o.delta,
+        )
         rows = ctx.calib.shape[0] if o.search_nsamples is None else min(o.search_nsamples, ctx.calib.shape[0])
         topk = min(o.topk_logits, cast(Any, ctx.model).config.vocab_size)  # a Hugging Face model's config
         need = supernet_disk_need(types, first, n_layers, o.iterations) + rows * ctx.calib.shape[1] * topk * 8
@@ -132,7 +149,8 @@ class GlobalTyr(Pruner):
                 shutil.rmtree(work, ignore_errors=True)
             raise OutputExistsError(
                 f"not enough disk space for the Týr supernet: need {need / 1e9:.2f} GB, free {free / 1e9:.2f} GB "
-                f"in {work} (free some space or choose an output -o on a larger disk)")
+                f"in {work} (free some space or choose an output -o on a larger disk)"
+            )
         return need
 
     # ----------------------------------------------------------------------------------------
@@ -170,12 +188,20 @@ class GlobalTyr(Pruner):
         if state is not None:
             check_fingerprint(state.fingerprint, fp, STATE_FILE)
             gen.set_state(state.rng)
-            ctx.progress.log(f"resuming global tyr at iteration {state.iteration + 1}, "
-                             f"generation {state.generation}")
+            ctx.progress.log(f"resuming global tyr at iteration {state.iteration + 1}, generation {state.generation}")
         pool = ctx.calib if o.search_nsamples is None else ctx.calib[: o.search_nsamples]
         t0 = time.perf_counter()
-        evaluator = Evaluator(model, adapter, pool, o.topk_logits, ctx.device, s.batch_size,
-                              cache=work / "dense_topk.pt", fingerprint=fp, resume=s.resume)
+        evaluator = Evaluator(
+            model,
+            adapter,
+            pool,
+            o.topk_logits,
+            ctx.device,
+            s.batch_size,
+            cache=work / "dense_topk.pt",
+            fingerprint=fp,
+            resume=s.resume,
+        )
         dense_topk_seconds = time.perf_counter() - t0
         centers = {"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers}
         supernet = None
@@ -185,10 +211,16 @@ class GlobalTyr(Pruner):
             if state is None or state.iteration != it:
                 prev = state
                 state = IterationState(
-                    iteration=it, generation=0, parent=(0,) * (2 * n_layers), parent_fitness=None,
-                    centers=centers, rng=gen.get_state(), log=prev.log if prev else [],
+                    iteration=it,
+                    generation=0,
+                    parent=(0,) * (2 * n_layers),
+                    parent_fitness=None,
+                    centers=centers,
+                    rng=gen.get_state(),
+                    log=prev.log if prev else [],
                     supernet_seconds=prev.supernet_seconds if prev else 0.0,
-                    search_seconds=prev.search_seconds if prev else 0.0, fingerprint=fp,
+                    search_seconds=prev.search_seconds if prev else 0.0,
+                    fingerprint=fp,
                 )
                 save_state(state)
             spec = SupernetSpec(centers=state.centers, steps={k: types[k].step(delta) for k in KEYS}, delta=delta)
@@ -209,8 +241,17 @@ class GlobalTyr(Pruner):
                 task.info(best_kl=record.best_fitness)
                 notify(Event(self.method, "step", record.generation))
 
-            state = run_generations(space, supernet, evaluator, config, state, gen, delta,
-                                    checkpoint=save_state, on_generation=on_generation)
+            state = run_generations(
+                space,
+                supernet,
+                evaluator,
+                config,
+                state,
+                gen,
+                delta,
+                checkpoint=save_state,
+                on_generation=on_generation,
+            )
             kept = space.kept_map(state.parent)
             centers = {key: [kept[(i, key)] for i in range(n_layers)] for key in KEYS}
             if it > 0:
@@ -240,8 +281,16 @@ class GlobalTyr(Pruner):
                 plan.weights[ctx.adapter.linear_name(i, "down")] = w_d
         return plan
 
-    def outputs(self, ctx: PruneContext, plan: PrunePlan, state: IterationState, geom, k_attn: int, k_mlp: int,
-                dense_topk_seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    def outputs(
+        self,
+        ctx: PruneContext,
+        plan: PrunePlan,
+        state: IterationState,
+        geom,
+        k_attn: int,
+        k_mlp: int,
+        dense_topk_seconds: float,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The report fields and the files (search log; the kept-fraction plot on rank 0)."""
         attn_total = geom.num_heads
         attn = [len(lp.heads) / attn_total for lp in plan.layers]
@@ -256,11 +305,16 @@ class GlobalTyr(Pruner):
         }
         files: dict[str, Any] = {LOG_FILE: log}
         if distributed.is_main():  # only rank 0 exports: no plot elsewhere
-            plot = plot_kept_fraction(Path(ctx.work_dir) / PLOT_FILE, attn, mlp,
-                                      k_attn / geom.attn_unit_count(plan.attn_unit), k_mlp / geom.intermediate_size,
-                                      ctx.settings.sparsity,
-                                      title=f"Týr global pruning, {ctx.settings.sparsity:.0%} sparsity, "
-                                      f"{self.options.budget_split} budget split: kept fraction per layer")
+            plot = plot_kept_fraction(
+                Path(ctx.work_dir) / PLOT_FILE,
+                attn,
+                mlp,
+                k_attn / geom.attn_unit_count(plan.attn_unit),
+                k_mlp / geom.intermediate_size,
+                ctx.settings.sparsity,
+                title=f"Týr global pruning, {ctx.settings.sparsity:.0%} sparsity, "
+                f"{self.options.budget_split} budget split: kept fraction per layer",
+            )
             if plot is not None:
                 files[PLOT_FILE] = plot
         report = {
@@ -275,8 +329,15 @@ class GlobalTyr(Pruner):
         return report, files
 
 
-def plot_kept_fraction(path: Path, attn: list[float], mlp: list[float], uni_attn: float, uni_mlp: float,
-                       sparsity: float, title: str | None = None) -> Path | None:
+def plot_kept_fraction(
+    path: Path,
+    attn: list[float],
+    mlp: list[float],
+    uni_attn: float,
+    uni_mlp: float,
+    sparsity: float,
+    title: str | None = None,
+) -> Path | None:
     """Bar chart of per-layer kept fraction (attention, MLP) against the uniform widths."""
     plt = pyplot()
     if plt is None:
