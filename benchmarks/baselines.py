@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 
-from common import WORK, evaluate, prune, prune_command, write_results, REFMODEL
+from common import REFMODEL, WORK, evaluate, prune, prune_command, write_results
 
 RUNS = [
     ("uniform", "magnitude", 0.3),
@@ -36,25 +36,43 @@ COLUMNS = [
 
 def main() -> None:
     dense = evaluate(REFMODEL)
-    rows = [{
-        "strategy": "dense", "method": "-", "achieved_sparsity": 0.0,
-        "params_decoder_linear": dense["params_decoder_linear"], "perplexity": dense["perplexity"], "ratio": 1.0,
-        "command": "llmprune eval ../shared/refmodel --data ../shared/data/eval.txt --seqlen 256",
-    }]
+    rows = [
+        {
+            "strategy": "dense",
+            "method": "-",
+            "achieved_sparsity": 0.0,
+            "params_decoder_linear": dense["params_decoder_linear"],
+            "perplexity": dense["perplexity"],
+            "ratio": 1.0,
+            "command": "llmprune eval ../shared/refmodel --data ../shared/data/eval.txt --seqlen 256",
+        }
+    ]
     for strategy, method, sparsity in RUNS:
         out = WORK / f"{strategy}-{method}-{sparsity}"
         report = prune(strategy, method, out, sparsity=sparsity)
         result = evaluate(out)
-        rows.append({
-            "strategy": strategy, "method": method, "achieved_sparsity": report["achieved_sparsity"],
-            "params_decoder_linear": report["params_decoder_linear"], "perplexity": result["perplexity"],
-            "ratio": result["perplexity"] / dense["perplexity"], "time_prune_s": report["time_prune_s"],
-            "peak_rss_mib": report["peak_rss_mib"], "command": "`" + prune_command(strategy, method, sparsity) + "`",
-        })
-        print(f"{strategy:8s} {method:10s} {report['achieved_sparsity']:.3f} ppl {result['perplexity']:.2f}", flush=True)
+        rows.append(
+            {
+                "strategy": strategy,
+                "method": method,
+                "achieved_sparsity": report["achieved_sparsity"],
+                "params_decoder_linear": report["params_decoder_linear"],
+                "perplexity": result["perplexity"],
+                "ratio": result["perplexity"] / dense["perplexity"],
+                "time_prune_s": report["time_prune_s"],
+                "peak_rss_mib": report["peak_rss_mib"],
+                "command": "`" + prune_command(strategy, method, sparsity) + "`",
+            }
+        )
+        print(
+            f"{strategy:8s} {method:10s} {report['achieved_sparsity']:.3f} ppl {result['perplexity']:.2f}", flush=True
+        )
         shutil.rmtree(out)
     path = write_results(
-        "baselines", "Baselines on the reference model", rows, COLUMNS,
+        "baselines",
+        "Baselines on the reference model",
+        rows,
+        COLUMNS,
         intro="Reference model: 8.4M-parameter Llama (8 layers, 8 query / 4 KV heads, MLP 768). "
         "Calibration: 64 × 256 tokens from calib.txt, seed 0. Perplexity: whole eval.txt, "
         "non-overlapping 256-token windows, float32. Pruned models are exported in bfloat16 "

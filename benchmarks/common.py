@@ -13,8 +13,9 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -29,9 +30,19 @@ DOCS = ROOT / "docs" / "benchmarks"
 WORK = RESULTS / "work"
 
 
-def prune_args(strategy: str, method: str, output: str | Path, *, model: str | Path = REFMODEL,
-               sparsity: float | None = None, seqlen: int = 256, nsamples: int = 64, seed: int = 0,
-               calib: str | Path = CALIB, **options: Any) -> list[str]:
+def prune_args(
+    strategy: str,
+    method: str,
+    output: str | Path,
+    *,
+    model: str | Path = REFMODEL,
+    sparsity: float | None = None,
+    seqlen: int = 256,
+    nsamples: int = 64,
+    seed: int = 0,
+    calib: str | Path = CALIB,
+    **options: Any,
+) -> list[str]:
     """Command-line arguments of one pruning job (method options become ``--flags``)."""
     args = [strategy, str(model), "-o", str(output), "--method", method]
     if sparsity is not None and strategy != "semi24":
@@ -56,12 +67,34 @@ def prune(strategy: str, method: str, output: Path, **kwargs: Any) -> dict[str, 
     return json.loads((Path(output) / "llmprune_report.json").read_text())
 
 
-def prune_command(strategy: str, method: str, sparsity: float | None = None, *, model: str | Path = REFMODEL,
-                  calib: str | Path = CALIB, seqlen: int = 256, nsamples: int = 64, **options: Any) -> str:
+def prune_command(
+    strategy: str,
+    method: str,
+    sparsity: float | None = None,
+    *,
+    model: str | Path = REFMODEL,
+    calib: str | Path = CALIB,
+    seqlen: int = 256,
+    nsamples: int = 64,
+    **options: Any,
+) -> str:
     """The equivalent shell command with repository-relative paths, for the tables."""
-    return shlex.join(["llmprune", *prune_args(strategy, method, "OUT", model=display_path(model),
-                                               calib=display_path(calib), sparsity=sparsity, seqlen=seqlen,
-                                               nsamples=nsamples, **options)])
+    return shlex.join(
+        [
+            "llmprune",
+            *prune_args(
+                strategy,
+                method,
+                "OUT",
+                model=display_path(model),
+                calib=display_path(calib),
+                sparsity=sparsity,
+                seqlen=seqlen,
+                nsamples=nsamples,
+                **options,
+            ),
+        ]
+    )
 
 
 def display_path(path: str | Path) -> str:
@@ -85,8 +118,10 @@ def machine() -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    return (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+    )
 
 
 def today() -> str:
@@ -105,15 +140,26 @@ def markdown_table(rows: Iterable[dict[str, Any]], columns: list[tuple[str, str,
     return "\n".join(lines)
 
 
-def write_results(name: str, title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str, str]],
-                  intro: str = "", notes: str = "") -> Path:
+def write_results(
+    name: str,
+    title: str,
+    rows: list[dict[str, Any]],
+    columns: list[tuple[str, str, str]],
+    intro: str = "",
+    notes: str = "",
+) -> Path:
     """Write ``benchmarks/results/<name>.json`` and ``docs/benchmarks/<name>.md``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     DOCS.mkdir(parents=True, exist_ok=True)
     payload = {"name": name, "date": today(), "machine": machine(), "command": command_line(), "rows": rows}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    md = [f"# {title}", "", f"Measured {payload['date']} on {payload['machine']}.",
-          f"Reproduce with `{payload['command']}` (writes this page and `benchmarks/results/{name}.json`).", ""]
+    md = [
+        f"# {title}",
+        "",
+        f"Measured {payload['date']} on {payload['machine']}.",
+        f"Reproduce with `{payload['command']}` (writes this page and `benchmarks/results/{name}.json`).",
+        "",
+    ]
     if intro:
         md += [intro, ""]
     md += [markdown_table(rows, columns), ""]
@@ -130,11 +176,17 @@ INDEX_ORDER = ("summary", "baselines", "minimax", "tyr", "proxsparse", "speed", 
 
 def rebuild_index() -> Path:
     """Regenerate ``docs/benchmarks.md`` from every page in ``docs/benchmarks/`` (one section each)."""
-    pages = sorted(DOCS.glob("*.md"), key=lambda p: (INDEX_ORDER.index(p.stem) if p.stem in INDEX_ORDER else 99, p.stem))
-    out = ["# Benchmarks", "",
-           "Every number below was written by a script in `benchmarks/`; each section names its command, "
-           "date and machine. Per-benchmark pages and plots live in [benchmarks/](benchmarks/), raw JSON in "
-           "`benchmarks/results/`. Benchmarks are not tests: nothing here is asserted in CI.", ""]
+    pages = sorted(
+        DOCS.glob("*.md"), key=lambda p: (INDEX_ORDER.index(p.stem) if p.stem in INDEX_ORDER else 99, p.stem)
+    )
+    out = [
+        "# Benchmarks",
+        "",
+        "Every number below was written by a script in `benchmarks/`; each section names its command, "
+        "date and machine. Per-benchmark pages and plots live in [benchmarks/](benchmarks/), raw JSON in "
+        "`benchmarks/results/`. Benchmarks are not tests: nothing here is asserted in CI.",
+        "",
+    ]
     for page in pages:
         text = page.read_text().replace("](", "](benchmarks/").replace("](benchmarks/http", "](http")
         out += ["#" + line if line.startswith("#") else line for line in text.splitlines()]

@@ -43,11 +43,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CALIB, REFMODEL, ROOT, WORK, display_path, prune, prune_command, write_results  # noqa: E402
+from common import REFMODEL, ROOT, WORK, display_path, prune, prune_command, write_results  # noqa: E402
 
 PROMPT = "The model is pruned and then"
 GREEDY_TOKENS = 12
-TYR_SMALL = dict(generations=4, offspring=8, iterations=2)
+TYR_SMALL = dict(generations=4, offspring=8, iterations=2, nsamples=16)
 
 #: (row name, pruning arguments or None for the input model itself)
 OUTPUTS: list[tuple[str, dict[str, Any] | None]] = [
@@ -60,8 +60,19 @@ OUTPUTS: list[tuple[str, dict[str, Any] | None]] = [
     ("global tyr 50% → deci", dict(strategy="global", method="tyr", sparsity=0.5, export_format="deci", **TYR_SMALL)),
 ]
 
-CONSUMERS = ["plain", "trust_remote_code", "AutoModel", "save → reload", "torch.compile", "PEFT LoRA",
-             "lm-eval hf", "GGUF F32", "GGUF Q8_0", "llama.cpp greedy", "optimum ONNX"]
+CONSUMERS = [
+    "plain",
+    "trust_remote_code",
+    "AutoModel",
+    "save → reload",
+    "torch.compile",
+    "PEFT LoRA",
+    "lm-eval hf",
+    "GGUF F32",
+    "GGUF Q8_0",
+    "llama.cpp greedy",
+    "optimum ONNX",
+]
 
 # ----- consumer scripts (each runs in a fresh interpreter) ----------------------------------------
 COMMON = r"""
@@ -78,7 +89,9 @@ def done(path):
     json.dump(results, open(path, "w"))
 """
 
-WITH_LLMPRUNE = COMMON + r"""
+WITH_LLMPRUNE = (
+    COMMON
+    + r"""
 import os
 out, work, result_path = sys.argv[1:4]
 import llmprune  # registers heterogeneous outputs (cheap: hooks only)
@@ -156,8 +169,11 @@ except ImportError:
 results["_greedy"] = state.get("greedy")
 done(result_path)
 """
+)
 
-WITHOUT_LLMPRUNE = COMMON + r"""
+WITHOUT_LLMPRUNE = (
+    COMMON
+    + r"""
 out, saved, result_path = sys.argv[1:4]
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -175,8 +191,11 @@ run("AutoModel", lambda: type(AutoModel.from_pretrained(out, trust_remote_code=T
 assert not any(m == "llmprune" or m.startswith("llmprune.") for m in sys.modules)
 done(result_path)
 """
+)
 
-RELOAD = COMMON + r"""
+RELOAD = (
+    COMMON
+    + r"""
 saved, result_path = sys.argv[1:3]
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -191,8 +210,11 @@ run("save → reload", reload)
 assert not any(m == "llmprune" or m.startswith("llmprune.") for m in sys.modules)
 done(result_path)
 """
+)
 
-LM_EVAL = COMMON + r"""
+LM_EVAL = (
+    COMMON
+    + r"""
 out, result_path = sys.argv[1:3]
 def score():
     from lm_eval.api.instance import Instance
@@ -206,8 +228,11 @@ def score():
 run("lm-eval hf", score)
 done(result_path)
 """
+)
 
-LLAMA_CPP = COMMON + r"""
+LLAMA_CPP = (
+    COMMON
+    + r"""
 gguf_path, result_path, expected = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 def greedy():
     from llama_cpp import Llama
@@ -223,8 +248,11 @@ def greedy():
 run("llama.cpp greedy", greedy)
 done(result_path)
 """
+)
 
-ONNX = COMMON + r"""
+ONNX = (
+    COMMON
+    + r"""
 out, work, result_path = sys.argv[1:4]
 def export():
     from optimum.onnxruntime import ORTModelForCausalLM
@@ -237,19 +265,32 @@ def export():
 run("optimum ONNX", export)
 done(result_path)
 """
+)
 
 
-def run_script(source: str, args: list[str], work: Path, name: str, timeout: int = 900,
-               with_repo: bool = True) -> dict[str, Any]:
+def run_script(
+    source: str, args: list[str], work: Path, name: str, timeout: int = 900, with_repo: bool = True
+) -> dict[str, Any]:
     """Run one consumer script in a fresh interpreter; its JSON results, or a failure for all."""
     script = work / f"{name}.py"
     script.write_text(f"PROMPT = {PROMPT!r}\nN = {GREEDY_TOKENS}\n" + source)
     result = work / f"{name}.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(ROOT) if with_repo else "", HF_MODULES_CACHE=str(work / "hf_modules"))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(ROOT) if with_repo else "",
+        HF_MODULES_CACHE=str(work / "hf_modules"),
+    )
     try:
-        proc = subprocess.run([sys.executable, str(script), *args, str(result)], cwd=work, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, str(script), *args, str(result)],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"_error": f"timed out after {timeout} s"}
     if not result.is_file():
@@ -263,8 +304,11 @@ def converter_from_sdist(sdist: Path, into: Path) -> Path:
     """Unpack ``vendor/llama.cpp``'s converter (script, conversion package, gguf-py) from a
     llama-cpp-python source distribution."""
     with tarfile.open(sdist) as tar:
-        members = [m for m in tar.getmembers()
-                   if re.search(r"/vendor/llama\.cpp/(convert_hf_to_gguf\.py|conversion/|gguf-py/)", m.name)]
+        members = [
+            m
+            for m in tar.getmembers()
+            if re.search(r"/vendor/llama\.cpp/(convert_hf_to_gguf\.py|conversion/|gguf-py/)", m.name)
+        ]
         tar.extractall(into, members=members, filter="data")
     (script,) = into.glob("*/vendor/llama.cpp/convert_hf_to_gguf.py")
     return script.parent
@@ -284,16 +328,25 @@ def patched_converter(source: Path, into: Path, gpt2_hashes: list[str]) -> Path:
     if not base.exists():  # older single-file converter
         base = target / "convert_hf_to_gguf.py"
     text = base.read_text()
-    mapping = "".join(f'        if chkhsh == "{h}":\n            res = "gpt-2"  # llmprune benchmark: local mapping\n'
-                      for h in gpt2_hashes)
-    text = text.replace("        if res is None:\n            logger.warning(\"\\n\")", mapping + "        if res is None:\n            logger.warning(\"\\n\")", 1)
+    mapping = "".join(
+        f'        if chkhsh == "{h}":\n            res = "gpt-2"  # llmprune benchmark: local mapping\n'
+        for h in gpt2_hashes
+    )
+    text = text.replace(
+        '        if res is None:\n            logger.warning("\\n")',
+        mapping + '        if res is None:\n            logger.warning("\\n")',
+        1,
+    )
     base.write_text(text)
     deci = target / "conversion" / "deci.py"
     if not deci.exists():
         deci = target / "convert_hf_to_gguf.py"
     text = deci.read_text()
-    text = text.replace('if self.hparams.get("vocab_size", 128256) == 128256:',
-                        'if True:  # llmprune benchmark: GPT-2 vocabulary path for any vocabulary size', 1)
+    text = text.replace(
+        'if self.hparams.get("vocab_size", 128256) == 128256:',
+        "if True:  # llmprune benchmark: GPT-2 vocabulary path for any vocabulary size",
+        1,
+    )
     deci.write_text(text)
     return target / "convert_hf_to_gguf.py"
 
@@ -301,8 +354,14 @@ def patched_converter(source: Path, into: Path, gpt2_hashes: list[str]) -> Path:
 def convert(converter: Path, model: Path, outfile: Path, outtype: str, timeout: int = 900) -> tuple[bool, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     # stdin closed: the converter's tokenizer load asks whether to run a folder's custom code (no)
-    proc = subprocess.run([sys.executable, str(converter), str(model), "--outfile", str(outfile), "--outtype", outtype],
-                          capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, str(converter), str(model), "--outfile", str(outfile), "--outtype", outtype],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     return proc.returncode == 0 and outfile.is_file(), proc.stderr + proc.stdout
 
 
@@ -330,7 +389,10 @@ def gguf_summary(path: Path, expect: str) -> str:
 
 def gguf_cells(converter: Path | None, folder: Path, work: Path, hashes: list[str]) -> dict[str, list[str]]:
     if converter is None:
-        return {k: ["not run here", "no llama.cpp converter (pass --sdist or --llama-cpp)"] for k in ("GGUF F32", "GGUF Q8_0")}
+        return {
+            k: ["not run here", "no llama.cpp converter (pass --sdist or --llama-cpp)"]
+            for k in ("GGUF F32", "GGUF Q8_0")
+        }
     if importlib.util.find_spec("gguf") is None:
         return {k: ["not run here", "gguf package not installed"] for k in ("GGUF F32", "GGUF Q8_0")}
     cells: dict[str, list[str]] = {}
@@ -340,7 +402,10 @@ def gguf_cells(converter: Path | None, folder: Path, work: Path, hashes: list[st
         if ok:
             cells[column] = ["works", gguf_summary(outfile, expect)]
         else:
-            error = next((l for l in reversed(log.splitlines()) if "Error" in l or "error" in l), log.strip().splitlines()[-1:] or [""])
+            error = next(
+                (l for l in reversed(log.splitlines()) if "Error" in l or "error" in l),
+                log.strip().splitlines()[-1:] or [""],
+            )
             cells[column] = ["fails", (error if isinstance(error, str) else error[0])[:200]]
     return cells
 
@@ -351,29 +416,50 @@ def check_output(name: str, folder: Path, work: Path, converter: Path | None, ha
     cells: dict[str, list[str]] = {}
     first = run_script(WITH_LLMPRUNE, [str(folder), str(work)], work, "check_with_llmprune")
     greedy = first.pop("_greedy", None)
-    second = run_script(WITHOUT_LLMPRUNE, [str(folder), str(work / "saved")], work, "check_without_llmprune", with_repo=False)
+    second = run_script(
+        WITHOUT_LLMPRUNE, [str(folder), str(work / "saved")], work, "check_without_llmprune", with_repo=False
+    )
     for part in (first, second):
         if "_error" in part:
             part.setdefault("plain" if part is first else "trust_remote_code", ["fails", part.pop("_error")])
         cells.update(part)
     if cells.get("trust_remote_code", [""])[0] == "works":
-        cells.update({k: v for k, v in run_script(RELOAD, [str(work / "saved")], work, "check_reload", with_repo=False).items()
-                      if not k.startswith("_")})
+        cells.update(
+            {
+                k: v
+                for k, v in run_script(RELOAD, [str(work / "saved")], work, "check_reload", with_repo=False).items()
+                if not k.startswith("_")
+            }
+        )
     else:
         cells["save → reload"] = ["n/a", "no model to save"]
-    cells.update({k: v for k, v in run_script(LM_EVAL, [str(folder)], work, "check_lm_eval", with_repo=False).items()
-                  if not k.startswith("_")})
+    cells.update(
+        {
+            k: v
+            for k, v in run_script(LM_EVAL, [str(folder)], work, "check_lm_eval", with_repo=False).items()
+            if not k.startswith("_")
+        }
+    )
     cells.update(gguf_cells(converter, folder, work, hashes))
     if cells.get("GGUF F32", [""])[0] != "works":
         cells["llama.cpp greedy"] = ["n/a", "no GGUF file"]
     elif importlib.util.find_spec("llama_cpp") is None:
-        cells["llama.cpp greedy"] = ["not run here", "llama_cpp not installed (building it from source takes long on 2 cores)"]
+        cells["llama.cpp greedy"] = [
+            "not run here",
+            "llama_cpp not installed (building it from source takes long on 2 cores)",
+        ]
     else:
         cells.update(run_llama_cpp(work, greedy))
     if importlib.util.find_spec("optimum") is None:
         cells["optimum ONNX"] = ["not run here", "optimum not installed"]
     else:
-        cells.update({k: v for k, v in run_script(ONNX, [str(folder), str(work)], work, "check_onnx").items() if not k.startswith("_")})
+        cells.update(
+            {
+                k: v
+                for k, v in run_script(ONNX, [str(folder), str(work)], work, "check_onnx").items()
+                if not k.startswith("_")
+            }
+        )
     for column in CONSUMERS:
         cells.setdefault(column, ["fails", "no result"])
     return {"output": name, "folder": display_path(folder), "greedy_tokens": greedy, "cells": cells}
@@ -383,8 +469,12 @@ def run_llama_cpp(work: Path, greedy: list[int] | None) -> dict[str, list[str]]:
     script = work / "check_llama_cpp.py"
     script.write_text(f"PROMPT = {PROMPT!r}\nN = {GREEDY_TOKENS}\n" + LLAMA_CPP)
     result = work / "llama_cpp.json"
-    subprocess.run([sys.executable, str(script), str(work / "model-f32.gguf"), str(result), json.dumps(greedy)],
-                   capture_output=True, text=True, timeout=900)
+    subprocess.run(
+        [sys.executable, str(script), str(work / "model-f32.gguf"), str(result), json.dumps(greedy)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if not result.is_file():
         return {"llama.cpp greedy": ["fails", "crashed"]}
     return json.loads(result.read_text())
@@ -393,8 +483,12 @@ def run_llama_cpp(work: Path, greedy: list[int] | None) -> dict[str, list[str]]:
 def find_converter(args: argparse.Namespace, work: Path) -> Path | None:
     if args.llama_cpp:
         return Path(args.llama_cpp)
-    sdists = [Path(args.sdist)] if args.sdist else sorted(ROOT.glob("llama_cpp_python-*.tar.gz")) + \
-        sorted(Path(tempfile.gettempdir()).rglob("llama_cpp_python-*.tar.gz"))
+    sdists = (
+        [Path(args.sdist)]
+        if args.sdist
+        else sorted(ROOT.glob("llama_cpp_python-*.tar.gz"))
+        + sorted(Path(tempfile.gettempdir()).rglob("llama_cpp_python-*.tar.gz"))
+    )
     for sdist in sdists:
         if sdist.is_file():
             return converter_from_sdist(sdist, work / "sdist")
@@ -414,23 +508,63 @@ def prepare_converter(source: Path, work: Path, probe_model: Path) -> tuple[Path
 COLUMNS = [("output", "output", "")] + [(c, c, "") for c in CONSUMERS]
 
 
+DETAILS = ROOT / "benchmarks" / "results" / "interop_details.json"
+
+
+def publish(records: list[dict[str, Any]], converter_note: str) -> None:
+    """Write the page and the JSON for the rows measured so far (after every row, so an interrupted
+    run keeps what it measured; ``--only`` reruns rows and keeps the others)."""
+    order = [name for name, _ in OUTPUTS]
+    records = sorted(records, key=lambda r: order.index(r["output"]) if r["output"] in order else len(order))
+    rows = []
+    for record in records:
+        row = {"output": record["output"]}
+        for column in CONSUMERS:
+            status, detail = record["cells"][column]
+            row[column] = status if not detail else f"{status}: {detail}"
+        rows.append(row)
+    notes = ["Commands:", ""] + [f"- {r['output']}: `{r['command']}`" for r in records] + ["", converter_note]
+    write_results(
+        "interop",
+        "Interop: outputs × consumers",
+        rows,
+        COLUMNS,
+        intro="Each cell: `works` / `fails` / `n/a` / `not run here`, with what was checked. "
+        "Outputs are pruned from the reference model (calibration 64 × 256 tokens of calib.txt, seed 0; "
+        "Týr on 16 × 256 tokens with --generations 4 --offspring 8 --iterations 2 to keep the run short).",
+        notes="\n".join(notes),
+    )
+    DETAILS.write_text(json.dumps(records, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sdist", help="llama-cpp-python source distribution (.tar.gz) holding llama.cpp's converter")
     parser.add_argument("--llama-cpp", help="a llama.cpp checkout (its convert_hf_to_gguf.py is used)")
-    parser.add_argument("--only", help="comma-separated row names to run (default: all)")
+    parser.add_argument(
+        "--only", help="comma-separated row names to (re)run; the other rows are kept from the last run"
+    )
     args = parser.parse_args()
+    only = args.only.split(",") if args.only else None
     work = WORK / "interop"
-    if work.exists():
-        shutil.rmtree(work)
+    shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     source = find_converter(args, work)
     converter, hashes = None, []
     if source is not None:
         converter, hashes = prepare_converter(source, work, REFMODEL)
-    rows, records = [], []
+    converter_note = "Converter: " + (
+        "llama.cpp's `convert_hf_to_gguf.py` from "
+        + display_path(args.llama_cpp or args.sdist or "the llama-cpp-python sdist")
+        + f", patched at run time with the two tokenizer mappings (pre-tokenizer hash(es) "
+        f"{', '.join(h[:12] + '…' for h in hashes) or 'none needed'} → gpt-2; "
+        "DeciLM GPT-2 vocabulary path for any vocabulary size)."
+        if converter
+        else "none available."
+    )
+    records = json.loads(DETAILS.read_text()) if only and DETAILS.is_file() else []
     for name, spec in OUTPUTS:
-        if args.only and name not in args.only.split(","):
+        if only and name not in only:
             continue
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         if spec is None:
@@ -446,24 +580,9 @@ def main() -> None:
                 command += f" (padding: {report['deci']['padding_params']:,} parameters)"
         record = check_output(name, folder, work / slug / "checks", converter, hashes)
         record["command"] = command
-        records.append(record)
-        row = {"output": name}
-        for column in CONSUMERS:
-            status, detail = record["cells"][column]
-            row[column] = status if not detail else f"{status}: {detail}"
-        rows.append(row)
+        records = [r for r in records if r["output"] != name] + [record]
+        publish(records, converter_note)
         print(name, {c: record["cells"][c][0] for c in CONSUMERS}, flush=True)
-    notes = ["Commands:", ""] + [f"- {r['output']}: `{r['command']}`" for r in records]
-    notes += ["", "Converter: " + ("llama.cpp's `convert_hf_to_gguf.py` from "
-              + (args.llama_cpp or args.sdist or "the llama-cpp-python sdist")
-              + f", patched at run time with the two tokenizer mappings (pre-tokenizer hash(es) {', '.join(h[:12] + '…' for h in hashes) or 'none needed'} → gpt-2; "
-              "DeciLM GPT-2 vocabulary path for any vocabulary size)." if converter else "none available.")]
-    write_results("interop", "Interop: outputs × consumers", [{**r} for r in rows], COLUMNS,
-                  intro="Each cell: `works` / `fails` / `n/a` / `not run here`, with what was checked. "
-                  "Outputs are pruned from the reference model (calibration 64 × 256 tokens of calib.txt, seed 0; "
-                  f"Týr with {', '.join(f'--{k} {v}' for k, v in TYR_SMALL.items())} to keep the run short).",
-                  notes="\n".join(notes))
-    (ROOT / "benchmarks" / "results" / "interop_details.json").write_text(json.dumps(records, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -49,8 +49,10 @@ COLUMNS = [
 
 def baseline_rss_mib() -> float:
     """RSS of a process that imported everything llmprune imports, before loading any model."""
-    code = ("import torch, transformers, llmprune.cli, llmprune.pipeline, llmprune.pruners; "
-            "from transformers import LlamaForCausalLM; print(llmprune.pipeline.peak_rss_mib())")
+    code = (
+        "import torch, transformers, llmprune.cli, llmprune.pipeline, llmprune.pruners; "
+        "from transformers import LlamaForCausalLM; print(llmprune.pipeline.peak_rss_mib())"
+    )
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
@@ -59,9 +61,17 @@ def build_model(folder, layers: int):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=layers, num_attention_heads=8,
-                         num_key_value_heads=4, head_dim=64, vocab_size=8192, max_position_embeddings=1024,
-                         tie_word_embeddings=True)
+    config = LlamaConfig(
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        vocab_size=8192,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(REFMODEL).save_pretrained(folder)
@@ -87,12 +97,17 @@ def main() -> None:
     with safe_open(str(REFMODEL / "model.safetensors"), "pt") as ref:
         ref_params = sum(_numel(ref.get_slice(k).get_shape()) for k in ref.keys())
     mib = 2**20
-    h, inter, bs, heads, n, t = (config.hidden_size, config.intermediate_size, args.batch_size,
-                                 config.num_attention_heads, args.nsamples, args.seqlen)
+    h, inter, bs, heads, n, t = (
+        config.hidden_size,
+        config.intermediate_size,
+        args.batch_size,
+        config.num_attention_heads,
+        args.nsamples,
+        args.seqlen,
+    )
     layer_mib = (2 * layer_params * 4 + (2 * h * h + inter * inter) * 4 + bs * heads * t * t * 4) / mib
     acts_mib = 2 * n * t * h * 4 / mib
     base = baseline_rss_mib()
-    common = dict(model=folder, nsamples=n, seqlen=t, batch_size=bs)
     # Týr: 9 variants of o [h, h] and down [h, inter] of one block, the dense o/down copies of every
     # layer, the cached dense top-k (int32 index + float32 log-prob, k = 256) of every token, and the
     # logits and log-probabilities of one batch (full forward passes: dense top-k and fitness).
@@ -106,8 +121,26 @@ def main() -> None:
     rows = []
     for name, strategy, method, sparsity, options, model_mib, extra in runs:
         out = WORK / f"memory-{strategy}-{method}"
-        cmd = [sys.executable, "-m", "llmprune", strategy, str(folder), "-o", str(out), "--method", method,
-               "--calib", str(CALIB), "--nsamples", str(n), "--seqlen", str(t), "--batch-size", str(bs), "--overwrite"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "llmprune",
+            strategy,
+            str(folder),
+            "-o",
+            str(out),
+            "--method",
+            method,
+            "--calib",
+            str(CALIB),
+            "--nsamples",
+            str(n),
+            "--seqlen",
+            str(t),
+            "--batch-size",
+            str(bs),
+            "--overwrite",
+        ]
         if sparsity is not None:
             cmd += ["--sparsity", str(sparsity)]
         for key, value in options.items():
@@ -118,25 +151,43 @@ def main() -> None:
         report = json.loads((out / "llmprune_report.json").read_text())
         bound = base + model_mib + layer_mib + acts_mib + extra
         row = {
-            "run": name, "model_mib": model_mib, "layer_mib": layer_mib, "acts_mib": acts_mib, "extra_mib": extra,
-            "base_mib": base, "bound_mib": bound, "peak_rss_mib": report["peak_rss_mib"],
-            "ratio": report["peak_rss_mib"] / bound, "excess_mib": report["peak_rss_mib"] - bound,
+            "run": name,
+            "model_mib": model_mib,
+            "layer_mib": layer_mib,
+            "acts_mib": acts_mib,
+            "extra_mib": extra,
+            "base_mib": base,
+            "bound_mib": bound,
+            "peak_rss_mib": report["peak_rss_mib"],
+            "ratio": report["peak_rss_mib"] / bound,
+            "excess_mib": report["peak_rss_mib"] - bound,
             "time_prune_s": report["time_prune_s"],
-            "command": "`" + prune_command(strategy, method, sparsity, model="MODEL", calib=CALIB, seqlen=t, nsamples=n,
-                                           batch_size=bs, **options) + "`",
+            "command": "`"
+            + prune_command(
+                strategy, method, sparsity, model="MODEL", calib=CALIB, seqlen=t, nsamples=n, batch_size=bs, **options
+            )
+            + "`",
         }
         rows.append(row)
-        print(f"{name:20s} peak {row['peak_rss_mib']:.0f} MiB, bound {bound:.0f} MiB ({row['ratio']:.2f}), "
-              f"{row['time_prune_s']:.0f} s", flush=True)
+        print(
+            f"{name:20s} peak {row['peak_rss_mib']:.0f} MiB, bound {bound:.0f} MiB ({row['ratio']:.2f}), "
+            f"{row['time_prune_s']:.0f} s",
+            flush=True,
+        )
         shutil.rmtree(out)
     shutil.rmtree(folder)
-    size = (f"MODEL: random Llama, {config.num_hidden_layers} layers, hidden {h}, MLP {inter}, "
-            f"{heads} query / {config.num_key_value_heads} KV heads, vocab {config.vocab_size}: "
-            f"{n_params / 1e6:.1f}M parameters ({2 * n_params / mib:.0f} MiB in bfloat16), "
-            f"{n_params / ref_params:.1f}× the reference model ({ref_params / 1e6:.1f}M). "
-            f"Calibration: {n} × {t} tokens of {display_path(CALIB)}, batch {bs}.")
+    size = (
+        f"MODEL: random Llama, {config.num_hidden_layers} layers, hidden {h}, MLP {inter}, "
+        f"{heads} query / {config.num_key_value_heads} KV heads, vocab {config.vocab_size}: "
+        f"{n_params / 1e6:.1f}M parameters ({2 * n_params / mib:.0f} MiB in bfloat16), "
+        f"{n_params / ref_params:.1f}× the reference model ({ref_params / 1e6:.1f}M). "
+        f"Calibration: {n} × {t} tokens of {display_path(CALIB)}, batch {bs}."
+    )
     write_results(
-        "memory", "Peak memory of the layer-by-layer methods", rows, COLUMNS,
+        "memory",
+        "Peak memory of the layer-by-layer methods",
+        rows,
+        COLUMNS,
         intro=size + " Each run is its own `llmprune` process; peak RSS is the VmHWM it reports. "
         "The bound is interpreter + libraries + the model as held in memory (bfloat16 for the layer-wise "
         "baselines, float32 for Týr, which runs full forward passes) + one layer's working set (float32 layer "

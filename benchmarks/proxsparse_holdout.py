@@ -50,13 +50,22 @@ def main() -> None:
         out = WORK / f"holdout-{method}-{len(rows)}"
         report = prune("semi24", method, out, calib=fit, **options)
         result = evaluate(out, data=held)
-        rows.append({"run": label, "perplexity": result["perplexity"], "wall_time_s": report["time_prune_s"],
-                     "command": "`" + prune_command("semi24", method, calib="CALIB_FIT", **options) + "`"})
+        rows.append(
+            {
+                "run": label,
+                "perplexity": result["perplexity"],
+                "wall_time_s": report["time_prune_s"],
+                "command": "`" + prune_command("semi24", method, calib="CALIB_FIT", **options) + "`",
+            }
+        )
         print(rows[-1], flush=True)
     tuned = [r for r in rows if r["run"].startswith("proxsparse")]
     best = min(tuned, key=lambda r: r["perplexity"])
     write_results(
-        "proxsparse_holdout", "ProxSparse defaults on held-out calibration text", rows, COLUMNS,
+        "proxsparse_holdout",
+        "ProxSparse defaults on held-out calibration text",
+        rows,
+        COLUMNS,
         intro="calib.txt split by documents: the first 75% (CALIB_FIT) calibrates every run (64 × 256 tokens, "
         "seed 0), perplexity is measured on the last 25% in 256-token windows. eval.txt is not read, so these "
         f"numbers may legitimately choose the defaults. Validation windows: {dense['eval_tokens']:,} tokens.",

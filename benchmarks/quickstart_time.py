@@ -32,8 +32,9 @@ def main() -> None:
         env = dict(os.environ, OUT=str(Path(tmp) / "quickstart"))
         load_before = os.getloadavg()
         start = time.perf_counter()
-        proc = subprocess.run(["bash", "examples/quickstart.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run(
+            ["bash", "examples/quickstart.sh"], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        )
         wall = time.perf_counter() - start
         load_after = os.getloadavg()
     if proc.returncode != 0:

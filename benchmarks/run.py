@@ -17,7 +17,19 @@ import json
 import shutil
 from pathlib import Path
 
-from common import CALIB, DOCS, EVAL, REFMODEL, RESULTS, WORK, display_path, evaluate, prune, prune_command, write_results
+from common import (
+    CALIB,
+    DOCS,
+    EVAL,
+    REFMODEL,
+    RESULTS,
+    WORK,
+    display_path,
+    evaluate,
+    prune,
+    prune_command,
+    write_results,
+)
 
 STRUCTURED = [("uniform", "magnitude"), ("uniform", "wanda"), ("uniform", "minimax"), ("global", "tyr")]
 SEMI24 = [("semi24", "magnitude"), ("semi24", "wanda"), ("semi24", "sparsegpt"), ("semi24", "proxsparse")]
@@ -48,8 +60,11 @@ def plot_perplexity(rows: list[dict], dense: float, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for strategy, method in STRUCTURED:
-        points = sorted((r["achieved_sparsity"], r["perplexity"]) for r in rows
-                        if r["strategy"] == strategy and r["method"] == method)
+        points = sorted(
+            (r["achieved_sparsity"], r["perplexity"])
+            for r in rows
+            if r["strategy"] == strategy and r["method"] == method
+        )
         if points:
             ax.plot(*zip(*points), marker="o", label=f"{strategy} {method}")
     ax.axhline(dense, color="grey", linestyle="--", label="dense")
@@ -78,7 +93,9 @@ def plot_global_widths(rows: list[dict], dense_geometry: dict, path: Path) -> bo
         layers = [w["layer"] for w in widths]
         label = f"{row['achieved_sparsity']:.0%}"
         axes[0].plot(layers, [w["heads"] / dense_geometry["num_heads"] for w in widths], marker="o", label=label)
-        axes[1].plot(layers, [w["channels"] / dense_geometry["intermediate_size"] for w in widths], marker="o", label=label)
+        axes[1].plot(
+            layers, [w["channels"] / dense_geometry["intermediate_size"] for w in widths], marker="o", label=label
+        )
     axes[0].set_title("attention: kept fraction of query heads")
     axes[1].set_title("MLP: kept fraction of channels")
     for ax in axes:
@@ -109,39 +126,80 @@ def main() -> None:
     jobs = [j for j in jobs if (not wanted or j[1] in wanted) and registered(j[0], j[1])]
 
     dense = evaluate(Path(args.model), Path(args.eval), args.seqlen)
-    rows = [{"strategy": "dense", "method": "-", "achieved_sparsity": 0.0,
-             "params_decoder_linear": dense["params_decoder_linear"], "perplexity": dense["perplexity"], "ratio": 1.0}]
+    rows = [
+        {
+            "strategy": "dense",
+            "method": "-",
+            "achieved_sparsity": 0.0,
+            "params_decoder_linear": dense["params_decoder_linear"],
+            "perplexity": dense["perplexity"],
+            "ratio": 1.0,
+        }
+    ]
     dense_geometry = None
     for strategy, method, sparsity in jobs:
         out = WORK / f"run-{strategy}-{method}-{sparsity}"
-        report = prune(strategy, method, out, model=args.model, calib=args.calib, sparsity=sparsity,
-                       seqlen=args.seqlen, nsamples=args.nsamples)
+        report = prune(
+            strategy,
+            method,
+            out,
+            model=args.model,
+            calib=args.calib,
+            sparsity=sparsity,
+            seqlen=args.seqlen,
+            nsamples=args.nsamples,
+        )
         result = evaluate(out, Path(args.eval), args.seqlen)
         dense_geometry = dense_geometry or report.get("dense_geometry")
-        rows.append({
-            "strategy": strategy, "method": method, "requested_sparsity": sparsity,
-            "achieved_sparsity": report["achieved_sparsity"], "params_decoder_linear": report["params_decoder_linear"],
-            "perplexity": result["perplexity"], "ratio": result["perplexity"] / dense["perplexity"],
-            "time_prune_s": report["time_prune_s"], "peak_rss_mib": report["peak_rss_mib"],
-            "layer_widths": report.get("layer_widths"), "command": prune_command(strategy, method, sparsity, model=args.model, calib=args.calib,
-                                     seqlen=args.seqlen, nsamples=args.nsamples),
-        })
-        print(f"{strategy:8s} {method:10s} {report['achieved_sparsity']:.3f} ppl {result['perplexity']:.2f} "
-              f"({report['time_prune_s']:.0f} s)", flush=True)
+        rows.append(
+            {
+                "strategy": strategy,
+                "method": method,
+                "requested_sparsity": sparsity,
+                "achieved_sparsity": report["achieved_sparsity"],
+                "params_decoder_linear": report["params_decoder_linear"],
+                "perplexity": result["perplexity"],
+                "ratio": result["perplexity"] / dense["perplexity"],
+                "time_prune_s": report["time_prune_s"],
+                "peak_rss_mib": report["peak_rss_mib"],
+                "layer_widths": report.get("layer_widths"),
+                "command": prune_command(
+                    strategy,
+                    method,
+                    sparsity,
+                    model=args.model,
+                    calib=args.calib,
+                    seqlen=args.seqlen,
+                    nsamples=args.nsamples,
+                ),
+            }
+        )
+        print(
+            f"{strategy:8s} {method:10s} {report['achieved_sparsity']:.3f} ppl {result['perplexity']:.2f} "
+            f"({report['time_prune_s']:.0f} s)",
+            flush=True,
+        )
         (RESULTS / "run_partial.json").write_text(json.dumps(rows, indent=2))
         shutil.rmtree(out)
 
     DOCS.mkdir(parents=True, exist_ok=True)
     plot_perplexity(rows, dense["perplexity"], DOCS / "perplexity_vs_sparsity.png")
-    has_widths = dense_geometry is not None and plot_global_widths(rows, dense_geometry, DOCS / "global_kept_fraction.png")
+    has_widths = dense_geometry is not None and plot_global_widths(
+        rows, dense_geometry, DOCS / "global_kept_fraction.png"
+    )
     commands = "\n".join(f"- `{r['command']}`" for r in rows[1:])
     notes = "![perplexity against sparsity](perplexity_vs_sparsity.png)\n"
     if has_widths:
         notes += "\n![per-layer kept fractions of global](global_kept_fraction.png)\n"
-    notes += (f"\nCommands (each followed by `llmprune eval OUT --data {display_path(args.eval)} "
-              f"--seqlen {args.seqlen}`):\n\n{commands}\n")
+    notes += (
+        f"\nCommands (each followed by `llmprune eval OUT --data {display_path(args.eval)} "
+        f"--seqlen {args.seqlen}`):\n\n{commands}\n"
+    )
     path = write_results(
-        "summary", "All strategies on one model", rows, COLUMNS,
+        "summary",
+        "All strategies on one model",
+        rows,
+        COLUMNS,
         intro=f"Model `{display_path(args.model)}`; calibration {args.nsamples} × {args.seqlen} tokens of "
         f"`{display_path(args.calib)}`, seed 0, each method at its defaults; perplexity on `{display_path(args.eval)}` "
         f"in non-overlapping {args.seqlen}-token windows. "

@@ -11,7 +11,6 @@ import argparse
 import shutil
 
 import torch
-
 from common import CALIB, REFMODEL, WORK, prune, prune_command, write_results
 
 COLUMNS = [
@@ -33,9 +32,17 @@ def build_dense(folder, hidden: int, layers: int) -> None:
 
     torch.manual_seed(0)
     heads = hidden // 64
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=int(hidden * 2.75), num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=heads // 2, head_dim=64,
-                         vocab_size=8192, max_position_embeddings=2048, tie_word_embeddings=True)
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 2.75),
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
+        head_dim=64,
+        vocab_size=8192,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
     AutoTokenizer.from_pretrained(REFMODEL).save_pretrained(folder)
 
@@ -50,7 +57,10 @@ def widths_summary(folder) -> str:
         return "2:4 on every linear"
     heads = [len(layer["heads"]) for layer in layers]
     mlp = [len(layer["channels"]) for layer in layers]
-    span = lambda v: str(v[0]) if min(v) == max(v) else f"{min(v)}–{max(v)}"
+
+    def span(v: list[int]) -> str:
+        return str(v[0]) if min(v) == max(v) else f"{min(v)}–{max(v)}"
+
     return f"heads {span(heads)}, MLP {span(mlp)}"
 
 
@@ -104,26 +114,45 @@ def main() -> None:
     rows = []
     for strategy, method, sparsity, options in jobs:
         out = WORK / f"speed-{strategy}-{method}-{sparsity}"
-        report = prune(strategy, method, out, model=dense_dir, sparsity=sparsity, calib=CALIB,
-                       nsamples=16, seqlen=256, **options)
+        report = prune(
+            strategy, method, out, model=dense_dir, sparsity=sparsity, calib=CALIB, nsamples=16, seqlen=256, **options
+        )
         pruned, params = load(out)
         kept = params if strategy != "semi24" else report["params_decoder_linear"]
         timing = paired(dense, pruned, args.seqlen, args.rounds, args.repeats)
         del pruned
         if not rows:
-            rows.append({"output": "dense", "achieved_sparsity": 0.0, "params_decoder_linear": dense_params,
-                         "ideal": 1.0, "prefill": timing["dense_prefill"], "prefill_x": 1.0,
-                         "decode": timing["dense_decode"], "decode_x": 1.0, "widths": "-"})
-        rows.append({
-            "output": f"{strategy} {method}", "achieved_sparsity": report["achieved_sparsity"],
-            "params_decoder_linear": kept, "ideal": dense_params / kept, **timing,
-            "widths": widths_summary(out),
-            "command": prune_command(strategy, method, sparsity, model="SPEED_MODEL", nsamples=16, **options),
-        })
+            rows.append(
+                {
+                    "output": "dense",
+                    "achieved_sparsity": 0.0,
+                    "params_decoder_linear": dense_params,
+                    "ideal": 1.0,
+                    "prefill": timing["dense_prefill"],
+                    "prefill_x": 1.0,
+                    "decode": timing["dense_decode"],
+                    "decode_x": 1.0,
+                    "widths": "-",
+                }
+            )
+        rows.append(
+            {
+                "output": f"{strategy} {method}",
+                "achieved_sparsity": report["achieved_sparsity"],
+                "params_decoder_linear": kept,
+                "ideal": dense_params / kept,
+                **timing,
+                "widths": widths_summary(out),
+                "command": prune_command(strategy, method, sparsity, model="SPEED_MODEL", nsamples=16, **options),
+            }
+        )
         print(rows[-1], flush=True)
         shutil.rmtree(out)
     path = write_results(
-        "speed", "CPU speed of pruned outputs", rows, COLUMNS,
+        "speed",
+        "CPU speed of pruned outputs",
+        rows,
+        COLUMNS,
         intro=f"Random-weight Llama built from a config: hidden {args.hidden}, {args.layers} layers, "
         f"{args.hidden // 64} query / {args.hidden // 128} KV heads of 64, MLP {int(args.hidden * 2.75)}, vocab 8192. "
         f"float32 on CPU, batch 1; prefill = one forward of {args.seqlen} tokens, decode = 64 greedy tokens "

@@ -16,9 +16,8 @@ import json
 import os
 import shutil
 import sys
-from pathlib import Path
 
-from common import DOCS, REFMODEL, RESULTS, WORK, evaluate, prune, prune_command, write_results
+from common import DOCS, RESULTS, WORK, evaluate, prune, prune_command, write_results
 
 COLUMNS = [
     ("sparsity", "target", ".0%"),
@@ -47,10 +46,14 @@ def run(label: str, strategy: str, method: str, sparsity: float, **options) -> d
     report = prune(strategy, method, out, sparsity=sparsity, **options)
     result = evaluate(out)
     row = {
-        "sparsity": sparsity, "variant": label, "achieved_sparsity": report["achieved_sparsity"],
-        "perplexity": result["perplexity"], "time_prune_s": report["time_prune_s"],
+        "sparsity": sparsity,
+        "variant": label,
+        "achieved_sparsity": report["achieved_sparsity"],
+        "perplexity": result["perplexity"],
+        "time_prune_s": report["time_prune_s"],
         "peak_rss_mib": report["peak_rss_mib"],
-        "time_supernet_s": report.get("time_supernet_s"), "time_search_s": report.get("time_search_s"),
+        "time_supernet_s": report.get("time_supernet_s"),
+        "time_search_s": report.get("time_search_s"),
         "layer_widths": report.get("layer_widths"),
         "command": "`" + prune_command(strategy, method, sparsity, **options) + "`",
     }
@@ -77,7 +80,9 @@ def cached(label: str, sparsity: float) -> dict | None:
     """A row measured by an earlier, interrupted invocation (``--reuse``)."""
     if not PARTIAL.is_file():
         return None
-    return next((r for r in json.loads(PARTIAL.read_text()) if r["variant"] == label and r["sparsity"] == sparsity), None)
+    return next(
+        (r for r in json.loads(PARTIAL.read_text()) if r["variant"] == label and r["sparsity"] == sparsity), None
+    )
 
 
 def main() -> None:
@@ -118,13 +123,20 @@ def main() -> None:
             r["vs_start"] = r["perplexity"] / start if r["variant"].startswith("tyr") else None
         rows += group
     threads = os.environ.get("OMP_NUM_THREADS", "default")
-    plots = "\n\n".join(f"![kept fraction per layer, {name}](tyr_kept_fraction_{name}.png)"
-                        for name in [f"{int(s * 100)}{x}" for s in sparsities for x in ("", "_free")]
-                        if (DOCS / f"tyr_kept_fraction_{name}.png").is_file())
-    table_rows = [{k: v for k, v in r.items() if k not in ("layer_widths", "log", "kept_fraction_attention",
-                                                           "kept_fraction_mlp")} for r in rows]
+    plots = "\n\n".join(
+        f"![kept fraction per layer, {name}](tyr_kept_fraction_{name}.png)"
+        for name in [f"{int(s * 100)}{x}" for s in sparsities for x in ("", "_free")]
+        if (DOCS / f"tyr_kept_fraction_{name}.png").is_file()
+    )
+    table_rows = [
+        {k: v for k, v in r.items() if k not in ("layer_widths", "log", "kept_fraction_attention", "kept_fraction_mlp")}
+        for r in rows
+    ]
     path = write_results(
-        "tyr", "Týr global pruning (supernet + evolutionary search) on the reference model", table_rows, COLUMNS,
+        "tyr",
+        "Týr global pruning (supernet + evolutionary search) on the reference model",
+        table_rows,
+        COLUMNS,
         intro="Reference model: 8.4M-parameter Llama (8 layers, 8 query / 4 KV heads, MLP 768), dense perplexity "
         "42.45. Calibration (pruning, supernet, search): 64 × 256 tokens of calib.txt, seed 0; perplexity: whole "
         "eval.txt in 256-token windows, model exported in bfloat16 and reloaded. `tyr global` uses the default "
@@ -134,8 +146,9 @@ def main() -> None:
         "shared with other jobs while measuring, so wall times are pessimistic).",
         notes=plots,
     )
-    (RESULTS / "tyr.json").write_text(json.dumps({**json.loads((RESULTS / "tyr.json").read_text()), "rows": rows},
-                                                 indent=2) + "\n")
+    (RESULTS / "tyr.json").write_text(
+        json.dumps({**json.loads((RESULTS / "tyr.json").read_text()), "rows": rows}, indent=2) + "\n"
+    )
     print(f"wrote {path}")
 
 

@@ -32,7 +32,7 @@ class Alignment:
     whole_attention: bool = False
 
     @classmethod
-    def of(cls, settings: Any) -> "Alignment":
+    def of(cls, settings: Any) -> Alignment:
         """From PruneSettings (or any object with ``align``/``align_heads``; absent means 1)."""
         return cls(int(getattr(settings, "align", 1) or 1), int(getattr(settings, "align_heads", 1) or 1))
 
@@ -40,7 +40,7 @@ class Alignment:
     def trivial(self) -> bool:
         return self.width == 1 and self.heads == 1 and not self.whole_attention
 
-    def for_deci(self) -> "Alignment":
+    def for_deci(self) -> Alignment:
         """The widths the DeciLM format expresses without padding: attention whole or no-op, MLP
         widths multiples of 256 (``--search-space deci``)."""
         return Alignment(lcm(self.width, DECI_FFN_MULTIPLE), self.heads, whole_attention=True)
@@ -70,15 +70,22 @@ class Alignment:
         return k in (0, dense) or k % self.width == 0
 
     def report(self) -> dict[str, Any]:
-        return {"align": self.width, "align_heads": self.heads, **({"whole_attention": True} if self.whole_attention else {})}
+        return {
+            "align": self.width,
+            "align_heads": self.heads,
+            **({"whole_attention": True} if self.whole_attention else {}),
+        }
 
 
 def misaligned_widths(widths: list[dict[str, int]], head_dim: int, block: int = QUANT_BLOCK) -> list[str]:
     """Human-readable widths (of ``PrunePlan.layer_widths()``) that are not multiples of ``block``."""
     bad = []
     for w in widths:
-        for name, value in (("attention", w["heads"] * head_dim), ("kv", w["kv_heads"] * head_dim),
-                            ("mlp", w["channels"])):
+        for name, value in (
+            ("attention", w["heads"] * head_dim),
+            ("kv", w["kv_heads"] * head_dim),
+            ("mlp", w["channels"]),
+        ):
             if value and value % block:
                 bad.append(f"layer {w['layer']} {name} {value}")
     return bad
@@ -92,6 +99,8 @@ def alignment_report(settings: Any, plan: Any, log: Any) -> dict[str, Any]:
     align = Alignment.of(settings)
     bad = misaligned_widths(plan.layer_widths(), plan.dense["head_dim"])
     if bad:
-        log(f"[yellow]warning:[/] {len(bad)} widths are not multiples of {QUANT_BLOCK} (first: {bad[0]}); "
-            f"GGUF quantization and GPU kernels prefer aligned widths: rerun with --align {QUANT_BLOCK} (or 64, 128)")
+        log(
+            f"[yellow]warning:[/] {len(bad)} widths are not multiples of {QUANT_BLOCK} (first: {bad[0]}); "
+            f"GGUF quantization and GPU kernels prefer aligned widths: rerun with --align {QUANT_BLOCK} (or 64, 128)"
+        )
     return {"alignment": {**align.report(), "block": QUANT_BLOCK, "misaligned_widths": bad}}

@@ -16,7 +16,6 @@ import torch
 
 from llmprune.errors import OutputExistsError
 
-
 #: errno values of a full disk or an exhausted quota.
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 

@@ -19,7 +19,8 @@ import importlib.abc
 import importlib.machinery
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 CONFIG_AUTO = "transformers.models.auto.configuration_auto"
 PEFT_CONSTANTS = "peft.utils.constants"
@@ -29,11 +30,11 @@ class _LazyHeteroTypes(dict):
     """``CONFIG_MAPPING._extra_content`` that registers a heterogeneous family on first lookup."""
 
     def _materialise(self, key: Any) -> None:
-        from llmprune.hetero import FAMILY_CLASSES, MODEL_TYPE_PREFIX, register_family
+        from llmprune.hetero import MODEL_TYPE_PREFIX, hetero_families, register_family
 
         if isinstance(key, str) and key.startswith(MODEL_TYPE_PREFIX) and not dict.__contains__(self, key):
             family = key.removeprefix(MODEL_TYPE_PREFIX)
-            if family in FAMILY_CLASSES:
+            if family in hetero_families():
                 register_family(family)
 
     def __contains__(self, key: object) -> bool:
@@ -49,6 +50,7 @@ def _on_config_auto(module: types.ModuleType) -> None:
     mapping = getattr(module, "CONFIG_MAPPING", None)
     extra = getattr(mapping, "_extra_content", None)
     if isinstance(extra, dict) and not isinstance(extra, _LazyHeteroTypes):
+        assert mapping is not None  # the table was read from it
         mapping._extra_content = _LazyHeteroTypes(extra)
     elif extra is None and mapping is not None:  # a transformers without the private table: register now
         from llmprune.hetero import register_auto_classes
@@ -97,7 +99,10 @@ class _PostImportHooks(importlib.abc.MetaPathFinder):
         return None
 
 
-HOOKS: dict[str, Callable[[types.ModuleType], None]] = {CONFIG_AUTO: _on_config_auto, PEFT_CONSTANTS: _on_peft_constants}
+HOOKS: dict[str, Callable[[types.ModuleType], None]] = {
+    CONFIG_AUTO: _on_config_auto,
+    PEFT_CONSTANTS: _on_peft_constants,
+}
 
 
 def install() -> None:

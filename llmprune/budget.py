@@ -10,25 +10,27 @@ from __future__ import annotations
 
 import math
 
+from llmprune.alignment import Alignment
 from llmprune.arch import Geometry
 from llmprune.errors import UsageError
 from llmprune.masks import max_structured_sparsity, one_unit_sparsity
 
 
-def check_reachable(geom: Geometry, sparsity: float, attn_unit: str) -> None:
+def check_reachable(geom: Geometry, sparsity: float, attn_unit: str, align: Alignment | None = None) -> None:
     """Raise a UsageError when no structured plan can remove ``sparsity`` of the decoder weights."""
-    largest = max_structured_sparsity(geom, attn_unit)
+    largest = max_structured_sparsity(geom, attn_unit, align)
     if sparsity > largest:
         shown = math.floor(largest * 10_000) / 10_000  # a value the user can pass back
         raise UsageError(
             f"--sparsity {sparsity} cannot be reached: every layer keeps at least one attention unit "
-            f"(--attn-unit {attn_unit}) and one MLP channel; the largest reachable --sparsity is {shown}"
+            f"(--attn-unit {attn_unit}) and one MLP channel{' on the --align grid' if align and not align.trivial else ''}; "
+            f"the largest reachable --sparsity is {shown}"
         )
 
 
-def miss_warning(geom: Geometry, requested: float, achieved: float) -> str | None:
+def miss_warning(geom: Geometry, requested: float, achieved: float, align: Alignment | None = None) -> str | None:
     """A sentence when ``achieved`` is further from ``requested`` than one MLP channel per layer."""
-    tolerance = one_unit_sparsity(geom)
+    tolerance = one_unit_sparsity(geom, align)
     if abs(achieved - requested) <= tolerance * (1 + 1e-9):
         return None
     return (

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import itertools
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from llmprune import distributed
-from llmprune.arch import ArchAdapter
+from llmprune.arch import INPUT_SOURCES, ArchAdapter
 from llmprune.errors import NumericalError
-
-#: Projections whose input defines a distinct activation: k and v share q's input, up shares gate's.
-INPUT_SOURCES: dict[str, str] = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate", "down": "down"}
 
 
 @dataclass
@@ -248,6 +246,7 @@ class LayerwiseRunner:
     def advance(self, layer: nn.Module) -> None:
         """Replace the captured inputs by this (possibly pruned) layer's outputs."""
         outputs = self._forward(layer, keep=True)
+        assert outputs is not None  # keep=True always returns the store
         self.inputs.hidden.release()
         self.inputs.hidden = outputs
 

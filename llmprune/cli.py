@@ -1,16 +1,17 @@
 """Command-line interface: parse, validate, call the pipeline, print a summary. Nothing else.
 
-The three pruning commands share one option list; each adds the options its registered methods
-declare (``Pruner.cli_options``), so new methods never edit this file.
+The three pruning commands share one option list; each adds flags generated from the ``Options``
+fields of its registered methods (``pruners.base.cli_options``), so new methods never edit this file.
+A method flag (or recipe key) the chosen method does not use is a usage error.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -69,39 +70,152 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _common_parameters(strategy: str) -> list[inspect.Parameter]:
+    from llmprune.config import DEFAULT_SPARSITY, SEMI24_SPARSITY
     from llmprune.pruners.base import default_method, methods
 
     known = methods(strategy)
     listing = "; ".join(f"[bold]{name}[/]: {cls.summary}" for name, cls in sorted(known.items()))
     sparsity_help = (
         "Fraction of decoder-layer linear weights to remove (q,k,v,o,gate,up,down; embeddings and "
-        "lm_head are never pruned), in [0, 1)."
+        f"lm_head are never pruned), in [0, 1). \\[default: {DEFAULT_SPARSITY}]"
         if strategy != "semi24"
-        else "2:4 always removes half of each targeted weight; only 0.5 is accepted."
+        else f"2:4 always removes half of each targeted weight; only {SEMI24_SPARSITY} is accepted. "
+        f"\\[default: {SEMI24_SPARSITY}]"
     )
     P = inspect.Parameter
     spec: list[tuple[str, Any, Any]] = [
-        ("model", str, typer.Argument(..., help="Hub id (e.g. meta-llama/Llama-3.1-8B) or local model folder.", show_default=False)),
-        ("output", Path, typer.Option(..., "-o", "--output", help="Output folder (written atomically; must not exist unless --overwrite).", show_default=False)),
-        ("sparsity", Optional[float], typer.Option(None, help=sparsity_help + " \\[default: 0.5]", show_default=False)),
-        ("method", Optional[str], typer.Option(None, help=f"Method. {listing}. \\[default: {default_method(strategy)}]", show_default=False)),
-        ("calib", str, typer.Option("auto", help="Calibration text: a .txt (documents separated by blank lines), .jsonl (field 'text') or .parquet file, a hub dataset name (wikitext2, c4), or 'builtin' (small Python-docs text shipped with llmprune). 'auto': wikitext2 when the hub is reachable, else builtin, with a warning. Never use evaluation text.")),
+        (
+            "model",
+            str,
+            typer.Argument(
+                ..., help="Hub id (e.g. meta-llama/Llama-3.1-8B) or local model folder.", show_default=False
+            ),
+        ),
+        (
+            "output",
+            Path,
+            typer.Option(
+                ...,
+                "-o",
+                "--output",
+                help="Output folder (written atomically; must not exist unless --overwrite).",
+                show_default=False,
+            ),
+        ),
+        ("sparsity", Optional[float], typer.Option(None, help=sparsity_help, show_default=False)),
+        (
+            "method",
+            Optional[str],
+            typer.Option(None, help=f"Method. {listing}. \\[default: {default_method(strategy)}]", show_default=False),
+        ),
+        (
+            "calib",
+            str,
+            typer.Option(
+                "auto",
+                help="Calibration text: a .txt (documents separated by blank lines), .jsonl (field 'text') or .parquet file, a hub dataset name (wikitext2, c4), or 'builtin' (small Python-docs text shipped with llmprune). 'auto': wikitext2 when the hub is reachable, else builtin, with a warning. Never use evaluation text.",
+            ),
+        ),
         ("nsamples", int, typer.Option(128, help="Number of calibration sequences.")),
-        ("seqlen", Optional[int], typer.Option(None, help="Tokens per calibration sequence. \\[default: min(2048, model context)]", show_default=False)),
-        ("seed", int, typer.Option(0, help="Random seed for calibration sampling and any stochastic step; same seed, same result.")),
+        (
+            "seqlen",
+            Optional[int],
+            typer.Option(
+                None, help="Tokens per calibration sequence. \\[default: min(2048, model context)]", show_default=False
+            ),
+        ),
+        (
+            "seed",
+            int,
+            typer.Option(
+                0, help="Random seed for calibration sampling and any stochastic step; same seed, same result."
+            ),
+        ),
         ("device", str, typer.Option("auto", help="Compute device: auto (cuda if available), cpu, cuda, cuda:1, ...")),
-        ("dtype", str, typer.Option("auto", help="Dtype the model runs in: auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16. Statistics are always float32.")),
-        ("save_dtype", str, typer.Option("auto", help="Dtype of the exported weights: auto (the checkpoint's), float32, bfloat16, float16.")),
-        ("attn_unit", str, typer.Option("group", help="Attention pruning unit: 'group' removes whole KV groups (KV head + its query heads); 'query' removes query heads, the same number from every group.")),
-        ("align", int, typer.Option(1, help="Keep every width (query and KV heads × head_dim, MLP channels) a multiple of N, e.g. 32 or 256 for GGUF quantization blocks, 64/128 for GPU kernels; the budget is met as closely as that grid allows (the report gives the achieved sparsity). A module pruned entirely or kept whole is always allowed.")),
-        ("align_heads", int, typer.Option(1, help="Keep every query-head and KV-head count divisible by T (the tensor-parallel size you will serve with, e.g. vLLM --tensor-parallel-size).")),
+        (
+            "dtype",
+            str,
+            typer.Option(
+                "auto",
+                help="Dtype the model runs in: auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16. Statistics are always float32.",
+            ),
+        ),
+        (
+            "save_dtype",
+            str,
+            typer.Option(
+                "auto", help="Dtype of the exported weights: auto (the checkpoint's), float32, bfloat16, float16."
+            ),
+        ),
+        (
+            "attn_unit",
+            str,
+            typer.Option(
+                "group",
+                help="Attention pruning unit: 'group' removes whole KV groups (KV head + its query heads); 'query' removes query heads, the same number from every group.",
+            ),
+        ),
+        (
+            "align",
+            int,
+            typer.Option(
+                1,
+                help="Keep every width (query and KV heads × head_dim, MLP channels) a multiple of N, e.g. 32 or 256 for GGUF quantization blocks, 64/128 for GPU kernels; the budget is met as closely as that grid allows (the report gives the achieved sparsity). A module pruned entirely or kept whole is always allowed.",
+            ),
+        ),
+        (
+            "align_heads",
+            int,
+            typer.Option(
+                1,
+                help="Keep every query-head and KV-head count divisible by T (the tensor-parallel size you will serve with, e.g. vLLM --tensor-parallel-size).",
+            ),
+        ),
         ("batch_size", int, typer.Option(8, help="Sequences per forward pass during calibration.")),
-        ("offload_dir", Optional[Path], typer.Option(None, help="Keep calibration activations between layers on disk in this folder instead of in memory (layer-wise methods; for very large models or many samples).", show_default=False)),
-        ("export_format", str, typer.Option("hf", help="Output format: 'hf' (plain config for uniform widths; per-layer widths with a modeling file for global) or 'deci' (DeciLM / Nemotron-NAS block_configs, which vLLM and llama.cpp serve; widths the format cannot express are zero-padded, the report says what that costs). See docs/export.md.")),
+        (
+            "offload_dir",
+            Optional[Path],
+            typer.Option(
+                None,
+                help="Keep calibration activations between layers on disk in this folder instead of in memory (layer-wise methods; for very large models or many samples).",
+                show_default=False,
+            ),
+        ),
+        (
+            "export_format",
+            str,
+            typer.Option(
+                "hf",
+                help="Output format: 'hf' (plain config for uniform widths; per-layer widths with a modeling file for global) or 'deci' (DeciLM / Nemotron-NAS block_configs, which vLLM and llama.cpp serve; widths the format cannot express are zero-padded, the report says what that costs). See docs/export.md.",
+            ),
+        ),
         ("max_shard_size", str, typer.Option("5GB", help="Largest safetensors shard in the output.")),
-        ("config", Optional[Path], typer.Option(None, "--config", help="YAML or JSON recipe with the same keys as these options (e.g. sparsity: 0.3, lora_rank: 8); flags given on the command line override it.", show_default=False)),
-        ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace an existing output folder (only after the new one is complete).")),
-        ("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same command from its last checkpoint (methods that train or search).")),
+        (
+            "config",
+            Optional[Path],
+            typer.Option(
+                None,
+                "--config",
+                help="YAML or JSON recipe with the same keys as these options (e.g. sparsity: 0.3, lora_rank: 8); flags given on the command line override it.",
+                show_default=False,
+            ),
+        ),
+        (
+            "overwrite",
+            bool,
+            typer.Option(
+                False, "--overwrite", help="Replace an existing output folder (only after the new one is complete)."
+            ),
+        ),
+        (
+            "resume",
+            bool,
+            typer.Option(
+                False,
+                "--resume",
+                help="Continue an interrupted run of the same command from its last checkpoint (methods that train or search).",
+            ),
+        ),
     ]
     if strategy == "semi24":
         spec = [s for s in spec if s[0] not in ("attn_unit", "align", "align_heads", "export_format")]
@@ -109,20 +223,57 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
 
 
 def _method_parameters(strategy: str) -> list[inspect.Parameter]:
+    """One keyword parameter per method option of ``strategy`` (generated from the pruners' Options)."""
     from llmprune.pruners.base import cli_options
 
     params = []
     for opt in cli_options(strategy):
-        flag = "--" + opt.name.replace("_", "-")
-        decls = [f"{flag}/--no-{opt.name.replace('_', '-')}"] if opt.type is bool else [flag]
+        decls = [f"{opt.flag}/--no-{opt.flag[2:]}"] if opt.type is bool else [opt.flag]
+        help_text = opt.help
+        if not opt.shared_default:  # each method applies its own default when the flag is not given
+            listing = ", ".join(f"{m} {_shown(v, opt)}" for m, v in opt.defaults.items())
+            help_text += f" \\[default: {listing}]"
         params.append(
             inspect.Parameter(
-                opt.name, inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(opt.default, *decls, help=opt.help),
-                annotation=Optional[opt.type] if opt.default is None else opt.type,
+                opt.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(
+                    opt.default, *decls, help=help_text, show_default=opt.shared_default and opt.default is not None
+                ),
+                annotation=Optional[opt.type],
             )
         )
     return params
+
+
+def _shown(value: Any, opt: Any) -> str:
+    """A default as --help shows it (bool flags by their flag name, like Typer)."""
+    if opt.type is bool:
+        return opt.flag[2:] if value else f"no-{opt.flag[2:]}"
+    return str(value)
+
+
+def _method_options(strategy: str, method: str, given: dict[str, Any], origin: dict[str, str]) -> dict[str, Any]:
+    """The chosen method's options: its defaults, overridden by the given flags and recipe keys.
+
+    A given option the method does not declare is a usage error naming the methods that do.
+    """
+    from llmprune.errors import UsageError
+    from llmprune.pruners.base import cli_options, get_pruner_class, option_defaults
+
+    defaults = option_defaults(get_pruner_class(strategy, method))
+    declared_by = {opt.name: opt.methods for opt in cli_options(strategy)}
+    for name in given:
+        if name not in defaults:
+            users = ", ".join(declared_by[name])
+            raise UsageError(f"{origin[name]} is an option of {users}, not of {strategy} --method {method}")
+    return {**defaults, **given}
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """True when the user typed ``name`` (a default value never counts)."""
+    source = ctx.get_parameter_source(name)  # an enum of the click that typer runs on (it may vendor its own)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _prune_command(strategy: str) -> Callable[..., None]:
@@ -139,23 +290,19 @@ def _prune_command(strategy: str) -> Callable[..., None]:
         from llmprune.summary import print_prune_summary
 
         recipe_path = kwargs.pop("config")
+        # Where each value came from: a flag typed by the user, a recipe key, or a default.
+        origin = {k: f"--{k.replace('_', '-')}" for k in kwargs if _given(ctx, k)}
         if recipe_path is not None:
             recipe = load_recipe(recipe_path, allowed=set(kwargs) - {"model", "output"})
             check_recipe_types(recipe, annotations, recipe_path)
             for key, value in recipe.items():
-                if ctx.get_parameter_source(key).name == "DEFAULT":
+                if key not in origin:
                     kwargs[key] = value
+                    origin[key] = f"--config {recipe_path}: {key}"
         values = {k: v for k, v in kwargs.items() if k in common_names}
-        method_options = {k: v for k, v in kwargs.items() if k not in common_names}
         values["method"] = values["method"] or default_method(strategy)
-        if strategy == "semi24":
-            if values["sparsity"] not in (None, 0.5):
-                from llmprune.errors import UsageError
-
-                raise UsageError(f"--sparsity {values['sparsity']}: 2:4 always removes half (only 0.5 is accepted)")
-            values["sparsity"] = 0.5
-        elif values["sparsity"] is None:
-            values["sparsity"] = 0.5
+        given = {k: v for k, v in kwargs.items() if k not in common_names and k in origin}
+        method_options = _method_options(strategy, values["method"], given, origin)
         settings = validated(PruneSettings, strategy=strategy, method_options=method_options, **values)
         report = run_prune(settings)
         from llmprune.distributed import env_rank
@@ -180,7 +327,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version, is_eager=True),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_version, is_eager=True
+    ),
 ) -> None:
     """Prune Hugging Face causal LMs: uniform structured, global structured, and 2:4."""
 
@@ -192,30 +341,70 @@ for _strategy in ("uniform", "global", "semi24"):
 @app.command(name="eval")
 @friendly_errors
 def eval_command(
-    model: str = typer.Argument(..., help="Hub id, local model folder, or an llmprune output folder.", show_default=False),
-    data: Optional[str] = typer.Option(None, help="Perplexity text: a .txt/.jsonl/.parquet file or a hub dataset name (wikitext2 test split, c4 validation). \\[default: wikitext2; with --tasks, perplexity only when --data is given]", show_default=False),
-    seqlen: Optional[int] = typer.Option(None, help="Window length in tokens (non-overlapping windows, remainder dropped). \\[default: min(2048, model context)]", show_default=False),
+    model: str = typer.Argument(
+        ..., help="Hub id, local model folder, or an llmprune output folder.", show_default=False
+    ),
+    data: Optional[str] = typer.Option(
+        None,
+        help="Perplexity text: a .txt/.jsonl/.parquet file or a hub dataset name (wikitext2 test split, c4 validation). \\[default: wikitext2; with --tasks, perplexity only when --data is given]",
+        show_default=False,
+    ),
+    seqlen: Optional[int] = typer.Option(
+        None,
+        help="Window length in tokens (non-overlapping windows, remainder dropped). \\[default: min(2048, model context)]",
+        show_default=False,
+    ),
     batch_size: int = typer.Option(8, help="Windows per forward pass."),
-    speed: bool = typer.Option(False, "--speed", help="Also measure prefill and decode tokens/s (warm-up and repeated runs, median)."),
+    speed: bool = typer.Option(
+        False, "--speed", help="Also measure prefill and decode tokens/s (warm-up and repeated runs, median)."
+    ),
     speed_repeats: int = typer.Option(5, help="Timed repeats for --speed."),
-    baseline: Optional[str] = typer.Option(None, help="With --speed: also time this model (e.g. the dense original) in the same process and report the speed-up.", show_default=False),
+    baseline: Optional[str] = typer.Option(
+        None,
+        help="With --speed: also time this model (e.g. the dense original) in the same process and report the speed-up.",
+        show_default=False,
+    ),
     device: str = typer.Option("auto", help="Compute device: auto, cpu, cuda, cuda:1, ..."),
-    dtype: str = typer.Option("auto", help="auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON to this file.", show_default=False),
-    tasks: Optional[str] = typer.Option(None, help="Also measure task accuracy with lm-evaluation-harness (pip install 'llmprune\\[tasks]'): comma-separated harness task names (arc_easy,hellaswag; `lm-eval ls tasks` lists them) and/or paths of local task YAML files or folders.", show_default=False),
+    dtype: str = typer.Option(
+        "auto", help="auto (float32 on CPU, checkpoint dtype on GPU), float32, bfloat16, float16."
+    ),
+    json_path: Optional[Path] = typer.Option(
+        None, "--json", help="Write the report as JSON to this file.", show_default=False
+    ),
+    tasks: Optional[str] = typer.Option(
+        None,
+        help="Also measure task accuracy with lm-evaluation-harness (pip install 'llmprune\\[tasks]'): comma-separated harness task names (arc_easy,hellaswag; `lm-eval ls tasks` lists them) and/or paths of local task YAML files or folders.",
+        show_default=False,
+    ),
     num_fewshot: int = typer.Option(0, help="With --tasks: few-shot examples per prompt."),
-    task_limit: Optional[int] = typer.Option(None, help="With --tasks: evaluate only the first N examples of each task (quick checks; not comparable to full runs).", show_default=False),
+    task_limit: Optional[int] = typer.Option(
+        None,
+        help="With --tasks: evaluate only the first N examples of each task (quick checks; not comparable to full runs).",
+        show_default=False,
+    ),
     task_batch_size: int = typer.Option(8, help="With --tasks: requests per forward pass."),
 ) -> None:
     """Perplexity (docs/methods.md §0), parameter counts, optional throughput and task accuracy, as a table and JSON."""
-    from llmprune.evaluation_run import EvalSettings, run_eval
     from llmprune.config import validated
+    from llmprune.evaluation_run import EvalSettings, run_eval
     from llmprune.summary import print_eval_summary
 
     settings = validated(
-        EvalSettings, model=model, data=data, seqlen=seqlen, batch_size=batch_size, speed=speed,
-        speed_repeats=speed_repeats, device=device, dtype=dtype, json_path=json_path, baseline=baseline,
-        tasks=tasks, num_fewshot=num_fewshot, task_limit=task_limit, task_batch_size=task_batch_size,
+        EvalSettings,
+        model=model,
+        data=data,
+        seqlen=seqlen,
+        batch_size=batch_size,
+        speed=speed,
+        speed_repeats=speed_repeats,
+        device=device,
+        dtype=dtype,
+        json_path=json_path,
+        baseline=baseline,
+        tasks=tasks,
+        num_fewshot=num_fewshot,
+        task_limit=task_limit,
+        task_batch_size=task_batch_size,
     )
     report = run_eval(settings)
     print_eval_summary(report)
@@ -224,7 +413,9 @@ def eval_command(
 @app.command(name="inspect")
 @friendly_errors
 def inspect_command(
-    folder: str = typer.Argument(..., help="A model folder (llmprune output or any HF model folder).", show_default=False),
+    folder: str = typer.Argument(
+        ..., help="A model folder (llmprune output or any HF model folder).", show_default=False
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the description as JSON instead of tables."),
 ) -> None:
     """Describe a model folder: how it was pruned, per-layer widths or 2:4 coverage, parameter counts,
@@ -244,9 +435,22 @@ def inspect_command(
 @app.command(name="remask")
 @friendly_errors
 def remask_command(
-    model: str = typer.Argument(..., help="Model folder to fix, e.g. a 2:4 output after a LoRA merge.", show_default=False),
-    output: Path = typer.Option(..., "-o", "--output", help="Output folder (written atomically; must not exist unless --overwrite).", show_default=False),
-    like: Path = typer.Option(..., "--like", help="The 2:4 output whose zero pattern to restore (has llmprune_sparsity.json).", show_default=False),
+    model: str = typer.Argument(
+        ..., help="Model folder to fix, e.g. a 2:4 output after a LoRA merge.", show_default=False
+    ),
+    output: Path = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        help="Output folder (written atomically; must not exist unless --overwrite).",
+        show_default=False,
+    ),
+    like: Path = typer.Option(
+        ...,
+        "--like",
+        help="The 2:4 output whose zero pattern to restore (has llmprune_sparsity.json).",
+        show_default=False,
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Re-apply a 2:4 output's zero pattern after fine-tuning (a merged LoRA makes every weight dense)."""
@@ -262,4 +466,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

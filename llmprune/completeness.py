@@ -20,8 +20,7 @@ def missing_tensor_error(missing: Iterable[str], where: str) -> ModelLoadError:
     names = sorted(missing)
     first = ", ".join(names[:SHOWN]) + (", ..." if len(names) > SHOWN else "")
     return ModelLoadError(
-        f"{where} lacks {len(names)} tensor(s) the model needs (first: {first}); "
-        "they would be randomly initialised"
+        f"{where} lacks {len(names)} tensor(s) the model needs (first: {first}); they would be randomly initialised"
     )
 
 

@@ -5,25 +5,36 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from llmprune.errors import UsageError
 
+_Settings = TypeVar("_Settings", bound=BaseModel)
+
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+#: Fraction of decoder-layer linear weights removed when --sparsity is not given.
+DEFAULT_SPARSITY = 0.5
+#: 2:4 keeps 2 of every 4 weights: the one sparsity ``semi24`` accepts (and its default).
+SEMI24_SPARSITY = 0.5
 
 
 class PruneSettings(BaseModel):
-    """Everything a pruning run was asked to do; written verbatim into the report."""
+    """Everything a pruning run was asked to do; written verbatim into the report.
 
-    model_config = ConfigDict(extra="forbid")
+    Frozen: the pipeline resolves values (seed under torchrun, seqlen, calibration source) into a
+    new copy with ``model_copy(update=...)``, so what was validated is never changed in place.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     strategy: Literal["uniform", "global", "semi24"]
     method: str
     model: str
     output: Path
-    sparsity: float = 0.5
+    sparsity: float = DEFAULT_SPARSITY  # None (not given) becomes the strategy's default
     calib: str = "auto"
     nsamples: int = 128
     seqlen: int | None = None
@@ -42,11 +53,21 @@ class PruneSettings(BaseModel):
     offload_dir: Path | None = None
     method_options: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_sparsity(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("sparsity") is None:
+            default = SEMI24_SPARSITY if data.get("strategy") == "semi24" else DEFAULT_SPARSITY
+            data = {**data, "sparsity": default}
+        return data
+
     @field_validator("sparsity")
     @classmethod
-    def _sparsity(cls, v: float) -> float:
+    def _sparsity(cls, v: float, info: ValidationInfo) -> float:
         if math.isnan(v) or not 0.0 <= v < 1.0:
             raise ValueError(f"--sparsity must be in [0, 1), got {v}")
+        if info.data.get("strategy") == "semi24" and v != SEMI24_SPARSITY:
+            raise ValueError(f"2:4 always removes half (only {SEMI24_SPARSITY} is accepted), got {v}")
         return v
 
     @field_validator("nsamples", "batch_size", "align", "align_heads")
@@ -97,7 +118,7 @@ def shard_size_bytes(text: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
-def validated(settings_class: type[BaseModel], **values: Any) -> BaseModel:
+def validated(settings_class: type[_Settings], **values: Any) -> _Settings:
     """Build a settings object, turning validation errors into one-line UsageErrors."""
     try:
         return settings_class(**values)
@@ -146,5 +167,7 @@ def load_recipe(path: Path, allowed: set[str]) -> dict[str, Any]:
     recipe = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(recipe) - allowed)
     if unknown:
-        raise UsageError(f"--config {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+        raise UsageError(
+            f"--config {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}"
+        )
     return recipe

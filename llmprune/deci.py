@@ -33,7 +33,7 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -230,7 +230,9 @@ def padding_params(plan: PrunePlan, layers: list[DeciLayer]) -> int:
 
 
 @torch.no_grad()
-def deci_state_dict(model: nn.Module, adapter: Any, plan: PrunePlan, layers: list[DeciLayer]) -> dict[str, torch.Tensor]:
+def deci_state_dict(
+    model: nn.Module, adapter: Any, plan: PrunePlan, layers: list[DeciLayer]
+) -> dict[str, torch.Tensor]:
     """Weights of the sliced model ``model`` laid out (and zero-padded) in the DeciLM grid."""
     num_heads, head_dim = plan.dense["num_heads"], plan.dense["head_dim"]
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("model.layers.")}
@@ -270,19 +272,34 @@ def deci_config(config: Any, plan: PrunePlan, layers: list[DeciLayer], family: s
     """The DeciLM config: the dense geometry plus ``block_configs``."""
     module = deci_module(family)
     data = config.to_dict()
-    for key in ("model_type", "transformers_version", "architectures", "auto_map", "layer_widths",
-                "llmprune_base_model_type", "block_configs"):
+    for key in (
+        "model_type",
+        "transformers_version",
+        "architectures",
+        "auto_map",
+        "layer_widths",
+        "llmprune_base_model_type",
+        "block_configs",
+    ):
         data.pop(key, None)
     dense = plan.dense
-    data.update(num_attention_heads=dense["num_heads"], num_key_value_heads=dense["num_kv_heads"],
-                intermediate_size=dense["intermediate_size"], head_dim=dense["head_dim"],
-                hidden_size=dense["hidden_size"], num_hidden_layers=len(layers))
-    deci = module.DeciLMConfig(block_configs=[l.block_config(dense["num_heads"], dense["hidden_size"]) for l in layers],
-                               **data)
+    data.update(
+        num_attention_heads=dense["num_heads"],
+        num_key_value_heads=dense["num_kv_heads"],
+        intermediate_size=dense["intermediate_size"],
+        head_dim=dense["head_dim"],
+        hidden_size=dense["hidden_size"],
+        num_hidden_layers=len(layers),
+    )
+    deci = module.DeciLMConfig(
+        block_configs=[l.block_config(dense["num_heads"], dense["hidden_size"]) for l in layers], **data
+    )
     deci.architectures = [ARCHITECTURE]
-    deci.auto_map = {"AutoConfig": f"{MODELING_FILE[:-3]}.DeciLMConfig",
-                     "AutoModel": f"{MODELING_FILE[:-3]}.DeciLMModel",
-                     "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{ARCHITECTURE}"}
+    deci.auto_map = {
+        "AutoConfig": f"{MODELING_FILE[:-3]}.DeciLMConfig",
+        "AutoModel": f"{MODELING_FILE[:-3]}.DeciLMModel",
+        "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{ARCHITECTURE}",
+    }
     return deci
 
 
@@ -291,8 +308,9 @@ def base_family(config: Any) -> str:
 
 
 @torch.no_grad()
-def write_deci(folder: Path, model: nn.Module, plan: PrunePlan, save_dtype: torch.dtype,
-               max_shard_size: str) -> dict[str, Any]:
+def write_deci(
+    folder: Path, model: nn.Module, plan: PrunePlan, save_dtype: torch.dtype, max_shard_size: str
+) -> dict[str, Any]:
     """Write the DeciLM weights, config and modeling file of the sliced ``model`` into ``folder``;
     check that the DeciLM model computes the same logits on a short sequence. Returns the report
     entry (layout and padding cost)."""
@@ -324,17 +342,27 @@ def write_deci(folder: Path, model: nn.Module, plan: PrunePlan, save_dtype: torc
         "architecture": ARCHITECTURE,
         "padding_params": padding,
         "params_decoder_linear_padded": sum(
-            p.numel() for n, p in deci_model.named_parameters() if n.startswith("model.layers.") and n.endswith("proj.weight")
+            p.numel()
+            for n, p in deci_model.named_parameters()
+            if n.startswith("model.layers.") and n.endswith("proj.weight")
         ),
-        "layers": [{"heads": l.heads, "kv_heads": l.kv_heads, "channels": l.channels,
-                    "deci_heads": plan.dense["num_heads"] if l.deci_kv_heads else 0,
-                    "deci_kv_heads": l.deci_kv_heads, "deci_channels": l.deci_channels} for l in layers],
+        "layers": [
+            {
+                "heads": l.heads,
+                "kv_heads": l.kv_heads,
+                "channels": l.channels,
+                "deci_heads": plan.dense["num_heads"] if l.deci_kv_heads else 0,
+                "deci_kv_heads": l.deci_kv_heads,
+                "deci_channels": l.deci_channels,
+            }
+            for l in layers
+        ],
     }
 
 
 def _check_same_function(model: nn.Module, deci_model: nn.Module, length: int = 16) -> None:
     """The padded layout must not change the function: compare logits on a fixed sequence."""
-    vocab = model.config.vocab_size
+    vocab = cast(Any, model.config).vocab_size  # a transformers config, not a tensor or module
     tokens = (torch.arange(length) * 7919 % vocab).unsqueeze(0).to(next(model.parameters()).device)
     deci_model.to(next(model.parameters()).device)
     ref_dtype = next(model.parameters()).dtype

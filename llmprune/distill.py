@@ -34,7 +34,7 @@ class TeacherTopK:
         return {"logp": self.logp, "index": self.index, "log_rest": self.log_rest, "temperature": self.temperature}
 
     @classmethod
-    def from_state(cls, state: dict) -> "TeacherTopK":
+    def from_state(cls, state: dict) -> TeacherTopK:
         return cls(state["logp"], state["index"], state["log_rest"], float(state["temperature"]))
 
 
@@ -51,7 +51,12 @@ def _topk_parts(logits: torch.Tensor, index: torch.Tensor, temperature: float) -
 
 @torch.no_grad()
 def precompute_teacher(
-    model: nn.Module, tokens: torch.Tensor, k: int, temperature: float, batch_size: int, device: torch.device,
+    model: nn.Module,
+    tokens: torch.Tensor,
+    k: int,
+    temperature: float,
+    batch_size: int,
+    device: torch.device,
     progress=None,
 ) -> TeacherTopK:
     """Run the (dense) model once and keep its top-k targets on CPU."""
@@ -72,7 +77,10 @@ def precompute_teacher(
 
 
 def topk_kl(
-    student_logits: torch.Tensor, t_logp: torch.Tensor, t_index: torch.Tensor, t_log_rest: torch.Tensor,
+    student_logits: torch.Tensor,
+    t_logp: torch.Tensor,
+    t_index: torch.Tensor,
+    t_log_rest: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
     """Mean over positions of ``T² · KL(teacher ‖ student)`` on {top-k, rest}."""

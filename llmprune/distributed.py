@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -249,7 +250,7 @@ class TrainableParameters(nn.Module):
     the model is not part of the module (DDP neither broadcasts nor reduces it).
     """
 
-    def __init__(self, params: Sequence[nn.Parameter], forward: Callable[..., Any]) -> None:
+    def __init__(self, params: Sequence[torch.Tensor], forward: Callable[..., Any]) -> None:
         super().__init__()
         self.trainable = nn.ParameterList(list(params))
         self._forward = [forward]  # a list: not registered as a submodule
@@ -258,8 +259,9 @@ class TrainableParameters(nn.Module):
         return self._forward[0](*args, **kwargs)
 
 
-def data_parallel(params: Sequence[nn.Parameter], forward: Callable[..., Any],
-                  find_unused_parameters: bool = False) -> Callable[..., Any]:
+def data_parallel(
+    params: Sequence[torch.Tensor], forward: Callable[..., Any], find_unused_parameters: bool = False
+) -> Callable[..., Any]:
     """``forward`` itself without a group; otherwise a DDP module over ``params`` calling ``forward``.
 
     Gradients of ``params`` are averaged over ranks during ``backward`` (DDP's bucketed
@@ -275,8 +277,7 @@ def data_parallel(params: Sequence[nn.Parameter], forward: Callable[..., Any],
     first = module.trainable[0] if len(module.trainable) else None
     if first is not None and first.device.type == "cuda":
         device_ids = [first.device.index]
-    return DDP(module, device_ids=device_ids, broadcast_buffers=False,
-               find_unused_parameters=find_unused_parameters)
+    return DDP(module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
 
 
 def loss_weight(local_rows: int, global_rows: int) -> float:

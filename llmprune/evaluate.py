@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from llmprune.errors import NumericalError
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin
 
 
 @torch.no_grad()
@@ -93,7 +97,7 @@ def throughput(
     short = prompt[:, :16]
 
     def decode() -> None:
-        model.generate(
+        cast("GenerationMixin", model).generate(  # a causal LM; nn.Module does not declare generate
             short,
             attention_mask=torch.ones_like(short),
             max_new_tokens=decode_tokens,

@@ -15,9 +15,10 @@ from llmprune.config import DTYPE_CHOICES
 from llmprune.data import evaluation_windows, text_sha256
 from llmprune.errors import UsageError
 from llmprune.evaluate import count_parameters, perplexity, throughput
-from llmprune.export import REPORT_FILE, SPARSITY_FILE
+from llmprune.export import SPARSITY_FILE
 from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_device, resolve_dtype, resolve_seqlen
 from llmprune.progress import Reporter
+from llmprune.report import HistoryStep, PruneReport
 
 
 class EvalSettings(BaseModel):
@@ -71,10 +72,9 @@ def pruning_info(model: str) -> dict[str, Any]:
     """What llmprune recorded when it made this folder (empty for other models)."""
     folder = Path(model).expanduser()
     info: dict[str, Any] = {}
-    report = folder / REPORT_FILE
-    if report.is_file():
-        data = json.loads(report.read_text())
-        info = {k: data.get(k) for k in ("strategy", "method", "achieved_sparsity")}
+    report = PruneReport.load(folder)
+    if report is not None:
+        info = {"strategy": report.strategy, "method": report.method, "achieved_sparsity": report.achieved_sparsity}
     info["semi24"] = (folder / SPARSITY_FILE).is_file()
     return info
 
@@ -82,18 +82,17 @@ def pruning_info(model: str) -> dict[str, Any]:
 def calibrated_on(model: str, data: str) -> str | None:
     """The pruning step (strategy/method) of an llmprune folder calibrated on the text ``data``
     reads as, or None. Compared by the text's SHA-256 recorded in the report."""
-    report_path = Path(model).expanduser() / REPORT_FILE
-    if not report_path.is_file():
+    report = PruneReport.load(model)
+    if report is None:
         return None
-    report = json.loads(report_path.read_text())
-    steps = [*report.get("history", []), report]
-    recorded = [(s, (s.get("calibration") or {}).get("text_sha256")) for s in steps if isinstance(s, dict)]
+    steps: list[HistoryStep | PruneReport] = [*report.history, report]
+    recorded = [(s, s.calibration.text_sha256 if s.calibration else None) for s in steps]
     if not any(digest for _, digest in recorded):
         return None
     digest = text_sha256(data, "evaluation")
     for step, recorded_digest in recorded:
         if recorded_digest == digest:
-            return f"{step.get('strategy')} --method {step.get('method')}"
+            return f"{step.strategy} --method {step.method}"
     return None
 
 
@@ -130,25 +129,39 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict[s
         same = calibrated_on(settings.model, data)
         if same:
             report["evaluated_on_calibration_text"] = True
-            reporter.log(f"[yellow]warning:[/] the evaluation text {data!r} is the text {settings.model} was "
-                         f"calibrated on ({same}); its perplexity is optimistic, use held-out text")
+            reporter.log(
+                f"[yellow]warning:[/] the evaluation text {data!r} is the text {settings.model} was "
+                f"calibrated on ({same}); its perplexity is optimistic, use held-out text"
+            )
         with reporter.live():
-            task = reporter.task("perplexity", total=(windows.shape[0] + settings.batch_size - 1) // settings.batch_size)
+            task = reporter.task(
+                "perplexity", total=(windows.shape[0] + settings.batch_size - 1) // settings.batch_size
+            )
             ppl, nll = perplexity(model, windows, settings.batch_size, device, progress=task.advance)
-        report.update(perplexity=ppl, mean_nll=nll, eval_windows=int(windows.shape[0]), eval_tokens=int(windows.numel()))
+        report.update(
+            perplexity=ppl, mean_nll=nll, eval_windows=int(windows.shape[0]), eval_tokens=int(windows.numel())
+        )
     if task_plan is not None:
         from llmprune.tasks import run_tasks
 
-        report["tasks"] = run_tasks(model, tokenizer, task_plan, num_fewshot=settings.num_fewshot,
-                                    limit=settings.task_limit, batch_size=settings.task_batch_size)
+        report["tasks"] = run_tasks(
+            model,
+            tokenizer,
+            task_plan,
+            num_fewshot=settings.num_fewshot,
+            limit=settings.task_limit,
+            batch_size=settings.task_batch_size,
+        )
         report["tasks"]["settings"].update(device=str(device), dtype=str(dtype).removeprefix("torch."))
-    report.update({
-        "seqlen": seqlen,
-        **count_parameters(model, adapter),
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "pruning": pruning_info(settings.model),
-    })
+    report.update(
+        {
+            "seqlen": seqlen,
+            **count_parameters(model, adapter),
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "pruning": pruning_info(settings.model),
+        }
+    )
     if settings.speed:
         report.update(measure_speed(model, seqlen, settings.speed_repeats))
         report["torch_threads"] = torch.get_num_threads()

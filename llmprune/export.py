@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from llmprune.errors import NumericalError, OutputExistsError
 from llmprune.masks import max_nonzeros_per_group
 from llmprune.plan import PrunePlan
 from llmprune.portable import apply_umask, portable_tokenizer_config
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 REPORT_FILE = "llmprune_report.json"
 SPARSITY_FILE = "llmprune_sparsity.json"
@@ -126,21 +129,24 @@ def save_pruned(
         if plan.kind == "semi24":
             verified = verify_semi24(model, plan.semi24_targets)
             _write_json(staging / SPARSITY_FILE, sparsity_sidecar(plan, verified))
-        config = config if config is not None else model.config
         if export_format == "deci":  # DeciLM / Nemotron-NAS block_configs (vLLM, llama.cpp)
             from llmprune.deci import write_deci
 
             model.to(save_dtype)
             report["deci"] = write_deci(staging, model, plan, save_dtype, max_shard_size)
         else:
-            if plan.kind == "structured" and plan.layers and not plan.is_uniform:
-                # Heterogeneous widths: per-layer config + modeling file beside the weights.
-                from llmprune.hetero import hetero_config, write_modeling_file
+            if config is None:  # surgery.exported_config is the one place that decides it
+                from llmprune.arch import ArchAdapter
+                from llmprune.surgery import exported_config
 
-                config = hetero_config(config, plan)
+                config = exported_config(model, ArchAdapter.for_model(model), plan)
+            from llmprune.hetero import is_hetero_config, write_modeling_file
+
+            if is_hetero_config(config):  # heterogeneous widths: the modeling file goes beside the weights
                 write_modeling_file(staging, config)
             model.to(save_dtype)
-            model.save_pretrained(staging, max_shard_size=max_shard_size)
+            # a transformers model; nn.Module does not declare save_pretrained
+            cast("PreTrainedModel", model).save_pretrained(staging, max_shard_size=max_shard_size)
             # The pruned config may differ from the in-memory one (new widths, or an equivalent
             # family such as Llama -> Mistral), so it is written last, over save_pretrained's.
             config.dtype = save_dtype

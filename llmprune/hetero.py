@@ -25,18 +25,11 @@ import types
 from pathlib import Path
 from typing import Any
 
+from llmprune import arch
 from llmprune.plan import PrunePlan
 
 MODELING_FILE = "modeling_llmprune.py"
 MODEL_TYPE_PREFIX = "llmprune_hetero_"
-
-#: family model_type -> (transformers module name, class-name prefix)
-FAMILY_CLASSES: dict[str, tuple[str, str]] = {
-    "llama": ("llama", "Llama"),
-    "mistral": ("mistral", "Mistral"),
-    "qwen2": ("qwen2", "Qwen2"),
-    "qwen3": ("qwen3", "Qwen3"),
-}
 
 TEMPLATE = """\
 \"\"\"Heterogeneous-width {prefix} model written by llmprune (global structured pruning).
@@ -184,16 +177,31 @@ class LlmpruneHeteroForCausalLM(_SavesModelingFile, _BaseForCausalLM):
 """
 
 
+def hetero_families() -> list[str]:
+    """Names of the families (``arch.FAMILIES``) whose transformers classes the export derives from."""
+    return [f.name for f in arch.FAMILIES if f.transformers_module]
+
+
 def family_of(model_type: str) -> str:
-    family = model_type.removeprefix(MODEL_TYPE_PREFIX)
-    if family not in FAMILY_CLASSES:
+    """The family name (``arch.FAMILIES``) of a model type or of its heterogeneous-width export."""
+    family = arch.family_for_model_type(model_type.removeprefix(MODEL_TYPE_PREFIX))
+    if family is None or not family.transformers_module:
         raise ValueError(f"no heterogeneous-width export for model type {model_type!r}")
-    return family
+    return family.name
 
 
 def modeling_source(family: str) -> str:
-    module, prefix = FAMILY_CLASSES[family]
-    return TEMPLATE.format(module=module, prefix=prefix, family=family, model_type=MODEL_TYPE_PREFIX + family)
+    spec = arch.family_named(family)
+    if spec is None or not spec.transformers_module:
+        raise ValueError(f"no heterogeneous-width export for family {family!r}")
+    return TEMPLATE.format(
+        module=spec.transformers_module, prefix=spec.class_prefix, family=family, model_type=MODEL_TYPE_PREFIX + family
+    )
+
+
+def is_hetero_config(config: Any) -> bool:
+    """Whether ``config`` is a heterogeneous-width config (its folder needs the modeling file)."""
+    return str(getattr(config, "model_type", "")).startswith(MODEL_TYPE_PREFIX)
 
 
 _MODULES: dict[str, types.ModuleType] = {}
@@ -244,7 +252,7 @@ def register_family(family: str) -> None:
 def register_auto_classes() -> None:
     """Register every family's heterogeneous classes now (``import llmprune`` does it lazily,
     see ``llmprune.autoregister``)."""
-    for family in FAMILY_CLASSES:
+    for family in hetero_families():
         register_family(family)
 
 
@@ -257,15 +265,18 @@ def register_peft_targets(constants: types.ModuleType | None = None) -> None:
     for name in dir(constants):
         table = getattr(constants, name)
         if name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(table, dict):
-            for family in FAMILY_CLASSES:
+            for family in hetero_families():
                 if family in table:
                     table.setdefault(MODEL_TYPE_PREFIX + family, table[family])
 
 
 def layer_widths(plan: PrunePlan) -> list[dict[str, int]]:
     return [
-        {"num_attention_heads": len(lp.heads), "num_key_value_heads": len(lp.kv_heads),
-         "intermediate_size": len(lp.channels)}
+        {
+            "num_attention_heads": len(lp.heads),
+            "num_key_value_heads": len(lp.kv_heads),
+            "intermediate_size": len(lp.channels),
+        }
         for lp in plan.layers
     ]
 

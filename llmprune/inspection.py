@@ -7,16 +7,16 @@ and checks on the meta device whether the config instantiates with plain transfo
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from llmprune.arch import ArchAdapter, family_named
 from llmprune.completeness import expected_tensors, missing_tensor_error
-from llmprune.errors import ModelLoadError
-from llmprune.export import REPORT_FILE, SPARSITY_FILE
+from llmprune.errors import ModelLoadError, UnsupportedArchitectureError
+from llmprune.export import SPARSITY_FILE
 from llmprune.plan import PLAN_FILE
-
-_LINEAR = re.compile(r"layers\.(\d+)\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight$")
+from llmprune.report import PruneReport
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -67,8 +67,28 @@ def loads_without_custom_code(folder: Path) -> tuple[bool, str]:
         with torch.device("meta"):
             AutoModelForCausalLM.from_config(config)
     except Exception as err:  # any failure means "not without help"
-        return False, f"plain transformers cannot build it: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        return (
+            False,
+            f"plain transformers cannot build it: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+        )
     return True, f"plain AutoModelForCausalLM ({config.model_type})"
+
+
+def _adapter(config: dict[str, Any]) -> ArchAdapter:
+    """The adapter that names the folder's projections and knows its head geometry: its family's,
+    the family of a heterogeneous-width export, or the shared Llama layout for other model types
+    (e.g. DeciLM exports), which then reports what matches it."""
+    try:
+        return ArchAdapter.for_config(SimpleNamespace(**config))
+    except UnsupportedArchitectureError:
+        pass
+    from llmprune.hetero import family_of
+
+    try:  # a heterogeneous-width export names its family in its model type
+        family = family_named(family_of(str(config.get("model_type"))))
+    except ValueError:
+        family = None
+    return ArchAdapter(family) if family is not None else ArchAdapter.generic()
 
 
 def inspect_folder(path: str) -> dict[str, Any]:
@@ -82,35 +102,36 @@ def inspect_folder(path: str) -> dict[str, Any]:
     if not shapes:
         raise ModelLoadError(f"no safetensors weights in {path}")
     check_complete(folder, shapes)
+    adapter = _adapter(config)
+    linears = {name: where for name in shapes if (where := adapter.parse_linear_weight(name)) is not None}
     per_layer: dict[int, dict[str, tuple[int, ...]]] = {}
-    for name, shape in shapes.items():
-        match = _LINEAR.search(name)
-        if match:
-            key = match.group(3) or match.group(4)
-            per_layer.setdefault(int(match.group(1)), {})[key] = shape
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    for name, (index, key) in linears.items():
+        per_layer.setdefault(index, {})[key] = shapes[name]
+    head_dim = adapter.geometry(SimpleNamespace(**config)).head_dim if per_layer else 1
     layers = []
     for index in range(config.get("num_hidden_layers", len(per_layer))):
         mods = per_layer.get(index, {})
-        layers.append({
-            "layer": index,
-            "heads": mods["q"][0] // head_dim if "q" in mods else 0,
-            "kv_heads": mods["k"][0] // head_dim if "k" in mods else 0,
-            "channels": mods["down"][1] if "down" in mods else 0,
-        })
-    report = _read_json(folder / REPORT_FILE) or {}
+        layers.append(
+            {
+                "layer": index,
+                "heads": mods["q"][0] // head_dim if "q" in mods else 0,
+                "kv_heads": mods["k"][0] // head_dim if "k" in mods else 0,
+                "channels": mods["down"][1] if "down" in mods else 0,
+            }
+        )
+    report = PruneReport.load(folder)
     sidecar = _read_json(folder / SPARSITY_FILE)
     ok, how = loads_without_custom_code(folder)
-    linear = sum(_numel(s) for n, s in shapes.items() if _LINEAR.search(n))
+    linear = sum(_numel(shapes[name]) for name in linears)
     info: dict[str, Any] = {
         "folder": str(folder),
         "model_type": config.get("model_type"),
-        "pruned_by_llmprune": bool(report),
-        "strategy": report.get("strategy"),
-        "method": report.get("method"),
-        "settings": report.get("settings"),
-        "achieved_sparsity": report.get("achieved_sparsity"),
-        "history": report.get("history", []),
+        "pruned_by_llmprune": report is not None,
+        "strategy": report.strategy if report else None,
+        "method": report.method if report else None,
+        "settings": report.settings if report else None,
+        "achieved_sparsity": report.achieved_sparsity if report else None,
+        "history": [step.model_dump(mode="json", exclude_unset=True) for step in report.history] if report else [],
         "params_total": sum(_numel(s) for s in shapes.values()),
         "params_decoder_linear": linear,
         "layers": layers,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from llmprune.arch import ArchAdapter
-from llmprune.config import check_seqlen
 from llmprune.completeness import check_loading_info
+from llmprune.config import check_seqlen
 from llmprune.errors import ModelLoadError, UnsupportedArchitectureError, UsageError
 from llmprune.hub import require_hub
 
@@ -104,7 +104,8 @@ def load_config(name: str) -> Any:
         if _config_model_type(path) == DECI_MODEL_TYPE:
             raise UnsupportedArchitectureError(
                 f"{name} is a DeciLM (--export-format deci) folder, for vLLM and llama.cpp; llmprune reads "
-                "the default hf export of the same model (load this one with trust_remote_code=True)")
+                "the default hf export of the same model (load this one with trust_remote_code=True)"
+            )
     else:
         require_hub(name)  # one quick connection instead of half a minute of retries
     try:
@@ -123,7 +124,11 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype):
     adapter = ArchAdapter.for_config(config)
     source = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True)
+        # With output_loading_info the call returns (model, info); the stubs only know the model.
+        model, info = cast(
+            "tuple[Any, dict[str, Any]]",
+            AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True),
+        )
     except Exception as err:
         raise ModelLoadError(f"cannot load model weights from {name!r}: {_first_line(err)}") from err
     check_loading_info(info, model, f"model {name!r}")

@@ -109,7 +109,9 @@ class OutputLock:
 
     def _busy_message(self, owner: dict[str, object]) -> str:
         since = owner.get("since")
-        when = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else ""
+        when = (
+            time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else ""
+        )
         return (
             f"output {self.output} is in use by another llmprune run (pid {owner.get('pid')} on "
             f"{owner.get('host')}{when}); wait for it, or delete {self.path} if that run is gone"

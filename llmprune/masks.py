@@ -16,11 +16,8 @@ def attn_step(geom: Geometry, attn_unit: str) -> int:
 
 
 def attn_params_kept(geom: Geometry, attn_unit: str, kept_units: int) -> int:
-    """Attention linear parameters of one layer keeping ``kept_units`` units."""
-    if attn_unit == "group":
-        return kept_units * geom.attn_unit_params("group")
-    kv = geom.num_kv_heads if kept_units else 0
-    return geom.hidden_size * geom.head_dim * 2 * (kept_units + kv)
+    """Attention linear parameters of one layer keeping ``kept_units`` units (``Geometry`` counts)."""
+    return geom.attn_params_kept(attn_unit, kept_units)
 
 
 def attn_grid_step(geom: Geometry, attn_unit: str, align: Alignment | None = None) -> int:
@@ -39,12 +36,12 @@ def uniform_widths(geom: Geometry, sparsity: float, attn_unit: str, align: Align
     align = align or Alignment()
     n_attn = geom.attn_unit_count(attn_unit)
     step = attn_grid_step(geom, attn_unit, align)
-    per_layer_dense = geom.layer_linear_params(geom.num_heads, geom.num_kv_heads, geom.intermediate_size)
-    target = (1.0 - sparsity) * per_layer_dense
+    target = (1.0 - sparsity) * geom.dense_layer_params
     k_attn = int(round((1.0 - sparsity) * n_attn / step)) * step
     k_attn = min(max(k_attn, step), n_attn)
-    k_mlp = align.round_channels((target - attn_params_kept(geom, attn_unit, k_attn)) / geom.mlp_unit_params,
-                                 geom.intermediate_size)
+    k_mlp = align.round_channels(
+        (target - attn_params_kept(geom, attn_unit, k_attn)) / geom.mlp_unit_params, geom.intermediate_size
+    )
     return k_attn, k_mlp
 
 
@@ -96,19 +93,26 @@ def max_nonzeros_per_group(weight: torch.Tensor, m: int = 4) -> int:
     return int(groups.sum(-1).max())
 
 
-def min_layer_params(geom: Geometry, attn_unit: str) -> int:
-    """Decoder-linear parameters of one layer that keeps the least structured pruning allows:
-    one attention step and one MLP channel (no method removes a whole module)."""
-    return attn_params_kept(geom, attn_unit, attn_step(geom, attn_unit)) + geom.mlp_unit_params
+def min_layer_params(geom: Geometry, attn_unit: str, align: Alignment | None = None) -> int:
+    """Decoder-linear parameters of one layer that keeps the least uniform widths allow: one
+    attention step and one MLP channel (one grid step of each with ``--align``)."""
+    align = align or Alignment()
+    k_attn = min(attn_grid_step(geom, attn_unit, align), geom.attn_unit_count(attn_unit))
+    return (
+        attn_params_kept(geom, attn_unit, k_attn)
+        + align.round_channels(0, geom.intermediate_size) * geom.mlp_unit_params
+    )
 
 
-def max_structured_sparsity(geom: Geometry, attn_unit: str) -> float:
-    """The largest sparsity structured pruning can reach on this geometry."""
+def max_structured_sparsity(geom: Geometry, attn_unit: str, align: Alignment | None = None) -> float:
+    """The largest sparsity structured pruning can reach on this geometry (and grid)."""
     dense = geom.layer_linear_params(geom.num_heads, geom.num_kv_heads, geom.intermediate_size)
-    return 1.0 - min_layer_params(geom, attn_unit) / dense
+    return 1.0 - min_layer_params(geom, attn_unit, align) / dense
 
 
-def one_unit_sparsity(geom: Geometry) -> float:
-    """The sparsity of one MLP channel in every layer: how closely a structured plan can meet a budget."""
+def one_unit_sparsity(geom: Geometry, align: Alignment | None = None) -> float:
+    """The sparsity of one MLP channel (one grid step with ``--align``) in every layer: how closely
+    a structured plan can meet a budget."""
     dense = geom.layer_linear_params(geom.num_heads, geom.num_kv_heads, geom.intermediate_size)
-    return geom.mlp_unit_params / dense
+    step = (align or Alignment()).round_channels(0, geom.intermediate_size)
+    return step * geom.mlp_unit_params / dense

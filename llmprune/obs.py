@@ -9,7 +9,7 @@ times before a one-line ``NumericalError``; a non-finite Hessian is a ``Numerica
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -53,7 +53,9 @@ def cholesky_damped(H: torch.Tensor, percdamp: float = 0.0, name: str = "", trie
     raise _singular(name, damp)
 
 
-def damped_cholesky_inverse(hessian: torch.Tensor, percdamp: float = 0.01, name: str = "", tries: int = 6) -> torch.Tensor:
+def damped_cholesky_inverse(
+    hessian: torch.Tensor, percdamp: float = 0.01, name: str = "", tries: int = 6
+) -> torch.Tensor:
     """Upper Cholesky factor of ``(H + λI)⁻¹`` with λ = percdamp·mean(diag H), by the damping policy."""
     H = damp_hessian(hessian, 0.0, name)  # dead inputs and the finiteness check; λ below
     # The mean over a copy of the diagonal (summation order differs from the view's in the last
@@ -121,7 +123,14 @@ def obs_prune(
     return W
 
 
-def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, n: int = 2, m: int = 4, blocksize: int = 128,
-                    percdamp: float = 0.01, name: str = "") -> torch.Tensor:
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    n: int = 2,
+    m: int = 4,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    name: str = "",
+) -> torch.Tensor:
     """SparseGPT N:M: OBS pruning with the mask chosen by saliency (:func:`obs_prune` without a mask)."""
     return obs_prune(weight, hessian, None, n, m, blocksize, percdamp, name)

@@ -6,7 +6,6 @@ Every strategy goes through ``run_prune``; a strategy only supplies its Pruner.
 from __future__ import annotations
 
 import atexit
-import json
 import platform
 import resource
 import shutil
@@ -19,17 +18,18 @@ import torch
 
 import llmprune
 from llmprune import distributed
-from llmprune.alignment import alignment_report
-from llmprune.arch import ArchAdapter
-from llmprune.config import PruneSettings
+from llmprune.alignment import Alignment, alignment_report
+from llmprune.arch import ArchAdapter, Geometry
 from llmprune.budget import check_reachable, miss_warning
+from llmprune.config import PruneSettings
 from llmprune.data import calibration_samples, resolve_calibration_source, text_sha256
 from llmprune.errors import UsageError
-from llmprune.export import REPORT_FILE, save_pruned
+from llmprune.export import save_pruned
 from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_device, resolve_dtype, resolve_seqlen
 from llmprune.plan import PrunePlan
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext, PruneResult, get_pruner_class
+from llmprune.report import HistoryStep, PruneReport
 from llmprune.signals import sigterm_as_interrupt
 from llmprune.surgery import apply_plan, exported_config
 from llmprune.workspace import Workspace
@@ -69,33 +69,22 @@ def peak_memory() -> dict[str, float]:
     return peak
 
 
+def kept_params_per_layer(model: torch.nn.Module, adapter: ArchAdapter, plan: PrunePlan) -> list[int]:
+    """Decoder-linear parameters each layer keeps: stored weights, or non-zeros for 2:4 (the one count
+    behind ``achieved_sparsity``, ``layer_sparsity`` and ``params_decoder_linear``)."""
+    return adapter.linear_params_per_layer(model, nonzero=plan.kind == "semi24")
+
+
 def layer_sparsity(model: torch.nn.Module, adapter: ArchAdapter, plan: PrunePlan) -> list[float]:
     """Achieved sparsity of each decoder layer's linear weights against the dense layer."""
-    dense = plan.dense
-    dense_layer = (
-        dense["hidden_size"] * dense["head_dim"] * 2 * (dense["num_heads"] + dense["num_kv_heads"])
-        + 3 * dense["hidden_size"] * dense["intermediate_size"]
-    )
-    result = []
-    for layer in adapter.layers(model):
-        weights = [m.weight for m in layer.modules() if isinstance(m, torch.nn.Linear)]
-        if plan.kind == "semi24":
-            kept = sum(int((w != 0).sum()) for w in weights)
-        else:
-            kept = sum(w.numel() for w in weights)
-        result.append(1.0 - kept / dense_layer)
-    return result
+    dense_layer = Geometry(**plan.dense).dense_layer_params
+    return [1.0 - kept / dense_layer for kept in kept_params_per_layer(model, adapter, plan)]
 
 
-def previous_pruning(model: str) -> list[dict[str, Any]]:
+def previous_pruning(model: str) -> list[HistoryStep]:
     """The pruning history of an input that is itself an llmprune output (stacking, e.g. uniform → 2:4)."""
-    report_path = Path(model).expanduser() / REPORT_FILE
-    if not report_path.is_file():
-        return []
-    previous = json.loads(report_path.read_text())
-    step = {k: previous.get(k) for k in ("strategy", "method", "achieved_sparsity", "layer_widths", "calibration")}
-    step["model"] = (previous.get("settings") or {}).get("model")
-    return list(previous.get("history", [])) + [step]
+    previous = PruneReport.load(model)
+    return previous.pruning_history() if previous is not None else []
 
 
 class _QuietReporter(Reporter):
@@ -108,7 +97,7 @@ class _QuietReporter(Reporter):
         pass
 
 
-def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict[str, Any]:
+def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> PruneReport:
     """Run one pruning command end to end and return the report (also written to OUT).
 
     Under ``torchrun`` (WORLD_SIZE > 1) every rank runs this with a process group
@@ -139,7 +128,7 @@ def _open_workspace(settings: PruneSettings, pruner_cls: Any, reporter: Reporter
     return work
 
 
-def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[Workspace]) -> dict[str, Any]:
+def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[Workspace]) -> PruneReport:
     main = distributed.is_main()
     reporter = reporter or (Reporter() if main else _QuietReporter())
     t_start = time.perf_counter()
@@ -147,15 +136,18 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     pruner = pruner_cls(settings.method_options)
     world = distributed.world_size()
     if world > 1 and pruner_cls.needs_calibration and min(settings.nsamples, settings.batch_size) < world:
-        raise UsageError(f"with {world} ranks, --nsamples ({settings.nsamples}) and --batch-size "
-                         f"({settings.batch_size}) must be at least {world} (each rank needs its share)")
+        raise UsageError(
+            f"with {world} ranks, --nsamples ({settings.nsamples}) and --batch-size "
+            f"({settings.batch_size}) must be at least {world} (each rank needs its share)"
+        )
     work = distributed.on_main(lambda: _open_workspace(settings, pruner_cls, reporter, claim))
     if not main:  # other ranks keep their scratch files (e.g. Týr's supernet) in a private folder
         if settings.offload_dir is not None:
             Path(settings.offload_dir).mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".llmprune-rank{distributed.rank()}-", dir=settings.offload_dir))
         atexit.register(shutil.rmtree, work, True)  # also after an error (nothing to resume there)
-    settings.seed = distributed.broadcast_seed(settings.seed)
+    # Settings are frozen: resolved values go into a copy (every rank uses rank 0's seed).
+    settings = settings.model_copy(update={"seed": distributed.broadcast_seed(settings.seed)})
 
     device = distributed.device_for(resolve_device(settings.device))
     config = load_config(settings.model)
@@ -163,10 +155,12 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         from llmprune.deci import check_exportable
 
         check_exportable(config)
-    settings.seqlen = resolve_seqlen(settings.seqlen, config)
+    settings = settings.model_copy(update={"seqlen": resolve_seqlen(settings.seqlen, config)})
     geom = ArchAdapter.for_config(config).geometry(config)
     if settings.strategy != "semi24":
-        check_reachable(geom, settings.sparsity, settings.attn_unit)  # before the weights are read
+        check_reachable(
+            geom, settings.sparsity, settings.attn_unit, Alignment.of(settings)
+        )  # before the weights are read
     compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
     save_dtype = checkpoint_dtype(config) or torch.float32
     if settings.save_dtype != "auto":
@@ -183,22 +177,31 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     dense_total = sum(p.numel() for p in model.parameters())
     calib = None
     if pruner_cls.needs_calibration:
-        def load_calibration() -> tuple[str, torch.Tensor]:
+
+        def load_calibration() -> tuple[str, torch.Tensor, str]:
             source, warning = resolve_calibration_source(settings.calib)
             if warning:
                 reporter.log(f"[yellow]warning:[/] {warning}")
+            assert settings.seqlen is not None  # resolve_seqlen above always sets it
             samples = calibration_samples(tokenizer, source, settings.nsamples, settings.seqlen, settings.seed)
             return source, samples, text_sha256(source)
 
-
         # Rank 0 reads the text and draws the windows; every rank gets the same samples.
-        settings.calib, calib, calib_sha256 = distributed.on_main(load_calibration)
+        source, calib, calib_sha256 = distributed.on_main(load_calibration)
+        settings = settings.model_copy(update={"calib": source})
     t_loaded = time.perf_counter()
 
     work.mkdir(parents=True, exist_ok=True)
     ctx = PruneContext(
-        model=model, adapter=adapter, tokenizer=tokenizer, calib=calib, settings=settings,
-        device=device, work_dir=work, progress=reporter, compute_dtype=compute_dtype,
+        model=model,
+        adapter=adapter,
+        tokenizer=tokenizer,
+        calib=calib,
+        settings=settings,
+        device=device,
+        work_dir=work,
+        progress=reporter,
+        compute_dtype=compute_dtype,
         offload_dir=settings.offload_dir,
     )
     with reporter.live():
@@ -210,19 +213,14 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     t_pruned = time.perf_counter()
     apply_plan(model, adapter, plan)
 
-    kept_params = adapter.decoder_linear_params(model)
-    per_layer = layer_sparsity(model, adapter, plan)
-    if plan.kind == "semi24":
-        nonzero = sum(
-            int((lin.weight != 0).sum()) for layer in adapter.layers(model) for lin in adapter.linears(layer).values()
-        )
-        achieved = 1.0 - nonzero / dense_params
-    else:
-        achieved = 1.0 - kept_params / dense_params
-    missed = miss_warning(geom, settings.sparsity, achieved) if plan.kind == "structured" else None
+    kept_params = sum(kept_params_per_layer(model, adapter, plan))
+    achieved = 1.0 - kept_params / dense_params
+    missed = (
+        miss_warning(geom, settings.sparsity, achieved, Alignment.of(settings)) if plan.kind == "structured" else None
+    )
     if missed:
         reporter.log(f"[yellow]warning:[/] {missed}")
-    report: dict[str, Any] = {
+    fields: dict[str, Any] = {
         "strategy": settings.strategy,
         "method": settings.method,
         "settings": settings.model_dump(mode="json"),
@@ -232,18 +230,23 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         "compute_dtype": str(compute_dtype).removeprefix("torch."),
         "save_dtype": str(save_dtype).removeprefix("torch."),
         "dense_geometry": plan.dense or None,
-        "requested_sparsity": settings.sparsity if settings.strategy != "semi24" else 0.5,
+        "requested_sparsity": settings.sparsity,
         "achieved_sparsity": achieved,
-        "layer_sparsity": per_layer,
+        "layer_sparsity": layer_sparsity(model, adapter, plan),
         "layer_widths": plan.layer_widths() if plan.kind == "structured" else None,
         "params_decoder_linear_dense": dense_params,
-        "params_decoder_linear": kept_params if plan.kind == "structured" else nonzero,
+        "params_decoder_linear": kept_params,
         "params_total_dense": dense_total,
         "params_total": sum(p.numel() for p in model.parameters()),
         "sparsity_warning": missed,
-        "calibration": {"source": settings.calib, "nsamples": int(calib.shape[0]), "seqlen": settings.seqlen,
-                        "text_sha256": calib_sha256}
-        if calib is not None else None,
+        "calibration": {
+            "source": settings.calib,
+            "nsamples": int(calib.shape[0]),
+            "seqlen": settings.seqlen,
+            "text_sha256": calib_sha256,
+        }
+        if calib is not None
+        else None,
         "time_load_s": t_loaded - t_start,
         "time_prune_s": t_pruned - t_loaded,
         "versions": package_versions(),
@@ -251,18 +254,28 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         "history": previous_pruning(settings.model),
         **method_report,
     }
-    report.update(alignment_report(settings, plan, reporter.log))
+    fields.update(alignment_report(settings, plan, reporter.log))
     if distributed.is_enabled():
-        report["distributed"] = {"world_size": world, "backend": distributed.backend()}
-    report.update(peak_memory())
-    report["time_total_s"] = time.perf_counter() - t_start
+        fields["distributed"] = {"world_size": world, "backend": distributed.backend()}
+    fields.update(peak_memory())
+    fields["time_total_s"] = time.perf_counter() - t_start
+    report = PruneReport.model_validate(fields)
     if main:
-        save_pruned(model, tokenizer, plan, report, settings.output, save_dtype, settings.max_shard_size,
-                    method_files or None, config=exported_config(model, adapter, plan),
-                    export_format=settings.export_format)
+        save_pruned(
+            model,
+            tokenizer,
+            plan,
+            report.as_json(),
+            settings.output,
+            save_dtype,
+            settings.max_shard_size,
+            method_files or None,
+            config=exported_config(model, adapter, plan),
+            export_format=settings.export_format,
+        )
         claim[0].close()
     else:
         shutil.rmtree(work, ignore_errors=True)
     distributed.barrier()  # the other ranks wait for rank 0's export
-    report["time_total_s"] = time.perf_counter() - t_start
+    report.time_total_s = time.perf_counter() - t_start
     return report

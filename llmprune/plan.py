@@ -29,7 +29,7 @@ class LayerPlan(BaseModel):
     channels: list[int] = Field(description="kept MLP intermediate channels")
 
     @model_validator(mode="after")
-    def _sorted_unique(self) -> "LayerPlan":
+    def _sorted_unique(self) -> LayerPlan:
         for name in ("heads", "kv_heads", "channels"):
             values = getattr(self, name)
             if values != sorted(set(values)):
@@ -56,7 +56,9 @@ class PrunePlan(BaseModel):
 
     # ----- constructors ---------------------------------------------------------------------
     @classmethod
-    def dense_structured(cls, geom: Geometry, strategy: str, method: str, attn_unit: str = "group") -> "PrunePlan":
+    def dense_structured(
+        cls, geom: Geometry, strategy: str, method: str, attn_unit: Literal["group", "query"] = "group"
+    ) -> PrunePlan:
         """A structured plan that keeps everything (the identity)."""
         layers = [
             LayerPlan(
@@ -68,8 +70,12 @@ class PrunePlan(BaseModel):
             for i in range(geom.num_layers)
         ]
         return cls(
-            kind="structured", strategy=strategy, method=method, attn_unit=attn_unit,
-            dense=geometry_dict(geom), layers=layers,
+            kind="structured",
+            strategy=strategy,
+            method=method,
+            attn_unit=attn_unit,
+            dense=geometry_dict(geom),
+            layers=layers,
         )
 
     # ----- queries --------------------------------------------------------------------------
@@ -92,7 +98,7 @@ class PrunePlan(BaseModel):
         return path
 
     @classmethod
-    def load(cls, folder_or_file: Path) -> "PrunePlan":
+    def load(cls, folder_or_file: Path) -> PrunePlan:
         path = Path(folder_or_file)
         if path.is_dir():
             path = path / PLAN_FILE

@@ -20,8 +20,19 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 PORTABLE_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 #: ``from_pretrained`` arguments that transformers copies into tokenizer_config.json.
 LOADING_KEYS = (
-    "is_local", "local_files_only", "cache_dir", "force_download", "proxies", "token", "use_auth_token",
-    "revision", "subfolder", "trust_remote_code", "_commit_hash", "_from_auto", "_from_pipeline",
+    "is_local",
+    "local_files_only",
+    "cache_dir",
+    "force_download",
+    "proxies",
+    "token",
+    "use_auth_token",
+    "revision",
+    "subfolder",
+    "trust_remote_code",
+    "_commit_hash",
+    "_from_auto",
+    "_from_pipeline",
 )
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -45,7 +46,7 @@ class Reporter:
         self._progress: Progress | None = None
 
     @contextmanager
-    def live(self) -> Iterator["Reporter"]:
+    def live(self) -> Iterator[Reporter]:
         if not self.enabled:
             yield self
             return

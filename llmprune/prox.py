@@ -99,8 +99,9 @@ def _solve_sorted(a: torch.Tensor, lam: torch.Tensor, max_sweeps: int, tol: floa
     return torch.stack(best, dim=-1)
 
 
-def _coordinate_descent(a: list[torch.Tensor], lam: torch.Tensor, active: int, max_sweeps: int, tol: float,
-                        start: str = "zero") -> list[torch.Tensor]:
+def _coordinate_descent(
+    a: list[torch.Tensor], lam: torch.Tensor, active: int, max_sweeps: int, tol: float, start: str = "zero"
+) -> list[torch.Tensor]:
     """Gauss–Seidel on the first ``active`` (3 or 4) coordinates; the other coordinates stay 0.
 
     Starts: ``"zero"`` (w = 0, as in the paper), ``"input"`` (w = a) or ``"shrunk"`` (each entry
@@ -121,8 +122,9 @@ def _coordinate_descent(a: list[torch.Tensor], lam: torch.Tensor, active: int, m
     return ww + [zero] * (GROUP - active)
 
 
-def _sweeps(aw: list[torch.Tensor], lam: torch.Tensor, thr: torch.Tensor, ww: list[torch.Tensor], active: int,
-            budget: int) -> list[torch.Tensor]:
+def _sweeps(
+    aw: list[torch.Tensor], lam: torch.Tensor, thr: torch.Tensor, ww: list[torch.Tensor], active: int, budget: int
+) -> list[torch.Tensor]:
     n = aw[0].numel()
     for sweep in range(budget):
         check = sweep % CHECK_EVERY == CHECK_EVERY - 1 and sweep < budget - 1
@@ -136,17 +138,25 @@ def _sweeps(aw: list[torch.Tensor], lam: torch.Tensor, thr: torch.Tensor, ww: li
                 pair = torch.addcmul(x * (y + u), y, u)
             ww[i] = torch.addcmul(aw[i], lam, pair, value=-1.0).clamp_(min=0.0)
         if check:
-            moved = None
+            assert prev is not None  # cloned above whenever check is set
+            moved: torch.Tensor | None = None
             for w, p in zip(ww, prev):
                 step = (w - p).abs_() > thr
                 moved = step if moved is None else moved.logical_or_(step)
+            assert moved is not None  # ww holds at least three groups
             count = int(moved.sum())
             if count == 0:
                 return ww
             if count < n // 2:  # carry on with the groups still moving only
                 idx = torch.nonzero(moved).squeeze(1)
-                sub = _sweeps([x.index_select(0, idx) for x in aw], lam.index_select(0, idx), thr.index_select(0, idx),
-                              [w.index_select(0, idx) for w in ww], active, budget - sweep - 1)
+                sub = _sweeps(
+                    [x.index_select(0, idx) for x in aw],
+                    lam.index_select(0, idx),
+                    thr.index_select(0, idx),
+                    [w.index_select(0, idx) for w in ww],
+                    active,
+                    budget - sweep - 1,
+                )
                 for w, s in zip(ww, sub):
                     w.index_copy_(0, idx, s)
                 return ww

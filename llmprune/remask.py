@@ -18,6 +18,7 @@ import torch
 from llmprune.errors import ModelLoadError, UsageError
 from llmprune.export import SPARSITY_FILE, check_output, save_pruned
 from llmprune.plan import PrunePlan, geometry_dict
+from llmprune.report import PruneReport
 
 
 def _tensor_files(folder: Path) -> dict[str, Path]:
@@ -46,14 +47,15 @@ def reference_masks(like: Path) -> tuple[list[str], dict[str, Path]]:
 
 
 @torch.no_grad()
-def remask(model_source: str, like: Path, output: Path, overwrite: bool = False,
-           save_dtype: torch.dtype | None = None) -> dict[str, Any]:
+def remask(
+    model_source: str, like: Path, output: Path, overwrite: bool = False, save_dtype: torch.dtype | None = None
+) -> dict[str, Any]:
     """Re-apply ``like``'s 2:4 zero pattern to ``model_source`` and export to ``output``."""
     from safetensors import safe_open
 
     from llmprune.loading import checkpoint_dtype, load_model
 
-    like = Path(like).expanduser()
+    like, output = Path(like).expanduser(), Path(output)
     check_output(output, model_source, overwrite)
     targets, files = reference_masks(like)
     model, adapter, tokenizer = load_model(model_source, torch.device("cpu"), save_dtype or torch.float32)
@@ -71,17 +73,28 @@ def remask(model_source: str, like: Path, output: Path, overwrite: bool = False,
             raise UsageError(f"{name}: shape {tuple(weight.shape)} differs from --like's {tuple(keep.shape)}")
         restored += int(((weight != 0) & ~keep).sum())
         weight.mul_(keep.to(weight.dtype))
-    plan = PrunePlan(kind="semi24", strategy="semi24", method="remask",
-                     dense=geometry_dict(adapter.geometry(model)), semi24_targets=targets)
-    previous = json.loads((like / "llmprune_report.json").read_text()) if (like / "llmprune_report.json").is_file() else {}
+    plan = PrunePlan(
+        kind="semi24",
+        strategy="semi24",
+        method="remask",
+        dense=geometry_dict(adapter.geometry(model)),
+        semi24_targets=targets,
+    )
+    previous = PruneReport.load(like) or PruneReport()
     report = {
         "strategy": "semi24",
         "method": "remask",
         "settings": {"model": model_source, "like": str(like), "output": str(output)},
         "zeros_restored": restored,
-        "achieved_sparsity": previous.get("achieved_sparsity"),
-        "history": list(previous.get("history", [])) + [
-            {k: previous.get(k) for k in ("strategy", "method", "achieved_sparsity")} | {"model": str(like)}
+        "achieved_sparsity": previous.achieved_sparsity,
+        "history": [step.model_dump(mode="json", exclude_unset=True) for step in previous.history]
+        + [
+            {
+                "strategy": previous.strategy,
+                "method": previous.method,
+                "achieved_sparsity": previous.achieved_sparsity,
+                "model": str(like),
+            }
         ],
     }
     save_pruned(model, tokenizer, plan, report, output, dtype)

@@ -47,7 +47,13 @@ def unit_scores(
 
 
 def structured_layer_plan(
-    index: int, attn_scores: torch.Tensor, mlp_scores: torch.Tensor, k_attn: int, k_mlp: int, geom: Geometry, attn_unit: str
+    index: int,
+    attn_scores: torch.Tensor,
+    mlp_scores: torch.Tensor,
+    k_attn: int,
+    k_mlp: int,
+    geom: Geometry,
+    attn_unit: str,
 ) -> LayerPlan:
     """Keep the top ``k_attn`` attention units and ``k_mlp`` channels of one layer."""
     units = select_attention_units(attn_scores, k_attn, geom, attn_unit)

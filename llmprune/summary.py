@@ -4,37 +4,47 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from llmprune.progress import console
+from llmprune.report import PruneReport
 
 
 def _millions(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:,.2f}M"
 
 
-def print_prune_summary(report: dict[str, Any]) -> None:
-    table = Table(title=f"llmprune {report['strategy']} --method {report['method']}", show_header=False)
+def _percent(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2%}"
+
+
+def _seconds(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f} s"
+
+
+def print_prune_summary(report: PruneReport) -> None:
+    table = Table(title=f"llmprune {report.strategy} --method {report.method}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    table.add_row("requested sparsity", f"{report['requested_sparsity']:.2%}")
-    table.add_row("achieved sparsity", f"{report['achieved_sparsity']:.2%}")
+    table.add_row("requested sparsity", _percent(report.requested_sparsity))
+    table.add_row("achieved sparsity", _percent(report.achieved_sparsity))
     table.add_row(
         "decoder linear params",
-        f"{_millions(report['params_decoder_linear_dense'])} → {_millions(report['params_decoder_linear'])}",
+        f"{_millions(report.params_decoder_linear_dense)} → {_millions(report.params_decoder_linear)}",
     )
-    table.add_row("total params", f"{_millions(report['params_total_dense'])} → {_millions(report['params_total'])}")
-    widths = report.get("layer_widths")
-    if widths:
-        shapes = {(w["heads"], w["kv_heads"], w["channels"]) for w in widths}
+    table.add_row("total params", f"{_millions(report.params_total_dense)} → {_millions(report.params_total)}")
+    if report.layer_widths:
+        shapes = {(w["heads"], w["kv_heads"], w["channels"]) for w in report.layer_widths}
         if len(shapes) == 1:
             h, kv, ch = shapes.pop()
             table.add_row("per-layer widths", f"{h} heads, {kv} KV heads, {ch} MLP channels")
         else:
             table.add_row("per-layer widths", "heterogeneous (see llmprune_plan.json)")
-    table.add_row("prune time", f"{report['time_prune_s']:.1f} s (total {report['time_total_s']:.1f} s)")
-    table.add_row("peak memory", f"{report['peak_rss_mib']:.0f} MiB RSS")
-    table.add_row("output", str(report["output"]))
+    table.add_row("prune time", f"{_seconds(report.time_prune_s)} (total {_seconds(report.time_total_s)})")
+    if report.peak_rss_mib is not None:
+        table.add_row("peak memory", f"{report.peak_rss_mib:.0f} MiB RSS")
+    table.add_row("output", str(report.output))
     console.print(table)
 
 
@@ -44,18 +54,25 @@ def print_eval_summary(report: dict[str, Any]) -> None:
     table.add_column("")
     if "perplexity" in report:
         table.add_row("perplexity", f"{report['perplexity']:.3f}")
-        table.add_row("data", f"{report['data']} ({report['eval_windows']} windows × {report['seqlen']} = {report['eval_tokens']} tokens)")
+        table.add_row(
+            "data",
+            f"{report['data']} ({report['eval_windows']} windows × {report['seqlen']} = {report['eval_tokens']} tokens)",
+        )
     table.add_row("params total", f"{report['params_total']:,}")
     table.add_row("params decoder linear", f"{report['params_decoder_linear']:,}")
     pruning = report.get("pruning") or {}
     if pruning.get("method"):
-        table.add_row("pruned by", f"{pruning['strategy']} --method {pruning['method']} ({pruning['achieved_sparsity']:.2%})")
+        table.add_row(
+            "pruned by", f"{pruning['strategy']} --method {pruning['method']} ({pruning['achieved_sparsity']:.2%})"
+        )
     if "prefill_tokens_per_s" in report:
         table.add_row("prefill", f"{report['prefill_tokens_per_s']:,.0f} tokens/s")
         table.add_row("decode", f"{report['decode_tokens_per_s']:,.1f} tokens/s")
     if "speedup_prefill" in report:
-        table.add_row("speed-up vs baseline", f"prefill ×{report['speedup_prefill']:.2f}, decode ×{report['speedup_decode']:.2f} "
-                      f"({report['baseline']})")
+        table.add_row(
+            "speed-up vs baseline",
+            f"prefill ×{report['speedup_prefill']:.2f}, decode ×{report['speedup_decode']:.2f} ({report['baseline']})",
+        )
     table.add_row("device / dtype", f"{report['device']} / {report['dtype']}")
     console.print(table)
     if report.get("tasks"):
@@ -67,7 +84,14 @@ def print_task_summary(tasks: dict[str, Any]) -> None:
     settings = tasks["settings"]
     limit = f", limit {settings['limit']}" if settings.get("limit") else ""
     table = Table(title=f"tasks (lm-eval {settings['lm_eval_version']}, {settings['num_fewshot']}-shot{limit})")
-    for col, justify in (("task", "left"), ("examples", "right"), ("acc", "right"), ("acc_norm", "right"), ("other", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("task", "left"),
+        ("examples", "right"),
+        ("acc", "right"),
+        ("acc_norm", "right"),
+        ("other", "left"),
+    )
+    for col, justify in columns:
         table.add_column(col, justify=justify)
 
     def cell(row: dict[str, Any], metric: str) -> str:
@@ -78,8 +102,11 @@ def print_task_summary(tasks: dict[str, Any]) -> None:
 
     skip = {"n_samples", "n_available", "num_fewshot", "version", "group", "acc", "acc_norm"}
     for name, row in tasks["results"].items():
-        other = ", ".join(f"{k} {v:.4f}" for k, v in row.items()
-                          if k not in skip and not k.endswith("_stderr") and isinstance(v, float))
+        other = ", ".join(
+            f"{k} {v:.4f}"
+            for k, v in row.items()
+            if k not in skip and not k.endswith("_stderr") and isinstance(v, float)
+        )
         examples = "group" if row.get("group") else f"{row['n_samples']}/{row['n_available']}"
         table.add_row(name, examples, cell(row, "acc"), cell(row, "acc_norm"), other or "")
     console.print(table)
@@ -91,13 +118,19 @@ def print_inspect(info: dict[str, Any]) -> None:
     table.add_column("")
     table.add_row("model type", str(info["model_type"]))
     if info["pruned_by_llmprune"]:
-        table.add_row("pruned by", f"{info['strategy']} --method {info['method']} ({info['achieved_sparsity']:.2%} of decoder linear weights)")
+        table.add_row(
+            "pruned by",
+            f"{info['strategy']} --method {info['method']} ({info['achieved_sparsity']:.2%} of decoder linear weights)",
+        )
         settings = info.get("settings") or {}
         keys = ("model", "sparsity", "calib", "nsamples", "seqlen", "seed", "attn_unit")
         table.add_row("settings", ", ".join(f"{k}={settings[k]}" for k in keys if k in settings))
         for step in info.get("history", []):
-            table.add_row("applied before", f"{step.get('strategy')} --method {step.get('method')} "
-                          f"({step.get('achieved_sparsity', 0):.2%}) on {step.get('model')}")
+            table.add_row(
+                "applied before",
+                f"{step.get('strategy')} --method {step.get('method')} "
+                f"({step.get('achieved_sparsity', 0):.2%}) on {step.get('model')}",
+            )
     else:
         table.add_row("pruned by", "not an llmprune output")
     table.add_row("params total", f"{info['params_total']:,}")

@@ -41,7 +41,7 @@ class NullMLP(nn.Module):
 def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     """A new Linear keeping ``index`` along ``dim`` (0 = output rows, 1 = input columns)."""
     weight = linear.weight.index_select(dim, index.to(linear.weight.device)).clone()
-    bias = linear.bias
+    bias: torch.Tensor | None = linear.bias
     if bias is not None and dim == 0:
         bias = bias.index_select(0, index.to(bias.device)).clone()
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
@@ -117,7 +117,8 @@ def slice_layer(layer: nn.Module, adapter: ArchAdapter, lp: LayerPlan, head_dim:
             adapter.set_linear(layer, key, slice_linear(lin[key], ch, dim))
         mlp = adapter.mlp(layer)
         if hasattr(mlp, "intermediate_size"):
-            mlp.intermediate_size = len(lp.channels)
+            # torch types Module attributes as tensor or module only; a plain int is fine at runtime
+            mlp.intermediate_size = len(lp.channels)  # type: ignore[assignment]
 
 
 def slice_structured(model: nn.Module, adapter: ArchAdapter, plan: PrunePlan) -> None:
@@ -135,14 +136,19 @@ def slice_structured(model: nn.Module, adapter: ArchAdapter, plan: PrunePlan) ->
 
 
 def exported_config(model: nn.Module, adapter: ArchAdapter, plan: PrunePlan):
-    """The plain config describing the model after ``apply_plan``.
+    """The config written for the model after ``apply_plan`` (the one place that decides it).
 
-    Uniform structured plans get updated head counts and width with ``head_dim`` explicit
-    (methods.md §5); 2:4 and identity plans keep the original config. Non-uniform plans are
-    exported by the heterogeneous-width exporter, not here.
+    Uniform structured plans get a plain config with updated head counts and width, ``head_dim``
+    explicit (methods.md §5); non-uniform plans the heterogeneous-width config of
+    ``llmprune.hetero`` (per-layer widths, modeling file beside the weights); 2:4 and identity
+    plans keep the original config.
     """
-    if plan.kind != "structured" or not plan.layers or not plan.is_uniform:
+    if plan.kind != "structured" or not plan.layers:
         return model.config
+    if not plan.is_uniform:
+        from llmprune.hetero import hetero_config
+
+        return hetero_config(model.config, plan)
     first = plan.layers[0]
     return adapter.pruned_config(model.config, len(first.heads), len(first.kv_heads), len(first.channels))
 

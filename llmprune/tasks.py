@@ -131,8 +131,9 @@ def _metrics(entry: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
-def run_tasks(model: Any, tokenizer: Any, plan: TaskPlan, *, num_fewshot: int, limit: int | None,
-              batch_size: int) -> dict[str, Any]:
+def run_tasks(
+    model: Any, tokenizer: Any, plan: TaskPlan, *, num_fewshot: int, limit: int | None, batch_size: int
+) -> dict[str, Any]:
     """Evaluate ``model`` on the planned tasks; the JSON-ready ``tasks`` section of the eval report."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -141,7 +142,11 @@ def run_tasks(model: Any, tokenizer: Any, plan: TaskPlan, *, num_fewshot: int, l
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     try:
         out = simple_evaluate(
-            model=lm, tasks=plan.specs, num_fewshot=num_fewshot, limit=limit, task_manager=plan.manager,
+            model=lm,
+            tasks=plan.specs,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=plan.manager,
             log_samples=False,
         )
     except (ConnectionError, FileNotFoundError, OSError) as err:

@@ -26,9 +26,10 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel
@@ -40,8 +41,9 @@ from llmprune.errors import NumericalError, ResumeError
 from llmprune.trace import batch_rows
 
 #: Settings that do not change what a run computes: a resumed run may differ in them.
-RUN_CONTROL = frozenset({"resume", "overwrite", "output", "device", "offload_dir", "max_shard_size", "save_dtype",
-                         "method_options"})
+RUN_CONTROL = frozenset(
+    {"resume", "overwrite", "output", "device", "offload_dir", "max_shard_size", "save_dtype", "method_options"}
+)
 
 
 # ----- fingerprints and cached artefacts ----------------------------------------------------------
@@ -282,8 +284,9 @@ class Training:
 
     def _save(self, stage: int, step: int, trace: list[dict[str, Any]], method: LearnedMethod) -> None:
         if distributed.is_main():
-            state = Checkpoint(stage=stage, step=step, trace=list(trace), method=method.state_dict(),
-                               rng=torch.get_rng_state())
+            state = Checkpoint(
+                stage=stage, step=step, trace=list(trace), method=method.state_dict(), rng=torch.get_rng_state()
+            )
             save_artefact(self.checkpoint_path, state.__dict__, self.fingerprint)
 
     def run(self, method: LearnedMethod) -> Any:
@@ -303,12 +306,15 @@ class Training:
             for stage in range(start_stage, n_stages):
                 # A checkpoint inside this stage resumes it; one at its boundary starts it afresh.
                 inside = ckpt is not None and stage == start_stage and start_step > 0
-                trainable = method.begin_stage(stage, ckpt.method if inside else None)
+                trainable = method.begin_stage(stage, ckpt.method if inside and ckpt is not None else None)
                 start = start_step if inside else 0
-                if inside and ckpt.rng is not None:
+                if inside and ckpt is not None and ckpt.rng is not None:
                     torch.set_rng_state(ckpt.rng)
-                forward = distributed.data_parallel(list(trainable), lambda t: model(t, use_cache=False).logits,
-                                                    find_unused_parameters=method.find_unused_parameters)
+                forward = distributed.data_parallel(
+                    list(trainable),
+                    lambda t: model(t, use_cache=False).logits,
+                    find_unused_parameters=method.find_unused_parameters,
+                )
                 for step in range(start, T):
                     rows = batch_rows(stage * T + step, n_samples, bs, ctx.settings.seed)
                     n_rows = rows.numel()

@@ -30,7 +30,9 @@ def check_offload_dir(offload: Path | None, model: str, output: Path) -> Path | 
         raise OutputExistsError(f"--offload-dir {offload} exists and is a file")
     source = Path(model).expanduser()
     if source.exists() and overlaps(path, source.resolve()):
-        raise OutputExistsError(f"--offload-dir {offload} overlaps the input model folder {model}; choose another folder")
+        raise OutputExistsError(
+            f"--offload-dir {offload} overlaps the input model folder {model}; choose another folder"
+        )
     if overlaps(path, output.expanduser().resolve()):
         raise OutputExistsError(f"--offload-dir {offload} overlaps the output folder {output}; choose another folder")
     created = None
@@ -55,7 +57,9 @@ class Workspace:
         check_output(s.output, s.model, s.overwrite)
         self.created_offload = check_offload_dir(s.offload_dir, s.model, s.output)
         if s.resume and not self.pruner_cls.resumable:
-            self.reporter.log(f"[yellow]note:[/] {s.strategy} --method {s.method} is one-shot; --resume has nothing to resume")
+            self.reporter.log(
+                f"[yellow]note:[/] {s.strategy} --method {s.method} is one-shot; --resume has nothing to resume"
+            )
         if s.resume and self.pruner_cls.resumable and not self.work.exists():
             raise ResumeError(f"--resume: no checkpoint folder {self.work} from an earlier run of this output")
         self.lock.acquire()  # before touching anything another run may be using
@@ -91,7 +95,9 @@ class Workspace:
                 return Interrupted(f"{what}; {kept}", code)
             if self.pruner_cls.resumable:
                 return Interrupted(f"{what} before the first checkpoint; nothing to resume, rerun to start again", code)
-            return Interrupted(f"{what}; nothing was written ({self.settings.method} is one-shot: rerun to start again)", code)
+            return Interrupted(
+                f"{what}; nothing was written ({self.settings.method} is one-shot: rerun to start again)", code
+            )
         if not isinstance(err, LlmpruneError) and disk_full(err):
             err = OutputExistsError(f"no space left on device: {err}".splitlines()[0])
         if isinstance(err, LlmpruneError) and resumable:

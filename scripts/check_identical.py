@@ -30,20 +30,88 @@ SHARED = (ROOT.parent / "shared").resolve()
 REFERENCE = SHARED if (SHARED / "refmodel" / "config.json").is_file() else ROOT / "examples"
 MODEL = REFERENCE / "refmodel"
 CALIB = REFERENCE / "data" / "calib.txt"
-COMMON = ["--calib", str(CALIB), "--nsamples", "16", "--seqlen", "128", "--batch-size", "4", "--seed", "0",
-          "--device", "cpu"]
+COMMON = [
+    "--calib",
+    str(CALIB),
+    "--nsamples",
+    "16",
+    "--seqlen",
+    "128",
+    "--batch-size",
+    "4",
+    "--seed",
+    "0",
+    "--device",
+    "cpu",
+]
 FILES = ("model.safetensors", "llmprune_plan.json", "config.json")
 
 #: name -> command-line arguments after the model (small settings: about a minute each on 2 cores).
 CASES: dict[str, list[str]] = {
-    "minimax": ["uniform", "--method", "minimax", "--sparsity", "0.4", "--steps", "8", "--lora-rank", "4",
-                "--teacher-topk", "16", "--checkpoint-every", "4"],
-    "proxsparse": ["semi24", "--method", "proxsparse", "--steps", "6", "--lr", "0.02", "--lambda1", "0.3",
-                   "--lambda2", "0.1", "--layers-per-stage", "4", "--checkpoint-every", "2", "--refit", "obs"],
-    "proxsparse_init": ["semi24", "--method", "proxsparse", "--steps", "3", "--metric", "plain",
-                        "--init-mask", "sparsegpt"],
-    "tyr": ["global", "--method", "tyr", "--sparsity", "0.4", "--generations", "2", "--offspring", "4",
-            "--select-tokens", "64,128,256", "--survivors", "2,1", "--iterations", "2", "--topk-logits", "50"],
+    "minimax": [
+        "uniform",
+        "--method",
+        "minimax",
+        "--sparsity",
+        "0.4",
+        "--steps",
+        "8",
+        "--lora-rank",
+        "4",
+        "--teacher-topk",
+        "16",
+        "--checkpoint-every",
+        "4",
+    ],
+    "proxsparse": [
+        "semi24",
+        "--method",
+        "proxsparse",
+        "--steps",
+        "6",
+        "--lr",
+        "0.02",
+        "--lambda1",
+        "0.3",
+        "--lambda2",
+        "0.1",
+        "--layers-per-stage",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--refit",
+        "obs",
+    ],
+    "proxsparse_init": [
+        "semi24",
+        "--method",
+        "proxsparse",
+        "--steps",
+        "3",
+        "--metric",
+        "plain",
+        "--init-mask",
+        "sparsegpt",
+    ],
+    "tyr": [
+        "global",
+        "--method",
+        "tyr",
+        "--sparsity",
+        "0.4",
+        "--generations",
+        "2",
+        "--offspring",
+        "4",
+        "--select-tokens",
+        "64,128,256",
+        "--survivors",
+        "2,1",
+        "--iterations",
+        "2",
+        "--topk-logits",
+        "50",
+    ],
     "wanda_sp": ["uniform", "--method", "wanda", "--sparsity", "0.4"],
     "sparsegpt": ["semi24", "--method", "sparsegpt"],
 }
@@ -53,8 +121,12 @@ def run_case(name: str, workdir: Path) -> dict[str, str]:
     """Run one case and hash its export."""
     args = CASES[name]
     out = workdir / name
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
     cmd = [sys.executable, "-m", "llmprune", args[0], str(MODEL), "-o", str(out), *COMMON, *args[1:]]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
     if proc.returncode != 0:
@@ -84,7 +156,9 @@ def main() -> int:
             ok = want == got
             if not ok:
                 failed.append(name)
-            diff = "" if ok or want is None else " (" + ", ".join(f for f in FILES if want.get(f) != got[f]) + " differ)"
+            diff = (
+                "" if ok or want is None else " (" + ", ".join(f for f in FILES if want.get(f) != got[f]) + " differ)"
+            )
             print(f"{name}: {'identical' if ok else 'NO RECORD' if want is None else 'DIFFERENT'}{diff}")
     if args.record:
         HASHES.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")

@@ -1,6 +1,6 @@
 """Regenerate llmprune/resources/builtin_calib.txt from Python standard-library docstrings (PSF licence).
 
-    python scripts/make_builtin_calib.py
+python scripts/make_builtin_calib.py
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from helpers import read_json, run_cli
 
-from conftest import read_json, run_cli
 from llmprune.alignment import Alignment, misaligned_widths
 from llmprune.arch import Geometry
 from llmprune.masks import attn_params_kept, uniform_widths
@@ -47,8 +47,9 @@ def test_tyr_levels_stay_on_the_grid(attn_unit):
     align = Alignment(64)
     types = module_types(REF, attn_unit, align)
     k_attn, k_mlp = uniform_widths(REF, 0.5, attn_unit, align)
-    spec = SupernetSpec(centers={"o": [k_attn], "down": [k_mlp]},
-                        steps={k: types[k].step(0.125) for k in types}, delta=0.125)
+    spec = SupernetSpec(
+        centers={"o": [k_attn], "down": [k_mlp]}, steps={k: types[k].step(0.125) for k in types}, delta=0.125
+    )
     for level in spec.levels("down", 0, REF.intermediate_size):
         assert level % 64 == 0 or level == REF.intermediate_size
     head_unit = REF.group_size if attn_unit == "group" else 1
@@ -57,10 +58,17 @@ def test_tyr_levels_stay_on_the_grid(attn_unit):
 
 
 def test_misaligned_widths_are_named():
-    widths = [{"layer": 0, "heads": 6, "kv_heads": 4, "channels": 525}, {"layer": 1, "heads": 8, "kv_heads": 4, "channels": 512}]
+    widths = [
+        {"layer": 0, "heads": 6, "kv_heads": 4, "channels": 525},
+        {"layer": 1, "heads": 8, "kv_heads": 4, "channels": 512},
+    ]
     assert misaligned_widths(widths, head_dim=16) == ["layer 0 mlp 525"]
-    assert misaligned_widths(widths, head_dim=20) == ["layer 0 attention 120", "layer 0 kv 80", "layer 0 mlp 525",
-                                                       "layer 1 kv 80"]
+    assert misaligned_widths(widths, head_dim=20) == [
+        "layer 0 attention 120",
+        "layer 0 kv 80",
+        "layer 0 mlp 525",
+        "layer 1 kv 80",
+    ]
 
 
 def test_cli_uniform_align(tmp_path, model_dir):

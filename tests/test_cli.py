@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import folder_hash, read_json
+from helpers import run_cli as run
 from transformers import AutoModelForCausalLM
 
-from conftest import folder_hash, read_json, run_cli as run
 from llmprune.arch import ArchAdapter
 from llmprune.masks import max_nonzeros_per_group
 
@@ -28,20 +29,45 @@ def load(folder: Path):
 def test_uniform_baselines_export_plain_loadable_models(model_dir, calib, tmp_path, method, attn_unit):
     before = folder_hash(model_dir)
     out = tmp_path / "out"
-    result = run("uniform", model_dir, "-o", out, "--sparsity", "0.3", "--method", method,
-                 "--attn-unit", attn_unit, "--calib", calib, "--save-dtype", "float32", *SMALL)
+    result = run(
+        "uniform",
+        model_dir,
+        "-o",
+        out,
+        "--sparsity",
+        "0.3",
+        "--method",
+        method,
+        "--attn-unit",
+        attn_unit,
+        "--calib",
+        calib,
+        "--save-dtype",
+        "float32",
+        *SMALL,
+    )
     assert result.exit_code == 0, result.output
     assert folder_hash(model_dir) == before, "the input model must never change"
-    assert sorted(p.name for p in out.iterdir()) == sorted([
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-        "tokenizer_config.json", "llmprune_plan.json", "llmprune_report.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "llmprune_plan.json",
+            "llmprune_report.json",
+        ]
+    )
     report = read_json(out / "llmprune_report.json")
     assert abs(report["achieved_sparsity"] - 0.3) < 0.02
     assert report["method"] == method and report["seed"] == 0 and report["versions"]["torch"]
     assert len(report["layer_sparsity"]) == 2 and report["time_prune_s"] >= 0 and report["peak_rss_mib"] > 0
     model = load(out)
     adapter = ArchAdapter.for_model(model)
-    widths = {(adapter.linear(l, "q").out_features, adapter.linear(l, "down").in_features) for l in adapter.layers(model)}
+    widths = {
+        (adapter.linear(l, "q").out_features, adapter.linear(l, "down").in_features) for l in adapter.layers(model)
+    }
     assert len(widths) == 1, "uniform pruning keeps the same widths in every layer"
     assert adapter.decoder_linear_params(model) == report["params_decoder_linear"]
     config = read_json(out / "config.json")
@@ -53,7 +79,9 @@ def test_uniform_baselines_export_plain_loadable_models(model_dir, calib, tmp_pa
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_semi24_exports_exact_pattern_and_leaves_the_rest(model_dir, calib, tmp_path, method):
     out = tmp_path / "out"
-    result = run("semi24", model_dir, "-o", out, "--method", method, "--calib", calib, "--save-dtype", "float32", *SMALL)
+    result = run(
+        "semi24", model_dir, "-o", out, "--method", method, "--calib", calib, "--save-dtype", "float32", *SMALL
+    )
     assert result.exit_code == 0, result.output
     dense, pruned = load(model_dir), load(out)
     adapter = ArchAdapter.for_model(pruned)
@@ -77,12 +105,20 @@ def test_semi24_exports_exact_pattern_and_leaves_the_rest(model_dir, calib, tmp_
 
 def test_eval_reports_the_contract_keys(model_dir, calib, tmp_path):
     report_path = tmp_path / "r.json"
-    result = run("eval", model_dir, "--data", calib, "--seqlen", "32", "--json", report_path,
-                 "--speed", "--speed-repeats", "1")
+    result = run(
+        "eval", model_dir, "--data", calib, "--seqlen", "32", "--json", report_path, "--speed", "--speed-repeats", "1"
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
-    for key in ("perplexity", "seqlen", "eval_tokens", "params_total", "params_decoder_linear",
-                "prefill_tokens_per_s", "decode_tokens_per_s"):
+    for key in (
+        "perplexity",
+        "seqlen",
+        "eval_tokens",
+        "params_total",
+        "params_decoder_linear",
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+    ):
         assert key in report, key
     assert report["seqlen"] == 32 and report["eval_tokens"] % 32 == 0
     assert report["perplexity"] > 1 and report["prefill_tokens_per_s"] > 0
@@ -90,8 +126,21 @@ def test_eval_reports_the_contract_keys(model_dir, calib, tmp_path):
 
 def test_sparsity_zero_changes_nothing(model_dir, calib, tmp_path):
     out = tmp_path / "out"
-    result = run("uniform", model_dir, "-o", out, "--sparsity", "0", "--method", "wanda", "--calib", calib,
-                 "--save-dtype", "float32", *SMALL)
+    result = run(
+        "uniform",
+        model_dir,
+        "-o",
+        out,
+        "--sparsity",
+        "0",
+        "--method",
+        "wanda",
+        "--calib",
+        calib,
+        "--save-dtype",
+        "float32",
+        *SMALL,
+    )
     assert result.exit_code == 0, result.output
     tokens = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -127,15 +176,48 @@ BAD_CASES = {
     "sparsity negative": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--sparsity", "-0.1"], 2, "sparsity"),
     "sparsity nan": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--sparsity", "nan"], 2, "sparsity"),
     "semi24 sparsity": (lambda d, c, t: ["semi24", d, "-o", t / "o", "--sparsity", "0.3"], 2, "half"),
-    "unknown method": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--method", "bogus"], 7, "known methods: magnitude"),
+    "unknown method": (
+        lambda d, c, t: ["uniform", d, "-o", t / "o", "--method", "bogus"],
+        7,
+        "known methods: magnitude",
+    ),
     "nsamples 0": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--nsamples", "0", "--calib", c], 2, "nsamples"),
     "bad dtype": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--dtype", "int8", "--calib", c], 2, "dtype"),
-    "seqlen too long": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", c, "--seqlen", "4096", "--method", "wanda"], 2, "context"),
-    "missing calib": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", t / "none.txt", "--method", "wanda", *SMALL], 5, "not found"),
-    "too little calib": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", c, "--method", "wanda", "--seqlen", "64", "--nsamples", "5000"], 5, "windows of 64"),
+    "seqlen too long": (
+        lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", c, "--seqlen", "4096", "--method", "wanda"],
+        2,
+        "context",
+    ),
+    "missing calib": (
+        lambda d, c, t: ["uniform", d, "-o", t / "o", "--calib", t / "none.txt", "--method", "wanda", *SMALL],
+        5,
+        "not found",
+    ),
+    "too little calib": (
+        lambda d, c, t: [
+            "uniform",
+            d,
+            "-o",
+            t / "o",
+            "--calib",
+            c,
+            "--method",
+            "wanda",
+            "--seqlen",
+            "64",
+            "--nsamples",
+            "5000",
+        ],
+        5,
+        "windows of 64",
+    ),
     "output is input": (lambda d, c, t: ["uniform", d, "-o", d, "--method", "magnitude"], 6, "overlaps the input"),
     "output is a file": (lambda d, c, t: ["uniform", d, "-o", c, "--method", "magnitude"], 6, "is a file"),
-    "bad attn unit": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--attn-unit", "heads", "--method", "magnitude"], 2, "attn-unit"),
+    "bad attn unit": (
+        lambda d, c, t: ["uniform", d, "-o", t / "o", "--attn-unit", "heads", "--method", "magnitude"],
+        2,
+        "attn-unit",
+    ),
     "eval missing data": (lambda d, c, t: ["eval", d, "--data", t / "none.txt", "--seqlen", "32"], 5, "not found"),
 }
 
@@ -155,8 +237,11 @@ def test_bad_input_is_one_clear_line(case, model_dir, calib, tmp_path):
 
 
 def test_subprocess_error_has_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "llmprune", "uniform", str(tmp_path / "missing"), "-o", str(tmp_path / "o")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmprune", "uniform", str(tmp_path / "missing"), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 3
     assert proc.stderr.strip().startswith("error: model folder not found")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -193,7 +278,9 @@ def test_exported_model_equals_the_plan_applied_as_masks(model_dir, calib, tmp_p
     from llmprune.surgery import mask_structured
 
     out = tmp_path / "out"
-    result = run("uniform", model_dir, "-o", out, "--sparsity", "0.4", "--method", "magnitude", "--save-dtype", "float32")
+    result = run(
+        "uniform", model_dir, "-o", out, "--sparsity", "0.4", "--method", "magnitude", "--save-dtype", "float32"
+    )
     assert result.exit_code == 0, result.output
     plan = PrunePlan.load(out)
     assert PrunePlan.model_validate_json(plan.model_dump_json()) == plan  # JSON round-trip
@@ -206,7 +293,9 @@ def test_exported_model_equals_the_plan_applied_as_masks(model_dir, calib, tmp_p
 
 def test_large_outputs_are_sharded(model_dir, tmp_path):
     out = tmp_path / "out"
-    result = run("uniform", model_dir, "-o", out, "--method", "magnitude", "--sparsity", "0.2", "--max-shard-size", "100KB")
+    result = run(
+        "uniform", model_dir, "-o", out, "--method", "magnitude", "--sparsity", "0.2", "--max-shard-size", "100KB"
+    )
     assert result.exit_code == 0, result.output
     shards = sorted(p.name for p in out.glob("model-*.safetensors"))
     assert len(shards) > 1 and (out / "model.safetensors.index.json").exists()
@@ -215,7 +304,9 @@ def test_large_outputs_are_sharded(model_dir, tmp_path):
 
 def test_bfloat16_compute_still_gives_exact_24(model_dir, calib, tmp_path):
     out = tmp_path / "out"
-    result = run("semi24", model_dir, "-o", out, "--method", "sparsegpt", "--dtype", "bfloat16", "--calib", calib, *SMALL)
+    result = run(
+        "semi24", model_dir, "-o", out, "--method", "sparsegpt", "--dtype", "bfloat16", "--calib", calib, *SMALL
+    )
     assert result.exit_code == 0, result.output
     report = read_json(out / "llmprune_report.json")
     assert report["compute_dtype"] == "bfloat16" and report["achieved_sparsity"] == pytest.approx(0.5)
@@ -258,18 +349,34 @@ def test_eval_speed_against_a_baseline(model_dir, calib, tmp_path):
     out = tmp_path / "pruned"
     assert run("uniform", model_dir, "-o", out, "--method", "magnitude", "--sparsity", "0.5").exit_code == 0
     report_path = tmp_path / "r.json"
-    result = run("eval", out, "--data", calib, "--seqlen", "32", "--speed", "--speed-repeats", "1",
-                 "--baseline", model_dir, "--json", report_path)
+    result = run(
+        "eval",
+        out,
+        "--data",
+        calib,
+        "--seqlen",
+        "32",
+        "--speed",
+        "--speed-repeats",
+        "1",
+        "--baseline",
+        model_dir,
+        "--json",
+        report_path,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     assert report["baseline"] == str(model_dir)
-    assert report["speedup_prefill"] == pytest.approx(report["prefill_tokens_per_s"] / report["baseline_prefill_tokens_per_s"])
+    assert report["speedup_prefill"] == pytest.approx(
+        report["prefill_tokens_per_s"] / report["baseline_prefill_tokens_per_s"]
+    )
     result = run("eval", out, "--data", calib, "--baseline", model_dir)
     assert result.exit_code == 2 and "add --speed" in result.output
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "examples" / "recipes").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "recipe", sorted((Path(__file__).parents[1] / "examples" / "recipes").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_example_recipes_use_only_known_options(recipe):
     """Every shipped recipe parses and names only options its command has."""
     import yaml
@@ -284,6 +391,171 @@ def test_example_recipes_use_only_known_options(recipe):
     assert data["method"] in methods(strategy)
 
 
+# ----- method options: declared once (pydantic Options), flags generated ---------------------
+def test_a_flag_of_another_method_is_a_usage_error(model_dir, tmp_path):
+    before = folder_hash(model_dir)
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--method", "wanda", "--lora-rank", "8")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --lora-rank is an option of minimax, not of uniform --method wanda")
+    assert len(result.output.strip().splitlines()) == 1
+    # Given explicitly, even with the default value, it is still a flag wanda does not use.
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--method", "magnitude", "--steps", "100")
+    assert result.exit_code == 2 and "--steps is an option of minimax" in result.output
+    result = run("semi24", model_dir, "-o", tmp_path / "o", "--method", "sparsegpt", "--no-distill")
+    assert result.exit_code == 2  # --distill is not a semi24 flag at all (click's own usage error)
+    result = run("semi24", model_dir, "-o", tmp_path / "o", "--method", "sparsegpt", "--lambda1", "0.2")
+    assert result.exit_code == 2 and "--lambda1 is an option of proxsparse" in result.output
+    assert folder_hash(model_dir) == before and not (tmp_path / "o").exists()
+
+
+def test_a_recipe_key_of_another_method_is_a_usage_error(model_dir, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: wanda\nlora_rank: 8\n")
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--config", recipe)
+    assert result.exit_code == 2, result.output
+    assert "lora_rank is an option of minimax, not of uniform --method wanda" in result.output
+    assert str(recipe) in result.output and not (tmp_path / "o").exists()
+    # The method given on the command line decides: the same key is fine for minimax.
+    recipe.write_text("lora_rank: 8\n")
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--config", recipe, "--method", "magnitude")
+    assert result.exit_code == 2 and "lora_rank is an option of minimax" in result.output
+
+
+@pytest.fixture
+def captured_settings(monkeypatch):
+    """Run the CLI up to the pipeline: the validated settings are captured instead of pruning."""
+    import llmprune.pipeline
+    import llmprune.summary
+
+    seen = []
+    monkeypatch.setattr(llmprune.pipeline, "run_prune", lambda settings: seen.append(settings) or {})
+    monkeypatch.setattr(llmprune.summary, "print_prune_summary", lambda report: None)
+    return seen
+
+
+def test_method_options_reach_the_method_with_its_defaults(tmp_path, captured_settings):
+    from llmprune.pruners.minimax import MinimaxOptions
+
+    assert run("uniform", "m", "-o", tmp_path / "o").exit_code == 0
+    assert run("uniform", "m", "-o", tmp_path / "o", "--lora-rank", "4", "--no-distill").exit_code == 0
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lora_rank: 2\nsteps: 7\n")
+    assert run("uniform", "m", "-o", tmp_path / "o", "--config", recipe, "--steps", "9").exit_code == 0
+    assert run("uniform", "m", "-o", tmp_path / "o", "--method", "wanda").exit_code == 0
+    defaults, flags, recipe_run, wanda = (s.method_options for s in captured_settings)
+    assert defaults == MinimaxOptions().model_dump()
+    assert flags == {**defaults, "lora_rank": 4, "distill": False}
+    assert recipe_run == {**defaults, "lora_rank": 2, "steps": 9}  # the flag overrides the recipe
+    assert wanda == {}  # nothing of minimax's rides along with another method
+
+
+def _fake_methods(monkeypatch, first: dict, second: dict):
+    """Register two throw-away uniform methods whose Options have the given fields."""
+    from pydantic import create_model
+
+    from llmprune.pruners import base
+
+    classes = {}
+    for name, fields in (("fake_a", first), ("fake_b", second)):
+        options = create_model(f"{name}_options", **fields)
+        classes[name] = type(
+            name,
+            (base.Pruner,),
+            {
+                "strategy": "uniform",
+                "method": name,
+                "Options": options,
+                "prune": lambda self, ctx: None,
+                "summary": name,
+            },
+        )
+        monkeypatch.setitem(base._REGISTRY["uniform"], name, classes[name])
+    return classes
+
+
+def test_a_name_shared_by_two_methods_keeps_each_methods_default(monkeypatch, tmp_path, captured_settings):
+    from pydantic import Field
+    from typer.testing import CliRunner
+
+    from llmprune.cli import _prune_command
+    from llmprune.pruners.base import cli_options
+
+    _fake_methods(
+        monkeypatch,
+        {"rounds": (int, Field(5, description="rounds of a"))},
+        {"rounds": (int, Field(7, description="rounds of b")), "only_b": (bool, Field(True, description="b only"))},
+    )
+    (rounds,) = [o for o in cli_options("uniform") if o.name == "rounds"]
+    assert rounds.methods == ("fake_a", "fake_b") and rounds.default is None and not rounds.shared_default
+    app = typer_app(_prune_command("uniform"))
+    invoke = lambda *args: CliRunner().invoke(app, [str(a) for a in args], env=WIDE)  # noqa: E731
+    help_text = " ".join(invoke("--help").output.split())
+    assert "fake_a: rounds of a" in help_text and "fake_b: rounds of b" in help_text
+    assert "fake_a 5, fake_b 7" in help_text
+    for method, expected in (("fake_a", 5), ("fake_b", 7)):
+        assert invoke("m", "-o", tmp_path / "o", "--method", method).exit_code == 0
+        assert captured_settings[-1].method_options["rounds"] == expected
+        assert invoke("m", "-o", tmp_path / "o", "--method", method, "--rounds", "3").exit_code == 0
+        assert captured_settings[-1].method_options["rounds"] == 3
+    result = invoke("m", "-o", tmp_path / "o", "--method", "fake_a", "--no-only-b")
+    assert result.exit_code == 2 and "--only-b is an option of fake_b, not of uniform --method fake_a" in result.output
+
+
+#: A terminal wide enough that --help never wraps a line.
+WIDE = {"COLUMNS": "4000", "TERMINAL_WIDTH": "4000"}
+
+
+def typer_app(command):
+    import typer
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(command)
+    return app
+
+
+def test_a_name_shared_with_two_types_or_without_help_is_refused(monkeypatch):
+    from pydantic import Field
+
+    from llmprune.pruners.base import cli_options
+
+    _fake_methods(
+        monkeypatch, {"rounds": (int, Field(5, description="a"))}, {"rounds": (float, Field(7.0, description="b"))}
+    )
+    with pytest.raises(TypeError, match="rounds.*float.*int"):
+        cli_options("uniform")
+    _fake_methods(monkeypatch, {"rounds": (int, Field(5, description="a"))}, {"rounds": (int, 5)})
+    with pytest.raises(TypeError, match="description"):
+        cli_options("uniform")
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "global", "semi24"])
+def test_help_shows_every_method_option_with_its_description(strategy):
+    from typer.testing import CliRunner
+
+    from llmprune.cli import app
+    from llmprune.pruners.base import cli_options, methods
+
+    result = CliRunner().invoke(app, [strategy, "--help"], env=WIDE)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    declared = {(m, n) for m, cls in methods(strategy).items() for n in cls.Options.model_fields}
+    assert {(m, o.name) for o in cli_options(strategy) for m in o.methods} == declared
+    for opt in cli_options(strategy):
+        assert opt.flag in text
+        for method, field in ((m, methods(strategy)[m].Options.model_fields[opt.name]) for m in opt.methods):
+            assert " ".join(f"{method}: {field.description}".split()) in text, (opt.name, method)
+
+
+def test_an_option_the_method_does_not_declare_is_refused_by_the_pruner():
+    from llmprune.errors import UsageError
+    from llmprune.pruners.base import get_pruner_class
+
+    with pytest.raises(UsageError, match="lora_rank"):
+        get_pruner_class("uniform", "wanda")({"lora_rank": 8})
+    with pytest.raises(UsageError, match="lora_rnak"):
+        get_pruner_class("uniform", "minimax")({"lora_rnak": 8})
+
+
 @pytest.mark.parametrize("method", ["wanda", "magnitude"])
 def test_global_has_uniform_width_baselines(model_dir, calib, tmp_path, method):
     """`global --method wanda|magnitude`: the uniform-width scores, the reference a searched
@@ -291,8 +563,9 @@ def test_global_has_uniform_width_baselines(model_dir, calib, tmp_path, method):
     outs = {}
     for strategy in ("global", "uniform"):
         outs[strategy] = tmp_path / strategy
-        result = run(strategy, model_dir, "-o", outs[strategy], "--method", method, "--sparsity", "0.4",
-                     "--calib", calib, *SMALL)
+        result = run(
+            strategy, model_dir, "-o", outs[strategy], "--method", method, "--sparsity", "0.4", "--calib", calib, *SMALL
+        )
         assert result.exit_code == 0, result.output
     report = read_json(outs["global"] / "llmprune_report.json")
     assert (report["strategy"], report["method"]) == ("global", method)

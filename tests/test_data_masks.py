@@ -9,8 +9,8 @@ import types
 
 import pytest
 import torch
+from helpers import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
 
-from conftest import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
 from llmprune import data
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.errors import DataError, UnsupportedArchitectureError
@@ -162,8 +162,10 @@ def test_sparsegpt_is_24_and_beats_magnitude_on_reconstruction():
     assert max_nonzeros_per_group(W_sgpt) == 2
     W_mag = W * nm_mask(W.abs())
     W_wanda = W * nm_mask(W.abs() * X.norm(dim=0))
-    err = {name: float(((X @ (w - W).T) ** 2).sum()) for name, w in
-           [("sparsegpt", W_sgpt), ("magnitude", W_mag), ("wanda", W_wanda)]}
+    err = {
+        name: float(((X @ (w - W).T) ** 2).sum())
+        for name, w in [("sparsegpt", W_sgpt), ("magnitude", W_mag), ("wanda", W_wanda)]
+    }
     assert err["sparsegpt"] < err["wanda"] < err["magnitude"]
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_tiny_model, read_json, run_cli, save_tiny_model, tiny_tokenizer
 from safetensors.torch import load_file
 
-from conftest import make_tiny_model, read_json, run_cli, save_tiny_model, tiny_tokenizer
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.export import save_pruned
 from llmprune.plan import LayerPlan, PrunePlan
@@ -115,10 +115,13 @@ def _uneven_plan(model, adapter) -> PrunePlan:
     return plan
 
 
-@pytest.mark.parametrize("plan_fn, overrides", [
-    (_group_plan, {}),
-    (_uneven_plan, {"num_attention_heads": 8, "num_key_value_heads": 4}),
-])
+@pytest.mark.parametrize(
+    "plan_fn, overrides",
+    [
+        (_group_plan, {}),
+        (_uneven_plan, {"num_attention_heads": 8, "num_key_value_heads": 4}),
+    ],
+)
 def test_deci_folder_computes_the_same_function(tmp_path, plan_fn, overrides):
     out, expected, deci = _export(tmp_path, plan_fn, **overrides)
     config = read_json(out / "config.json")
@@ -131,8 +134,11 @@ def test_deci_folder_computes_the_same_function(tmp_path, plan_fn, overrides):
     with torch.no_grad():
         torch.testing.assert_close(loaded(TOKENS).logits, expected, atol=1e-5, rtol=1e-5)
     # the padding the report states is what the weights hold beyond our kept widths
-    stored = sum(v.numel() for k, v in load_file(str(out / "model.safetensors")).items()
-                 if k.startswith("model.layers.") and k.endswith("proj.weight"))
+    stored = sum(
+        v.numel()
+        for k, v in load_file(str(out / "model.safetensors")).items()
+        if k.startswith("model.layers.") and k.endswith("proj.weight")
+    )
     plan = PrunePlan.load(out)
     geom = Geometry(**plan.dense)
     kept = sum(geom.layer_linear_params(len(lp.heads), len(lp.kv_heads), len(lp.channels)) for lp in plan.layers)
@@ -150,8 +156,9 @@ def test_uneven_kv_heads_are_padded_to_a_divisor(tmp_path):
 
 def test_cli_uniform_deci_and_refusals(tmp_path, model_dir, calib):
     out = tmp_path / "u"
-    result = run_cli("uniform", model_dir, "-o", out, "--sparsity", "0.5", "--method", "magnitude",
-                     "--export-format", "deci")
+    result = run_cli(
+        "uniform", model_dir, "-o", out, "--sparsity", "0.5", "--method", "magnitude", "--export-format", "deci"
+    )
     assert result.exit_code == 0, result.output
     assert read_json(out / "llmprune_report.json")["deci"]["padding_params"] >= 0
     assert (out / "modeling_decilm.py").is_file()
@@ -163,10 +170,38 @@ def test_cli_uniform_deci_and_refusals(tmp_path, model_dir, calib):
 def test_tyr_deci_search_space_needs_no_padding(tmp_path, calib):
     model_dir = save_tiny_model(tmp_path / "wide", "llama", num_hidden_layers=3, intermediate_size=768)
     out = tmp_path / "g"
-    result = run_cli("global", model_dir, "-o", out, "--sparsity", "0.5", "--calib", calib, "--nsamples", "6",
-                     "--seqlen", "32", "--generations", "2", "--offspring", "4", "--select-tokens", "32,64,128",
-                     "--survivors", "2,1", "--iterations", "2", "--topk-logits", "50", "--budget-split", "free",
-                     "--search-space", "deci", "--export-format", "deci")
+    result = run_cli(
+        "global",
+        model_dir,
+        "-o",
+        out,
+        "--sparsity",
+        "0.5",
+        "--calib",
+        calib,
+        "--nsamples",
+        "6",
+        "--seqlen",
+        "32",
+        "--generations",
+        "2",
+        "--offspring",
+        "4",
+        "--select-tokens",
+        "32,64,128",
+        "--survivors",
+        "2,1",
+        "--iterations",
+        "2",
+        "--topk-logits",
+        "50",
+        "--budget-split",
+        "free",
+        "--search-space",
+        "deci",
+        "--export-format",
+        "deci",
+    )
     assert result.exit_code == 0, result.output
     report = read_json(out / "llmprune_report.json")
     for width in report["layer_widths"]:

@@ -17,14 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_tiny_model, read_json
 
-from conftest import make_tiny_model, read_json
 from llmprune import distributed
-from llmprune.arch import LINEAR_KEYS, ArchAdapter
+from llmprune.arch import ArchAdapter
 from llmprune.capture import LayerwiseRunner
 from llmprune.config import PruneSettings
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext, PruneResult, get_pruner_class
+
+pytestmark = pytest.mark.distributed
 
 WORLD = 2
 NSAMPLES, SEQLEN = 8, 32
@@ -43,15 +45,36 @@ def _calib() -> torch.Tensor:
     return torch.randint(0, 300, (NSAMPLES, SEQLEN), generator=torch.Generator().manual_seed(0))
 
 
-def _ctx(work: Path, strategy: str, method: str, sparsity: float = 0.4, batch_size: int = 4, layers: int = 2,
-         **options) -> PruneContext:
+def _ctx(
+    work: Path, strategy: str, method: str, sparsity: float = 0.4, batch_size: int = 4, layers: int = 2, **options
+) -> PruneContext:
     work.mkdir(parents=True, exist_ok=True)
+    if strategy == "semi24":
+        sparsity = 0.5  # 2:4 always removes half; PruneSettings refuses any other value
     model = make_tiny_model("llama", num_hidden_layers=layers)
-    settings = PruneSettings(strategy=strategy, method=method, model="tiny", output=work / "out", sparsity=sparsity,
-                             calib="builtin", nsamples=NSAMPLES, seqlen=SEQLEN, seed=0, batch_size=batch_size,
-                             method_options=options)
-    return PruneContext(model=model, adapter=ArchAdapter.for_model(model), tokenizer=None, calib=_calib(),
-                        settings=settings, device=torch.device("cpu"), work_dir=work, progress=Reporter(enabled=False))
+    settings = PruneSettings(
+        strategy=strategy,
+        method=method,
+        model="tiny",
+        output=work / "out",
+        sparsity=sparsity,
+        calib="builtin",
+        nsamples=NSAMPLES,
+        seqlen=SEQLEN,
+        seed=0,
+        batch_size=batch_size,
+        method_options=options,
+    )
+    return PruneContext(
+        model=model,
+        adapter=ArchAdapter.for_model(model),
+        tokenizer=None,
+        calib=_calib(),
+        settings=settings,
+        device=torch.device("cpu"),
+        work_dir=work,
+        progress=Reporter(enabled=False),
+    )
 
 
 def _prune(work: Path, strategy: str, method: str, **options):
@@ -81,26 +104,33 @@ def scenario_one_shot(work: Path) -> dict:
     out["uniform_wanda"] = [lp.model_dump() for lp in result.plan.layers]
     for method in ("wanda", "sparsegpt"):
         ctx, _ = _prune(work / f"s{method}", "semi24", method)
-        out[f"semi24_{method}"] = {name: w.detach().clone() for name, w in ctx.model.state_dict().items()
-                                   if name.endswith("proj.weight")}
+        out[f"semi24_{method}"] = {
+            name: w.detach().clone() for name, w in ctx.model.state_dict().items() if name.endswith("proj.weight")
+        }
     return out
 
 
 def scenario_tyr(work: Path) -> dict:
     _, result = _prune(work / "tyr", "global", "tyr", **TYR_SMALL)
     plan, log = result.plan, result.files["tyr_search_log.json"]
-    return {"layers": [lp.model_dump() for lp in plan.layers],
-            "fitness": [r["best_fitness"] for r in log["generations"]],
-            "improved": [r["improved"] for r in log["generations"]],
-            "weights": {k: v.clone() for k, v in plan.weights.items()}}
+    return {
+        "layers": [lp.model_dump() for lp in plan.layers],
+        "fitness": [r["best_fitness"] for r in log["generations"]],
+        "improved": [r["improved"] for r in log["generations"]],
+        "weights": {k: v.clone() for k, v in plan.weights.items()},
+    }
 
 
 def scenario_train(work: Path) -> dict:
     out = {}
     _, result = _prune(work / "mm", "uniform", "minimax", **MINIMAX)
     plan, trace = result.plan, result.files["minimax_trace.json"]["trace"]
-    out["minimax"] = {"layers": [lp.model_dump() for lp in plan.layers], "loss": [r["loss"] for r in trace],
-                      "s_attn": [r["s_attn"] for r in trace], "weights": {k: v.clone() for k, v in plan.weights.items()}}
+    out["minimax"] = {
+        "layers": [lp.model_dump() for lp in plan.layers],
+        "loss": [r["loss"] for r in trace],
+        "s_attn": [r["s_attn"] for r in trace],
+        "weights": {k: v.clone() for k, v in plan.weights.items()},
+    }
     _, result = _prune(work / "px", "semi24", "proxsparse", **PROX)
     plan, trace = result.plan, result.files["proxsparse_trace.json"]["trace"]
     out["proxsparse"] = {"masks": {k: v.clone() for k, v in plan.masks.items()}, "loss": [r["loss"] for r in trace]}
@@ -111,8 +141,15 @@ SCENARIOS = {"stats": scenario_stats, "one_shot": scenario_one_shot, "tyr": scen
 
 
 def _worker(rank: int, port: int, root: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo", LLMPRUNE_DIST_TIMEOUT="300")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        GLOO_SOCKET_IFNAME="lo",
+        LLMPRUNE_DIST_TIMEOUT="300",
+    )
     torch.set_num_threads(1)
     assert distributed.init("cpu") and distributed.backend() == "gloo"
     try:
@@ -201,10 +238,29 @@ def test_ddp_mask_learning_matches_single_process(runs):
 
 # ----- the CLI under torchrun -----------------------------------------------------------------------
 def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", LLMPRUNE_DIST_TIMEOUT="300", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(WORLD),
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "llmprune", *args]
+    env = dict(
+        os.environ,
+        GLOO_SOCKET_IFNAME="lo",
+        LLMPRUNE_DIST_TIMEOUT="300",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(WORLD),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "llmprune",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -218,18 +274,32 @@ def _cli_single(args: list[str]) -> None:
 
 
 def _common(model: Path, text: Path) -> list[str]:
-    return [str(model), "--calib", str(text), "--nsamples", "4", "--seqlen", "32", "--batch-size", "2",
-            "--device", "cpu"]
+    return [
+        str(model),
+        "--calib",
+        str(text),
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "32",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+    ]
 
 
 def test_torchrun_cli_uniform_wanda_equals_single_process(tmp_path, tiny_model_dir, tiny_text):
     out = tmp_path / "dist-out"
-    proc = _torchrun(["uniform", *_common(tiny_model_dir, tiny_text), "-o", str(out), "--method", "wanda",
-                      "--sparsity", "0.4"], tmp_path)
+    proc = _torchrun(
+        ["uniform", *_common(tiny_model_dir, tiny_text), "-o", str(out), "--method", "wanda", "--sparsity", "0.4"],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     single = tmp_path / "single-out"
-    _cli_single(["uniform", *_common(tiny_model_dir, tiny_text), "-o", str(single), "--method", "wanda",
-                 "--sparsity", "0.4"])
+    _cli_single(
+        ["uniform", *_common(tiny_model_dir, tiny_text), "-o", str(single), "--method", "wanda", "--sparsity", "0.4"]
+    )
     assert read_json(out / "llmprune_plan.json")["layers"] == read_json(single / "llmprune_plan.json")["layers"]
     report = read_json(out / "llmprune_report.json")
     assert report["distributed"] == {"world_size": WORLD, "backend": "gloo"}
@@ -240,16 +310,38 @@ def test_torchrun_cli_uniform_wanda_equals_single_process(tmp_path, tiny_model_d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,method,extra", [
-    ("global", "tyr", ["--generations", "2", "--offspring", "4", "--select-tokens", "32,64,128",
-                       "--survivors", "2,1", "--iterations", "2", "--topk-logits", "50", "--sparsity", "0.4"]),
-    ("semi24", "proxsparse", ["--steps", "4"]),
-    ("uniform", "minimax", ["--steps", "6", "--lora-rank", "4", "--teacher-topk", "16", "--sparsity", "0.4"]),
-])
+@pytest.mark.parametrize(
+    "strategy,method,extra",
+    [
+        (
+            "global",
+            "tyr",
+            [
+                "--generations",
+                "2",
+                "--offspring",
+                "4",
+                "--select-tokens",
+                "32,64,128",
+                "--survivors",
+                "2,1",
+                "--iterations",
+                "2",
+                "--topk-logits",
+                "50",
+                "--sparsity",
+                "0.4",
+            ],
+        ),
+        ("semi24", "proxsparse", ["--steps", "4"]),
+        ("uniform", "minimax", ["--steps", "6", "--lora-rank", "4", "--teacher-topk", "16", "--sparsity", "0.4"]),
+    ],
+)
 def test_torchrun_cli_learned_methods(tmp_path, tiny_model_dir, tiny_text, strategy, method, extra):
     out = tmp_path / "dist-out"
-    proc = _torchrun([strategy, *_common(tiny_model_dir, tiny_text), "-o", str(out), "--method", method, *extra],
-                     tmp_path)
+    proc = _torchrun(
+        [strategy, *_common(tiny_model_dir, tiny_text), "-o", str(out), "--method", method, *extra], tmp_path
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     single = tmp_path / "single-out"
     _cli_single([strategy, *_common(tiny_model_dir, tiny_text), "-o", str(single), "--method", method, *extra])

@@ -23,8 +23,10 @@ SDIST = os.environ.get("LLMPRUNE_LLAMA_CPP_SDIST")
 MISSING = [name for name in ("gguf", "sentencepiece") if importlib.util.find_spec(name) is None]
 
 pytestmark = [
-    pytest.mark.skipif(not (LLAMA_CPP or SDIST), reason="llama.cpp converter not available "
-                       "(set LLMPRUNE_LLAMA_CPP or LLMPRUNE_LLAMA_CPP_SDIST)"),
+    pytest.mark.skipif(
+        not (LLAMA_CPP or SDIST),
+        reason="llama.cpp converter not available (set LLMPRUNE_LLAMA_CPP or LLMPRUNE_LLAMA_CPP_SDIST)",
+    ),
     pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)}"),
 ]
 
@@ -41,7 +43,6 @@ def converter(tmp_path_factory):
 def test_deci_export_converts_to_gguf_with_per_layer_widths(tmp_path, converter):
     import interop
     from gguf import GGUFReader
-
     from test_deci import _export, _group_plan
 
     source, work = converter

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_tiny_model, tiny_tokenizer
 
-from conftest import make_tiny_model, tiny_tokenizer
 from llmprune.arch import ArchAdapter
 from llmprune.export import save_pruned
 from llmprune.plan import LayerPlan, PrunePlan
@@ -69,8 +69,11 @@ def test_export_reloads_through_llmprune_registration(tmp_path, family):
     layers = adapter.layers(model)
     assert layers[0].self_attn.q_proj.out_features == 2 * adapter.geometry(model).head_dim
     assert not hasattr(layers[1].self_attn, "q_proj") and not hasattr(layers[2].mlp, "down_proj")
-    assert adapter.decoder_linear_params(model) == sum(p.numel() for n, p in model.named_parameters()
-                                                       if n.startswith("model.layers.") and "proj" in n and n.endswith("weight"))
+    assert adapter.decoder_linear_params(model) == sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.startswith("model.layers.") and "proj" in n and n.endswith("weight")
+    )
 
 
 SCRIPT = r"""
@@ -94,8 +97,14 @@ def test_export_reloads_with_trust_remote_code_in_a_clean_process(tmp_path, fami
     script.write_text(SCRIPT)
     result = tmp_path / "logits.pt"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH="", HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
-    proc = subprocess.run([sys.executable, str(script), str(out), str(result)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out), str(result)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     torch.testing.assert_close(torch.load(result), expected, atol=1e-5, rtol=1e-5)
 
@@ -160,8 +169,9 @@ def _run(script: str, tmp_path: Path, *args, pythonpath: str) -> None:
     path = tmp_path / f"script{abs(hash(script))}.py"
     path.write_text(script)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=pythonpath, HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
-    proc = subprocess.run([sys.executable, str(path), *map(str, args)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(path), *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import torch
+from helpers import read_json, save_tiny_model
+from helpers import run_cli as run
 from transformers import AutoModelForCausalLM
-
-from conftest import read_json, run_cli as run, save_tiny_model
 
 
 def test_inspect_and_stacking_uniform_then_semi24(tmp_path):
@@ -21,8 +21,12 @@ def test_inspect_and_stacking_uniform_then_semi24(tmp_path):
     assert info["strategy"] == "semi24" and info["semi24"] and info["uniform_widths"]
     assert info["history"][0]["strategy"] == "uniform" and info["history"][0]["model"] == str(dense)
     widths = read_json(uniform / "llmprune_report.json")["layer_widths"][0]
-    assert info["layers"][0] == {"layer": 0, "heads": widths["heads"], "kv_heads": widths["kv_heads"],
-                                 "channels": widths["channels"]}
+    assert info["layers"][0] == {
+        "layer": 0,
+        "heads": widths["heads"],
+        "kv_heads": widths["kv_heads"],
+        "channels": widths["channels"],
+    }
     assert info["loads_without_custom_code"] is True
     model = AutoModelForCausalLM.from_pretrained(stacked, dtype=torch.float32)
     assert info["params_total"] == sum(p.numel() for p in model.parameters())

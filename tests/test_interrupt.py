@@ -21,20 +21,75 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SAMPLE_TEXT, folder_hash, save_tiny_model
 from safetensors.torch import load_file
-
-from conftest import SAMPLE_TEXT, folder_hash, save_tiny_model
 
 COMMON = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4", "--seed", "3"]
 #: method -> (strategy, small settings, checkpoint file in the work folder, step delay in seconds)
 METHODS = {
-    "minimax": ("uniform", ["--method", "minimax", "--sparsity", "0.4", "--steps", "12", "--lora-rank", "4",
-                            "--teacher-topk", "16", "--checkpoint-every", "2"], "minimax_state.pt", 0.25),
-    "proxsparse": ("semi24", ["--method", "proxsparse", "--steps", "6", "--lr", "0.02", "--lambda1", "0.3",
-                              "--checkpoint-every", "2", "--layers-per-stage", "1"], "proxsparse_state.pt", 0.25),
-    "tyr": ("global", ["--method", "tyr", "--sparsity", "0.4", "--generations", "3", "--offspring", "4",
-                       "--select-tokens", "32,64,128", "--survivors", "2,1", "--iterations", "2",
-                       "--topk-logits", "50", "--budget-split", "free"], "search_state.pt", 0.4),
+    "minimax": (
+        "uniform",
+        [
+            "--method",
+            "minimax",
+            "--sparsity",
+            "0.4",
+            "--steps",
+            "12",
+            "--lora-rank",
+            "4",
+            "--teacher-topk",
+            "16",
+            "--checkpoint-every",
+            "2",
+        ],
+        "minimax_state.pt",
+        0.25,
+    ),
+    "proxsparse": (
+        "semi24",
+        [
+            "--method",
+            "proxsparse",
+            "--steps",
+            "6",
+            "--lr",
+            "0.02",
+            "--lambda1",
+            "0.3",
+            "--checkpoint-every",
+            "2",
+            "--layers-per-stage",
+            "1",
+        ],
+        "proxsparse_state.pt",
+        0.25,
+    ),
+    "tyr": (
+        "global",
+        [
+            "--method",
+            "tyr",
+            "--sparsity",
+            "0.4",
+            "--generations",
+            "3",
+            "--offspring",
+            "4",
+            "--select-tokens",
+            "32,64,128",
+            "--survivors",
+            "2,1",
+            "--iterations",
+            "2",
+            "--topk-logits",
+            "50",
+            "--budget-split",
+            "free",
+        ],
+        "search_state.pt",
+        0.4,
+    ),
 }
 #: signal -> the opening words of the error line (the exit code is 128 + the signal number).
 STOPPED = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}
@@ -51,8 +106,20 @@ def setup(tmp_path_factory):
 
 def _command(setup, method: str, out: Path, *extra: str) -> list[str]:
     strategy, options, _, _ = METHODS[method]
-    return [sys.executable, "-m", "llmprune", strategy, str(setup["model"]), "-o", str(out),
-            "--calib", str(setup["calib"]), *COMMON, *options, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "llmprune",
+        strategy,
+        str(setup["model"]),
+        "-o",
+        str(out),
+        "--calib",
+        str(setup["calib"]),
+        *COMMON,
+        *options,
+        *extra,
+    ]
 
 
 def _env(delay: float = 0.0) -> dict[str, str]:
@@ -92,8 +159,7 @@ def kill_and_resume(setup, tmp_path: Path, method: str, sig: signal.Signals) -> 
     rng = random.Random(f"{os.environ.get('LLMPRUNE_KILL_SEED', '0')}-{method}-{sig.name}")
     stderr_path = tmp_path / "stderr.txt"
     with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen(_command(setup, method, out), stdout=subprocess.DEVNULL, stderr=stderr,
-                                env=_env(delay))
+        proc = subprocess.Popen(_command(setup, method, out), stdout=subprocess.DEVNULL, stderr=stderr, env=_env(delay))
         try:
             deadline = time.monotonic() + 90
             while not (work / checkpoint).is_file():
@@ -113,8 +179,10 @@ def kill_and_resume(setup, tmp_path: Path, method: str, sig: signal.Signals) -> 
         assert rc == -signal.SIGKILL
     else:  # SIGINT, and SIGTERM (what schedulers send) alike: stop, keep the checkpoint, say how to resume
         assert rc == 128 + sig, (rc, err)
-        assert err.strip() == (f"error: {STOPPED[sig]}; the checkpoint in {work.resolve()} is kept: rerun the same "
-                               "command with --resume to continue"), err
+        assert err.strip() == (
+            f"error: {STOPPED[sig]}; the checkpoint in {work.resolve()} is kept: rerun the same "
+            "command with --resume to continue"
+        ), err
         assert not (work / "llmprune.lock").exists(), "the lock goes with the process"
     assert not out.exists(), "no partial output folder"
     assert (work / checkpoint).is_file()
@@ -126,16 +194,20 @@ def kill_and_resume(setup, tmp_path: Path, method: str, sig: signal.Signals) -> 
     assert folder_hash(setup["model"]) == before
 
 
-@pytest.mark.parametrize("method,sig", [
-    ("minimax", signal.SIGKILL),
-    ("proxsparse", signal.SIGINT),
-    ("tyr", signal.SIGKILL),
-    ("proxsparse", signal.SIGTERM),
-    pytest.param("minimax", signal.SIGTERM, marks=pytest.mark.slow),
-    pytest.param("minimax", signal.SIGINT, marks=pytest.mark.slow),
-    pytest.param("proxsparse", signal.SIGKILL, marks=pytest.mark.slow),
-    pytest.param("tyr", signal.SIGINT, marks=pytest.mark.slow),
-], ids=lambda v: v.name if isinstance(v, signal.Signals) else v)
+@pytest.mark.parametrize(
+    "method,sig",
+    [
+        ("minimax", signal.SIGKILL),
+        ("proxsparse", signal.SIGINT),
+        ("tyr", signal.SIGKILL),
+        ("proxsparse", signal.SIGTERM),
+        pytest.param("minimax", signal.SIGTERM, marks=pytest.mark.slow),
+        pytest.param("minimax", signal.SIGINT, marks=pytest.mark.slow),
+        pytest.param("proxsparse", signal.SIGKILL, marks=pytest.mark.slow),
+        pytest.param("tyr", signal.SIGINT, marks=pytest.mark.slow),
+    ],
+    ids=lambda v: v.name if isinstance(v, signal.Signals) else v,
+)
 def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path, method, sig):
     kill_and_resume(setup, tmp_path, method, sig)
 
@@ -158,13 +230,31 @@ def test_a_second_run_on_the_same_output_is_refused(setup, tmp_path):
     work = tmp_path / ".out.llmprune-work"
     stderr_path = tmp_path / "stderr.txt"
     with open(stderr_path, "w") as stderr:
-        first = subprocess.Popen(_command(setup, "proxsparse", out), stdout=subprocess.DEVNULL, stderr=stderr,
-                                 env=_env(0.25))
+        first = subprocess.Popen(
+            _command(setup, "proxsparse", out), stdout=subprocess.DEVNULL, stderr=stderr, env=_env(0.25)
+        )
         try:
             _wait_for(work / "proxsparse_state.pt", first, stderr_path)
-            second = subprocess.run([sys.executable, "-m", "llmprune", "semi24", str(setup["model"]), "-o", str(out),
-                                     "--method", "wanda", "--calib", str(setup["calib"]), *COMMON, "--overwrite"],
-                                    capture_output=True, text=True, env=_env())
+            second = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "llmprune",
+                    "semi24",
+                    str(setup["model"]),
+                    "-o",
+                    str(out),
+                    "--method",
+                    "wanda",
+                    "--calib",
+                    str(setup["calib"]),
+                    *COMMON,
+                    "--overwrite",
+                ],
+                capture_output=True,
+                text=True,
+                env=_env(),
+            )
             assert first.poll() is None, "the first run is still working"
             rc = first.wait(timeout=120)
         finally:
@@ -174,7 +264,8 @@ def test_a_second_run_on_the_same_output_is_refused(setup, tmp_path):
     assert second.returncode == 6, second.stderr
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        f"error: output {out} is in use by another llmprune run (pid {first.pid} on {socket.gethostname()} since "), lines
+        f"error: output {out} is in use by another llmprune run (pid {first.pid} on {socket.gethostname()} since "
+    ), lines
     assert rc == 0, stderr_path.read_text()
     _assert_same_export(reference, out)
     assert not work.exists()
@@ -185,9 +276,25 @@ def test_a_one_shot_run_stopped_by_ctrl_c_does_not_suggest_resume(setup, tmp_pat
     work = tmp_path / ".out.llmprune-work"
     stderr_path = tmp_path / "stderr.txt"
     with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "llmprune", "semi24", str(setup["model"]), "-o", str(out),
-                                 "--method", "wanda", "--calib", str(setup["calib"]), *COMMON],
-                                stdout=subprocess.DEVNULL, stderr=stderr, env=_env())
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llmprune",
+                "semi24",
+                str(setup["model"]),
+                "-o",
+                str(out),
+                "--method",
+                "wanda",
+                "--calib",
+                str(setup["calib"]),
+                *COMMON,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=_env(),
+        )
         try:
             _wait_for(work / "llmprune.lock", proc, stderr_path)  # the run holds its output
             proc.send_signal(signal.SIGINT)
@@ -214,14 +321,28 @@ def _writers(tmp_path: Path):
     from llmprune.pruners.tyr.search import IterationState
 
     fp = {"seed": 0}
-    state = IterationState(iteration=0, generation=1, parent=(0, 1), parent_fitness=0.5, centers={"o": [1]},
-                           rng=torch.Generator().manual_seed(0).get_state())
-    yield ("tyr search state", tmp_path / "search_state.pt", lambda p: state.save(p),
-           lambda p: IterationState.load(p).generation)
+    state = IterationState(
+        iteration=0,
+        generation=1,
+        parent=(0, 1),
+        parent_fitness=0.5,
+        centers={"o": [1]},
+        rng=torch.Generator().manual_seed(0).get_state(),
+    )
+    yield (
+        "tyr search state",
+        tmp_path / "search_state.pt",
+        lambda p: state.save(p),
+        lambda p: IterationState.load(p).generation,
+    )
     # minimax and proxsparse checkpoints, minimax's teacher and Týr's dense top-k cache: one writer
     for name, file in (("learned-method checkpoint", "minimax_state.pt"), ("teacher / top-k cache", "dense_topk.pt")):
-        yield (name, tmp_path / file, lambda p: training.save_artefact(p, {"step": 4}, fp),
-               lambda p: training.load_artefact(p, fp, resume=True)["step"])
+        yield (
+            name,
+            tmp_path / file,
+            lambda p: training.save_artefact(p, {"step": 4}, fp),
+            lambda p: training.load_artefact(p, fp, resume=True)["step"],
+        )
 
 
 def test_a_kill_mid_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -14,17 +14,18 @@ import sys
 
 import pytest
 import torch
-
-from conftest import CALIB, REFMODEL, requires_refmodel
+from helpers import CALIB, REFMODEL, requires_refmodel
 
 pytestmark = [pytest.mark.slow, requires_refmodel]
 NSAMPLES, SEQLEN = 16, 128
 
 
 def _baseline_rss_mib() -> float:
-    code = ("import torch, transformers, llmprune.cli, llmprune.pipeline, llmprune.pruners; "
-            "from transformers import LlamaForCausalLM; "
-            "print(llmprune.pipeline.peak_rss_mib())")
+    code = (
+        "import torch, transformers, llmprune.cli, llmprune.pipeline, llmprune.pruners; "
+        "from transformers import LlamaForCausalLM; "
+        "print(llmprune.pipeline.peak_rss_mib())"
+    )
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
@@ -33,9 +34,17 @@ def test_layerwise_peak_memory_is_bounded(tmp_path, strategy, method):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=384, intermediate_size=1024, num_hidden_layers=12, num_attention_heads=6,
-                         num_key_value_heads=3, head_dim=64, vocab_size=8192, max_position_embeddings=512,
-                         tie_word_embeddings=True)
+    config = LlamaConfig(
+        hidden_size=384,
+        intermediate_size=1024,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        head_dim=64,
+        vocab_size=8192,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     layer = model.model.layers[0]
@@ -51,9 +60,28 @@ def test_layerwise_peak_memory_is_bounded(tmp_path, strategy, method):
 
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "llmprune", strategy, str(folder), "-o", str(out), "--method", method,
-         "--calib", str(CALIB), "--nsamples", str(NSAMPLES), "--seqlen", str(SEQLEN), "--sparsity", "0.5"],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "llmprune",
+            strategy,
+            str(folder),
+            "-o",
+            str(out),
+            "--method",
+            method,
+            "--calib",
+            str(CALIB),
+            "--nsamples",
+            str(NSAMPLES),
+            "--seqlen",
+            str(SEQLEN),
+            "--sparsity",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     peak = json.loads((out / "llmprune_report.json").read_text())["peak_rss_mib"]
     base = _baseline_rss_mib()

@@ -9,8 +9,8 @@ import stat
 
 import pytest
 import torch
+from helpers import SAMPLE_TEXT, make_tiny_model, save_tiny_model
 
-from conftest import SAMPLE_TEXT, make_tiny_model, save_tiny_model
 from llmprune.arch import ArchAdapter
 from llmprune.export import save_pruned
 from llmprune.plan import PrunePlan, geometry_dict

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import CALIB, EVAL, REFMODEL, read_json, requires_refmodel
 from typer.testing import CliRunner
 
-from conftest import CALIB, EVAL, REFMODEL, read_json, requires_refmodel
 from llmprune.cli import app
 
 pytestmark = [pytest.mark.slow, requires_refmodel]
@@ -63,11 +63,13 @@ def test_wanda_beats_magnitude(strategy, extra, tmp_path, eval_subset):
     assert ppl_wanda < ppl_mag, results
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "refmodel").is_dir(),
-                    reason="../shared is not beside this checkout")
+@pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[2] / "shared" / "refmodel").is_dir(),
+    reason="../shared is not beside this checkout",
+)
 @pytest.mark.parametrize("name", ["refmodel", "data"])
 def test_bundled_example_copies_equal_the_shared_reference(name):
-    from conftest import EXAMPLES, SHARED
+    from helpers import EXAMPLES, SHARED
 
     shared, bundled = SHARED / name, EXAMPLES / name
     names = sorted(p.name for p in shared.iterdir())

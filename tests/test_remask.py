@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
+from helpers import folder_hash, read_json, run_cli
 from safetensors.torch import load_file
 
-from conftest import folder_hash, read_json, run_cli
 from llmprune.masks import max_nonzeros_per_group
 
 
@@ -55,3 +53,13 @@ def test_remask_refuses_a_like_that_is_not_a_semi24_output(tmp_path, model_dir):
     result = run_cli("remask", model_dir, "-o", tmp_path / "x", "--like", model_dir)
     assert result.exit_code == 2 and "not a 2:4 output" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_remask_accepts_string_paths(tmp_path, model_dir):
+    from llmprune.remask import remask
+
+    semi = tmp_path / "semi"
+    assert run_cli("semi24", model_dir, "-o", semi, "--method", "magnitude").exit_code == 0
+    merged = _merged_copy(semi, tmp_path / "merged")
+    report = remask(str(merged), str(semi), str(tmp_path / "fixed"))
+    assert report["zeros_restored"] > 0 and (tmp_path / "fixed" / "llmprune_sparsity.json").is_file()

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
+from helpers import FAMILIES, make_tiny_model
 from transformers import AutoModelForCausalLM
 
-from conftest import FAMILIES, make_tiny_model
 from llmprune.arch import ArchAdapter
 from llmprune.masks import select_attention_units, topk_sorted
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import read_json, REFMODEL, requires_refmodel, run_cli as run
+from helpers import REFMODEL, read_json, requires_refmodel
+from helpers import run_cli as run
 
 TASK = "llmprune_easy"
 
@@ -77,13 +77,29 @@ def test_tasks_on_a_random_model_report_settings_and_metrics(model_dir, task_dir
 
 
 def test_tasks_with_perplexity_limit_and_fewshot(model_dir, task_dir, tmp_path):
-    from conftest import SAMPLE_TEXT
+    from helpers import SAMPLE_TEXT
 
     text = tmp_path / "eval.txt"
     text.write_text(SAMPLE_TEXT)
     out = tmp_path / "report.json"
-    result = run("eval", model_dir, "--data", text, "--seqlen", "32", "--tasks", task_dir, "--task-limit", "3",
-                 "--num-fewshot", "1", "--task-batch-size", "2", "--json", out)
+    result = run(
+        "eval",
+        model_dir,
+        "--data",
+        text,
+        "--seqlen",
+        "32",
+        "--tasks",
+        task_dir,
+        "--task-limit",
+        "3",
+        "--num-fewshot",
+        "1",
+        "--task-batch-size",
+        "2",
+        "--json",
+        out,
+    )
     assert result.exit_code == 0, result.output
     report = read_json(out)
     assert report["perplexity"] > 1 and report["seqlen"] == 32
@@ -113,10 +129,13 @@ def test_missing_lm_eval_is_one_clear_line(model_dir, task_dir, tmp_path, monkey
     assert not out.exists()
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("no_such_task_xyz", "unknown task 'no_such_task_xyz'"),
-    ("missing/easy.yaml", "task file or folder not found"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no_such_task_xyz", "unknown task 'no_such_task_xyz'"),
+        ("missing/easy.yaml", "task file or folder not found"),
+    ],
+)
 def test_unknown_task_is_one_clear_line(model_dir, spec, message):
     result = run("eval", model_dir, "--tasks", spec)
     assert result.exit_code == 2, result.output

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
+from helpers import run_cli as run
 from safetensors.torch import load_file
 
-from conftest import SAMPLE_TEXT, make_tiny_model, run_cli as run, tiny_tokenizer
 from llmprune import training
 from llmprune.arch import ArchAdapter
 from llmprune.capture import LayerwiseRunner
@@ -38,7 +39,8 @@ def _killed_before_the_first_checkpoint(model_dir, calib, out: Path, seed: str) 
 
 
 def test_minimax_resume_before_the_first_checkpoint_refuses_a_teacher_made_with_other_settings(
-        model_dir, calib, tmp_path):
+    model_dir, calib, tmp_path
+):
     """Issue 17: seed 0 killed after the teacher was cached but before any checkpoint, then
     --resume with seed 1: refused in one line (the cached teacher carries seed 0's fingerprint)."""
     out = tmp_path / "o"
@@ -51,7 +53,8 @@ def test_minimax_resume_before_the_first_checkpoint_refuses_a_teacher_made_with_
 
 
 def test_minimax_resume_before_the_first_checkpoint_with_the_same_settings_equals_a_straight_run(
-        model_dir, calib, tmp_path):
+    model_dir, calib, tmp_path
+):
     """The same kill resumed with unchanged settings reuses the teacher: identical weights."""
     straight = tmp_path / "straight"
     assert run("uniform", model_dir, "-o", straight, "--calib", calib, *SMALL, *MINIMAX, "--seed", "1").exit_code == 0
@@ -67,12 +70,30 @@ def _tyr_ctx(work: Path, model, seed: int, resume: bool = False, **options) -> P
     text = work.parent / "calib.txt"
     text.write_text(SAMPLE_TEXT)
     tok = tiny_tokenizer(model.config.vocab_size)
-    settings = PruneSettings(strategy="global", method="tyr", model="tiny", output=work.parent / "out", sparsity=0.4,
-                             calib=str(text), nsamples=6, seqlen=32, seed=seed, resume=resume, method_options=options)
+    settings = PruneSettings(
+        strategy="global",
+        method="tyr",
+        model="tiny",
+        output=work.parent / "out",
+        sparsity=0.4,
+        calib=str(text),
+        nsamples=6,
+        seqlen=32,
+        seed=seed,
+        resume=resume,
+        method_options=options,
+    )
     work.mkdir(parents=True, exist_ok=True)
-    return PruneContext(model=model, adapter=ArchAdapter.for_model(model), tokenizer=tok,
-                        calib=calibration_samples(tok, str(text), 6, 32, seed), settings=settings,
-                        device=torch.device("cpu"), work_dir=work, progress=Reporter(enabled=False))
+    return PruneContext(
+        model=model,
+        adapter=ArchAdapter.for_model(model),
+        tokenizer=tok,
+        calib=calibration_samples(tok, str(text), 6, 32, seed),
+        settings=settings,
+        device=torch.device("cpu"),
+        work_dir=work,
+        progress=Reporter(enabled=False),
+    )
 
 
 def test_tyr_topk_cache_made_with_other_settings_is_refused(tmp_path, monkeypatch):
@@ -121,8 +142,9 @@ def test_supernet_built_with_other_settings_is_rebuilt(tmp_path):
     geom = adapter.geometry(model)
     types = module_types(geom, "group")
     k_attn, k_mlp = uniform_widths(geom, 0.4, "group")
-    spec = SupernetSpec(centers={"o": [k_attn] * 2, "down": [k_mlp] * 2},
-                        steps={k: types[k].step(0.125) for k in KEYS}, delta=0.125)
+    spec = SupernetSpec(
+        centers={"o": [k_attn] * 2, "down": [k_mlp] * 2}, steps={k: types[k].step(0.125) for k in KEYS}, delta=0.125
+    )
     calib = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(0))
     net = Supernet(tmp_path / "sn", spec, types, 2, fingerprint={"seed": 0})
     net.build(model, adapter, LayerwiseRunner(model, adapter, calib, torch.device("cpu"), 4), torch.device("cpu"))
@@ -149,7 +171,9 @@ def test_cosine_schedule_warms_up_then_decays_to_its_floor():
     sched = training.LRSchedule(warmup=0.05, decay="cosine", floor=0.1, min_warmup_steps=1)
     f = [sched.factor(s, 40) for s in range(40)]
     assert f[:2] == [0.5, 1.0]  # round(0.05·40) = 2 warm-up steps
-    assert all(a >= b for a, b in zip(f[1:], f[2:])) and f[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 37 / 38)))
+    assert all(a >= b for a, b in zip(f[1:], f[2:])) and f[-1] == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 37 / 38))
+    )
     assert training.LRSchedule(0.05, "cosine", 0.1, 1).factor(0, 8) == 1.0  # at least one warm-up step
 
 
@@ -162,24 +186,43 @@ class _CountingContext(PruneContext):
         return super().layerwise_runner()
 
 
-@pytest.mark.parametrize("strategy,method,options", [
-    ("semi24", "proxsparse", dict(steps=1, metric="wanda", refit="obs")),
-    ("global", "tyr", dict(TYR, generations=1)),
-    ("uniform", "minimax", dict(steps=2, lora_rank=0, teacher_topk=8)),
-])
+@pytest.mark.parametrize(
+    "strategy,method,options",
+    [
+        ("semi24", "proxsparse", dict(steps=1, metric="wanda", refit="obs")),
+        ("global", "tyr", dict(TYR, generations=1)),
+        ("uniform", "minimax", dict(steps=2, lora_rank=0, teacher_topk=8)),
+    ],
+)
 def test_learned_methods_build_every_runner_through_the_context(tmp_path, monkeypatch, strategy, method, options):
     """So --offload-dir and the compute dtype (which only ``ctx.layerwise_runner`` passes on) are honoured."""
     built = []
     init = LayerwiseRunner.__init__
     monkeypatch.setattr(LayerwiseRunner, "__init__", lambda self, *a, **k: (built.append(k), init(self, *a, **k))[1])
     model = make_tiny_model("llama")
-    settings = PruneSettings(strategy=strategy, method=method, model="tiny", output=tmp_path / "out", sparsity=0.4,
-                             nsamples=4, seqlen=16, batch_size=2, method_options=options)
+    settings = PruneSettings(
+        strategy=strategy,
+        method=method,
+        model="tiny",
+        output=tmp_path / "out",
+        sparsity=0.5 if strategy == "semi24" else 0.4,  # 2:4 accepts only 0.5
+        nsamples=4,
+        seqlen=16,
+        batch_size=2,
+        method_options=options,
+    )
     _CountingContext.made = 0
-    ctx = _CountingContext(model=model, adapter=ArchAdapter.for_model(model), tokenizer=None,
-                           calib=torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(0)),
-                           settings=settings, device=torch.device("cpu"), work_dir=tmp_path / "work",
-                           progress=Reporter(enabled=False), offload_dir=tmp_path / "offload")
+    ctx = _CountingContext(
+        model=model,
+        adapter=ArchAdapter.for_model(model),
+        tokenizer=None,
+        calib=torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(0)),
+        settings=settings,
+        device=torch.device("cpu"),
+        work_dir=tmp_path / "work",
+        progress=Reporter(enabled=False),
+        offload_dir=tmp_path / "offload",
+    )
     ctx.work_dir.mkdir()
     result = PruneResult.of(get_pruner_class(strategy, method)(options).prune(ctx))
     assert result.plan is not None

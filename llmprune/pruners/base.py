@@ -4,16 +4,19 @@ A pruner receives a ``PruneContext`` (model, adapter, calibration tokens, settin
 ``PrunePlan``. It may edit the model in place while it works (sequential layer-wise methods do);
 surgery then applies the plan, which is idempotent on an already-masked model.
 
-Method-specific command-line options are declared on the pruner class (``cli_options``) and
-validated by its pydantic ``Options`` model, so adding a method never touches the CLI module.
+Method-specific options are declared once, as the fields of the pruner's pydantic ``Options``
+model (type, default, limits, ``Field(description=...)``); the command-line flags are generated from
+them (``cli_options``), so adding a method never touches the CLI module.
 """
 
 from __future__ import annotations
 
+import types
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -35,17 +38,40 @@ DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
 
 
 class NoOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)
-class CliOption:
-    """A method-specific command-line option (``--name``), forwarded to the pruner's Options."""
+class MethodOption:
+    """One method-specific flag of a strategy, generated from the ``Options`` fields declaring it.
+
+    Several methods of a strategy may declare the same name: their flag types must agree, their
+    defaults may differ (``defaults`` keeps each method's own, applied when the flag is not given).
+    """
 
     name: str  # python identifier, e.g. "lora_rank" -> --lora-rank
-    type: type
-    default: Any
+    type: type  # bool, int, float or str
     help: str
+    defaults: dict[str, Any]  # method -> its default, in registration order
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.defaults)
+
+    @property
+    def shared_default(self) -> bool:
+        """True when every declaring method has the same default (the flag can show it)."""
+        values = list(self.defaults.values())
+        return all(v == values[0] and type(v) is type(values[0]) for v in values)
+
+    @property
+    def default(self) -> Any:
+        """The flag's own default: the common default, or None when the methods disagree."""
+        return next(iter(self.defaults.values())) if self.shared_default else None
 
 
 @dataclass
@@ -67,9 +93,15 @@ class PruneContext:
 
     def layerwise_runner(self) -> LayerwiseRunner:
         """A runner over the calibration samples honouring --device, --dtype and --offload-dir."""
+        assert self.calib is not None, "a layer-wise runner needs calibration samples"
         return LayerwiseRunner(
-            self.model, self.adapter, self.calib, self.device, self.settings.batch_size,
-            compute_dtype=self.compute_dtype, offload_dir=self.offload_dir,
+            self.model,
+            self.adapter,
+            self.calib,
+            self.device,
+            self.settings.batch_size,
+            compute_dtype=self.compute_dtype,
+            offload_dir=self.offload_dir,
         )
 
     def for_each_layer(
@@ -105,7 +137,7 @@ class PruneResult:
     files: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, value: "PrunePlan | PruneResult") -> "PruneResult":
+    def of(cls, value: PrunePlan | PruneResult) -> PruneResult:
         return value if isinstance(value, PruneResult) else cls(plan=value)
 
 
@@ -122,8 +154,9 @@ class Pruner(ABC):
     #: the pipeline then keeps the model on CPU in its storage dtype and the runner moves and
     #: upcasts one layer at a time, so peak memory is the stored model plus one layer's work.
     layerwise: ClassVar[bool] = False
+    #: The method's options (pydantic): each field becomes a ``--flag`` of the strategy's command,
+    #: with its type, default and ``Field(description=...)`` as the help text.
     Options: ClassVar[type[BaseModel]] = NoOptions
-    cli_options: ClassVar[tuple[CliOption, ...]] = ()
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         try:
@@ -185,13 +218,59 @@ def get_pruner_class(strategy: str, method: str) -> type[Pruner]:
     return known[method]
 
 
-def cli_options(strategy: str) -> list[CliOption]:
-    """Union of the method-specific options of a strategy's methods (first declaration wins)."""
-    seen: dict[str, CliOption] = {}
-    for cls in methods(strategy).values():
-        for opt in cls.cli_options:
-            seen.setdefault(opt.name, opt)
-    return list(seen.values())
+def option_defaults(cls: type[Pruner]) -> dict[str, Any]:
+    """Every option of a method with its default, in declaration order."""
+    return {name: f.get_default(call_default_factory=True) for name, f in cls.Options.model_fields.items()}
+
+
+def _flag_type(annotation: Any, where: str) -> type:
+    """The command-line type of an option field: bool, int, float or str (``X | None`` -> X, Literal -> str)."""
+    if get_origin(annotation) is Literal:
+        kinds = {type(a) for a in get_args(annotation)}
+        if len(kinds) == 1:
+            return kinds.pop()
+    elif get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _flag_type(args[0], where)
+    elif annotation in (bool, int, float, str):
+        return annotation
+    raise TypeError(
+        f"{where}: option type {annotation!r} cannot be a command-line flag (use bool, int, float, str, "
+        "a Literal of one of them, or one of them | None)"
+    )
+
+
+def cli_options(strategy: str) -> list[MethodOption]:
+    """The method-specific flags of a strategy, generated from its methods' ``Options`` fields.
+
+    A name declared by several methods becomes one flag whose help lists each method's text; its
+    type must be the same everywhere (a ``TypeError`` otherwise: a programming error).
+    """
+    kinds: dict[str, type] = {}
+    helps: dict[str, dict[str, str]] = {}
+    defaults: dict[str, dict[str, Any]] = {}
+    for method, cls in methods(strategy).items():
+        for name, f in cls.Options.model_fields.items():
+            where = f"{strategy} --method {method} option {name!r}"
+            kind = _flag_type(f.annotation, where)
+            if not f.description:
+                raise TypeError(f"{where} has no Field(description=...) (it is the --help text)")
+            if kinds.setdefault(name, kind) is not kind:
+                raise TypeError(
+                    f"{where} is a {kind.__name__}, but another method of {strategy} declares it "
+                    f"as a {kinds[name].__name__}: one flag cannot have both types"
+                )
+            helps.setdefault(name, {})[method] = f.description
+            defaults.setdefault(name, {})[method] = f.get_default(call_default_factory=True)
+    result = []
+    for name, kind in kinds.items():
+        by_text: dict[str, list[str]] = {}
+        for method, text in helps[name].items():
+            by_text.setdefault(text, []).append(method)
+        text = " ".join(f"{', '.join(ms)}: {t}" for t, ms in by_text.items())
+        result.append(MethodOption(name=name, type=kind, help=text, defaults=defaults[name]))
+    return result
 
 
 _loaded = False
@@ -210,6 +289,8 @@ ProgressFn = Callable[[int], None]
 def skipped_semi24(ctx: PruneContext, skipped: list[str]) -> dict[str, Any]:
     """Weights whose input width is not a multiple of 4 stay dense: warn, and the report field."""
     if skipped:
-        ctx.progress.log(f"[yellow]warning:[/] {len(skipped)} weights have an input width that is not a multiple "
-                         f"of 4 and stay dense (first: {skipped[0]})")
+        ctx.progress.log(
+            f"[yellow]warning:[/] {len(skipped)} weights have an input width that is not a multiple "
+            f"of 4 and stay dense (first: {skipped[0]})"
+        )
     return {"semi24_skipped": skipped}

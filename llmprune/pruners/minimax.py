@@ -48,7 +48,7 @@ from llmprune.errors import UsageError
 from llmprune.lora import add_lora, load_lora_state, lora_parameters, lora_state, remove_lora
 from llmprune.masks import attn_grid_step, attn_params_kept, uniform_widths
 from llmprune.plan import PrunePlan
-from llmprune.pruners.base import CliOption, PruneContext, Pruner, PruneResult, register
+from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
 from llmprune.scoring import STRUCTURED_KEYS, structured_layer_plan, unit_scores
 from llmprune.trace import pyplot, save_figure
 from llmprune.training import Batch, Event, LearnedMethod, Losses, LRSchedule, Training, is_main, notify, sharded_rows
@@ -64,26 +64,76 @@ GPU_HINT = (
 
 
 class MinimaxOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """The options of ``uniform --method minimax``; each field is also a command-line flag."""
 
-    steps: int = Field(100, ge=1)
-    lr: float = Field(0.02, gt=0)
-    width_lr: float = Field(0.05, gt=0)
-    lora_rank: int = Field(16, ge=0)
-    lora_alpha: float = Field(32.0, gt=0)
-    lora_lr: float = Field(2e-3, gt=0)
-    distill: bool = True
-    kl_weight: float = Field(1.0, ge=0)
-    lm_weight: float = Field(0.5, ge=0)
-    learn_widths: bool = True
-    ramp: float = Field(0.3, ge=0, lt=1)
-    finetune: float = Field(0.3, ge=0, lt=1)
-    dual_lr: float = Field(0.5, ge=0)
-    prox: float = Field(1e-3, ge=0)
-    temperature: float = Field(1.0, gt=0)
-    teacher_topk: int = Field(64, ge=1)
-    width_tau: float = Field(0.02, gt=0, le=1)
-    checkpoint_every: int = Field(20, ge=1)
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(
+        100,
+        ge=1,
+        description="training steps (one batch of --batch-size sequences each). "
+        "Small CPU models: 80-300; " + GPU_HINT + ".",
+    )
+    lr: float = Field(
+        0.02,
+        gt=0,
+        description="Adam step size of the mask scores (scores start at normalised Wanda-sp importance, mean 1).",
+    )
+    width_lr: float = Field(
+        0.05, gt=0, description="Adam step size of the shared widths (as fractions of the dense widths)."
+    )
+    lora_rank: int = Field(
+        16, ge=0, description="LoRA rank on all q,k,v,o,gate,up,down (merged before export); 0 disables LoRA."
+    )
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha (update scaled by alpha/rank).")
+    lora_lr: float = Field(
+        2e-3, gt=0, description="AdamW learning rate of the LoRA adapters (cosine decay); 7B+: 1e-4 to 2e-4."
+    )
+    distill: bool = Field(
+        True,
+        description="distil from the dense model's precomputed top-k logits (KL); "
+        "--no-distill trains on the LM loss only.",
+    )
+    kl_weight: float = Field(1.0, ge=0, description="weight of the KL distillation loss.")
+    lm_weight: float = Field(0.5, ge=0, description="weight of the next-token (LM) loss.")
+    learn_widths: bool = Field(
+        True,
+        description="learn the shared widths (the attention/MLP split); "
+        "--no-learn-widths fixes them at the uniform split of the baselines.",
+    )
+    ramp: float = Field(
+        0.3, ge=0, lt=1, description="fraction of the steps over which the budget ramps from dense to the target."
+    )
+    finetune: float = Field(
+        0.3,
+        ge=0,
+        lt=1,
+        description="final fraction of the steps with masks frozen at the "
+        "final widths (LoRA only; skipped without LoRA).",
+    )
+    dual_lr: float = Field(
+        0.5,
+        ge=0,
+        description="ascent step of the Lagrange multipliers (per unit of constraint violation, as a fraction).",
+    )
+    prox: float = Field(
+        1e-3,
+        ge=0,
+        description="strength of the l1 sparsity regulariser on the scores "
+        "(proximal soft-threshold after each step); 0 disables.",
+    )
+    temperature: float = Field(1.0, gt=0, description="distillation temperature.")
+    teacher_topk: int = Field(
+        64, ge=1, description="teacher logits kept per position (top-k) for the KL; 7B+: 256-1024."
+    )
+    width_tau: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="width of the straight-through surrogate for the "
+        "widths (fraction of the dense width, at least one unit).",
+    )
+    checkpoint_every: int = Field(20, ge=1, description="save a checkpoint for --resume every N steps.")
 
 
 @dataclass
@@ -209,33 +259,15 @@ class MinimaxPruner(Pruner):
     needs_calibration = True
     resumable = True
     Options = MinimaxOptions
-    cli_options = (
-        CliOption("steps", int, 100, "minimax: training steps (one batch of --batch-size sequences each). "
-                  "Small CPU models: 80-300; " + GPU_HINT + "."),
-        CliOption("lr", float, 0.02, "minimax: Adam step size of the mask scores (scores start at normalised Wanda-sp importance, mean 1)."),
-        CliOption("width_lr", float, 0.05, "minimax: Adam step size of the shared widths (as fractions of the dense widths)."),
-        CliOption("lora_rank", int, 16, "minimax: LoRA rank on all q,k,v,o,gate,up,down (merged before export); 0 disables LoRA."),
-        CliOption("lora_alpha", float, 32.0, "minimax: LoRA alpha (update scaled by alpha/rank)."),
-        CliOption("lora_lr", float, 2e-3, "minimax: AdamW learning rate of the LoRA adapters (cosine decay); 7B+: 1e-4 to 2e-4."),
-        CliOption("distill", bool, True, "minimax: distil from the dense model's precomputed top-k logits (KL); --no-distill trains on the LM loss only."),
-        CliOption("kl_weight", float, 1.0, "minimax: weight of the KL distillation loss."),
-        CliOption("lm_weight", float, 0.5, "minimax: weight of the next-token (LM) loss."),
-        CliOption("learn_widths", bool, True, "minimax: learn the shared widths (the attention/MLP split); --no-learn-widths fixes them at the uniform split of the baselines."),
-        CliOption("ramp", float, 0.3, "minimax: fraction of the steps over which the budget ramps from dense to the target."),
-        CliOption("finetune", float, 0.3, "minimax: final fraction of the steps with masks frozen at the final widths (LoRA only; skipped without LoRA)."),
-        CliOption("dual_lr", float, 0.5, "minimax: ascent step of the Lagrange multipliers (per unit of constraint violation, as a fraction)."),
-        CliOption("prox", float, 1e-3, "minimax: strength of the l1 sparsity regulariser on the scores (proximal soft-threshold after each step); 0 disables."),
-        CliOption("temperature", float, 1.0, "minimax: distillation temperature."),
-        CliOption("teacher_topk", int, 64, "minimax: teacher logits kept per position (top-k) for the KL; 7B+: 256-1024."),
-        CliOption("width_tau", float, 0.02, "minimax: width of the straight-through surrogate for the widths (fraction of the dense width, at least one unit)."),
-        CliOption("checkpoint_every", int, 20, "minimax: save a checkpoint for --resume every N steps."),
-    )
+    options: MinimaxOptions
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
         o = self.options
         if o.ramp + o.finetune >= 1.0:
-            raise UsageError(f"--ramp {o.ramp} + --finetune {o.finetune} must be below 1 (steps are needed at the target budget)")
+            raise UsageError(
+                f"--ramp {o.ramp} + --finetune {o.finetune} must be below 1 (steps are needed at the target budget)"
+            )
         if o.distill and o.kl_weight == 0 and o.lm_weight == 0:
             raise UsageError("--kl-weight and --lm-weight are both 0: nothing to train on")
         if not o.distill and o.lm_weight == 0:
@@ -266,7 +298,8 @@ class MinimaxPruner(Pruner):
     def _init_scores(self, ctx: PruneContext, geom: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
         """Wanda-sp scores of every layer on dense activations, each divided by its layer mean."""
         s = ctx.settings
-        attn_scores, mlp_scores = [], []
+        attn_scores: list[torch.Tensor] = []
+        mlp_scores: list[torch.Tensor] = []
 
         def process(i: int, layer: nn.Module) -> None:
             stats = runner.collect(i, layer, STRUCTURED_KEYS, hessian=False)
@@ -288,8 +321,15 @@ class MinimaxTraining(LearnedMethod):
     hint = "lower --lr/--lora-lr, or use --dtype float32"
     find_unused_parameters = True  # frozen masks leave the scores without gradient
 
-    def __init__(self, pruner: MinimaxPruner, ctx: PruneContext, geom: Geometry, teacher: TeacherTopK | None,
-                 scores: dict[str, torch.Tensor], timings: dict[str, float]) -> None:
+    def __init__(
+        self,
+        pruner: MinimaxPruner,
+        ctx: PruneContext,
+        geom: Geometry,
+        teacher: TeacherTopK | None,
+        scores: dict[str, torch.Tensor],
+        timings: dict[str, float],
+    ) -> None:
         o, s, device = pruner.options, ctx.settings, ctx.device
         self.o, self.s, self.ctx, self.geom, self.teacher, self.timings = o, s, ctx, geom, teacher, timings
         self.strategy, self.method = pruner.strategy, pruner.method
@@ -335,8 +375,9 @@ class MinimaxTraining(LearnedMethod):
         k_a, k_f = self.fixed_k if not self.o.learn_widths else self.budget.final_widths(float(sa.detach()))
         key_a, key_f = ranking_key(self.z_a, self.prior_a), ranking_key(self.z_f, self.prior_f)
         layers = [
-            structured_layer_plan(i, key_a[i].flatten().cpu(), key_f[i].flatten().cpu(), k_a, k_f, self.geom,
-                                  self.s.attn_unit)
+            structured_layer_plan(
+                i, key_a[i].flatten().cpu(), key_f[i].flatten().cpu(), k_a, k_f, self.geom, self.s.attn_unit
+            )
             for i in range(self.geom.num_layers)
         ]
         return {"k_a": k_a, "k_f": k_f, "layers": [lp.model_dump() for lp in layers], "step": step}
@@ -355,12 +396,15 @@ class MinimaxTraining(LearnedMethod):
     # ----- hooks of the training loop ----------------------------------------------------------
     def begin_stage(self, stage: int, resume: dict[str, Any] | None) -> list[torch.Tensor]:
         o, ctx = self.o, self.ctx
-        self.wrapped = add_lora(ctx.model, ctx.adapter, o.lora_rank, o.lora_alpha, self.s.seed) if o.lora_rank > 0 else {}
+        self.wrapped = (
+            add_lora(ctx.model, ctx.adapter, o.lora_rank, o.lora_alpha, self.s.seed) if o.lora_rank > 0 else {}
+        )
         self.hooks = MaskHooks(ctx.model, ctx.adapter, self.geom)
         self.opt_z = torch.optim.Adam([self.z_a, self.z_f], lr=o.lr)
         self.opt_w = torch.optim.Adam([self.rho], lr=o.width_lr)
-        self.opt_l = (torch.optim.AdamW(lora_parameters(self.wrapped), lr=o.lora_lr, weight_decay=0.0)
-                      if self.wrapped else None)
+        self.opt_l = (
+            torch.optim.AdamW(lora_parameters(self.wrapped), lr=o.lora_lr, weight_decay=0.0) if self.wrapped else None
+        )
         if resume is not None:
             with torch.no_grad():
                 self.rho.copy_(resume["rho"])
@@ -384,6 +428,9 @@ class MinimaxTraining(LearnedMethod):
                 opt.zero_grad(set_to_none=True)
         if self.frozen is None and step >= self.freeze_step:
             self.frozen = self.freeze(step)
+        assert self.hooks is not None  # begin_stage installed them
+        m_a: torch.Tensor | None
+        m_f: torch.Tensor | None
         if self.frozen is None:
             sa, sf = self.widths(step)
             m_a = ste_mask(self.z_a, sa / rows_a, max(1.0, o.width_tau * n_a / rows_a), self.prior_a)
@@ -400,6 +447,7 @@ class MinimaxTraining(LearnedMethod):
         use_kl = self.teacher is not None
         kl = torch.zeros((), device=device)
         if use_kl:
+            assert self.teacher is not None  # narrowed by use_kl
             kl = topk_kl(logits, *self.teacher.batch(batch.rows, device), o.temperature)
         lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch.tokens[:, 1:].reshape(-1))
         loss = (o.kl_weight * kl if use_kl else 0.0) + o.lm_weight * lm
@@ -417,8 +465,15 @@ class MinimaxTraining(LearnedMethod):
             # Lagrangian terms: only s carries gradient here (counts are constants).
             # (the per-layer terms y_ℓ(‖z_ℓ‖₀ − s) act through the prox threshold only)
             extra = self.y_res * (frac - self.target(step))
-        self.current = {"sa": sa, "sf": sf, "m_a": m_a, "m_f": m_f, "frac": frac, "violation": violation,
-                        "layer_viol": layer_viol}
+        self.current: dict[str, Any] = {
+            "sa": sa,
+            "sf": sf,
+            "m_a": m_a,
+            "m_f": m_f,
+            "frac": frac,
+            "violation": violation,
+            "layer_viol": layer_viol,
+        }
         return Losses(data=loss, logged={"loss": loss, "kl": kl, "lm": lm}, extra=extra)
 
     def update(self, batch: Batch, means: dict[str, float]) -> dict[str, Any]:
@@ -443,31 +498,48 @@ class MinimaxTraining(LearnedMethod):
                 self.y_layer.copy_(torch.clamp(self.y_layer + o.dual_lr * c["layer_viol"], min=0.0))
         sa, sf, frac, layer_viol = c["sa"], c["sf"], c["frac"], c["layer_viol"]
         return {
-            "step": step + 1, "loss": means["loss"], "kl": means["kl"], "lm": means["lm"],
-            "s_attn": float(sa.detach()), "s_mlp": float(sf.detach()),
+            "step": step + 1,
+            "loss": means["loss"],
+            "kl": means["kl"],
+            "lm": means["lm"],
+            "s_attn": float(sa.detach()),
+            "s_mlp": float(sf.detach()),
             "k_attn": int(frozen["k_a"]) if frozen else int(round(float(sa.detach()))),
             "k_mlp": int(frozen["k_f"]) if frozen else int(round(float(sf.detach()))),
-            "params_fraction": float(frac.detach() if torch.is_tensor(frac) else frac), "budget": self.target(step),
+            "params_fraction": float(frac.detach() if torch.is_tensor(frac) else frac),
+            "budget": self.target(step),
             "violation": c["violation"],
-            "y_resource": float(self.y_res), "y_layer_attn": float(self.y_layer[0].mean()),
+            "y_resource": float(self.y_res),
+            "y_layer_attn": float(self.y_layer[0].mean()),
             "y_layer_mlp": float(self.y_layer[1].mean()),
-            "layer_violation_attn": float(layer_viol[0].mean()), "layer_violation_mlp": float(layer_viol[1].mean()),
+            "layer_violation_attn": float(layer_viol[0].mean()),
+            "layer_violation_mlp": float(layer_viol[1].mean()),
             "frozen": frozen is not None,
         }
 
     def progress_info(self, record: dict[str, Any]) -> dict[str, Any]:
-        return {"loss": record["loss"], "kl": record["kl"], "k_a": record["k_attn"], "k_f": record["k_mlp"],
-                "viol": round(record["violation"], 4)}
+        return {
+            "loss": record["loss"],
+            "kl": record["kl"],
+            "k_a": record["k_attn"],
+            "k_f": record["k_mlp"],
+            "viol": round(record["violation"], 4),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "z_a": self.z_a.detach().cpu().flatten(1).clone(), "z_f": self.z_f.detach().cpu().flatten(1).clone(),
+            "z_a": self.z_a.detach().cpu().flatten(1).clone(),
+            "z_f": self.z_f.detach().cpu().flatten(1).clone(),
             "prior_a": self.prior_a.detach().cpu().flatten(1).clone(),
             "prior_f": self.prior_f.detach().cpu().flatten(1).clone(),
-            "rho": self.rho.detach().cpu().clone(), "y_layer": self.y_layer.cpu().clone(),
-            "y_res": self.y_res.cpu().clone(), "opt_z": self.opt_z.state_dict(), "opt_w": self.opt_w.state_dict(),
+            "rho": self.rho.detach().cpu().clone(),
+            "y_layer": self.y_layer.cpu().clone(),
+            "y_res": self.y_res.cpu().clone(),
+            "opt_z": self.opt_z.state_dict(),
+            "opt_w": self.opt_w.state_dict(),
             "opt_l": self.opt_l.state_dict() if self.opt_l is not None else None,
-            "lora": lora_state(self.wrapped), "frozen": self.frozen,
+            "lora": lora_state(self.wrapped),
+            "frozen": self.frozen,
         }
 
     def finish(self, trace: list[dict[str, Any]]) -> PruneResult:
@@ -477,6 +549,8 @@ class MinimaxTraining(LearnedMethod):
         self.timings["time_train_s"] = time.perf_counter() - self.t_train
         plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
         plan.layers = [type(plan.layers[0]).model_validate(lp) for lp in frozen["layers"]]
+        assert self.hooks is not None  # begin_stage installed them
+        assert ctx.calib is not None  # MinimaxPruner.prune checked it
         self.hooks.set(*self.frozen_masks(frozen))
         probe_tokens = ctx.calib[:1].to(ctx.device)
         with torch.no_grad():
@@ -493,11 +567,16 @@ class MinimaxTraining(LearnedMethod):
         k_a, k_f = frozen["k_a"], frozen["k_f"]
         kept = self.budget.kept_params(k_a, k_f)
         report = {
-            "k_attn": k_a, "k_mlp": k_f, "attn_unit": s.attn_unit,
+            "k_attn": k_a,
+            "k_mlp": k_f,
+            "attn_unit": s.attn_unit,
             "attn_share_of_kept_params": attn_params_kept(geom, s.attn_unit, k_a) / kept,
             "uniform_split": {"k_attn": self.fixed_k[0], "k_mlp": self.fixed_k[1]},
-            "steps": T, "freeze_step": frozen["step"], "final_loss": trace[-1]["loss"] if trace else None,
-            "final_kl": trace[-1]["kl"] if trace else None, "merge_check_max_abs_logit_diff": merge_diff,
+            "steps": T,
+            "freeze_step": frozen["step"],
+            "final_loss": trace[-1]["loss"] if trace else None,
+            "final_kl": trace[-1]["kl"] if trace else None,
+            "merge_check_max_abs_logit_diff": merge_diff,
             **self.timings,
         }
         files: dict[str, Any] = {TRACE_JSON: {"options": o.model_dump(mode="json"), "trace": trace}}
@@ -534,17 +613,21 @@ def _merge_check(ctx: PruneContext, plan: PrunePlan, tokens: torch.Tensor, stude
 def _teacher(ctx: PruneContext, o: MinimaxOptions) -> TeacherTopK:
     """Teacher top-k of every calibration row; under torchrun each rank runs its shard and the
     rows are gathered (all ranks then hold the same targets)."""
-    calib, n = ctx.calib, ctx.calib.shape[0]
+    calib = ctx.calib
+    assert calib is not None  # MinimaxPruner.prune checked it
+    n = calib.shape[0]
     bs = min(ctx.settings.batch_size, n)
     task = ctx.progress.task("minimax teacher top-k", total=-(-n // bs))
     ctx.model.eval()
 
     def shard(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        part = precompute_teacher(ctx.model, calib[lo:hi], o.teacher_topk, o.temperature, bs, ctx.device,
-                                  progress=task.advance)
+        part = precompute_teacher(
+            ctx.model, calib[lo:hi], o.teacher_topk, o.temperature, bs, ctx.device, progress=task.advance
+        )
         return part.logp, part.index, part.log_rest
 
-    return TeacherTopK(*sharded_rows(n, shard), o.temperature)
+    logp, index, log_rest = sharded_rows(n, shard)
+    return TeacherTopK(logp, index, log_rest, o.temperature)
 
 
 def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Path | None:
@@ -558,7 +641,10 @@ def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Pat
     ax.plot(steps, [r["loss"] for r in trace], label="loss")
     ax.plot(steps, [r["kl"] for r in trace], label="KL")
     ax.plot(steps, [r["lm"] for r in trace], label="LM")
-    ax.set_xlabel("step"); ax.set_title("losses"); ax.legend(); ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title("losses")
+    ax.legend()
+    ax.set_yscale("log")
     ax = axes[1]
     n_a = max(r["s_attn"] for r in trace) or 1
     n_f = max(r["s_mlp"] for r in trace) or 1
@@ -566,11 +652,15 @@ def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Pat
     ax.plot(steps, [r["s_mlp"] / n_f for r in trace], label=f"MLP width / {n_f:g}")
     ax.plot(steps, [r["params_fraction"] for r in trace], label="kept params")
     ax.plot(steps, [r["budget"] for r in trace], "--", label="budget")
-    ax.set_xlabel("step"); ax.set_title(f"widths (sparsity {sparsity:g})"); ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_title(f"widths (sparsity {sparsity:g})")
+    ax.legend(fontsize=8)
     ax = axes[2]
     ax.plot(steps, [r["violation"] for r in trace], label="resource violation")
     ax.plot(steps, [r["y_resource"] for r in trace], label="y_resource")
     ax.plot(steps, [r["y_layer_mlp"] for r in trace], label="mean y_layer (MLP)")
     ax.plot(steps, [r["y_layer_attn"] for r in trace], label="mean y_layer (attn)")
-    ax.set_xlabel("step"); ax.set_title("constraint and multipliers"); ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_title("constraint and multipliers")
+    ax.legend(fontsize=8)
     return save_figure(fig, path)

@@ -41,7 +41,7 @@ from llmprune.masks import nm_eligible, nm_mask
 from llmprune.obs import obs_prune, sparsegpt_prune
 from llmprune.plan import PrunePlan, geometry_dict
 from llmprune.prox import prox_24, regulariser
-from llmprune.pruners.base import CliOption, PruneContext, Pruner, PruneResult, register, skipped_semi24
+from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register, skipped_semi24
 from llmprune.trace import pyplot, save_figure
 from llmprune.training import Batch, LearnedMethod, Losses, LRSchedule, Training, is_main
 
@@ -49,25 +49,68 @@ TRACE_JSON = "proxsparse_trace.json"
 TRACE_PNG = "proxsparse_trace.png"
 ANCHOR_EPS = 1e-2  # ε of the λ₂ anchor, relative to rms(W₀)
 
-GPU_HINT = ("7B+ on GPU: --nsamples 400 --seqlen 2048 --batch-size 1 --steps 400 --lr 1e-4 --lambda1 0.1 "
-            "--dtype bfloat16, --layers-per-stage 4-8 when full-model AdamW (4x the model) does not fit")
+GPU_HINT = (
+    "7B+ on GPU: --nsamples 400 --seqlen 2048 --batch-size 1 --steps 400 --lr 1e-4 --lambda1 0.1 "
+    "--dtype bfloat16, --layers-per-stage 4-8 when full-model AdamW (4x the model) does not fit"
+)
 
 
 class ProxSparseOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """The options of ``semi24 --method proxsparse``; each field is also a command-line flag."""
 
-    lambda1: float = Field(0.1, ge=0)
-    lambda2: float = Field(0.0, ge=0)
-    steps: int = Field(24, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    warmup: float = Field(0.1, ge=0, lt=1)
-    layers_per_stage: int = Field(0, ge=0)
-    init_mask: Literal["none", "wanda", "sparsegpt"] = "none"
-    init_shrink: float = Field(0.5, ge=0, le=1)
-    metric: Literal["plain", "wanda"] = "wanda"
-    refit: Literal["none", "obs"] = "none"
-    prox_sweeps: int = Field(100, ge=1)
-    checkpoint_every: int = Field(10, ge=1)
+    model_config = ConfigDict(extra="forbid")
+
+    lambda1: float = Field(
+        0.1,
+        ge=0,
+        description="strength of the 2:4 regulariser, scale-free (each matrix uses "
+        "lambda1 / rms(W0)); not multiplied by the learning rate. Useful range 0.02-0.5.",
+    )
+    lambda2: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the anchor to the original weights "
+        "(mean of ((W/W0)(W-W0))^2 / rms(W0)^2 per matrix); 0 disables.",
+    )
+    steps: int = Field(
+        24,
+        ge=1,
+        description="optimiser steps (per stage with --layers-per-stage), one batch of "
+        "--batch-size calibration sequences each. " + GPU_HINT + ".",
+    )
+    lr: float = Field(
+        2e-3,
+        gt=0,
+        description="AdamW peak learning rate (linear warm-up, then linear decay to 0); "
+        "2e-3 for a few dozen steps on small models, 1e-4 for long runs on 7B+.",
+    )
+    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the steps spent warming the learning rate up.")
+    layers_per_stage: int = Field(
+        0,
+        ge=0,
+        description="train the masks of this many decoder layers at a time "
+        "(others frozen; AdamW memory is 4x the stage instead of 4x the model); "
+        "0 = all layers at once.",
+    )
+    init_mask: Literal["none", "wanda", "sparsegpt"] = Field(
+        "none",
+        description="none | wanda | sparsegpt: start from the original weights "
+        "with the entries outside that baseline's 2:4 mask multiplied by --init-shrink.",
+    )
+    init_shrink: float = Field(0.5, ge=0, le=1, description="factor applied to the entries outside --init-mask's mask.")
+    metric: Literal["plain", "wanda"] = Field(
+        "wanda",
+        description="wanda | plain: run the prox (and pick the final mask) on "
+        "|W| times the normalised input-activation norm (wanda, default) or on |W| (plain, as the paper).",
+    )
+    refit: Literal["none", "obs"] = Field(
+        "none",
+        description="none | obs. none (ProxSparse): final weights are the original "
+        "weights times the learned mask. obs (our extension): keep the learned mask and update the kept "
+        "weights layer by layer by OBS as SparseGPT does (costs one Hessian pass).",
+    )
+    prox_sweeps: int = Field(100, ge=1, description="maximum coordinate-descent sweeps of the proximal operator.")
+    checkpoint_every: int = Field(10, ge=1, description="save a checkpoint for --resume every N steps.")
 
 
 @register
@@ -78,29 +121,7 @@ class ProxSparsePruner(Pruner):
     needs_calibration = True
     resumable = True
     Options = ProxSparseOptions
-    cli_options = (
-        CliOption("lambda1", float, 0.1, "proxsparse: strength of the 2:4 regulariser, scale-free (each matrix uses "
-                  "lambda1 / rms(W0)); not multiplied by the learning rate. Useful range 0.02-0.5."),
-        CliOption("lambda2", float, 0.0, "proxsparse: weight of the anchor to the original weights "
-                  "(mean of ((W/W0)(W-W0))^2 / rms(W0)^2 per matrix); 0 disables."),
-        CliOption("steps", int, 24, "proxsparse: optimiser steps (per stage with --layers-per-stage), one batch of "
-                  "--batch-size calibration sequences each. " + GPU_HINT + "."),
-        CliOption("lr", float, 2e-3, "proxsparse: AdamW peak learning rate (linear warm-up, then linear decay to 0); "
-                  "2e-3 for a few dozen steps on small models, 1e-4 for long runs on 7B+."),
-        CliOption("warmup", float, 0.1, "proxsparse: fraction of the steps spent warming the learning rate up."),
-        CliOption("layers_per_stage", int, 0, "proxsparse: train the masks of this many decoder layers at a time "
-                  "(others frozen; AdamW memory is 4x the stage instead of 4x the model); 0 = all layers at once."),
-        CliOption("init_mask", str, "none", "proxsparse: none | wanda | sparsegpt: start from the original weights "
-                  "with the entries outside that baseline's 2:4 mask multiplied by --init-shrink."),
-        CliOption("init_shrink", float, 0.5, "proxsparse: factor applied to the entries outside --init-mask's mask."),
-        CliOption("metric", str, "wanda", "proxsparse: wanda | plain: run the prox (and pick the final mask) on "
-                  "|W| times the normalised input-activation norm (wanda, default) or on |W| (plain, as the paper)."),
-        CliOption("refit", str, "none", "proxsparse: none | obs. none (ProxSparse): final weights are the original "
-                  "weights times the learned mask. obs (our extension): keep the learned mask and update the kept "
-                  "weights layer by layer by OBS as SparseGPT does (costs one Hessian pass)."),
-        CliOption("prox_sweeps", int, 100, "proxsparse: maximum coordinate-descent sweeps of the proximal operator."),
-        CliOption("checkpoint_every", int, 10, "proxsparse: save a checkpoint for --resume every N steps."),
-    )
+    options: ProxSparseOptions
 
     # ------------------------------------------------------------------------------------------
     def prune(self, ctx: PruneContext) -> PruneResult:
@@ -126,8 +147,9 @@ class ProxSparsePruner(Pruner):
             scales, init = checkpoint.method["scales"], checkpoint.method["init_masks"]
         else:
             scales, init = self._calibration_pass(ctx, targets, w0)
-        method = ProxSparseTraining(self, ctx, targets, layer_of, w0, scales, init, skipped,
-                                    checkpoint.method["masks"] if checkpoint else {})
+        method = ProxSparseTraining(
+            self, ctx, targets, layer_of, w0, scales, init, skipped, checkpoint.method["masks"] if checkpoint else {}
+        )
         method.timings["time_init_s"] = time.perf_counter() - t0
         return training.run(method)
 
@@ -152,12 +174,16 @@ class ProxSparsePruner(Pruner):
                 if o.init_mask == "wanda":
                     init[name] = nm_mask(w0[name].abs() * norm[None, :])
                 elif o.init_mask == "sparsegpt":
-                    new = sparsegpt_prune(lin.weight, stats[key].hessian, n=2, m=4, name=name)
+                    hessian = stats[key].hessian
+                    assert hessian is not None  # collected with hessian=True
+                    new = sparsegpt_prune(lin.weight, hessian, n=2, m=4, name=name)
                     init[name] = nm_mask(new.detach().float().abs().cpu())
                     lin.weight.copy_(new.to(lin.weight.dtype))  # sequential, as the baseline
 
-        task = ctx.progress.task(f"proxsparse {o.init_mask if o.init_mask != 'none' else 'activation'} statistics",
-                                 total=len(ctx.adapter.layers(ctx.model)))
+        task = ctx.progress.task(
+            f"proxsparse {o.init_mask if o.init_mask != 'none' else 'activation'} statistics",
+            total=len(ctx.adapter.layers(ctx.model)),
+        )
         runner = ctx.layerwise_runner()
         runner.run(process, progress=task)
         with torch.no_grad():  # undo the baseline's in-place pruning
@@ -173,12 +199,28 @@ class ProxSparseTraining(LearnedMethod):
     name = "proxsparse"
     hint = "lower --lr, or use --dtype float32"
 
-    def __init__(self, pruner: ProxSparsePruner, ctx: PruneContext, targets: dict[str, nn.Linear],
-                 layer_of: dict[str, int], w0: dict[str, torch.Tensor], scales: dict[str, torch.Tensor] | None,
-                 init: dict[str, torch.Tensor] | None, skipped: list[str], masks: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self,
+        pruner: ProxSparsePruner,
+        ctx: PruneContext,
+        targets: dict[str, nn.Linear],
+        layer_of: dict[str, int],
+        w0: dict[str, torch.Tensor],
+        scales: dict[str, torch.Tensor] | None,
+        init: dict[str, torch.Tensor] | None,
+        skipped: list[str],
+        masks: dict[str, torch.Tensor],
+    ) -> None:
         o = pruner.options
         self.o, self.ctx, self.strategy, self.method = o, ctx, pruner.strategy, pruner.method
-        self.targets, self.layer_of, self.w0, self.scales, self.init, self.skipped = targets, layer_of, w0, scales, init, skipped
+        self.targets, self.layer_of, self.w0, self.scales, self.init, self.skipped = (
+            targets,
+            layer_of,
+            w0,
+            scales,
+            init,
+            skipped,
+        )
         n_layers = len(ctx.adapter.layers(ctx.model))
         self.per_stage = per_stage = o.layers_per_stage or n_layers
         self.stages = [list(range(i, min(i + per_stage, n_layers))) for i in range(0, n_layers, per_stage)]
@@ -237,6 +279,7 @@ class ProxSparseTraining(LearnedMethod):
 
     def step(self, batch: Batch, forward) -> Losses:
         o, names, masters, targets = self.o, self.names, self.masters, self.targets
+        assert self.opt is not None  # begin_stage created it
         self.opt.zero_grad(set_to_none=True)
         if not self.shared:
             with torch.no_grad():
@@ -247,10 +290,11 @@ class ProxSparseTraining(LearnedMethod):
         anchor = torch.zeros((), device=self.ctx.device)
         extra = None
         if o.lambda2 > 0:
+            assert self.w0_dev is not None  # begin_stage set it when lambda2 > 0
             for n in names:
                 ref, rms = self.w0_dev[n], self.rms[n]
                 denom = ref + ANCHOR_EPS * rms * torch.where(ref >= 0, 1.0, -1.0)
-                anchor = anchor + (((masters[n] / denom) * (masters[n] - ref)) ** 2).mean() / rms ** 2
+                anchor = anchor + (((masters[n] / denom) * (masters[n] - ref)) ** 2).mean() / rms**2
             anchor = anchor / len(names)
             extra = o.lambda2 * anchor
         self.anchor = anchor
@@ -260,8 +304,11 @@ class ProxSparseTraining(LearnedMethod):
         o, names, masters, targets, scale_dev = self.o, self.names, self.masters, self.targets, self.scale_dev
         if not self.shared:
             for n in names:
-                masters[n].grad = targets[n].weight.grad.float()
+                grad = targets[n].weight.grad
+                assert grad is not None  # backward ran through the model's weights
+                masters[n].grad = grad.float()
                 targets[n].weight.grad = None
+        assert self.opt is not None  # begin_stage created it
         lr = self.schedule.apply(self.opt, o.lr, batch.step, o.steps)
         self.opt.step()
         reg_sum, nz_groups = 0.0, 0
@@ -277,13 +324,24 @@ class ProxSparseTraining(LearnedMethod):
                 metric_w = w * scale_dev[n] if scale_dev is not None else w
                 reg_sum += float(regulariser(metric_w / self._metric_rms(n)).sum())
                 nz_groups += int(((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).sum())
-        return {"stage": batch.stage + 1, "step": batch.step + 1, "loss": means["loss"],
-                "anchor": float(self.anchor.detach()), "reg": reg_sum / self.total_groups,
-                "share24": nz_groups / self.total_groups, "lr": lr, "time_prox_s": time.perf_counter() - t_prox}
+        return {
+            "stage": batch.stage + 1,
+            "step": batch.step + 1,
+            "loss": means["loss"],
+            "anchor": float(self.anchor.detach()),
+            "reg": reg_sum / self.total_groups,
+            "share24": nz_groups / self.total_groups,
+            "lr": lr,
+            "time_prox_s": time.perf_counter() - t_prox,
+        }
 
     def progress_info(self, record: dict[str, Any]) -> dict[str, Any]:
-        return {"stage": f"{record['stage']}/{self.n_stages}", "loss": record["loss"], "reg": record["reg"],
-                "share24": f"{record['share24']:.1%}"}
+        return {
+            "stage": f"{record['stage']}/{self.n_stages}",
+            "loss": record["loss"],
+            "reg": record["reg"],
+            "share24": f"{record['share24']:.1%}",
+        }
 
     def end_stage(self, stage: int) -> None:
         """Final masks of the stage: top-2 |W_learned| (in the chosen metric), applied to W₀."""
@@ -302,7 +360,8 @@ class ProxSparseTraining(LearnedMethod):
             "masters": {n: w.detach().float().cpu().clone() for n, w in self.masters.items()},
             "opt": self.opt.state_dict() if self.opt is not None else None,
             "masks": {n: m.clone() for n, m in self.masks.items()},
-            "scales": self.scales, "init_masks": self.init,
+            "scales": self.scales,
+            "init_masks": self.init,
         }
 
     def finish(self, trace: list[dict[str, Any]]) -> PruneResult:
@@ -325,11 +384,14 @@ class ProxSparseTraining(LearnedMethod):
         report = {
             **skipped_semi24(ctx, self.skipped),
             "proxsparse": {
-                "stages": self.n_stages, "layers_per_stage": self.per_stage, "steps_per_stage": o.steps,
+                "stages": self.n_stages,
+                "layers_per_stage": self.per_stage,
+                "steps_per_stage": o.steps,
                 "final_share_24": trace[-1]["share24"] if trace else None,
                 "final_loss": trace[-1]["loss"] if trace else None,
                 "lambda_per_matrix": dict(self.lam),
-                **self._mask_changes(), **self.timings,
+                **self._mask_changes(),
+                **self.timings,
             },
         }
         files: dict[str, Any] = {TRACE_JSON: {"options": o.model_dump(mode="json"), "trace": trace}}
@@ -349,7 +411,9 @@ class ProxSparseTraining(LearnedMethod):
             for key, lin in ctx.adapter.linears(layer).items():
                 name = ctx.adapter.linear_name(i, key)
                 if name in self.targets:
-                    new = obs_prune(self.w0[name], stats[key].hessian, mask=self.masks[name], name=name)
+                    hessian = stats[key].hessian
+                    assert hessian is not None  # collected with hessian=True
+                    new = obs_prune(self.w0[name], hessian, mask=self.masks[name], name=name)
                     lin.weight.copy_(new.to(device=lin.weight.device, dtype=lin.weight.dtype))
 
         task = ctx.progress.task("proxsparse OBS refit", total=len(ctx.adapter.layers(ctx.model)))
@@ -379,11 +443,14 @@ def plot_trace(trace: list[dict[str, Any]], path: Path) -> Path | None:
     axes[0].plot(x, [r["loss"] for r in trace], label="LM loss")
     if any(r["anchor"] for r in trace):
         axes[0].plot(x, [r["anchor"] for r in trace], label="anchor")
-    axes[0].set_title("loss"); axes[0].legend()
+    axes[0].set_title("loss")
+    axes[0].legend()
     axes[1].plot(x, [r["reg"] for r in trace])
-    axes[1].set_title("regulariser R(W / rms W0) in the prox metric, mean per group"); axes[1].set_yscale("symlog", linthresh=1e-3)
+    axes[1].set_title("regulariser R(W / rms W0) in the prox metric, mean per group")
+    axes[1].set_yscale("symlog", linthresh=1e-3)
     axes[2].plot(x, [r["share24"] for r in trace])
-    axes[2].set_ylim(0, 1.02); axes[2].set_title("share of groups already 2:4")
+    axes[2].set_ylim(0, 1.02)
+    axes[2].set_title("share of groups already 2:4")
     stages = sorted({r["stage"] for r in trace})
     for ax in axes:
         ax.set_xlabel("step" + (" (all stages)" if len(stages) > 1 else ""))

@@ -90,8 +90,8 @@ def _select_lowest(scores: torch.Tensor, n: int, groups: list[list[int]] | None)
     chosen: list[int] = []
     for members in groups:
         sub = scores[members]
-        order = torch.argsort(sub.double(), stable=True)[:per].tolist()
-        chosen += [members[i] for i in order]
+        lowest = torch.argsort(sub.double(), stable=True)[:per].tolist()
+        chosen += [members[i] for i in lowest]
     return chosen
 
 

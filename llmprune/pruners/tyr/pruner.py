@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -28,7 +28,7 @@ from llmprune.alignment import Alignment
 from llmprune.errors import OutputExistsError, ResumeError, UsageError
 from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
-from llmprune.pruners.base import CliOption, PruneContext, Pruner, PruneResult, register
+from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
 from llmprune.pruners.tyr.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
 from llmprune.pruners.tyr.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need
 from llmprune.trace import pyplot, save_figure
@@ -53,19 +53,42 @@ def _int_list(value: str | list[int] | tuple[int, ...], n: int, name: str) -> tu
 
 
 class TyrOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """The options of ``global --method tyr``; each field is also a command-line flag."""
 
-    generations: int = Field(8, ge=0)
-    offspring: int = Field(16, ge=1)
-    select_tokens: str = "1024,2048,4096"
-    survivors: str = "4,2"
-    iterations: int = Field(4, ge=1, le=12)
-    delta: float = Field(0.125, gt=0.0, le=0.5)
-    budget_split: Literal["fixed", "free"] = "fixed"
-    topk_logits: int = Field(256, ge=1)
-    search_nsamples: int | None = Field(None, ge=1)
-    percdamp: float = Field(0.01, ge=0.0)
-    search_space: Literal["full", "deci"] = "full"
+    model_config = ConfigDict(extra="forbid")
+
+    generations: int = Field(8, ge=0, description="Generations per coarse-to-fine iteration (paper: 50).")
+    offspring: int = Field(16, ge=1, description="Offspring per generation (paper: 128).")
+    select_tokens: str = Field(
+        "1024,2048,4096",
+        description="Calibration tokens of the three selection stages: small,medium,large (paper: 2K,16K,128K).",
+    )
+    survivors: str = Field("4,2", description="Offspring kept after the small and the medium stage (paper: 16,4).")
+    iterations: int = Field(4, ge=1, le=12, description="Coarse-to-fine iterations; Δ halves each time.")
+    delta: float = Field(
+        0.125, gt=0.0, le=0.5, description="Initial step Δ as a fraction of each module's units (at least one unit)."
+    )
+    budget_split: Literal["fixed", "free"] = Field(
+        "fixed",
+        description="fixed: attention and MLP keep their uniform parameter shares; free: the search may "
+        "move parameters between them.",
+    )
+    topk_logits: int = Field(
+        256, ge=1, description="Dense top-k logits cached per token for the KL fitness (paper: up to 8192)."
+    )
+    search_nsamples: int | None = Field(
+        None,
+        ge=1,
+        description="Calibration sequences used by the search (default: all --nsamples); the supernet always uses all.",
+    )
+    percdamp: float = Field(
+        0.01, ge=0.0, description="Hessian damping of the local pruner, as a fraction of mean(diag H)."
+    )
+    search_space: Literal["full", "deci"] = Field(
+        "full",
+        description="full: any widths; deci: only widths the DeciLM format (vLLM, llama.cpp) expresses "
+        "without padding: attention whole or removed, MLP widths multiples of 256 (use with --export-format deci).",
+    )
 
     @field_validator("select_tokens")
     @classmethod
@@ -90,42 +113,32 @@ class GlobalTyr(Pruner):
     needs_calibration: ClassVar[bool] = True
     resumable: ClassVar[bool] = True
     Options: ClassVar[type[BaseModel]] = TyrOptions
-    cli_options: ClassVar[tuple[CliOption, ...]] = (
-        CliOption("generations", int, 8, "Generations per coarse-to-fine iteration (paper: 50)."),
-        CliOption("offspring", int, 16, "Offspring per generation (paper: 128)."),
-        CliOption("select_tokens", str, "1024,2048,4096",
-                  "Calibration tokens of the three selection stages: small,medium,large (paper: 2K,16K,128K)."),
-        CliOption("survivors", str, "4,2", "Offspring kept after the small and the medium stage (paper: 16,4)."),
-        CliOption("iterations", int, 4, "Coarse-to-fine iterations; Δ halves each time."),
-        CliOption("delta", float, 0.125, "Initial step Δ as a fraction of each module's units (at least one unit)."),
-        CliOption("budget_split", str, "fixed",
-                  "fixed: attention and MLP keep their uniform parameter shares; free: the search may move parameters between them."),
-        CliOption("topk_logits", int, 256, "Dense top-k logits cached per token for the KL fitness (paper: up to 8192)."),
-        CliOption("search_nsamples", int, None,
-                  "Calibration sequences used by the search (default: all --nsamples); the supernet always uses all."),
-        CliOption("percdamp", float, 0.01, "Hessian damping of the local pruner, as a fraction of mean(diag H)."),
-        CliOption("search_space", str, "full", "full: any widths; deci: only widths the DeciLM format (vLLM, llama.cpp) "
-                  "expresses without padding: attention whole or removed, MLP widths multiples of 256 (use with --export-format deci)."),
-    )
+    options: TyrOptions
 
     def search_config(self) -> SearchConfig:
         o = self.options
         return SearchConfig(
-            generations=o.generations, offspring=o.offspring,
-            select_tokens=_int_list(o.select_tokens, 3, "--select-tokens"),
-            survivors=_int_list(o.survivors, 2, "--survivors"), budget_split=o.budget_split,
+            generations=o.generations,
+            offspring=o.offspring,
+            select_tokens=cast("tuple[int, int, int]", _int_list(o.select_tokens, 3, "--select-tokens")),
+            survivors=cast("tuple[int, int]", _int_list(o.survivors, 2, "--survivors")),
+            budget_split=o.budget_split,
         )
 
     def check_disk(self, ctx: PruneContext, types, k_attn: int, k_mlp: int) -> int:
         """Refuse to start when the work folder's disk cannot hold the supernets and the dense top-k
         cache (``supernet_disk_need``); returns the estimated bytes still to be written."""
         s, o = ctx.settings, self.options
+        assert ctx.calib is not None  # prune() checked it
         work = Path(ctx.work_dir)
         n_layers = types["o"].geom.num_layers
-        first = SupernetSpec(centers={"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers},
-                             steps={k: types[k].step(o.delta) for k in KEYS}, delta=o.delta)
+        first = SupernetSpec(
+            centers={"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers},
+            steps={k: types[k].step(o.delta) for k in KEYS},
+            delta=o.delta,
+        )
         rows = ctx.calib.shape[0] if o.search_nsamples is None else min(o.search_nsamples, ctx.calib.shape[0])
-        topk = min(o.topk_logits, ctx.model.config.vocab_size)
+        topk = min(o.topk_logits, cast(Any, ctx.model).config.vocab_size)  # a Hugging Face model's config
         need = supernet_disk_need(types, first, n_layers, o.iterations) + rows * ctx.calib.shape[1] * topk * 8
         existing = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) if work.exists() else 0
         need = max(need - existing, 0)  # --resume: what is already on disk counts
@@ -136,7 +149,8 @@ class GlobalTyr(Pruner):
                 shutil.rmtree(work, ignore_errors=True)
             raise OutputExistsError(
                 f"not enough disk space for the Týr supernet: need {need / 1e9:.2f} GB, free {free / 1e9:.2f} GB "
-                f"in {work} (free some space or choose an output -o on a larger disk)")
+                f"in {work} (free some space or choose an output -o on a larger disk)"
+            )
         return need
 
     # ----------------------------------------------------------------------------------------
@@ -174,12 +188,20 @@ class GlobalTyr(Pruner):
         if state is not None:
             check_fingerprint(state.fingerprint, fp, STATE_FILE)
             gen.set_state(state.rng)
-            ctx.progress.log(f"resuming global tyr at iteration {state.iteration + 1}, "
-                             f"generation {state.generation}")
+            ctx.progress.log(f"resuming global tyr at iteration {state.iteration + 1}, generation {state.generation}")
         pool = ctx.calib if o.search_nsamples is None else ctx.calib[: o.search_nsamples]
         t0 = time.perf_counter()
-        evaluator = Evaluator(model, adapter, pool, o.topk_logits, ctx.device, s.batch_size,
-                              cache=work / "dense_topk.pt", fingerprint=fp, resume=s.resume)
+        evaluator = Evaluator(
+            model,
+            adapter,
+            pool,
+            o.topk_logits,
+            ctx.device,
+            s.batch_size,
+            cache=work / "dense_topk.pt",
+            fingerprint=fp,
+            resume=s.resume,
+        )
         dense_topk_seconds = time.perf_counter() - t0
         centers = {"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers}
         supernet = None
@@ -189,10 +211,16 @@ class GlobalTyr(Pruner):
             if state is None or state.iteration != it:
                 prev = state
                 state = IterationState(
-                    iteration=it, generation=0, parent=(0,) * (2 * n_layers), parent_fitness=None,
-                    centers=centers, rng=gen.get_state(), log=prev.log if prev else [],
+                    iteration=it,
+                    generation=0,
+                    parent=(0,) * (2 * n_layers),
+                    parent_fitness=None,
+                    centers=centers,
+                    rng=gen.get_state(),
+                    log=prev.log if prev else [],
                     supernet_seconds=prev.supernet_seconds if prev else 0.0,
-                    search_seconds=prev.search_seconds if prev else 0.0, fingerprint=fp,
+                    search_seconds=prev.search_seconds if prev else 0.0,
+                    fingerprint=fp,
                 )
                 save_state(state)
             spec = SupernetSpec(centers=state.centers, steps={k: types[k].step(delta) for k in KEYS}, delta=delta)
@@ -213,8 +241,17 @@ class GlobalTyr(Pruner):
                 task.info(best_kl=record.best_fitness)
                 notify(Event(self.method, "step", record.generation))
 
-            state = run_generations(space, supernet, evaluator, config, state, gen, delta,
-                                    checkpoint=save_state, on_generation=on_generation)
+            state = run_generations(
+                space,
+                supernet,
+                evaluator,
+                config,
+                state,
+                gen,
+                delta,
+                checkpoint=save_state,
+                on_generation=on_generation,
+            )
             kept = space.kept_map(state.parent)
             centers = {key: [kept[(i, key)] for i in range(n_layers)] for key in KEYS}
             if it > 0:
@@ -244,8 +281,16 @@ class GlobalTyr(Pruner):
                 plan.weights[ctx.adapter.linear_name(i, "down")] = w_d
         return plan
 
-    def outputs(self, ctx: PruneContext, plan: PrunePlan, state: IterationState, geom, k_attn: int, k_mlp: int,
-                dense_topk_seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    def outputs(
+        self,
+        ctx: PruneContext,
+        plan: PrunePlan,
+        state: IterationState,
+        geom,
+        k_attn: int,
+        k_mlp: int,
+        dense_topk_seconds: float,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The report fields and the files (search log; the kept-fraction plot on rank 0)."""
         attn_total = geom.num_heads
         attn = [len(lp.heads) / attn_total for lp in plan.layers]
@@ -260,11 +305,16 @@ class GlobalTyr(Pruner):
         }
         files: dict[str, Any] = {LOG_FILE: log}
         if distributed.is_main():  # only rank 0 exports: no plot elsewhere
-            plot = plot_kept_fraction(Path(ctx.work_dir) / PLOT_FILE, attn, mlp,
-                                      k_attn / geom.attn_unit_count(plan.attn_unit), k_mlp / geom.intermediate_size,
-                                      ctx.settings.sparsity,
-                                      title=f"Týr global pruning, {ctx.settings.sparsity:.0%} sparsity, "
-                                      f"{self.options.budget_split} budget split: kept fraction per layer")
+            plot = plot_kept_fraction(
+                Path(ctx.work_dir) / PLOT_FILE,
+                attn,
+                mlp,
+                k_attn / geom.attn_unit_count(plan.attn_unit),
+                k_mlp / geom.intermediate_size,
+                ctx.settings.sparsity,
+                title=f"Týr global pruning, {ctx.settings.sparsity:.0%} sparsity, "
+                f"{self.options.budget_split} budget split: kept fraction per layer",
+            )
             if plot is not None:
                 files[PLOT_FILE] = plot
         report = {
@@ -279,8 +329,15 @@ class GlobalTyr(Pruner):
         return report, files
 
 
-def plot_kept_fraction(path: Path, attn: list[float], mlp: list[float], uni_attn: float, uni_mlp: float,
-                       sparsity: float, title: str | None = None) -> Path | None:
+def plot_kept_fraction(
+    path: Path,
+    attn: list[float],
+    mlp: list[float],
+    uni_attn: float,
+    uni_mlp: float,
+    sparsity: float,
+    title: str | None = None,
+) -> Path | None:
     """Bar chart of per-layer kept fraction (attention, MLP) against the uniform widths."""
     plt = pyplot()
     if plt is None:

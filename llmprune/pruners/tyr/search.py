@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ class SearchSpace:
     types: dict[str, ModuleType]
 
     @classmethod
-    def from_supernet(cls, supernet: Supernet) -> "SearchSpace":
+    def from_supernet(cls, supernet: Supernet) -> SearchSpace:
         modules = [(i, key) for i in range(supernet.num_layers) for key in KEYS]
         return cls(modules, [supernet.levels(key, i) for i, key in modules], supernet.types)
 
@@ -71,11 +72,15 @@ class SearchSpace:
         delta = self.params(m, k) - self.params(m, state[m])
         return delta if delta != 0 else None
 
-    def _pick(self, state: list[int], key: str, direction: int, gen: torch.Generator,
-              want: int | None = None) -> int | None:
+    def _pick(
+        self, state: list[int], key: str, direction: int, gen: torch.Generator, want: int | None = None
+    ) -> int | None:
         options = [m for m, (_, t) in enumerate(self.modules) if t == key]
-        options = [m for m in options if (d := self.move_delta(state, m, direction)) is not None
-                   and (want is None or d == want)]
+        options = [
+            m
+            for m in options
+            if (d := self.move_delta(state, m, direction)) is not None and (want is None or d == want)
+        ]
         if not options:
             return None
         return options[int(torch.randint(len(options), (1,), generator=gen))]
@@ -86,6 +91,7 @@ class SearchSpace:
         if a is None:
             return False
         gain = self.move_delta(state, a, +1)
+        assert gain is not None  # _pick only returns modules that can move
         saved = list(state)
         state[a] += 1
         b = self._pick(state, key, -1, gen, want=-gain)
@@ -107,7 +113,7 @@ class SearchSpace:
                 if m is None:
                     state[:] = saved
                     return False
-                total += self.move_delta(state, m, d)
+                total += cast(int, self.move_delta(state, m, d))  # _pick only returns modules that can move
                 state[m] += d
         if total != 0:
             state[:] = saved
@@ -115,7 +121,9 @@ class SearchSpace:
         return True
 
 
-def cross_ratio(space: SearchSpace, steps: dict[str, int], max_attn: int = 4, max_mlp: int = 16) -> tuple[int, int] | None:
+def cross_ratio(
+    space: SearchSpace, steps: dict[str, int], max_attn: int = 4, max_mlp: int = 16
+) -> tuple[int, int] | None:
     """Smallest numbers of attention and MLP level moves with equal nominal parameters."""
     o, down = space.types["o"], space.types["down"]
     if o.attn_unit != "group":
@@ -130,8 +138,14 @@ def cross_ratio(space: SearchSpace, steps: dict[str, int], max_attn: int = 4, ma
     return n_attn, n_mlp
 
 
-def mutate(space: SearchSpace, parent: tuple[int, ...], gen: torch.Generator, free_ratio: tuple[int, int] | None,
-           max_swaps: int = 4, tries: int = 50) -> tuple[int, ...]:
+def mutate(
+    space: SearchSpace,
+    parent: tuple[int, ...],
+    gen: torch.Generator,
+    free_ratio: tuple[int, int] | None,
+    max_swaps: int = 4,
+    tries: int = 50,
+) -> tuple[int, ...]:
     """An offspring: 1–``max_swaps`` budget-preserving swaps applied to ``parent``."""
     state = list(parent)
     n_swaps = int(torch.randint(1, max_swaps + 1, (1,), generator=gen))
@@ -152,16 +166,28 @@ def mutate(space: SearchSpace, parent: tuple[int, ...], gen: torch.Generator, fr
 class Evaluator:
     """Loads candidates into the (dense) model and measures KL(dense ‖ pruned) on top-k logits."""
 
-    def __init__(self, model: nn.Module, adapter: ArchAdapter, tokens: torch.Tensor, topk: int,
-                 device: torch.device, batch_size: int, cache: Path | None = None,
-                 fingerprint: dict[str, Any] | None = None, resume: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ArchAdapter,
+        tokens: torch.Tensor,
+        topk: int,
+        device: torch.device,
+        batch_size: int,
+        cache: Path | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        resume: bool = False,
+    ) -> None:
         self.model, self.adapter, self.tokens = model, adapter, tokens
         self.device, self.batch_size = device, batch_size
         self.layers = adapter.layers(model)
-        self.dense = {(i, key): adapter.linear(layer, key).weight.detach().clone()
-                      for i, layer in enumerate(self.layers) for key in KEYS}
+        self.dense = {
+            (i, key): adapter.linear(layer, key).weight.detach().clone()
+            for i, layer in enumerate(self.layers)
+            for key in KEYS
+        }
         self.loaded: dict[tuple[int, str], Any] = {}
-        self.topk = min(topk, model.config.vocab_size)
+        self.topk = min(topk, cast(Any, model).config.vocab_size)  # a Hugging Face model's config
         # With --resume, rank 0's cache (refused when made with other settings) on every rank;
         # otherwise every rank computes its shard of rows and rank 0 writes the cache (atomically).
         fp = fingerprint or {}
@@ -215,6 +241,7 @@ class Evaluator:
 
         Under torchrun each rank scores its shard of ``rows``; the sums and token counts are
         all-reduced, so every rank returns the same token-weighted mean over all rows."""
+        count: float
         if distributed.is_enabled():
             lo, hi = distributed.shard_range(rows.numel())
             total, count = self._kl_sums(rows[lo:hi])
@@ -284,7 +311,7 @@ class IterationState:
         atomic.save_torch({**self.__dict__, "parent": list(self.parent)}, path)
 
     @classmethod
-    def load(cls, path: Path) -> "IterationState":
+    def load(cls, path: Path) -> IterationState:
         data = torch.load(path, weights_only=False)
         data["parent"] = tuple(data["parent"])
         return cls(**data)
@@ -315,8 +342,9 @@ def run_generations(
     if state.parent_fitness is None:  # the iteration's starting point (generation 0)
         t0 = time.perf_counter()
         state.parent_fitness = fitness(state.parent, large)
-        record = GenerationRecord(state.iteration, 0, delta, state.parent_fitness, False, budget,
-                                  time.perf_counter() - t0)
+        record = GenerationRecord(
+            state.iteration, 0, delta, state.parent_fitness, False, budget, time.perf_counter() - t0
+        )
         state.log.append(record.to_json())
         state.search_seconds += record.seconds
         checkpoint(state)
@@ -350,8 +378,15 @@ def run_generations(
         if space.total_params(state.parent) != budget:  # every move is exact; never happens
             raise RuntimeError("search lost the parameter budget")
         state.generation += 1
-        record = GenerationRecord(state.iteration, state.generation, delta, state.parent_fitness, improved,
-                                  space.total_params(state.parent), time.perf_counter() - t0)
+        record = GenerationRecord(
+            state.iteration,
+            state.generation,
+            delta,
+            state.parent_fitness,
+            improved,
+            space.total_params(state.parent),
+            time.perf_counter() - t0,
+        )
         state.log.append(record.to_json())
         state.search_seconds += record.seconds
         state.rng = gen.get_state()

@@ -17,9 +17,9 @@ Peak memory: one block, the calibration activations and the variants of one bloc
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import safe_open
@@ -70,8 +70,9 @@ def module_types(geom: Geometry, attn_unit: str, align: Alignment | None = None)
     else:
         groups = [[j * g + r for r in range(g)] for j in range(geom.num_kv_heads)]
         o = ModuleType("o", geom.num_heads, unit_rows(geom.num_heads, d), attn_granule, groups, geom, attn_unit)
-    down = ModuleType("down", geom.intermediate_size, unit_rows(geom.intermediate_size, 1), mlp_granule, None, geom,
-                      attn_unit)
+    down = ModuleType(
+        "down", geom.intermediate_size, unit_rows(geom.intermediate_size, 1), mlp_granule, None, geom, attn_unit
+    )
     return {"o": o, "down": down}
 
 
@@ -180,8 +181,15 @@ class Supernet:
     def disk_bytes(self) -> int:
         """Bytes :meth:`build` writes for this spec: per layer and module type, every distinct
         level's float32 weight (dense coordinates) and int64 unit list, plus safetensors headers."""
-        return sum(variant_bytes(self.types[key], kept) for i in range(self.num_layers) for key in KEYS
-                   for kept in set(self.levels(key, i))) + self.num_layers * HEADER_BYTES
+        return (
+            sum(
+                variant_bytes(self.types[key], kept)
+                for i in range(self.num_layers)
+                for key in KEYS
+                for kept in set(self.levels(key, i))
+            )
+            + self.num_layers * HEADER_BYTES
+        )
 
     # ----- building -------------------------------------------------------------------------
     @torch.no_grad()
@@ -211,12 +219,14 @@ class Supernet:
                 lin = adapter.linear(layer, key)
                 W = lin.weight.detach().float()
                 H = stats[key].hessian
+                assert H is not None  # collected with hessian=True
                 G = H @ W.t()
                 kept_values = sorted(set(self.levels(key, i)))
                 weights = expectation_weights(kept_values, mtype.units)
                 avg = torch.zeros_like(W)
-                results = prune_module_levels(W, H, mtype.rows, kept_values, rounds=ROUNDS[key],
-                                              percdamp=percdamp, groups=mtype.groups, target=G)
+                results = prune_module_levels(
+                    W, H, mtype.rows, kept_values, rounds=ROUNDS[key], percdamp=percdamp, groups=mtype.groups, target=G
+                )
                 for kept, w in zip(kept_values, weights):
                     result = results[kept]
                     tensors[f"{key}.{kept}.weight"] = result.weight.cpu().contiguous()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import make_tiny_model, read_json, tiny_tokenizer
+from helpers import run_cli as run
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import make_tiny_model, read_json, run_cli as run, tiny_tokenizer
+from llmprune import training
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.config import PruneSettings
 from llmprune.distill import precompute_teacher, topk_kl
@@ -15,7 +17,6 @@ from llmprune.export import save_pruned
 from llmprune.lora import add_lora, merged_weights, remove_lora
 from llmprune.masks import uniform_widths
 from llmprune.progress import Reporter
-from llmprune import training
 from llmprune.pruners import minimax
 from llmprune.pruners.base import PruneContext, default_method
 from llmprune.surgery import apply_plan, exported_config
@@ -66,8 +67,14 @@ def test_topk_kl_is_zero_for_the_teacher_and_full_kl_when_k_is_the_vocabulary():
     teacher = precompute_teacher(model, tokens, 300, 2.0, 2, torch.device("cpu"))
     assert float(topk_kl(logits, teacher.logp, teacher.index, teacher.log_rest, 2.0)) == pytest.approx(0, abs=1e-5)
     other = logits + torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
-    full = torch.nn.functional.kl_div(torch.log_softmax(other / 2, -1), torch.log_softmax(logits / 2, -1),
-                                      log_target=True, reduction="none").sum(-1).mean() * 4
+    full = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(other / 2, -1), torch.log_softmax(logits / 2, -1), log_target=True, reduction="none"
+        )
+        .sum(-1)
+        .mean()
+        * 4
+    )
     got = topk_kl(other, teacher.logp, teacher.index, teacher.log_rest, 2.0)
     assert float(got) == pytest.approx(float(full), rel=1e-4)
     top8 = precompute_teacher(model, tokens, 8, 2.0, 2, torch.device("cpu"))
@@ -97,8 +104,9 @@ def test_lora_merge_equals_the_adapted_forward():
 @pytest.mark.parametrize("attn_unit", ["group", "query"])
 def test_uniform_widths_in_every_layer_and_budget_met(model_dir, calib, tmp_path, attn_unit):
     out = tmp_path / "out"
-    result = run("uniform", model_dir, "-o", out, "--sparsity", "0.5", "--attn-unit", attn_unit,
-                 "--calib", calib, *SMALL, *FAST)
+    result = run(
+        "uniform", model_dir, "-o", out, "--sparsity", "0.5", "--attn-unit", attn_unit, "--calib", calib, *SMALL, *FAST
+    )
     assert result.exit_code == 0, result.output
     report = read_json(out / "llmprune_report.json")
     assert report["method"] == "minimax"
@@ -106,14 +114,19 @@ def test_uniform_widths_in_every_layer_and_budget_met(model_dir, calib, tmp_path
     assert len(widths) == 1, "every layer keeps the same widths"
     heads, kv, channels = widths.pop()
     config = read_json(out / "config.json")
-    assert (config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]) == (heads, kv, channels)
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]) == (
+        heads,
+        kv,
+        channels,
+    )
     model = make_tiny_model("llama")
     geom = ArchAdapter.for_model(model).geometry(model)
     # achieved sparsity equals the request up to one MLP channel per layer
     tolerance = geom.mlp_unit_params / dense_layer_params(geom)
     assert abs(report["achieved_sparsity"] - 0.5) <= tolerance / 2 + 1e-9
     assert report["achieved_sparsity"] == pytest.approx(
-        1 - geom.layer_linear_params(heads, kv, channels) / dense_layer_params(geom))
+        1 - geom.layer_linear_params(heads, kv, channels) / dense_layer_params(geom)
+    )
     trace = read_json(out / "minimax_trace.json")["trace"]
     assert len(trace) == 8 and (out / "minimax_trace.png").stat().st_size > 1000
     assert {"loss", "kl", "s_attn", "s_mlp", "violation", "y_resource"} <= set(trace[0])
@@ -124,16 +137,33 @@ def test_export_reloads_with_plain_transformers_and_matches_the_masked_model(mod
     original = {k: v.clone() for k, v in model.state_dict().items()}
     adapter = ArchAdapter.for_model(model)
     tokenizer = tiny_tokenizer()
-    settings = PruneSettings(strategy="uniform", method="minimax", model=str(model_dir), output=tmp_path / "o",
-                             sparsity=0.4, seqlen=32, nsamples=8, batch_size=4, calib=str(calib))
+    settings = PruneSettings(
+        strategy="uniform",
+        method="minimax",
+        model=str(model_dir),
+        output=tmp_path / "o",
+        sparsity=0.4,
+        seqlen=32,
+        nsamples=8,
+        batch_size=4,
+        calib=str(calib),
+    )
     from llmprune.data import calibration_samples
 
     tokens = calibration_samples(tokenizer, str(calib), 8, 32, 0)
     pruner = minimax.MinimaxPruner({"steps": 10, "lora_rank": 4, "teacher_topk": 16, "lora_lr": 1e-2})
     work = tmp_path / "work"
     work.mkdir()
-    ctx = PruneContext(model=model, adapter=adapter, tokenizer=tokenizer, calib=tokens, settings=settings,
-                       device=torch.device("cpu"), work_dir=work, progress=Reporter(False))
+    ctx = PruneContext(
+        model=model,
+        adapter=adapter,
+        tokenizer=tokenizer,
+        calib=tokens,
+        settings=settings,
+        device=torch.device("cpu"),
+        work_dir=work,
+        progress=Reporter(False),
+    )
     events = []
     with training.step_callback(events.append):
         result = pruner.prune(ctx)
@@ -143,8 +173,15 @@ def test_export_reloads_with_plain_transformers_and_matches_the_masked_model(mod
     assert changed, "LoRA training changed the kept weights"
     assert result.report["minimax"]["merge_check_max_abs_logit_diff"] < 1e-4
     apply_plan(model, adapter, plan)
-    save_pruned(model, tokenizer, plan, {"ok": True}, tmp_path / "export", torch.float32,
-                config=exported_config(model, adapter, plan))
+    save_pruned(
+        model,
+        tokenizer,
+        plan,
+        {"ok": True},
+        tmp_path / "export",
+        torch.float32,
+        config=exported_config(model, adapter, plan),
+    )
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype=torch.float32).eval()
     (probe,) = [e.data for e in events if e.kind == "student"]  # the trained student's logits
     with torch.no_grad():
@@ -154,8 +191,26 @@ def test_export_reloads_with_plain_transformers_and_matches_the_masked_model(mod
 
 def test_multipliers_increase_while_the_constraint_is_violated(model_dir, calib, tmp_path):
     out = tmp_path / "out"
-    result = run("uniform", model_dir, "-o", out, "--sparsity", "0.6", "--calib", calib, *SMALL, *FAST,
-                 "--ramp", "0.5", "--finetune", "0", "--lora-rank", "0", "--width-lr", "0.005")
+    result = run(
+        "uniform",
+        model_dir,
+        "-o",
+        out,
+        "--sparsity",
+        "0.6",
+        "--calib",
+        calib,
+        *SMALL,
+        *FAST,
+        "--ramp",
+        "0.5",
+        "--finetune",
+        "0",
+        "--lora-rank",
+        "0",
+        "--width-lr",
+        "0.005",
+    )
     assert result.exit_code == 0, result.output
     trace = read_json(out / "minimax_trace.json")["trace"]
     violated = [(prev, cur) for prev, cur in zip(trace, trace[1:]) if cur["violation"] > 1e-9]
@@ -194,8 +249,22 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(model_dir, cal
 
 def test_fixed_widths_ablation_uses_the_uniform_split(model_dir, calib, tmp_path):
     out = tmp_path / "out"
-    result = run("uniform", model_dir, "-o", out, "--sparsity", "0.5", "--calib", calib, *SMALL, *FAST,
-                 "--no-learn-widths", "--no-distill", "--lora-rank", "0")
+    result = run(
+        "uniform",
+        model_dir,
+        "-o",
+        out,
+        "--sparsity",
+        "0.5",
+        "--calib",
+        calib,
+        *SMALL,
+        *FAST,
+        "--no-learn-widths",
+        "--no-distill",
+        "--lora-rank",
+        "0",
+    )
     assert result.exit_code == 0, result.output
     report = read_json(out / "llmprune_report.json")["minimax"]
     model = make_tiny_model("llama")

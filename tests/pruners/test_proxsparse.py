@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_json, save_tiny_model
+from helpers import run_cli as run
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import read_json, run_cli as run, save_tiny_model
 from llmprune import training
 from llmprune.prox import share_24
-from llmprune.pruners import proxsparse
 from llmprune.pruners.base import default_method
 
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
@@ -87,18 +87,22 @@ def test_prox_runs_after_every_step_without_the_learning_rate(model_dir, calib, 
     """With a tiny learning rate the optimiser barely moves the weights; a large λ₁ alone must still
     make every group 2:4 after the first step (λ₁ is not scaled by the learning rate)."""
     out = tmp_path / "out"
-    result = run("semi24", model_dir, "-o", out, "--calib", calib, *SMALL, "--steps", "2", "--lr", "1e-9",
-                 "--lambda1", "200")
+    result = run(
+        "semi24", model_dir, "-o", out, "--calib", calib, *SMALL, "--steps", "2", "--lr", "1e-9", "--lambda1", "200"
+    )
     assert result.exit_code == 0, result.output
     trace = read_json(out / "proxsparse_trace.json")["trace"]
     assert trace[0]["share24"] == 1.0 and trace[0]["reg"] == 0.0
 
 
-@pytest.mark.parametrize("extra", [
-    ["--layers-per-stage", "1"],
-    ["--init-mask", "wanda", "--metric", "wanda", "--lambda2", "0.5"],
-    ["--init-mask", "sparsegpt", "--init-shrink", "0"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--layers-per-stage", "1"],
+        ["--init-mask", "wanda", "--metric", "wanda", "--lambda2", "0.5"],
+        ["--init-mask", "sparsegpt", "--init-shrink", "0"],
+    ],
+)
 def test_stages_metrics_and_init_masks_give_exact_24(model_dir, calib, tmp_path, extra):
     out = tmp_path / "out"
     result = run("semi24", model_dir, "-o", out, "--calib", calib, *SMALL, *FAST, *extra)
@@ -118,16 +122,45 @@ def test_init_mask_with_zero_learning_signal_reproduces_the_wanda_mask(model_dir
     """init from the Wanda mask (shrink 0 → already 2:4), λ₁ = 0 and a negligible step: the learned
     mask is the Wanda mask (computed on dense activations)."""
     out = tmp_path / "out"
-    result = run("semi24", model_dir, "-o", out, "--calib", calib, *SMALL, "--steps", "1", "--lr", "1e-12",
-                 "--lambda1", "0", "--init-mask", "wanda", "--init-shrink", "0")
+    result = run(
+        "semi24",
+        model_dir,
+        "-o",
+        out,
+        "--calib",
+        calib,
+        *SMALL,
+        "--steps",
+        "1",
+        "--lr",
+        "1e-12",
+        "--lambda1",
+        "0",
+        "--init-mask",
+        "wanda",
+        "--init-shrink",
+        "0",
+    )
     assert result.exit_code == 0, result.output
     assert read_json(out / "llmprune_report.json")["proxsparse"]["share_weights_differing_from_init_mask"] == 0.0
 
 
 def test_bfloat16_compute_trains_float32_masters(model_dir, calib, tmp_path):
     out = tmp_path / "out"
-    result = run("semi24", model_dir, "-o", out, "--calib", calib, *SMALL, *FAST, "--dtype", "bfloat16",
-                 "--save-dtype", "float32")
+    result = run(
+        "semi24",
+        model_dir,
+        "-o",
+        out,
+        "--calib",
+        calib,
+        *SMALL,
+        *FAST,
+        "--dtype",
+        "bfloat16",
+        "--save-dtype",
+        "float32",
+    )
     assert result.exit_code == 0, result.output
     after = load_file(out / "model.safetensors")
     before = load_file(model_dir / "model.safetensors")
@@ -170,13 +203,16 @@ def test_resume_with_changed_options_is_refused(model_dir, calib, tmp_path):
     assert result.exit_code != 0 and "different settings" in result.output
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--init-mask", "bogus"], "init_mask"),
-    (["--metric", "l3"], "metric"),
-    (["--lambda1", "-1"], "lambda1"),
-    (["--warmup", "1.5"], "warmup"),
-    (["--steps", "0"], "steps"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--init-mask", "bogus"], "init_mask"),
+        (["--metric", "l3"], "metric"),
+        (["--lambda1", "-1"], "lambda1"),
+        (["--warmup", "1.5"], "warmup"),
+        (["--steps", "0"], "steps"),
+    ],
+)
 def test_bad_options_fail_with_one_line(model_dir, calib, tmp_path, extra, needle):
     result = run("semi24", model_dir, "-o", tmp_path / "o", "--calib", calib, *SMALL, *extra)
     assert result.exit_code != 0

@@ -7,19 +7,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SAMPLE_TEXT, make_tiny_model, read_json, tiny_tokenizer
 
-from conftest import SAMPLE_TEXT, make_tiny_model, read_json, tiny_tokenizer
 from llmprune.arch import ArchAdapter
 from llmprune.capture import LayerwiseRunner
 from llmprune.config import PruneSettings
 from llmprune.data import calibration_samples
-from llmprune.pruners.tyr.local_prune import least_squares_refit, prune_module, unit_rows
 from llmprune.masks import uniform_widths
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext
 from llmprune.pruners.tyr import GlobalTyr
+from llmprune.pruners.tyr.local_prune import least_squares_refit, prune_module, unit_rows
 from llmprune.pruners.tyr.search import SearchSpace, cross_ratio, mutate
-from llmprune.pruners.tyr.supernet import LEVELS, Supernet, SupernetSpec, expectation_weights, level_values, module_types
+from llmprune.pruners.tyr.supernet import (
+    LEVELS,
+    Supernet,
+    SupernetSpec,
+    expectation_weights,
+    level_values,
+    module_types,
+)
 
 
 def _problem(n_in=48, n_out=20, tokens=400, seed=0):
@@ -104,14 +111,32 @@ def _ctx(tmp_path: Path, model, sparsity=0.4, nsamples=6, seqlen=32, resume=Fals
     text = tmp_path / "calib.txt"
     text.write_text(SAMPLE_TEXT)
     tok = tiny_tokenizer(model.config.vocab_size)
-    settings = PruneSettings(strategy="global", method="tyr", model="tiny", output=tmp_path / "out", sparsity=sparsity,
-                             calib=str(text), nsamples=nsamples, seqlen=seqlen, seed=seed, resume=resume,
-                             method_options=options)
+    settings = PruneSettings(
+        strategy="global",
+        method="tyr",
+        model="tiny",
+        output=tmp_path / "out",
+        sparsity=sparsity,
+        calib=str(text),
+        nsamples=nsamples,
+        seqlen=seqlen,
+        seed=seed,
+        resume=resume,
+        method_options=options,
+    )
     calib = calibration_samples(tok, str(text), nsamples, seqlen, seed)
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
-    return PruneContext(model=model, adapter=ArchAdapter.for_model(model), tokenizer=tok, calib=calib,
-                        settings=settings, device=torch.device("cpu"), work_dir=work, progress=Reporter(enabled=False))
+    return PruneContext(
+        model=model,
+        adapter=ArchAdapter.for_model(model),
+        tokenizer=tok,
+        calib=calib,
+        settings=settings,
+        device=torch.device("cpu"),
+        work_dir=work,
+        progress=Reporter(enabled=False),
+    )
 
 
 @pytest.mark.parametrize("attn_unit", ["group", "query"])
@@ -139,8 +164,9 @@ def test_supernet_levels_have_the_right_counts(tmp_path, attn_unit):
                 removed = rows[[u for u in range(types[key].units) if u not in units]].reshape(-1)
                 assert torch.all(weight[:, removed] == 0)
                 if attn_unit == "query" and key == "o":
-                    assert len({sum(1 for u in units if u // geom.group_size == j)
-                                for j in range(geom.num_kv_heads)}) == 1
+                    assert (
+                        len({sum(1 for u in units if u // geom.group_size == j) for j in range(geom.num_kv_heads)}) == 1
+                    )
 
 
 # ----- search -----------------------------------------------------------------------------------
@@ -223,7 +249,9 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop_after):
     import llmprune.pruners.tyr.search as search_mod
 
     options = dict(SMALL, generations=3, budget_split="free")
-    straight = GlobalTyr(options).prune(_ctx(tmp_path / "a", make_tiny_model("llama", num_hidden_layers=3), **options)).plan
+    straight = (
+        GlobalTyr(options).prune(_ctx(tmp_path / "a", make_tiny_model("llama", num_hidden_layers=3), **options)).plan
+    )
 
     calls = {"n": 0}
     original = search_mod.IterationState.save
@@ -278,9 +306,32 @@ def test_cli_global_end_to_end_and_eval(tmp_path, tiny_model_dir, tiny_text):
     from llmprune.loading import load_model
 
     out = tmp_path / "out"
-    args = ["global", str(tiny_model_dir), "-o", str(out), "--sparsity", "0.4", "--calib", str(tiny_text),
-            "--nsamples", "6", "--seqlen", "32", "--generations", "2", "--offspring", "4",
-            "--select-tokens", "32,64,128", "--survivors", "2,1", "--iterations", "2", "--budget-split", "free"]
+    args = [
+        "global",
+        str(tiny_model_dir),
+        "-o",
+        str(out),
+        "--sparsity",
+        "0.4",
+        "--calib",
+        str(tiny_text),
+        "--nsamples",
+        "6",
+        "--seqlen",
+        "32",
+        "--generations",
+        "2",
+        "--offspring",
+        "4",
+        "--select-tokens",
+        "32,64,128",
+        "--survivors",
+        "2,1",
+        "--iterations",
+        "2",
+        "--budget-split",
+        "free",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = read_json(out / "llmprune_report.json")
@@ -288,5 +339,7 @@ def test_cli_global_end_to_end_and_eval(tmp_path, tiny_model_dir, tiny_text):
     assert {"tyr_search_log.json", "tyr_kept_fraction.png", "llmprune_plan.json"} <= {p.name for p in out.iterdir()}
     model, adapter, _ = load_model(str(out), torch.device("cpu"), torch.float32)
     assert adapter.decoder_linear_params(model) == report["params_decoder_linear"]
-    bad = CliRunner().invoke(app, args[:3] + [str(tmp_path / "bad"), "--select-tokens", "64,32", "--calib", str(tiny_text)])
+    bad = CliRunner().invoke(
+        app, args[:3] + [str(tmp_path / "bad"), "--select-tokens", "64,32", "--calib", str(tiny_text)]
+    )
     assert bad.exit_code == 2 and "select-tokens" in bad.output

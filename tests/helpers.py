@@ -1,0 +1,149 @@
+"""Helpers shared by the tests (``from helpers import ...``): tiny random models of every supported
+family, the reference model and data, and small utilities. Fixtures and hooks live in conftest.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+#: The project's own copy of the reference model and text (examples/), used when ../shared is absent.
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+_REFERENCE = SHARED if (SHARED / "refmodel").is_dir() else EXAMPLES
+REFMODEL = _REFERENCE / "refmodel"
+CALIB = _REFERENCE / "data" / "calib.txt"
+EVAL = _REFERENCE / "data" / "eval.txt"
+
+#: family -> config kwargs of a tiny random model (GQA: 4 query heads, 2 KV heads).
+TINY_CONFIGS: dict[str, dict] = {
+    "llama": dict(
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=300,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    ),
+    "mistral": dict(
+        model_type="mistral",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=300,
+        max_position_embeddings=128,
+        sliding_window=None,
+    ),
+    "qwen2": dict(
+        model_type="qwen2",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=300,
+        max_position_embeddings=128,
+    ),
+    "qwen3": dict(
+        model_type="qwen3",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=300,
+        max_position_embeddings=128,
+        head_dim=16,
+    ),
+}
+
+FAMILIES = tuple(TINY_CONFIGS)
+
+
+def make_tiny_model(family: str, seed: int = 0, **overrides):
+    """A tiny random causal LM of ``family`` in float32, eval mode.
+
+    Random weights are scaled up (std 0.2) so that pruning changes outputs visibly, and Qwen2's
+    q/k/v biases are made non-zero so that bias slicing is exercised.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    kwargs = dict(TINY_CONFIGS[family])
+    kwargs.update(overrides)
+    model_type = kwargs.pop("model_type")
+    config = AutoConfig.for_model(model_type, initializer_range=0.2, **kwargs)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.2)
+            elif "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def tiny_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained in memory on a few sentences (no network)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([SAMPLE_TEXT] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+
+
+SAMPLE_TEXT = (
+    "The quick brown fox jumps over the lazy dog. Pruning removes weights from a network.\n\n"
+    "Structured pruning removes whole heads and channels, so the model becomes smaller and faster.\n\n"
+    "Semi-structured 2:4 sparsity keeps two of every four weights; GPUs can exploit that pattern.\n\n"
+) * 40
+
+
+def save_tiny_model(folder: Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
+    """Write a tiny model + tokenizer folder loadable with from_pretrained."""
+    model = make_tiny_model(family, seed, **overrides)
+    model.save_pretrained(folder)
+    tiny_tokenizer(model.config.vocab_size).save_pretrained(folder)
+    return folder
+
+
+def folder_hash(folder: Path) -> dict[str, str]:
+    """Content hash of every file in a folder (to prove an input was left untouched)."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+requires_refmodel = pytest.mark.skipif(not (REFMODEL / "config.json").exists(), reason="../shared/refmodel not present")
+
+
+def run_cli(*args):
+    """Invoke the CLI in-process (typer's CliRunner), every argument stringified."""
+    from typer.testing import CliRunner
+
+    from llmprune.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
