@@ -13,7 +13,9 @@ handed to every consumer that is installed here, each in a fresh process:
 - llama.cpp's own ``convert_hf_to_gguf.py`` (from the llama-cpp-python source distribution, or
   ``--llama-cpp DIR``), to F32 and to Q8_0, read back with the ``gguf`` package; when
   ``llama_cpp`` is importable, the 12 greedy tokens of llama.cpp against transformers';
-- optimum's ONNX export, when ``optimum`` is importable.
+- transformers 4.x and optimum's ONNX export, in the interpreter given by ``--tf4-python`` (a
+  virtualenv: optimum-onnx pins transformers < 4.58, so it cannot share this interpreter):
+  tokenizer and model load, and the 12 greedy tokens against transformers 5's.
 
 The reference tokenizer needs two local mappings in llama.cpp's converter (properties of the
 tokenizer, not of our exports): its pre-tokenizer hash is unknown (mapped to ``gpt-2``), and the
@@ -22,7 +24,8 @@ size). They are applied at run time to a temporary copy of the converter; nothin
 kept in this repository.
 
     pip download --no-deps --no-binary :all: llama-cpp-python   # or: --llama-cpp PATH/TO/llama.cpp
-    python benchmarks/interop.py [--sdist llama_cpp_python-X.tar.gz] [--llama-cpp DIR]
+    python -m venv --system-site-packages /tmp/tf4 && /tmp/tf4/bin/pip install "optimum-onnx[onnxruntime]"
+    python benchmarks/interop.py [--sdist llama_cpp_python-X.tar.gz] [--llama-cpp DIR] [--tf4-python /tmp/tf4/bin/python]
 
 Writes docs/benchmarks/interop.md and benchmarks/results/interop.json.
 """
@@ -71,6 +74,7 @@ CONSUMERS = [
     "GGUF F32",
     "GGUF Q8_0",
     "llama.cpp greedy",
+    "transformers 4.x",
     "optimum ONNX",
 ]
 
@@ -112,6 +116,8 @@ run("plain", plain)
 def remote():  # a DeciLM folder loads only with its own code
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True).eval()
     state["model"], state["remote"] = model, True
+    gen = model.generate(ids, max_new_tokens=N, do_sample=False, pad_token_id=tok.eos_token_id or 0)
+    state["greedy"] = gen[0, ids.shape[1]:].tolist()
     with torch.no_grad():
         state["logits"] = model(ids).logits
 if "model" not in state:
@@ -119,6 +125,13 @@ if "model" not in state:
         remote()
     except Exception:
         pass
+    config = json.load(open(os.path.join(out, "config.json")))
+    if state.get("remote") and config.get("model_type") == "nemotron-nas":
+        results["plain"] = [
+            "n/a",
+            "by design: a DeciLM folder runs its own modeling_decilm.py (trust_remote_code=True), "
+            "as NVIDIA's Nemotron-NAS checkpoints do; llmprune does not claim the nemotron-nas model type",
+        ]
 KW = {"trust_remote_code": True} if state.get("remote") else {}
 NOTE = " (trust_remote_code)" if KW else ""
 def compiled():
@@ -250,26 +263,54 @@ done(result_path)
 """
 )
 
-ONNX = (
+TF4 = (
     COMMON
     + r"""
-out, work, result_path = sys.argv[1:4]
+out, expected, result_path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+import torch, transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+VERSION = f"transformers {transformers.__version__}"
+try:
+    tok = AutoTokenizer.from_pretrained(out)
+except Exception as err:
+    first = (str(err).strip().splitlines() or [""])[0][:160]
+    for column in ("transformers 4.x", "optimum ONNX"):
+        results[column] = ["fails", f"{VERSION} cannot load the tokenizer: {type(err).__name__}: {first}"]
+    done(result_path)
+    sys.exit(0)
+ids = tok(PROMPT, return_tensors="pt").input_ids
+def tf4():
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, torch_dtype=torch.float32).eval()
+    gen = model.generate(ids, max_new_tokens=N, do_sample=False, pad_token_id=tok.eos_token_id or 0)
+    got = gen[0, ids.shape[1]:].tolist()
+    assert got == expected, f"{VERSION} greedy {got} != transformers 5's {expected}"
+    return f"{VERSION}: {type(tok).__name__}, same {N} greedy tokens"
+run("transformers 4.x", tf4)
 def export():
     from optimum.onnxruntime import ORTModelForCausalLM
-    from transformers import AutoTokenizer
     model = ORTModelForCausalLM.from_pretrained(out, export=True, trust_remote_code=True)
-    tok = AutoTokenizer.from_pretrained(out)
-    ids = tok(PROMPT, return_tensors="pt").input_ids
-    model.generate(ids, max_new_tokens=4, do_sample=False)
-    return "exported and generated with the KV cache"
-run("optimum ONNX", export)
+    gen = model.generate(ids, max_new_tokens=N, do_sample=False, pad_token_id=tok.eos_token_id or 0)
+    got = gen[0, ids.shape[1]:].tolist()
+    assert got == expected, f"ONNX greedy {got} != transformers {expected}"
+    return f"exported; same {N} greedy tokens with the KV cache ({VERSION})"
+try:
+    import optimum.onnxruntime  # noqa: F401
+    run("optimum ONNX", export)
+except ImportError:
+    results["optimum ONNX"] = ["not run here", "optimum-onnx not installed in --tf4-python"]
 done(result_path)
 """
 )
 
 
 def run_script(
-    source: str, args: list[str], work: Path, name: str, timeout: int = 900, with_repo: bool = True
+    source: str,
+    args: list[str],
+    work: Path,
+    name: str,
+    timeout: int = 900,
+    with_repo: bool = True,
+    python: str = sys.executable,
 ) -> dict[str, Any]:
     """Run one consumer script in a fresh interpreter; its JSON results, or a failure for all."""
     script = work / f"{name}.py"
@@ -284,7 +325,7 @@ def run_script(
     )
     try:
         proc = subprocess.run(
-            [sys.executable, str(script), *args, str(result)],
+            [python, str(script), *args, str(result)],
             cwd=work,
             env=env,
             capture_output=True,
@@ -411,7 +452,9 @@ def gguf_cells(converter: Path | None, folder: Path, work: Path, hashes: list[st
 
 
 # ----- one output ---------------------------------------------------------------------------------
-def check_output(name: str, folder: Path, work: Path, converter: Path | None, hashes: list[str]) -> dict[str, Any]:
+def check_output(
+    name: str, folder: Path, work: Path, converter: Path | None, hashes: list[str], tf4_python: str | None = None
+) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     cells: dict[str, list[str]] = {}
     first = run_script(WITH_LLMPRUNE, [str(folder), str(work)], work, "check_with_llmprune")
@@ -450,16 +493,15 @@ def check_output(name: str, folder: Path, work: Path, converter: Path | None, ha
         ]
     else:
         cells.update(run_llama_cpp(work, greedy))
-    if importlib.util.find_spec("optimum") is None:
-        cells["optimum ONNX"] = ["not run here", "optimum not installed"]
+    if tf4_python is None:
+        for column in ("transformers 4.x", "optimum ONNX"):
+            cells[column] = ["not run here", "no transformers 4.x interpreter (pass --tf4-python)"]
     else:
-        cells.update(
-            {
-                k: v
-                for k, v in run_script(ONNX, [str(folder), str(work)], work, "check_onnx").items()
-                if not k.startswith("_")
-            }
-        )
+        tf4_args = [str(folder), json.dumps(greedy)]
+        part = run_script(TF4, tf4_args, work, "check_tf4", with_repo=False, python=tf4_python)
+        if "_error" in part:
+            part = {"transformers 4.x": ["fails", part["_error"]]}
+        cells.update(part)
     for column in CONSUMERS:
         cells.setdefault(column, ["fails", "no result"])
     return {"output": name, "folder": display_path(folder), "greedy_tokens": greedy, "cells": cells}
@@ -487,7 +529,8 @@ def find_converter(args: argparse.Namespace, work: Path) -> Path | None:
         [Path(args.sdist)]
         if args.sdist
         else sorted(ROOT.glob("llama_cpp_python-*.tar.gz"))
-        + sorted(Path(tempfile.gettempdir()).rglob("llama_cpp_python-*.tar.gz"))
+        + sorted(Path(tempfile.gettempdir()).glob("llama_cpp_python-*.tar.gz"))
+        + sorted(Path(tempfile.gettempdir()).glob("*/llama_cpp_python-*.tar.gz"))
     )
     for sdist in sdists:
         if sdist.is_file():
@@ -520,7 +563,7 @@ def publish(records: list[dict[str, Any]], converter_note: str) -> None:
     for record in records:
         row = {"output": record["output"]}
         for column in CONSUMERS:
-            status, detail = record["cells"][column]
+            status, detail = record["cells"].get(column, ["not run here", "column added after this row ran"])
             row[column] = status if not detail else f"{status}: {detail}"
         rows.append(row)
     notes = ["Commands:", ""] + [f"- {r['output']}: `{r['command']}`" for r in records] + ["", converter_note]
@@ -541,6 +584,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sdist", help="llama-cpp-python source distribution (.tar.gz) holding llama.cpp's converter")
     parser.add_argument("--llama-cpp", help="a llama.cpp checkout (its convert_hf_to_gguf.py is used)")
+    parser.add_argument(
+        "--tf4-python",
+        help="a Python interpreter with transformers 4.x (and optimum-onnx) for the transformers 4.x and ONNX columns",
+    )
     parser.add_argument(
         "--only", help="comma-separated row names to (re)run; the other rows are kept from the last run"
     )
@@ -578,7 +625,7 @@ def main() -> None:
             command = prune_command(strategy, method, sparsity, **spec)
             if "deci" in report:
                 command += f" (padding: {report['deci']['padding_params']:,} parameters)"
-        record = check_output(name, folder, work / slug / "checks", converter, hashes)
+        record = check_output(name, folder, work / slug / "checks", converter, hashes, args.tf4_python)
         record["command"] = command
         records = [r for r in records if r["output"] != name] + [record]
         publish(records, converter_note)

@@ -2,7 +2,8 @@
 
 Needs llama.cpp's ``convert_hf_to_gguf.py``: set ``LLMPRUNE_LLAMA_CPP`` to a llama.cpp checkout or
 ``LLMPRUNE_LLAMA_CPP_SDIST`` to a llama-cpp-python source distribution
-(``pip download --no-deps --no-binary :all: llama-cpp-python``), and install ``gguf`` (and
+(``pip download --no-deps --no-binary :all: llama-cpp-python``; ``.ci/run`` puts one in
+``.ci/cache``, which is used when neither variable is set), and install ``gguf`` (and
 ``sentencepiece``, which the converter imports). Skipped otherwise. The converter is patched at run
 time (a temporary copy) with the test tokenizer's two mappings, as in benchmarks/interop.py.
 """
@@ -19,7 +20,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 LLAMA_CPP = os.environ.get("LLMPRUNE_LLAMA_CPP")
-SDIST = os.environ.get("LLMPRUNE_LLAMA_CPP_SDIST")
+#: ``.ci/run`` downloads the source distribution into ``.ci/cache``.
+SDIST = os.environ.get("LLMPRUNE_LLAMA_CPP_SDIST") or next(
+    (str(p) for p in sorted((Path(__file__).resolve().parents[1] / ".ci" / "cache").glob("llama_cpp_python-*.tar.gz"))),
+    None,
+)
 MISSING = [name for name in ("gguf", "sentencepiece") if importlib.util.find_spec(name) is None]
 
 pytestmark = [
