@@ -76,7 +76,64 @@ CONSUMERS = [
     "llama.cpp greedy",
     "transformers 4.x",
     "optimum ONNX",
+    "vLLM TP sizes",
 ]
+
+TP_SIZES = (1, 2, 4, 8)
+
+
+def layer_widths_of(config: dict[str, Any]) -> list[tuple[int, int, int]] | None:
+    """Per layer (query heads, KV heads, MLP channels) of a folder's config; None when vLLM has no
+    class for it (our ``llmprune_hetero_*`` types)."""
+    if str(config.get("model_type", "")).startswith("llmprune_hetero_"):
+        return None
+    if "block_configs" in config:  # DeciLM: fixed query heads, per-layer KV grouping and MLP width
+        heads, hidden = config["num_attention_heads"], config["hidden_size"]
+        widths = []
+        for block in config["block_configs"]:
+            attn, ffn = block["attention"], block["ffn"]
+            kv = 0 if attn.get("no_op") or attn.get("n_heads_in_group") is None else heads // attn["n_heads_in_group"]
+            if ffn.get("no_op") or ffn.get("ffn_mult") is None:
+                channels = 0
+            else:
+                channels = int(2 * ffn["ffn_mult"] * hidden / 3)
+                channels += -channels % 256
+            widths.append((heads if kv else 0, kv, channels))
+        return widths
+    layer = (
+        config["num_attention_heads"],
+        config.get("num_key_value_heads") or config["num_attention_heads"],
+        config["intermediate_size"],
+    )
+    return [layer] * config["num_hidden_layers"]
+
+
+def vllm_tp_cell(folder: Path) -> list[str]:
+    """The tensor-parallel sizes vLLM's divisibility checks accept (read from its source, not run:
+    ``LlamaAttention`` needs heads % tp == 0 and KV heads % tp == 0 or tp % KV heads == 0, the MLP's
+    column-parallel layers need channels % tp == 0; ``DeciLMForCausalLM`` builds its layers from
+    those classes)."""
+    widths = layer_widths_of(json.loads((folder / "config.json").read_text()))
+    if widths is None:
+        return ["n/a", "vLLM has no class for this config: export with --export-format deci"]
+
+    def fits(tp: int) -> bool:
+        for heads, kv, channels in widths:
+            if heads and (heads % tp or (kv % tp if kv >= tp else tp % kv)):
+                return False
+            if channels and channels % tp:
+                return False
+        return True
+
+    ok = [tp for tp in TP_SIZES if fits(tp)]
+    shapes = sorted({w for w in widths if any(w)})
+    shown = ", ".join(f"{h}/{k}/{c}" for h, k, c in shapes[:3]) + (", ..." if len(shapes) > 3 else "")
+    detail = (
+        f"TP {', '.join(map(str, ok)) or 'none'} of {'/'.join(map(str, TP_SIZES))} "
+        f"(static check of vLLM's rules; heads/KV heads/MLP: {shown})"
+    )
+    return ["works" if ok == list(TP_SIZES) else "partial", detail]
+
 
 # ----- consumer scripts (each runs in a fresh interpreter) ----------------------------------------
 COMMON = r"""
@@ -286,12 +343,26 @@ def tf4():
     assert got == expected, f"{VERSION} greedy {got} != transformers 5's {expected}"
     return f"{VERSION}: {type(tok).__name__}, same {N} greedy tokens"
 run("transformers 4.x", tf4)
-def export():
-    from optimum.onnxruntime import ORTModelForCausalLM
-    model = ORTModelForCausalLM.from_pretrained(out, export=True, trust_remote_code=True)
+def onnx_greedy(model):
     gen = model.generate(ids, max_new_tokens=N, do_sample=False, pad_token_id=tok.eos_token_id or 0)
     got = gen[0, ids.shape[1]:].tolist()
     assert got == expected, f"ONNX greedy {got} != transformers {expected}"
+def export():
+    from optimum.onnxruntime import ORTModelForCausalLM
+    model = ORTModelForCausalLM.from_pretrained(out, export=True, trust_remote_code=True)
+    head_dim = getattr(model.config, "head_dim", None)
+    if head_dim and getattr(model, "embed_size_per_head", head_dim) != head_dim:
+        # optimum's runtime sizes the KV cache as hidden_size // num_attention_heads for Llama and
+        # Mistral, which is wrong once heads are pruned; check the export with the right size
+        shipped = model.embed_size_per_head
+        model.embed_size_per_head = head_dim
+        onnx_greedy(model)
+        raise RuntimeError(
+            f"the ONNX export is right, but optimum's runtime sizes the KV cache as hidden/heads = {shipped} "
+            f"instead of head_dim {head_dim}; with ort_model.embed_size_per_head = config.head_dim it gives "
+            f"the same {N} greedy tokens"
+        )
+    onnx_greedy(model)
     return f"exported; same {N} greedy tokens with the KV cache ({VERSION})"
 try:
     import optimum.onnxruntime  # noqa: F401
@@ -502,6 +573,7 @@ def check_output(
         if "_error" in part:
             part = {"transformers 4.x": ["fails", part["_error"]]}
         cells.update(part)
+    cells["vLLM TP sizes"] = vllm_tp_cell(folder)
     for column in CONSUMERS:
         cells.setdefault(column, ["fails", "no result"])
     return {"output": name, "folder": display_path(folder), "greedy_tokens": greedy, "cells": cells}
@@ -561,6 +633,9 @@ def publish(records: list[dict[str, Any]], converter_note: str) -> None:
     records = sorted(records, key=lambda r: order.index(r["output"]) if r["output"] in order else len(order))
     rows = []
     for record in records:
+        folder = REFMODEL if record["folder"].startswith("../shared/") else ROOT / record["folder"]
+        if "vLLM TP sizes" not in record["cells"] and (folder / "config.json").is_file():
+            record["cells"]["vLLM TP sizes"] = vllm_tp_cell(folder)
         row = {"output": record["output"]}
         for column in CONSUMERS:
             status, detail = record["cells"].get(column, ["not run here", "column added after this row ran"])
@@ -594,8 +669,12 @@ def main() -> None:
     args = parser.parse_args()
     only = args.only.split(",") if args.only else None
     work = WORK / "interop"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if only:  # keep the other rows' folders: the static vLLM column is read from them
+        for sub in ("sdist", "llama.cpp-patched"):
+            shutil.rmtree(work / sub, ignore_errors=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     source = find_converter(args, work)
     converter, hashes = None, []
     if source is not None:
@@ -614,6 +693,7 @@ def main() -> None:
         if only and name not in only:
             continue
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        shutil.rmtree(work / slug, ignore_errors=True)  # no stale results from an earlier run
         if spec is None:
             folder, command = REFMODEL, "(the input model)"
         else:
