@@ -58,6 +58,10 @@ OUTPUTS: list[tuple[str, dict[str, Any] | None]] = [
     ("dense → deci", dict(strategy="uniform", method="magnitude", sparsity=0.0, export_format="deci")),
     ("uniform wanda 30%", dict(strategy="uniform", method="wanda", sparsity=0.3)),
     ("uniform wanda 30% --align 32", dict(strategy="uniform", method="wanda", sparsity=0.3, align=32)),
+    (
+        "uniform wanda 30% --align 32 --align-heads 4",
+        dict(strategy="uniform", method="wanda", sparsity=0.3, align=32, align_heads=4),
+    ),
     ("semi24 wanda", dict(strategy="semi24", method="wanda")),
     ("global tyr 50%", dict(strategy="global", method="tyr", sparsity=0.5, **TYR_SMALL)),
     ("global tyr 50% → deci", dict(strategy="global", method="tyr", sparsity=0.5, export_format="deci", **TYR_SMALL)),
