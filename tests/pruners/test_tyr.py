@@ -17,7 +17,7 @@ from llmprune.masks import uniform_widths
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext
 from llmprune.pruners.tyr import GlobalTyr
-from llmprune.pruners.tyr.local_prune import least_squares_refit, prune_module, unit_rows
+from llmprune.pruners.tyr.local_prune import least_squares_refit, prune_module, unit_rows, unit_scores
 from llmprune.pruners.tyr.search import SearchSpace, cross_ratio, mutate
 from llmprune.pruners.tyr.supernet import (
     LEVELS,
@@ -80,8 +80,44 @@ def test_obs_rounds_pick_the_least_damaging_unit():
     X = torch.randn(500, 6, generator=g)
     X[:, 5] = X[:, 0] + 1e-3 * torch.randn(500, generator=g)
     W = torch.randn(3, 6, generator=g) + 3.0
-    result = prune_module(W, X.t() @ X, unit_rows(6, 1), keep=5, percdamp=0.0)
+    result = prune_module(W, X.t() @ X, unit_rows(6, 1), keep=5, percdamp=0.0, first_order="none")
     assert 0 not in result.kept or 5 not in result.kept
+
+
+# A hand-worked first-order problem: inputs e1, e2, e3, e1+e2, e2+e3 give H = XᵀX below,
+# H⁻¹ has diagonal (5/8, 1/2, 5/8), and one output row V = Wᵀ.
+_H3 = torch.tensor([[2.0, 1.0, 0.0], [1.0, 3.0, 1.0], [0.0, 1.0, 2.0]])
+
+
+def test_first_order_term_is_computed_by_hand():
+    V = torch.tensor([[-1.0], [-1.0], [2.0]])
+    # G = H·V = (−3, −2, 3); ⟨V_p, G_p⟩ = (3, 2, 6); OBS = V_p² / (2 (H⁻¹)_pp) = (0.8, 1, 3.2).
+    G = _H3 @ V
+    local = unit_rows(3, 1)
+    Hinv = torch.linalg.inv(_H3)
+    expected = {"none": [0.8, 1.0, 3.2], "paper": [3.8, 3.0, 9.2], "code": [3.8, 3.0, 9.2]}
+    for mode, want in expected.items():
+        torch.testing.assert_close(unit_scores(V, G, Hinv, local, mode), torch.tensor(want))
+    # A negative ⟨V_p, G_p⟩: V = (1, −1, 3) gives G = (1, 1, 5) and ⟨V_p, G_p⟩ = (1, −1, 15).
+    V = torch.tensor([[1.0], [-1.0], [3.0]])
+    torch.testing.assert_close(unit_scores(V, _H3 @ V, Hinv, local, "paper"), torch.tensor([1.8, 2.0, 22.2]))
+    torch.testing.assert_close(unit_scores(V, _H3 @ V, Hinv, local, "code"), torch.tensor([1.8, 0.0, 22.2]))
+
+
+@pytest.mark.parametrize(
+    ("v", "mode", "dropped"),
+    [
+        ((-1.0, -1.0, 2.0), "none", 0),  # OBS alone: 0.8 < 1.0
+        ((-1.0, -1.0, 2.0), "paper", 1),  # 3.0 < 3.8: the first-order term changes the choice
+        ((1.0, -1.0, 3.0), "paper", 0),  # 1.8 < 2.0
+        ((1.0, -1.0, 3.0), "code", 1),  # signed: 0.0 < 1.8
+    ],
+)
+def test_first_order_term_decides_which_unit_goes(v, mode, dropped):
+    # Without damping the old term −⟨HV − G, V⟩ is exactly zero at the dense start; the paper's is not.
+    W = torch.tensor([v])
+    result = prune_module(W, _H3, unit_rows(3, 1), keep=2, percdamp=0.0, first_order=mode)
+    assert result.kept == [u for u in range(3) if u != dropped]
 
 
 # ----- supernet ---------------------------------------------------------------------------------
