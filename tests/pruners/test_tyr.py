@@ -205,6 +205,54 @@ def test_supernet_levels_have_the_right_counts(tmp_path, attn_unit):
                     )
 
 
+class _RecordingRunner(LayerwiseRunner):
+    """Keeps a copy of the inputs each layer's statistics were collected on."""
+
+    seen: dict[int, list[torch.Tensor]]
+
+    def collect(self, layer_index, layer, keys, hessian):
+        self.seen = getattr(self, "seen", {})
+        self.seen[layer_index] = [h.clone() for h in self.inputs.hidden]
+        return super().collect(layer_index, layer, keys, hessian)
+
+
+def test_next_block_sees_the_density_weighted_average_of_the_variants(tmp_path):
+    # Expectation error accumulation (methods.md §3.2): layer 1's supernet is built on the outputs
+    # of layer 0 run with Σ_k w_k·W_k (w ∝ density), not with the dense weights (the public code).
+    model = make_tiny_model("llama", num_hidden_layers=2)
+    ctx = _ctx(tmp_path, model)
+    adapter = ctx.adapter
+    types = module_types(adapter.geometry(model), "group")
+    spec = SupernetSpec({"o": [1, 1], "down": [48, 48]}, {"o": 1, "down": 12}, 0.125)
+    net = Supernet(tmp_path / "net", spec, types, 2)
+    runner = _RecordingRunner(model, adapter, ctx.calib, ctx.device, 4)
+    net.build(model, adapter, runner, ctx.device)
+    built_on = runner.seen[1]
+
+    layer0 = adapter.layers(model)[0]
+    dense = {key: adapter.linear(layer0, key).weight.detach().clone() for key in ("o", "down")}
+
+    def layer1_inputs() -> list[torch.Tensor]:
+        fresh = LayerwiseRunner(model, adapter, ctx.calib, ctx.device, 4)
+        fresh.advance(layer0)
+        return [h.clone() for h in fresh.inputs.hidden]
+
+    with torch.no_grad():
+        for key in ("o", "down"):
+            kept = sorted(set(net.levels(key, 0)))
+            weights = expectation_weights(kept, types[key].units)
+            average = sum(w * net.load(0, key, k)[0] for w, k in zip(weights.tolist(), kept))
+            adapter.linear(layer0, key).weight.copy_(average)
+        expected = layer1_inputs()
+        for key in ("o", "down"):
+            adapter.linear(layer0, key).weight.copy_(dense[key])
+        dense_inputs = layer1_inputs()
+    assert len(built_on) == len(expected) > 0
+    for got, want, plain in zip(built_on, expected, dense_inputs):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert (got - plain).abs().max() > 1e-3, "indistinguishable from dense propagation"
+
+
 # ----- search -----------------------------------------------------------------------------------
 def _space(n_layers=6, attn_units=4, channels=768, hidden=256, head_dim=32, kv=4, heads=8, centers=None, delta=0.125):
     from llmprune.arch import Geometry
