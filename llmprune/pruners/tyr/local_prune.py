@@ -87,7 +87,7 @@ def first_order_term(V: torch.Tensor, G: torch.Tensor, local_rows: torch.Tensor,
 
 
 def unit_scores(
-    V: torch.Tensor, G: torch.Tensor, Hinv: torch.Tensor, local_rows: torch.Tensor, first_order: FirstOrder = "paper"
+    V: torch.Tensor, G: torch.Tensor, Hinv: torch.Tensor, local_rows: torch.Tensor, first_order: FirstOrder = "none"
 ) -> torch.Tensor:
     """First-order + OBS score of every unit (rows ``local_rows[u]`` of the alive block);
     ``G`` holds the alive rows of ``H·V_dense``."""
@@ -128,7 +128,7 @@ def prune_module(
     percdamp: float = 0.01,
     groups: list[list[int]] | None = None,
     target: torch.Tensor | None = None,
-    first_order: FirstOrder = "paper",
+    first_order: FirstOrder = "none",
 ) -> LocalResult:
     """Prune ``weight`` (``[out, in]``) to ``keep`` of its units and refit the kept inputs.
 
@@ -170,7 +170,7 @@ def prune_module_levels(
     percdamp: float = 0.01,
     groups: list[list[int]] | None = None,
     target: torch.Tensor | None = None,
-    first_order: FirstOrder = "paper",
+    first_order: FirstOrder = "none",
 ) -> dict[int, LocalResult]:
     """Several levels of one module in a single progressive sweep (nested kept sets).
 

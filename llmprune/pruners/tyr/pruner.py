@@ -85,9 +85,10 @@ class TyrOptions(BaseModel):
         0.01, ge=0.0, description="Hessian damping of the local pruner, as a fraction of mean(diag H)."
     )
     first_order: Literal["paper", "code", "none"] = Field(
-        "paper",
+        "none",
         description="First-order term of the local pruner's unit score, added to the OBS cost: paper: "
-        "|<V_p, G_p>| with G = H·V_dense; code: the signed <V_p, G_p>; none: OBS cost only.",
+        "|<V_p, G_p>| with G = H·V_dense; code: the signed <V_p, G_p>; none: OBS cost only (the default: "
+        "best on held-out calibration text, docs/benchmarks/select.md).",
     )
     search_space: Literal["full", "deci"] = Field(
         "full",

@@ -201,7 +201,7 @@ class Supernet:
         device: torch.device,
         percdamp: float = 0.01,
         progress: Callable[[int], None] | None = None,
-        first_order: FirstOrder = "paper",
+        first_order: FirstOrder = "none",
     ) -> None:
         """Build every layer's variants (block by block) and write them to ``folder``; ``runner``
         walks the calibration samples (``PruneContext.layerwise_runner``: --offload-dir honoured)."""
