@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import folder_hash, read_json
 from helpers import run_cli as run
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from llmprune.arch import ArchAdapter
@@ -310,6 +311,14 @@ def test_bfloat16_compute_still_gives_exact_24(model_dir, calib, tmp_path):
     assert result.exit_code == 0, result.output
     report = read_json(out / "llmprune_report.json")
     assert report["compute_dtype"] == "bfloat16" and report["achieved_sparsity"] == pytest.approx(0.5)
+    # The pattern itself, in every targeted matrix of the exported file (not only the overall figure).
+    targets = read_json(out / "llmprune_sparsity.json")["targets"]
+    tensors = load_file(out / "model.safetensors")
+    assert len(targets) == 14 and all(f"{t}.weight" in tensors for t in targets)
+    for target in targets:
+        w = tensors[f"{target}.weight"]
+        groups = (w != 0).reshape(w.shape[0], -1, 4).sum(-1)
+        assert bool(groups.eq(2).all()), f"{target} is not exactly 2:4 ({int(groups.ne(2).sum())} groups differ)"
 
 
 def test_config_recipe_with_flag_override(model_dir, tmp_path):

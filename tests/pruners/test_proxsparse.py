@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 from llmprune import training
 from llmprune.prox import share_24
 from llmprune.pruners.base import default_method
+from llmprune.pruners.proxsparse import ProxSparseTraining
 
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
 # A strong λ₁ and a large step so that a few steps visibly move the masks away from magnitude.
@@ -145,7 +146,23 @@ def test_init_mask_with_zero_learning_signal_reproduces_the_wanda_mask(model_dir
     assert read_json(out / "llmprune_report.json")["proxsparse"]["share_weights_differing_from_init_mask"] == 0.0
 
 
-def test_bfloat16_compute_trains_float32_masters(model_dir, calib, tmp_path):
+def test_bfloat16_compute_trains_float32_masters(model_dir, calib, tmp_path, monkeypatch):
+    # After every optimiser step + prox, record what the masters are: float32 tensors apart from the
+    # model's bf16 weights that carry values bf16 cannot represent (bf16 masters would lose the small
+    # AdamW updates to rounding).
+    seen: list[tuple[set[torch.dtype], bool, float]] = []
+    update = ProxSparseTraining.update
+
+    def spy(self, batch, means):
+        record = update(self, batch, means)
+        masters = self.masters
+        dtypes = {m.dtype for m in masters.values()}
+        aliased = any(m.data_ptr() == self.targets[n].weight.data_ptr() for n, m in masters.items())
+        finer = sum(int((m != m.to(torch.bfloat16).float()).sum()) for m in masters.values())
+        seen.append((dtypes, aliased, finer / sum(m.numel() for m in masters.values())))
+        return record
+
+    monkeypatch.setattr(ProxSparseTraining, "update", spy)
     out = tmp_path / "out"
     result = run(
         "semi24",
@@ -169,6 +186,10 @@ def test_bfloat16_compute_trains_float32_masters(model_dir, calib, tmp_path):
             assert share_24(w) == 1.0
             mask = w != 0
             assert torch.equal(w[mask], before[key].to(torch.bfloat16).float()[mask])
+    assert len(seen) == 6  # every step of FAST
+    for dtypes, aliased, finer in seen:
+        assert dtypes == {torch.float32} and not aliased
+        assert finer > 0.1, "the masters hold values a bf16 tensor cannot: they are float32 in substance"
 
 
 @pytest.mark.parametrize("stop_at", [3, 7])  # inside stage 1; inside stage 2 (after a stage boundary)

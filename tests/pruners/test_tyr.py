@@ -17,7 +17,7 @@ from llmprune.masks import uniform_widths
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext
 from llmprune.pruners.tyr import GlobalTyr
-from llmprune.pruners.tyr.local_prune import least_squares_refit, prune_module, unit_rows
+from llmprune.pruners.tyr.local_prune import least_squares_refit, prune_module, unit_rows, unit_scores
 from llmprune.pruners.tyr.search import SearchSpace, cross_ratio, mutate
 from llmprune.pruners.tyr.supernet import (
     LEVELS,
@@ -80,8 +80,44 @@ def test_obs_rounds_pick_the_least_damaging_unit():
     X = torch.randn(500, 6, generator=g)
     X[:, 5] = X[:, 0] + 1e-3 * torch.randn(500, generator=g)
     W = torch.randn(3, 6, generator=g) + 3.0
-    result = prune_module(W, X.t() @ X, unit_rows(6, 1), keep=5, percdamp=0.0)
+    result = prune_module(W, X.t() @ X, unit_rows(6, 1), keep=5, percdamp=0.0, first_order="none")
     assert 0 not in result.kept or 5 not in result.kept
+
+
+# A hand-worked first-order problem: inputs e1, e2, e3, e1+e2, e2+e3 give H = XᵀX below,
+# H⁻¹ has diagonal (5/8, 1/2, 5/8), and one output row V = Wᵀ.
+_H3 = torch.tensor([[2.0, 1.0, 0.0], [1.0, 3.0, 1.0], [0.0, 1.0, 2.0]])
+
+
+def test_first_order_term_is_computed_by_hand():
+    V = torch.tensor([[-1.0], [-1.0], [2.0]])
+    # G = H·V = (−3, −2, 3); ⟨V_p, G_p⟩ = (3, 2, 6); OBS = V_p² / (2 (H⁻¹)_pp) = (0.8, 1, 3.2).
+    G = _H3 @ V
+    local = unit_rows(3, 1)
+    Hinv = torch.linalg.inv(_H3)
+    expected = {"none": [0.8, 1.0, 3.2], "paper": [3.8, 3.0, 9.2], "code": [3.8, 3.0, 9.2]}
+    for mode, want in expected.items():
+        torch.testing.assert_close(unit_scores(V, G, Hinv, local, mode), torch.tensor(want))
+    # A negative ⟨V_p, G_p⟩: V = (1, −1, 3) gives G = (1, 1, 5) and ⟨V_p, G_p⟩ = (1, −1, 15).
+    V = torch.tensor([[1.0], [-1.0], [3.0]])
+    torch.testing.assert_close(unit_scores(V, _H3 @ V, Hinv, local, "paper"), torch.tensor([1.8, 2.0, 22.2]))
+    torch.testing.assert_close(unit_scores(V, _H3 @ V, Hinv, local, "code"), torch.tensor([1.8, 0.0, 22.2]))
+
+
+@pytest.mark.parametrize(
+    ("v", "mode", "dropped"),
+    [
+        ((-1.0, -1.0, 2.0), "none", 0),  # OBS alone: 0.8 < 1.0
+        ((-1.0, -1.0, 2.0), "paper", 1),  # 3.0 < 3.8: the first-order term changes the choice
+        ((1.0, -1.0, 3.0), "paper", 0),  # 1.8 < 2.0
+        ((1.0, -1.0, 3.0), "code", 1),  # signed: 0.0 < 1.8
+    ],
+)
+def test_first_order_term_decides_which_unit_goes(v, mode, dropped):
+    # Without damping the old term −⟨HV − G, V⟩ is exactly zero at the dense start; the paper's is not.
+    W = torch.tensor([v])
+    result = prune_module(W, _H3, unit_rows(3, 1), keep=2, percdamp=0.0, first_order=mode)
+    assert result.kept == [u for u in range(3) if u != dropped]
 
 
 # ----- supernet ---------------------------------------------------------------------------------
@@ -167,6 +203,54 @@ def test_supernet_levels_have_the_right_counts(tmp_path, attn_unit):
                     assert (
                         len({sum(1 for u in units if u // geom.group_size == j) for j in range(geom.num_kv_heads)}) == 1
                     )
+
+
+class _RecordingRunner(LayerwiseRunner):
+    """Keeps a copy of the inputs each layer's statistics were collected on."""
+
+    seen: dict[int, list[torch.Tensor]]
+
+    def collect(self, layer_index, layer, keys, hessian):
+        self.seen = getattr(self, "seen", {})
+        self.seen[layer_index] = [h.clone() for h in self.inputs.hidden]
+        return super().collect(layer_index, layer, keys, hessian)
+
+
+def test_next_block_sees_the_density_weighted_average_of_the_variants(tmp_path):
+    # Expectation error accumulation (methods.md §3.2): layer 1's supernet is built on the outputs
+    # of layer 0 run with Σ_k w_k·W_k (w ∝ density), not with the dense weights (the public code).
+    model = make_tiny_model("llama", num_hidden_layers=2)
+    ctx = _ctx(tmp_path, model)
+    adapter = ctx.adapter
+    types = module_types(adapter.geometry(model), "group")
+    spec = SupernetSpec({"o": [1, 1], "down": [48, 48]}, {"o": 1, "down": 12}, 0.125)
+    net = Supernet(tmp_path / "net", spec, types, 2)
+    runner = _RecordingRunner(model, adapter, ctx.calib, ctx.device, 4)
+    net.build(model, adapter, runner, ctx.device)
+    built_on = runner.seen[1]
+
+    layer0 = adapter.layers(model)[0]
+    dense = {key: adapter.linear(layer0, key).weight.detach().clone() for key in ("o", "down")}
+
+    def layer1_inputs() -> list[torch.Tensor]:
+        fresh = LayerwiseRunner(model, adapter, ctx.calib, ctx.device, 4)
+        fresh.advance(layer0)
+        return [h.clone() for h in fresh.inputs.hidden]
+
+    with torch.no_grad():
+        for key in ("o", "down"):
+            kept = sorted(set(net.levels(key, 0)))
+            weights = expectation_weights(kept, types[key].units)
+            average = sum(w * net.load(0, key, k)[0] for w, k in zip(weights.tolist(), kept))
+            adapter.linear(layer0, key).weight.copy_(average)
+        expected = layer1_inputs()
+        for key in ("o", "down"):
+            adapter.linear(layer0, key).weight.copy_(dense[key])
+        dense_inputs = layer1_inputs()
+    assert len(built_on) == len(expected) > 0
+    for got, want, plain in zip(built_on, expected, dense_inputs):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert (got - plain).abs().max() > 1e-3, "indistinguishable from dense propagation"
 
 
 # ----- search -----------------------------------------------------------------------------------

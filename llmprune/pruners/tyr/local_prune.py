@@ -7,11 +7,16 @@ module's calibration inputs ``X``: ``H = XᵀX`` (float32, summed over tokens) a
 (``obs.damp_hessian``: the damping policy shared with SparseGPT).
 
 Each round scores the alive units by a first-order term plus the OBS cost of removing the unit
-with optimal compensation of the others,
+with optimal compensation of the others (methods.md §3.1),
 
-    score_p = −⟨g_p, V_p⟩ + ½ tr(V_pᵀ [(H_AA⁻¹)_pp]⁻¹ V_p),   g = H_AA V_A − G_A,
+    score_p = F(⟨V_p, G_p⟩) + ½ tr(V_pᵀ [(H_AA⁻¹)_pp]⁻¹ V_p),
 
-drops the lowest, and applies the joint OBS compensation to the remaining rows. After the last
+where ``⟨V_p, G_p⟩ = Σ_t ⟨x_{t,p} V_p, x_t V_dense⟩`` is how much unit ``p``'s current output
+contributes to the dense output (``G`` uses the *undamped* ``H``) and ``F`` is ``--first-order``:
+``paper`` |·|, ``code`` the signed value, ``none`` 0. It is not the gradient of the reconstruction
+error ``H V − G``: at the dense start that gradient is only the damping, ``λ·V_dense``, and exactly
+zero without damping. The lowest scores are dropped and the joint OBS compensation is applied to
+the remaining rows. After the last
 round the kept rows are refit exactly by least squares against the dense output:
 ``V_K = (H_KK)⁻¹ G_K``. Everything is float32.
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -32,6 +38,9 @@ from llmprune.obs import cholesky_damped, damp_hessian
 
 #: Rounds of progressive pruning per module type (methods.md §3: MLP 16, heads 1).
 ROUNDS = {"o": 1, "down": 16}
+
+#: How the first-order term ⟨V_p, G_p⟩ enters a unit's score (``--first-order``).
+FirstOrder = Literal["paper", "code", "none"]
 
 
 @dataclass
@@ -65,12 +74,26 @@ def least_squares_refit(H: torch.Tensor, G: torch.Tensor, rows: torch.Tensor) ->
     return torch.cholesky_solve(Gk, L)
 
 
-def unit_scores(V: torch.Tensor, grad: torch.Tensor, Hinv: torch.Tensor, local_rows: torch.Tensor) -> torch.Tensor:
-    """First-order + OBS score of every unit (rows ``local_rows[u]`` of the alive block)."""
+def first_order_term(V: torch.Tensor, G: torch.Tensor, local_rows: torch.Tensor, mode: FirstOrder) -> torch.Tensor:
+    """``F(⟨V_p, G_p⟩)`` of every unit: ``paper`` the absolute value, ``code`` signed, ``none`` 0."""
+    inner = (V[local_rows] * G[local_rows]).sum(dim=(1, 2))
+    if mode == "paper":
+        return inner.abs()
+    if mode == "code":
+        return inner
+    if mode == "none":
+        return torch.zeros_like(inner)
+    raise ValueError(f"unknown first-order mode {mode!r} (paper, code or none)")
+
+
+def unit_scores(
+    V: torch.Tensor, G: torch.Tensor, Hinv: torch.Tensor, local_rows: torch.Tensor, first_order: FirstOrder = "none"
+) -> torch.Tensor:
+    """First-order + OBS score of every unit (rows ``local_rows[u]`` of the alive block);
+    ``G`` holds the alive rows of ``H·V_dense``."""
     r = local_rows.shape[1]
     Vp = V[local_rows]  # [U, r, out]
-    gp = grad[local_rows]
-    first = -(Vp * gp).sum(dim=(1, 2))
+    first = first_order_term(V, G, local_rows, first_order)
     if r == 1:
         obs = 0.5 * (Vp[:, 0] ** 2).sum(1) / Hinv[local_rows[:, 0], local_rows[:, 0]]
     else:
@@ -105,6 +128,7 @@ def prune_module(
     percdamp: float = 0.01,
     groups: list[list[int]] | None = None,
     target: torch.Tensor | None = None,
+    first_order: FirstOrder = "none",
 ) -> LocalResult:
     """Prune ``weight`` (``[out, in]``) to ``keep`` of its units and refit the kept inputs.
 
@@ -112,7 +136,7 @@ def prune_module(
     partitions the units into sets that must lose the same number of units each (query heads of
     the KV groups). ``target`` is ``G = H·V_dense`` when it has been computed already.
     """
-    return prune_module_levels(weight, hessian, rows, [keep], rounds, percdamp, groups, target)[int(keep)]
+    return prune_module_levels(weight, hessian, rows, [keep], rounds, percdamp, groups, target, first_order)[int(keep)]
 
 
 def _schedule(num_units: int, keeps: list[int], rounds: int, granule: int) -> list[int]:
@@ -146,6 +170,7 @@ def prune_module_levels(
     percdamp: float = 0.01,
     groups: list[list[int]] | None = None,
     target: torch.Tensor | None = None,
+    first_order: FirstOrder = "none",
 ) -> dict[int, LocalResult]:
     """Several levels of one module in a single progressive sweep (nested kept sets).
 
@@ -189,9 +214,8 @@ def prune_module_levels(
         local = torch.arange(alive_rows.numel()).view(len(alive), rows.shape[1])
         Haa = H.index_select(0, alive_rows).index_select(1, alive_rows)
         Va = V.index_select(0, alive_rows)
-        grad = Haa @ Va - G.index_select(0, alive_rows)
         Hinv = _inverse(Haa)
-        scores = unit_scores(Va, grad, Hinv, local)
+        scores = unit_scores(Va, G.index_select(0, alive_rows), Hinv, local, first_order)
         alive_groups = None
         if groups is not None:
             pos = {u: i for i, u in enumerate(alive)}

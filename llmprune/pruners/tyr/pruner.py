@@ -84,6 +84,12 @@ class TyrOptions(BaseModel):
     percdamp: float = Field(
         0.01, ge=0.0, description="Hessian damping of the local pruner, as a fraction of mean(diag H)."
     )
+    first_order: Literal["paper", "code", "none"] = Field(
+        "none",
+        description="First-order term of the local pruner's unit score, added to the OBS cost: paper: "
+        "|<V_p, G_p>| with G = H·V_dense; code: the signed <V_p, G_p>; none: OBS cost only (the default: "
+        "best on held-out calibration text, docs/benchmarks/select.md).",
+    )
     search_space: Literal["full", "deci"] = Field(
         "full",
         description="full: any widths; deci: only widths the DeciLM format (vLLM, llama.cpp) expresses "
@@ -229,7 +235,9 @@ class GlobalTyr(Pruner):
                 evaluator.restore_dense()
                 t1 = time.perf_counter()
                 task = ctx.progress.task(f"supernet {it + 1}/{o.iterations} Δ={delta:.4g}", total=n_layers)
-                supernet.build(model, adapter, ctx.layerwise_runner(), ctx.device, o.percdamp, progress=task)
+                supernet.build(
+                    model, adapter, ctx.layerwise_runner(), ctx.device, o.percdamp, task, first_order=o.first_order
+                )
                 state.supernet_seconds += time.perf_counter() - t1
                 save_state(state)
             space = SearchSpace.from_supernet(supernet)

@@ -29,7 +29,7 @@ from llmprune.alignment import Alignment
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.capture import LayerwiseRunner
 from llmprune.masks import attn_grid_step, attn_params_kept
-from llmprune.pruners.tyr.local_prune import ROUNDS, prune_module_levels, unit_rows
+from llmprune.pruners.tyr.local_prune import ROUNDS, FirstOrder, prune_module_levels, unit_rows
 
 #: Level offsets k of a supernet (methods.md §3: center ± kΔ, k = −4..4). Positive = denser.
 LEVELS: tuple[int, ...] = tuple(range(-4, 5))
@@ -201,6 +201,7 @@ class Supernet:
         device: torch.device,
         percdamp: float = 0.01,
         progress: Callable[[int], None] | None = None,
+        first_order: FirstOrder = "none",
     ) -> None:
         """Build every layer's variants (block by block) and write them to ``folder``; ``runner``
         walks the calibration samples (``PruneContext.layerwise_runner``: --offload-dir honoured)."""
@@ -225,7 +226,15 @@ class Supernet:
                 weights = expectation_weights(kept_values, mtype.units)
                 avg = torch.zeros_like(W)
                 results = prune_module_levels(
-                    W, H, mtype.rows, kept_values, rounds=ROUNDS[key], percdamp=percdamp, groups=mtype.groups, target=G
+                    W,
+                    H,
+                    mtype.rows,
+                    kept_values,
+                    rounds=ROUNDS[key],
+                    percdamp=percdamp,
+                    groups=mtype.groups,
+                    target=G,
+                    first_order=first_order,
                 )
                 for kept, w in zip(kept_values, weights):
                     result = results[kept]
