@@ -11,11 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CALIB, REFMODEL, read_json, requires_refmodel, save_tiny_model
+from helpers import CALIB, REFMODEL, make_tiny_model, read_json, requires_refmodel, save_tiny_model, tiny_tokenizer
 from helpers import run_cli as run
 from safetensors.torch import load_file
 
 from llmprune import training
+from llmprune.arch import ArchAdapter
+from llmprune.export import save_pruned
+from llmprune.plan import LayerPlan, PrunePlan
+from llmprune.surgery import apply_plan
 
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4", "--seed", "0", "--device", "cpu"]
 RECOVER = ["--steps", "6", "--lora-rank", "4", "--teacher-topk", "16", "--checkpoint-every", "2"]
@@ -23,9 +27,7 @@ RECOVER = ["--steps", "6", "--lora-rank", "4", "--teacher-topk", "16", "--checkp
 
 @pytest.fixture(scope="module")
 def pruned(model_dir: Path, calib: Path, tmp_path_factory) -> dict[str, Path]:
-    """The tiny model pruned three ways: uniform 40% (Wanda-sp), global-shaped (heterogeneous widths
-    from magnitude on one layer only is not available, so uniform + 2:4 stacks cover the exporters),
-    and 2:4 (Wanda)."""
+    """The tiny model pruned two ways: uniform 40% (Wanda-sp) and 2:4 (Wanda)."""
     root = tmp_path_factory.mktemp("pruned")
     out = {"uniform": root / "uniform", "semi24": root / "semi24"}
     assert (
@@ -83,19 +85,39 @@ def test_structured_widths_stay(pruned, model_dir, calib, tmp_path):
     assert read_json(out / "llmprune_plan.json") == read_json(pruned["uniform"] / "llmprune_plan.json")
 
 
-def test_heterogeneous_output_keeps_its_config_and_modeling_file(model_dir, calib, tmp_path):
-    """A `global` output (per-layer widths, custom config + modeling file) recovers in place."""
-    hetero = tmp_path / "hetero"
-    args = ["--generations", "1", "--offspring", "2", "--select-tokens", "32", "--survivors", "1", "--iterations", "1"]
-    result = run("global", model_dir, "-o", hetero, "--sparsity", "0.4", "--calib", calib, *SMALL, *args)
-    assert result.exit_code == 0, result.output
+def _hetero_output(tmp_path: Path) -> tuple[Path, Path]:
+    """A dense tiny model and a heterogeneous-width output of it (one layer without attention, one
+    without MLP), exported as `global` exports: custom config + modeling file."""
+    model = make_tiny_model("llama", num_hidden_layers=3)
+    dense = tmp_path / "dense"
+    model.save_pretrained(dense)
+    tiny_tokenizer().save_pretrained(dense)
+    adapter = ArchAdapter.for_model(model)
+    plan = PrunePlan.dense_structured(adapter.geometry(model), "global", "test")
+    plan.layers[0] = LayerPlan(index=0, heads=[2, 3], kv_heads=[1], channels=list(range(0, 96, 2)))
+    plan.layers[1] = LayerPlan(index=1, heads=[], kv_heads=[], channels=list(range(10, 40)))
+    plan.layers[2] = LayerPlan(index=2, heads=[0, 1, 2, 3], kv_heads=[0, 1], channels=[])
+    apply_plan(model, adapter, plan)
+    out = tmp_path / "hetero"
+    save_pruned(model, tiny_tokenizer(), plan, {"strategy": "global"}, out, torch.float32)
+    return dense, out
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_heterogeneous_output_keeps_its_widths_config_and_modeling_file(calib, tmp_path, mode):
+    """Per-layer widths (with a removed attention and a removed MLP) recover with the same shapes,
+    the same per-layer config and the modeling file."""
+    dense, hetero = _hetero_output(tmp_path)
     out = tmp_path / "r"
-    result = _recover(hetero, out, model_dir, calib, "--recover-mode", "full")
+    result = _recover(hetero, out, dense, calib, "--recover-mode", mode)
     assert result.exit_code == 0, result.output
-    assert read_json(out / "config.json")["layer_widths"] == read_json(hetero / "config.json")["layer_widths"]
+    config = read_json(out / "config.json")
+    assert config["layer_widths"] == read_json(hetero / "config.json")["layer_widths"]
+    assert config["model_type"] == read_json(hetero / "config.json")["model_type"]
     assert sorted(p.name for p in hetero.glob("*.py")) == sorted(p.name for p in out.glob("*.py")) != []
     before, after = load_file(hetero / "model.safetensors"), load_file(out / "model.safetensors")
     assert {k: v.shape for k, v in before.items()} == {k: v.shape for k, v in after.items()}
+    assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
 def test_resume_equals_an_uninterrupted_run(pruned, model_dir, calib, tmp_path):
