@@ -240,10 +240,11 @@ def _perplexity(folder: Path, text: Path, tmp: Path) -> float:
 @requires_refmodel
 def test_recovered_50pct_structured_reference_model_beats_unrecovered_on_held_out_text(tmp_path):
     fit, held = _held_out_split(tmp_path)
-    common = ["--calib", fit, "--nsamples", "32", "--seqlen", "256", "--seed", "0", "--device", "cpu"]
+    common = ["--calib", fit, "--nsamples", "16", "--seqlen", "128", "--seed", "0", "--device", "cpu"]
     pruned, recovered = tmp_path / "pruned", tmp_path / "recovered"
     assert run("uniform", REFMODEL, "-o", pruned, "--method", "wanda", "--sparsity", "0.5", *common).exit_code == 0
-    result = run("recover", pruned, "-o", recovered, "--teacher", REFMODEL, *common, "--steps", "40")
+    result = run("recover", pruned, "-o", recovered, "--teacher", REFMODEL, *common, "--steps", "8")
     assert result.exit_code == 0, result.output
     before, after = _perplexity(pruned, held, tmp_path), _perplexity(recovered, held, tmp_path)
+    print(f"held-out perplexity: unrecovered {before:.2f}, recovered {after:.2f}")
     assert after < 0.9 * before, (before, after)
