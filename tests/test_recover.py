@@ -181,6 +181,22 @@ def test_recover_flag_runs_the_stage_after_pruning(model_dir, calib, tmp_path):
         assert int(groups.max()) <= 2, name
 
 
+def test_recover_flag_on_a_one_shot_method_resumes_to_the_same_bytes(model_dir, calib, tmp_path):
+    """`uniform --method wanda --recover` interrupted inside the stage keeps its checkpoint (the
+    one-shot pruner has none of its own) and --resume ends with the uninterrupted run's weights."""
+    args = ["--method", "wanda", "--sparsity", "0.4", "--calib", calib, *SMALL, "--recover"]
+    args += ["--recover-steps", "5", "--recover-lora-rank", "2", "--recover-checkpoint-every", "2"]
+    straight, part = tmp_path / "straight", tmp_path / "part"
+    assert run("uniform", model_dir, "-o", straight, *args).exit_code == 0
+    with training.step_callback(training.interrupt_after(3)):
+        result = run("uniform", model_dir, "-o", part, *args)
+    assert result.exit_code == 130 and "--resume" in result.output, result.output
+    result = run("uniform", model_dir, "-o", part, *args, "--resume")
+    assert result.exit_code == 0, result.output
+    a, b = load_file(straight / "model.safetensors"), load_file(part / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_recovery_options_need_the_recover_flag(model_dir, calib, tmp_path):
     result = run(
         "uniform",
