@@ -444,12 +444,9 @@ def _recover_command() -> Callable[..., None]:
         from llmprune.distributed import env_rank
 
         if env_rank() == 0 and report.recovery is not None:
-            r = report.recovery
-            console.print(
-                f"recovered {settings.output}: objective {r.objective_before['loss']:.4f} -> "
-                f"{r.objective_after['loss']:.4f} on the calibration text ({r.steps} steps, {r.tokens_seen} tokens)",
-                highlight=False,
-            )
+            from llmprune.summary import recovery_line
+
+            console.print(f"recovered {settings.output}: {recovery_line(report.recovery)}", highlight=False)
 
     command.__signature__ = inspect.Signature([*spec, *recovery])  # type: ignore[attr-defined]
     command.__doc__ = RECOVER_HELP

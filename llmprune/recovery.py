@@ -260,7 +260,7 @@ class RecoveryTraining(LearnedMethod):
     """Distillation of the student's weights as hooks of the shared training loop."""
 
     name = "recovery"
-    hint = "lower --lr, or use --dtype float32"
+    hint = "lower --lr (--recover-lr under --recover), or use --dtype float32"
 
     def __init__(
         self,
