@@ -53,7 +53,11 @@ def print_prune_summary(report: PruneReport) -> None:
 def recovery_line(r: RecoveryReport) -> str:
     """The recovery stage in one line: what trained, how long, and the objective before → after."""
     before, after = r.objective_before.get("loss"), r.objective_after.get("loss")
-    change = f"objective {before:.4f} → {after:.4f} on the calibration text" if before is not None and after is not None else ""
+    change = (
+        f"objective {before:.4f} → {after:.4f} on the calibration text"
+        if before is not None and after is not None
+        else ""
+    )
     return f"{r.mode}, {r.steps} steps, {r.tokens_seen:,} tokens, {_seconds(r.time_train_s)}: {change}"
 
 
