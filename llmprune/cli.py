@@ -254,14 +254,27 @@ def _recovery_parameters(prefix: str) -> list[inspect.Parameter]:
 
 
 def _recovery_options(values: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """``RecoveryOptions`` fields from command parameters named by :func:`_recovery_parameters`."""
+    """``RecoveryOptions`` fields from command parameters named by :func:`_recovery_parameters`,
+    validated (a bad value is a usage error naming its flag)."""
+    from pydantic import ValidationError
+
+    from llmprune.errors import UsageError
     from llmprune.recovery import RecoveryOptions
+
+    def flag(name: str) -> str:
+        return "--" + (name if name.startswith("recover_") else prefix + name).replace("_", "-")
 
     out = {}
     for name in RecoveryOptions.model_fields:
-        pname = name if name.startswith("recover_") else prefix + name
-        if values.get(pname) is not None:
-            out[name] = values[pname]
+        value = values.get(flag(name)[2:].replace("-", "_"))
+        if value is not None:
+            out[name] = value
+    try:
+        RecoveryOptions.model_validate(out)
+    except ValidationError as err:
+        first = err.errors()[0]
+        msg = str(first.get("msg", "")).removeprefix("Value error, ")
+        raise UsageError(f"invalid {flag(str(first['loc'][0]))}: {msg}") from err
     return out
 
 

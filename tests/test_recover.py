@@ -214,6 +214,13 @@ def test_recovery_options_need_the_recover_flag(model_dir, calib, tmp_path):
     assert result.exit_code == 2 and "--recover" in result.output and len(result.output.strip().splitlines()) == 1
 
 
+def test_a_bad_recovery_option_names_its_flag(model_dir, pruned, calib, tmp_path):
+    result = run("uniform", model_dir, "-o", tmp_path / "o", "--recover", "--recover-steps", "0")
+    assert result.exit_code == 2 and "invalid --recover-steps" in result.output
+    result = _recover(pruned["uniform"], tmp_path / "o", model_dir, calib, "--lora-targets", "q,zz")
+    assert result.exit_code == 2 and "invalid --lora-targets" in result.output
+
+
 def _one_line_error(result) -> str:
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error:"), result.output
