@@ -217,9 +217,65 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
             ),
         ),
     ]
+    spec.append(
+        (
+            "recover",
+            bool,
+            typer.Option(
+                False,
+                "--recover",
+                help="Right after pruning, distil the pruned model from the input model (the recovery stage of "
+                "`llmprune recover`, options --recover-*; docs/recovery.md).",
+            ),
+        )
+    )
     if strategy == "semi24":
         spec = [s for s in spec if s[0] not in ("attn_unit", "align", "align_heads", "export_format")]
     return [P(name, P.KEYWORD_ONLY, default=default, annotation=ann) for name, ann, default in spec]
+
+
+def _recovery_parameters(prefix: str) -> list[inspect.Parameter]:
+    """One keyword parameter per field of ``RecoveryOptions``, named ``prefix + field`` (fields that
+    already start with ``recover_`` keep their name)."""
+    from llmprune.pruners.base import _flag_type
+    from llmprune.recovery import RecoveryOptions
+
+    params = []
+    for name, f in RecoveryOptions.model_fields.items():
+        pname = name if name.startswith("recover_") else prefix + name
+        kind = _flag_type(f.annotation, f"recovery option {name!r}")
+        default = f.get_default(call_default_factory=True)
+        flag = "--" + pname.replace("_", "-")
+        option = typer.Option(default, flag, help=str(f.description), show_default=default is not None)
+        params.append(
+            inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
+        )
+    return params
+
+
+def _recovery_options(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``RecoveryOptions`` fields from command parameters named by :func:`_recovery_parameters`,
+    validated (a bad value is a usage error naming its flag)."""
+    from pydantic import ValidationError
+
+    from llmprune.errors import UsageError
+    from llmprune.recovery import RecoveryOptions
+
+    def flag(name: str) -> str:
+        return "--" + (name if name.startswith("recover_") else prefix + name).replace("_", "-")
+
+    out = {}
+    for name in RecoveryOptions.model_fields:
+        value = values.get(flag(name)[2:].replace("-", "_"))
+        if value is not None:
+            out[name] = value
+    try:
+        RecoveryOptions.model_validate(out)
+    except ValidationError as err:
+        first = err.errors()[0]
+        msg = str(first.get("msg", "")).removeprefix("Value error, ")
+        raise UsageError(f"invalid {flag(str(first['loc'][0]))}: {msg}") from err
+    return out
 
 
 def _method_parameters(strategy: str) -> list[inspect.Parameter]:
@@ -279,12 +335,15 @@ def _given(ctx: typer.Context, name: str) -> bool:
 def _prune_command(strategy: str) -> Callable[..., None]:
     common = _common_parameters(strategy)
     extra = _method_parameters(strategy)
+    recovery = _recovery_parameters("recover_")
     common_names = {p.name for p in common}
-    annotations = {p.name: p.annotation for p in (*common, *extra)}
+    recovery_names = {p.name for p in recovery}
+    annotations = {p.name: p.annotation for p in (*common, *extra, *recovery)}
 
     @friendly_errors
     def command(ctx: typer.Context, **kwargs: Any) -> None:
         from llmprune.config import PruneSettings, check_recipe_types, load_recipe, validated
+        from llmprune.errors import UsageError
         from llmprune.pipeline import run_prune
         from llmprune.pruners.base import default_method
         from llmprune.summary import print_prune_summary
@@ -301,7 +360,11 @@ def _prune_command(strategy: str) -> Callable[..., None]:
                     origin[key] = f"--config {recipe_path}: {key}"
         values = {k: v for k, v in kwargs.items() if k in common_names}
         values["method"] = values["method"] or default_method(strategy)
-        given = {k: v for k, v in kwargs.items() if k not in common_names and k in origin}
+        recover_given = [origin[k] for k in recovery_names if k in origin]
+        if recover_given and not values["recover"]:
+            raise UsageError(f"{recover_given[0]} is an option of the recovery stage: add --recover")
+        values["recover"] = _recovery_options(kwargs, "recover_") if values["recover"] else None
+        given = {k: v for k, v in kwargs.items() if k not in common_names | recovery_names and k in origin}
         method_options = _method_options(strategy, values["method"], given, origin)
         settings = validated(PruneSettings, strategy=strategy, method_options=method_options, **values)
         report = run_prune(settings)
@@ -311,7 +374,7 @@ def _prune_command(strategy: str) -> Callable[..., None]:
             print_prune_summary(report)
 
     context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
-    command.__signature__ = inspect.Signature([context, *common, *extra])  # type: ignore[attr-defined]
+    command.__signature__ = inspect.Signature([context, *common, *extra, *recovery])  # type: ignore[attr-defined]
     command.__doc__ = STRATEGY_HELP[strategy]
     command.__name__ = f"{strategy}_command"
     return command
@@ -336,6 +399,75 @@ def _main(
 
 for _strategy in ("uniform", "global", "semi24"):
     app.command(name=_strategy, help=STRATEGY_HELP[_strategy])(_prune_command(_strategy))
+
+
+RECOVER_HELP = (
+    "Recover a pruned model by distillation from its dense teacher on calibration text: LoRA (merged) or full "
+    "fine-tuning of the kept weights; widths, heterogeneous configs and 2:4 zeros stay as they are. See docs/recovery.md."
+)
+
+
+def _recover_command() -> Callable[..., None]:
+    P = inspect.Parameter
+    common = {p.name: p for p in _common_parameters("uniform")}
+    spec = [
+        P(
+            "model",
+            P.KEYWORD_ONLY,
+            default=typer.Argument(..., help="The pruned model folder (an llmprune output).", show_default=False),
+            annotation=str,
+        ),
+        common["output"],
+        P(
+            "teacher",
+            P.KEYWORD_ONLY,
+            default=typer.Option(
+                ..., "--teacher", help="The dense model it was pruned from (hub id or folder).", show_default=False
+            ),
+            annotation=str,
+        ),
+        *(
+            common[n]
+            for n in (
+                "calib",
+                "nsamples",
+                "seqlen",
+                "seed",
+                "device",
+                "dtype",
+                "save_dtype",
+                "batch_size",
+                "max_shard_size",
+                "overwrite",
+                "resume",
+            )
+        ),
+    ]
+    recovery = _recovery_parameters("")
+
+    @friendly_errors
+    def command(**kwargs: Any) -> None:
+        from llmprune.config import validated
+        from llmprune.recovery_run import RecoverSettings, run_recover
+
+        options = _recovery_options(kwargs, "")
+        values = {p.name: kwargs[p.name] for p in spec}
+        settings = validated(RecoverSettings, options=options, **values)
+        report = run_recover(settings)
+        from llmprune.distributed import env_rank
+
+        if env_rank() == 0 and report.recovery is not None:
+            from llmprune.summary import recovery_line
+
+            console.print(f"recovered {settings.output}: {recovery_line(report.recovery)}", highlight=False)
+
+    command.__signature__ = inspect.Signature([*spec, *recovery])  # type: ignore[attr-defined]
+    command.__doc__ = RECOVER_HELP
+    command.__name__ = "recover_command"
+    return command
+
+
+app.command(name="recover", help=RECOVER_HELP)(_recover_command())
 
 
 @app.command(name="eval")

@@ -52,6 +52,15 @@ class PruneSettings(BaseModel):
     max_shard_size: str = "5GB"
     offload_dir: Path | None = None
     method_options: dict[str, Any] = Field(default_factory=dict)
+    #: The recovery stage's options (``--recover``; llmprune.recovery.RecoveryOptions), None without it.
+    recover: dict[str, Any] | None = None
+
+    @field_validator("recover")
+    @classmethod
+    def _recover(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        from llmprune.recovery import RecoveryOptions
+
+        return None if v is None else RecoveryOptions.model_validate(v).model_dump(mode="json")
 
     @model_validator(mode="before")
     @classmethod

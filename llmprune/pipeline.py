@@ -120,6 +120,12 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> Prun
             distributed.cleanup()
 
 
+def _recovery_claim() -> Any:
+    from llmprune.recovery_run import RecoveryClaim
+
+    return RecoveryClaim
+
+
 def _open_workspace(settings: PruneSettings, pruner_cls: Any, reporter: Reporter, claim: list[Workspace]) -> Path:
     """Check OUT, lock it and prepare the checkpoint folder (rank 0's job)."""
     workspace = Workspace(settings, pruner_cls, reporter)
@@ -134,13 +140,16 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     t_start = time.perf_counter()
     pruner_cls = get_pruner_class(settings.strategy, settings.method)
     pruner = pruner_cls(settings.method_options)
+    needs_calibration = pruner_cls.needs_calibration or settings.recover is not None
     world = distributed.world_size()
-    if world > 1 and pruner_cls.needs_calibration and min(settings.nsamples, settings.batch_size) < world:
+    if world > 1 and needs_calibration and min(settings.nsamples, settings.batch_size) < world:
         raise UsageError(
             f"with {world} ranks, --nsamples ({settings.nsamples}) and --batch-size "
             f"({settings.batch_size}) must be at least {world} (each rank needs its share)"
         )
-    work = distributed.on_main(lambda: _open_workspace(settings, pruner_cls, reporter, claim))
+    # With --recover even a one-shot method's run is resumable (the recovery stage checkpoints).
+    claimant = pruner_cls if settings.recover is None or pruner_cls.resumable else _recovery_claim()
+    work = distributed.on_main(lambda: _open_workspace(settings, claimant, reporter, claim))
     if not main:  # other ranks keep their scratch files (e.g. Týr's supernet) in a private folder
         if settings.offload_dir is not None:
             Path(settings.offload_dir).mkdir(parents=True, exist_ok=True)
@@ -176,7 +185,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     dense_params = adapter.decoder_linear_params(model)
     dense_total = sum(p.numel() for p in model.parameters())
     calib = None
-    if pruner_cls.needs_calibration:
+    if needs_calibration:
 
         def load_calibration() -> tuple[str, torch.Tensor, str]:
             source, warning = resolve_calibration_source(settings.calib)
@@ -212,6 +221,16 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     method_files = {**ctx.extras.get("files", {}), **result.files}
     t_pruned = time.perf_counter()
     apply_plan(model, adapter, plan)
+    if settings.recover is not None:  # the recovery stage, teacher = the input model
+        from llmprune.recovery import RecoveryOptions
+        from llmprune.recovery_run import run_stage
+
+        model.to(device=device, dtype=compute_dtype)  # layer-wise methods left it on CPU in save_dtype
+        options = RecoveryOptions.model_validate(settings.recover)
+        with reporter.live():
+            stage = run_stage(ctx, options, settings.model, compute_dtype, plan.semi24_targets)
+        method_report["recovery"] = stage.report.model_dump(mode="json")
+        method_files.update(stage.files)
 
     kept_params = sum(kept_params_per_layer(model, adapter, plan))
     achieved = 1.0 - kept_params / dense_params

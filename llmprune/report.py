@@ -46,6 +46,27 @@ class HistoryStep(BaseModel):
     model: str | None = None
 
 
+class RecoveryReport(BaseModel):
+    """What the recovery stage did (``llmprune recover`` or ``--recover``; docs/recovery.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    teacher: str
+    mode: str  # lora | full
+    options: dict[str, Any] = {}  # the validated RecoveryOptions, as JSON
+    steps: int
+    sequences_per_step: int
+    seqlen: int
+    tokens_seen: int  # steps × sequences × seqlen over all ranks
+    trained_params: int  # adapter parameters (lora) or weights (full)
+    objective_before: dict[str, float] = {}  # loss, kl, lm averaged over every calibration sequence
+    objective_after: dict[str, float] = {}
+    loss_curve: list[float] = []  # the training loss of every step (also in recovery_curve.json)
+    zeros_checked: int | None = None  # 2:4 only: zeros verified to be still exactly zero
+    time_teacher_s: float | None = None
+    time_train_s: float | None = None
+
+
 class PruneReport(BaseModel):
     """What one pruning run did. Fields absent from an older report are None (or empty)."""
 
@@ -75,6 +96,7 @@ class PruneReport(BaseModel):
     versions: dict[str, str] = {}
     output: str | None = None
     history: list[HistoryStep] = []
+    recovery: RecoveryReport | None = None  # only after a recovery stage
     distributed: dict[str, Any] | None = None  # only under torchrun
     peak_rss_mib: float | None = None
     peak_cuda_mib: float | None = None  # only with CUDA

@@ -8,7 +8,7 @@ from rich.console import JustifyMethod
 from rich.table import Table
 
 from llmprune.progress import console
-from llmprune.report import PruneReport
+from llmprune.report import PruneReport, RecoveryReport
 
 
 def _millions(n: int | None) -> str:
@@ -42,10 +42,23 @@ def print_prune_summary(report: PruneReport) -> None:
         else:
             table.add_row("per-layer widths", "heterogeneous (see llmprune_plan.json)")
     table.add_row("prune time", f"{_seconds(report.time_prune_s)} (total {_seconds(report.time_total_s)})")
+    if report.recovery is not None:
+        table.add_row("recovery", recovery_line(report.recovery))
     if report.peak_rss_mib is not None:
         table.add_row("peak memory", f"{report.peak_rss_mib:.0f} MiB RSS")
     table.add_row("output", str(report.output))
     console.print(table)
+
+
+def recovery_line(r: RecoveryReport) -> str:
+    """The recovery stage in one line: what trained, how long, and the objective before → after."""
+    before, after = r.objective_before.get("loss"), r.objective_after.get("loss")
+    change = (
+        f"objective {before:.4f} → {after:.4f} on the calibration text"
+        if before is not None and after is not None
+        else ""
+    )
+    return f"{r.mode}, {r.steps} steps, {r.tokens_seen:,} tokens, {_seconds(r.time_train_s)}: {change}"
 
 
 def print_eval_summary(report: dict[str, Any]) -> None:

@@ -42,7 +42,17 @@ from llmprune.trace import batch_rows
 
 #: Settings that do not change what a run computes: a resumed run may differ in them.
 RUN_CONTROL = frozenset(
-    {"resume", "overwrite", "output", "device", "offload_dir", "max_shard_size", "save_dtype", "method_options"}
+    {
+        "resume",
+        "overwrite",
+        "output",
+        "device",
+        "offload_dir",
+        "max_shard_size",
+        "save_dtype",
+        "method_options",
+        "recover",
+    }
 )
 
 

@@ -37,21 +37,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from llmprune.alignment import Alignment
 from llmprune.arch import Geometry
-from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
+from llmprune.distill import TeacherTopK
 from llmprune.errors import UsageError
-from llmprune.lora import add_lora, load_lora_state, lora_parameters, lora_state, remove_lora
 from llmprune.masks import attn_grid_step, attn_params_kept, uniform_widths
 from llmprune.plan import PrunePlan
 from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
+from llmprune.recovery import WEIGHT_LR, LoRAWeights, distill_objective, topk_targets
 from llmprune.scoring import STRUCTURED_KEYS, structured_layer_plan, unit_scores
 from llmprune.trace import pyplot, save_figure
-from llmprune.training import Batch, Event, LearnedMethod, Losses, LRSchedule, Training, is_main, notify, sharded_rows
+from llmprune.training import Batch, Event, LearnedMethod, Losses, Training, is_main, notify
 
 TEACHER = "minimax_teacher.pt"
 TRACE_JSON = "minimax_trace.json"
@@ -284,7 +283,8 @@ class MinimaxPruner(Pruner):
         t0 = time.perf_counter()
         teacher = None
         if o.distill and o.kl_weight > 0:  # precomputed once (kept on CPU), reused by --resume
-            teacher = TeacherTopK.from_state(training.cached(TEACHER, lambda: _teacher(ctx, o).state()))
+            build = lambda: topk_targets(ctx, ctx.model, o.teacher_topk, o.temperature, "minimax teacher top-k")  # noqa: E731
+            teacher = TeacherTopK.from_state(training.cached(TEACHER, lambda: build().state()))
         timings["time_teacher_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         geom = ctx.adapter.geometry(ctx.model)
@@ -350,9 +350,8 @@ class MinimaxTraining(LearnedMethod):
         self.ramp_steps = int(round(o.ramp * T))
         self.freeze_step = T - int(round(o.finetune * T)) if o.lora_rank > 0 else T
         self.frozen: dict[str, Any] | None = None
-        self.wrapped: dict[str, Any] = {}
+        self.lora: LoRAWeights | None = None  # the recovery stage's adapters (llmprune.recovery)
         self.hooks: MaskHooks | None = None
-        self.lora_lr = LRSchedule(warmup=0.05, decay="cosine", floor=0.1, min_warmup_steps=1)
 
     # ----- the schedule of the widths and the budget ------------------------------------------
     def widths(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -396,15 +395,14 @@ class MinimaxTraining(LearnedMethod):
     # ----- hooks of the training loop ----------------------------------------------------------
     def begin_stage(self, stage: int, resume: dict[str, Any] | None) -> list[torch.Tensor]:
         o, ctx = self.o, self.ctx
-        self.wrapped = (
-            add_lora(ctx.model, ctx.adapter, o.lora_rank, o.lora_alpha, self.s.seed) if o.lora_rank > 0 else {}
+        self.lora = (
+            LoRAWeights(ctx.model, ctx.adapter, o.lora_rank, o.lora_alpha, self.s.seed) if o.lora_rank > 0 else None
         )
+        lora_params = self.lora.parameters() if self.lora is not None else []
         self.hooks = MaskHooks(ctx.model, ctx.adapter, self.geom)
         self.opt_z = torch.optim.Adam([self.z_a, self.z_f], lr=o.lr)
         self.opt_w = torch.optim.Adam([self.rho], lr=o.width_lr)
-        self.opt_l = (
-            torch.optim.AdamW(lora_parameters(self.wrapped), lr=o.lora_lr, weight_decay=0.0) if self.wrapped else None
-        )
+        self.opt_l = torch.optim.AdamW(lora_params, lr=o.lora_lr, weight_decay=0.0) if self.lora is not None else None
         if resume is not None:
             with torch.no_grad():
                 self.rho.copy_(resume["rho"])
@@ -412,13 +410,13 @@ class MinimaxTraining(LearnedMethod):
                 self.y_res.copy_(resume["y_res"])
             self.opt_z.load_state_dict(resume["opt_z"])
             self.opt_w.load_state_dict(resume["opt_w"])
-            if self.opt_l is not None:
-                load_lora_state(self.wrapped, resume["lora"])
+            if self.opt_l is not None and self.lora is not None:
+                self.lora.load(resume["lora"])
                 self.opt_l.load_state_dict(resume["opt_l"])
             self.frozen = resume["frozen"]
         self.t_train = time.perf_counter()
         # Under torchrun the loop wraps every trainable tensor (scores, widths, LoRA) in DDP.
-        return [self.z_a, self.z_f, self.rho, *lora_parameters(self.wrapped)]
+        return [self.z_a, self.z_f, self.rho, *lora_params]
 
     def step(self, batch: Batch, forward) -> Losses:
         o, step, device = self.o, batch.step, self.ctx.device
@@ -444,13 +442,8 @@ class MinimaxTraining(LearnedMethod):
             sf = torch.tensor(float(self.frozen["k_f"]), device=device)
 
         logits = forward(batch.tokens)
-        use_kl = self.teacher is not None
-        kl = torch.zeros((), device=device)
-        if use_kl:
-            assert self.teacher is not None  # narrowed by use_kl
-            kl = topk_kl(logits, *self.teacher.batch(batch.rows, device), o.temperature)
-        lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch.tokens[:, 1:].reshape(-1))
-        loss = (o.kl_weight * kl if use_kl else 0.0) + o.lm_weight * lm
+        teacher = self.teacher.batch(batch.rows, device) if self.teacher is not None else None
+        loss, kl, lm = distill_objective(logits, batch.tokens, teacher, o.temperature, o.kl_weight, o.lm_weight)
 
         # budget of the widths actually in use (rounded), gradient to the continuous widths
         sa_used = sa + (torch.clamp(torch.round(sa.detach() / rows_a), min=1) * rows_a - sa.detach())
@@ -479,7 +472,7 @@ class MinimaxTraining(LearnedMethod):
     def update(self, batch: Batch, means: dict[str, float]) -> dict[str, Any]:
         o, c, step, L = self.o, self.current, batch.step, self.geom.num_layers
         if self.opt_l is not None:
-            self.lora_lr.apply(self.opt_l, o.lora_lr, step, o.steps)
+            WEIGHT_LR.apply(self.opt_l, o.lora_lr, step, o.steps)
             self.opt_l.step()
         frozen = self.frozen
         if frozen is None:
@@ -538,7 +531,7 @@ class MinimaxTraining(LearnedMethod):
             "opt_z": self.opt_z.state_dict(),
             "opt_w": self.opt_w.state_dict(),
             "opt_l": self.opt_l.state_dict() if self.opt_l is not None else None,
-            "lora": lora_state(self.wrapped),
+            "lora": self.lora.state() if self.lora is not None else {},
             "frozen": self.frozen,
         }
 
@@ -556,12 +549,10 @@ class MinimaxTraining(LearnedMethod):
         with torch.no_grad():
             student = ctx.model(probe_tokens, use_cache=False).logits.float().cpu()
         notify(Event(self.name, "student", T, {"tokens": probe_tokens.cpu(), "logits": student}))
-        self.close()
+        self.hooks.remove()
         # Merge LoRA into the weights in place (one matrix at a time); plan.weights refers to them.
-        with torch.no_grad():
-            for name, module in self.wrapped.items():
-                module.base.weight.copy_(module.merged_weight().to(module.base.weight.dtype))
-                plan.weights[name] = module.base.weight.detach()
+        if self.lora is not None:
+            plan.weights.update(self.lora.merge())
         merge_diff = _merge_check(ctx, plan, probe_tokens, student)
 
         k_a, k_f = frozen["k_a"], frozen["k_f"]
@@ -588,7 +579,8 @@ class MinimaxTraining(LearnedMethod):
     def close(self) -> None:
         if self.hooks is not None:
             self.hooks.remove()
-        remove_lora(self.ctx.model, self.ctx.adapter)
+        if self.lora is not None:
+            self.lora.remove()
 
 
 # ----- helpers --------------------------------------------------------------------------------
@@ -608,26 +600,6 @@ def _merge_check(ctx: PruneContext, plan: PrunePlan, tokens: torch.Tensor, stude
         mask_structured(ctx.model, ctx.adapter, plan)
         out = ctx.model(tokens, use_cache=False).logits.float().cpu()
     return float((out - student).abs().max())
-
-
-def _teacher(ctx: PruneContext, o: MinimaxOptions) -> TeacherTopK:
-    """Teacher top-k of every calibration row; under torchrun each rank runs its shard and the
-    rows are gathered (all ranks then hold the same targets)."""
-    calib = ctx.calib
-    assert calib is not None  # MinimaxPruner.prune checked it
-    n = calib.shape[0]
-    bs = min(ctx.settings.batch_size, n)
-    task = ctx.progress.task("minimax teacher top-k", total=-(-n // bs))
-    ctx.model.eval()
-
-    def shard(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        part = precompute_teacher(
-            ctx.model, calib[lo:hi], o.teacher_topk, o.temperature, bs, ctx.device, progress=task.advance
-        )
-        return part.logp, part.index, part.log_rest
-
-    logp, index, log_rest = sharded_rows(n, shard)
-    return TeacherTopK(logp, index, log_rest, o.temperature)
 
 
 def _plot_trace(trace: list[dict[str, Any]], path: Path, sparsity: float) -> Path | None:

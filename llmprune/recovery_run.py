@@ -1,0 +1,376 @@
+"""The recovery stage around ``llmprune.recovery``: ``llmprune recover`` and ``--recover``.
+
+:func:`run_stage` trains a pruned model held in memory (``--recover`` calls it right after
+surgery, with the input model as teacher); :func:`run_recover` is the command: it loads a pruned
+folder, runs the stage and exports through the same exporter as the pruning commands (plan,
+heterogeneous config and modeling file, 2:4 sidecar carried over), atomically. Resume, checkpoints
+and distribution are the shared loop's (``llmprune.training``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llmprune import distributed
+from llmprune.config import DTYPE_CHOICES, check_seqlen, shard_size_bytes
+from llmprune.distill import TeacherTopK
+from llmprune.errors import ModelLoadError, UsageError
+from llmprune.export import SPARSITY_FILE, overlaps, save_pruned
+from llmprune.plan import PLAN_FILE, PrunePlan
+from llmprune.progress import Reporter
+from llmprune.pruners.base import PruneContext
+from llmprune.recovery import (
+    RecoveryOptions,
+    RecoveryTraining,
+    check_zeros_kept,
+    objective_on,
+    topk_targets,
+    zero_masks,
+)
+from llmprune.report import PruneReport, RecoveryReport
+from llmprune.trace import pyplot, save_figure
+from llmprune.training import Training, is_main
+
+TEACHER = "recovery_teacher.pt"
+CURVE_JSON = "recovery_curve.json"
+CURVE_PNG = "recovery_curve.png"
+
+
+class RecoverSettings(BaseModel):
+    """Everything ``llmprune recover`` was asked to do (``options``: :class:`RecoveryOptions`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str  # the pruned folder
+    teacher: str
+    output: Path
+    calib: str = "auto"
+    nsamples: int = 128
+    seqlen: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    save_dtype: str = "auto"
+    batch_size: int = 8
+    overwrite: bool = False
+    resume: bool = False
+    max_shard_size: str = "5GB"
+    offload_dir: Path | None = None  # not used by recovery; the workspace checks it
+    strategy: str = "recover"
+    method: str = "recover"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("nsamples", "batch_size")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        return v
+
+    @field_validator("seqlen")
+    @classmethod
+    def _seqlen(cls, v: int | None) -> int | None:
+        return check_seqlen(v)
+
+    @field_validator("dtype", "save_dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in DTYPE_CHOICES:
+            raise ValueError(f"must be one of {', '.join(DTYPE_CHOICES)}, got {v!r}")
+        return v
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _shard_size(cls, v: str) -> str:
+        shard_size_bytes(v)
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return RecoveryOptions.model_validate(v).model_dump(mode="json")
+
+
+class StageFingerprint(RecoveryOptions):
+    """What a resumed stage must share besides the run's settings: the teacher and the student's
+    starting weights (under ``--recover`` they come out of the pruning stage)."""
+
+    teacher: str
+    student_sha256: str
+
+
+class RecoveryClaim:
+    """What :class:`llmprune.workspace.Workspace` asks of a run: the stage always checkpoints."""
+
+    resumable = True
+
+    @staticmethod
+    def has_checkpoint(work: Path) -> bool:
+        return any(work.glob("*_state.pt"))
+
+
+@dataclass
+class StageResult:
+    report: RecoveryReport
+    files: dict[str, Any]
+
+
+# ----- the stage ------------------------------------------------------------------------------------
+def run_stage(
+    ctx: PruneContext, options: RecoveryOptions, teacher: str, compute_dtype: torch.dtype, semi24_targets: list[str]
+) -> StageResult:
+    """Distil ``ctx.model`` (pruned, on ``ctx.device`` in ``compute_dtype``) from ``teacher`` on
+    ``ctx.calib``; the trained weights end up in the model (LoRA merged). 2:4 targets keep their zeros."""
+    o, calib = options, ctx.calib
+    assert calib is not None, "recovery needs calibration samples"
+    masks = zero_masks(ctx.model, semi24_targets) if semi24_targets else None
+    fp = StageFingerprint(**o.model_dump(), teacher=teacher, student_sha256=weights_sha256(ctx.model))
+    training = Training(ctx, "recovery", fp, o.checkpoint_every)
+    training.load_checkpoint()
+    t0 = time.perf_counter()
+    topk = None
+    if o.kl_weight > 0:  # precomputed once (kept on CPU), reused by --resume
+        state = training.cached(TEACHER, lambda: teacher_targets(ctx, teacher, o, compute_dtype).state())
+        topk = TeacherTopK.from_state(state)
+    time_teacher = time.perf_counter() - t0
+    bs = min(ctx.settings.batch_size, calib.shape[0])
+    before = objective_on(ctx.model, calib, topk, o, bs, ctx.device)
+    method = RecoveryTraining(ctx.model, ctx.adapter, o, topk, ctx.settings.seed, ctx.device, masks)
+    t0 = time.perf_counter()
+    trained = training.run(method)
+    trace = method.trace
+    time_train = time.perf_counter() - t0
+    after = objective_on(ctx.model, calib, topk, o, bs, ctx.device)
+    zeros = check_zeros_kept(ctx.model, masks) if masks else None
+    report = RecoveryReport(
+        teacher=teacher,
+        mode=o.recover_mode,
+        options=o.model_dump(mode="json"),
+        steps=o.steps,
+        sequences_per_step=bs,
+        seqlen=int(calib.shape[1]),
+        tokens_seen=int(trace[-1]["tokens"]) if trace else 0,
+        trained_params=_trained_params(o, trained),
+        objective_before=before,
+        objective_after=after,
+        loss_curve=[r["loss"] for r in trace],
+        zeros_checked=zeros,
+        time_teacher_s=time_teacher,
+        time_train_s=time_train,
+    )
+    files: dict[str, Any] = {
+        CURVE_JSON: {"report": report.model_dump(mode="json", exclude={"loss_curve"}), "trace": trace}
+    }
+    png = plot_curve(trace, Path(ctx.work_dir) / CURVE_PNG) if is_main() else None
+    if png is not None:
+        files[CURVE_PNG] = png
+    return StageResult(report, files)
+
+
+def _trained_params(o: RecoveryOptions, trained: dict[str, torch.Tensor]) -> int:
+    if o.recover_mode == "full":
+        return sum(w.numel() for w in trained.values())
+    return sum(o.lora_rank * (w.shape[0] + w.shape[1]) for w in trained.values())
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Digest of every parameter (names, shapes, bytes): the student a checkpoint belongs to."""
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        t = p.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def teacher_targets(ctx: PruneContext, teacher: str, o: RecoveryOptions, dtype: torch.dtype) -> TeacherTopK:
+    """Load the teacher, keep its top-k on every calibration row (each rank its shard under
+    torchrun, then gathered), and free it."""
+    from llmprune.loading import load_model
+
+    model, _, _ = load_model(teacher, ctx.device, dtype)
+    try:
+        return topk_targets(ctx, model, o.teacher_topk, o.temperature, "recovery teacher top-k")
+    finally:
+        del model
+
+
+def plot_curve(trace: list[dict[str, Any]], path: Path) -> Path | None:
+    """PNG of the loss and its terms per step (None without matplotlib)."""
+    plt = pyplot()
+    if not trace or plt is None:
+        return None
+    steps = [r["step"] for r in trace]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key, label in (("loss", "loss"), ("kl", "KL"), ("lm", "LM")):
+        ax.plot(steps, [r[key] for r in trace], label=label)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.set_title("recovery (distillation from the dense teacher)")
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def check_teacher(student: str, student_config: Any, teacher: str, teacher_config: Any) -> None:
+    """The teacher must predict over the same vocabulary as the student."""
+    a, b = getattr(student_config, "vocab_size", None), getattr(teacher_config, "vocab_size", None)
+    if a != b:
+        raise UsageError(
+            f"--teacher {teacher} has a vocabulary of {b} tokens, {student} has {a}; "
+            "distillation needs the same tokenizer"
+        )
+
+
+# ----- the command ------------------------------------------------------------------------------------
+def run_recover(settings: RecoverSettings, reporter: Reporter | None = None) -> PruneReport:
+    """Recover one pruned folder into OUT; returns the report (also written to OUT)."""
+    started = distributed.init(settings.device)
+    claim: list[Any] = []
+    try:
+        from llmprune.signals import sigterm_as_interrupt
+
+        with sigterm_as_interrupt():
+            return _run_recover(settings, reporter, claim)
+    except BaseException as err:
+        if not claim:
+            raise
+        replacement = claim[0].fail(err)
+        if replacement is err:
+            raise
+        raise replacement from err
+    finally:
+        if started:
+            distributed.cleanup()
+
+
+def pruned_plan(folder: Path, model: torch.nn.Module, adapter: Any) -> PrunePlan:
+    """The plan of the pruned folder (2:4 targets from its sidecar); a model without one is its
+    own identity plan."""
+    sidecar = folder / SPARSITY_FILE
+    plan_file = folder / PLAN_FILE
+    try:
+        plan = PrunePlan.load(plan_file) if plan_file.is_file() else None
+        targets = json.loads(sidecar.read_text()).get("targets") if sidecar.is_file() else None
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{folder} has an unreadable {PLAN_FILE} or {SPARSITY_FILE}: {err}") from err
+    if targets:
+        from llmprune.plan import geometry_dict
+
+        dense = plan.dense if plan is not None else geometry_dict(adapter.geometry(model))
+        return PrunePlan(kind="semi24", strategy="semi24", method="recover", dense=dense, semi24_targets=targets)
+    return plan or PrunePlan.dense_structured(adapter.geometry(model), "recover", "none")
+
+
+def _run_recover(settings: RecoverSettings, reporter: Reporter | None, claim: list[Any]) -> PruneReport:
+    from llmprune.loading import (
+        checkpoint_dtype,
+        load_config,
+        load_model,
+        resolve_device,
+        resolve_dtype,
+        resolve_seqlen,
+    )
+    from llmprune.pipeline import _QuietReporter, package_versions, peak_memory
+    from llmprune.workspace import Workspace
+
+    t_start = time.perf_counter()
+    main = distributed.is_main()
+    reporter = reporter or (Reporter() if main else _QuietReporter())
+    options = RecoveryOptions.model_validate(settings.options)
+    config = load_config(settings.model)
+    check_teacher(settings.model, config, settings.teacher, load_config(settings.teacher))
+    teacher_path = Path(settings.teacher).expanduser()
+    if teacher_path.exists() and overlaps(settings.output.expanduser().resolve(), teacher_path.resolve()):
+        raise UsageError(f"output {settings.output} overlaps the teacher folder {settings.teacher}; choose another -o")
+
+    def open_workspace() -> Path:
+        workspace = Workspace(settings, RecoveryClaim, reporter)
+        work = workspace.open()
+        claim.append(workspace)
+        return work
+
+    work = distributed.on_main(open_workspace)
+    if not main:
+        work = Path(tempfile.mkdtemp(prefix=f".llmprune-rank{distributed.rank()}-"))
+        atexit.register(shutil.rmtree, work, True)
+    settings = settings.model_copy(update={"seed": distributed.broadcast_seed(settings.seed)})
+    device = distributed.device_for(resolve_device(settings.device))
+    settings = settings.model_copy(update={"seqlen": resolve_seqlen(settings.seqlen, config)})
+    compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
+    save_dtype = checkpoint_dtype(config) or torch.float32
+    if settings.save_dtype != "auto":
+        save_dtype = resolve_dtype(settings.save_dtype, device, None)
+    torch.manual_seed(settings.seed)
+    model, adapter, tokenizer = load_model(settings.model, device, compute_dtype)
+    source, calib = distributed.on_main(lambda: _calibration(settings, tokenizer, reporter))
+    settings = settings.model_copy(update={"calib": source})
+    plan = pruned_plan(Path(settings.model).expanduser(), model, adapter)
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = PruneContext(
+        model=model,
+        adapter=adapter,
+        tokenizer=tokenizer,
+        calib=calib,
+        settings=settings,
+        device=device,
+        work_dir=work,
+        progress=reporter,
+        compute_dtype=compute_dtype,
+    )
+    with reporter.live():
+        stage = run_stage(ctx, options, settings.teacher, compute_dtype, plan.semi24_targets)
+    previous = PruneReport.load(settings.model)
+    fields = previous.as_json() if previous is not None else {}
+    fields.update(
+        {
+            "output": str(settings.output),
+            "recovery": {
+                **stage.report.model_dump(mode="json"),
+                "settings": settings.model_dump(mode="json"),
+                "student": settings.model,
+                "calibration": {"source": source, "nsamples": int(calib.shape[0]), "seqlen": settings.seqlen},
+                "versions": package_versions(),
+            },
+        }
+    )
+    fields.update(peak_memory())
+    fields["time_total_s"] = time.perf_counter() - t_start
+    report = PruneReport.model_validate(fields)
+    if main:
+        save_pruned(
+            model,
+            tokenizer,
+            plan,
+            report.as_json(),
+            settings.output,
+            save_dtype,
+            settings.max_shard_size,
+            stage.files,
+            config=model.config,
+        )
+        claim[0].close()
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    distributed.barrier()
+    return report
+
+
+def _calibration(settings: RecoverSettings, tokenizer: Any, reporter: Reporter) -> tuple[str, torch.Tensor]:
+    from llmprune.data import calibration_samples, resolve_calibration_source
+
+    source, warning = resolve_calibration_source(settings.calib)
+    if warning:
+        reporter.log(f"[yellow]warning:[/] {warning}")
+    assert settings.seqlen is not None
+    return source, calibration_samples(tokenizer, source, settings.nsamples, settings.seqlen, settings.seed)
