@@ -37,13 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from llmprune.alignment import Alignment
 from llmprune.arch import Geometry
-from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
+from llmprune.distill import TeacherTopK, lm_loss, precompute_teacher, topk_kl
 from llmprune.errors import UsageError
 from llmprune.lora import add_lora, load_lora_state, lora_parameters, lora_state, remove_lora
 from llmprune.masks import attn_grid_step, attn_params_kept, uniform_widths
@@ -449,7 +448,7 @@ class MinimaxTraining(LearnedMethod):
         if use_kl:
             assert self.teacher is not None  # narrowed by use_kl
             kl = topk_kl(logits, *self.teacher.batch(batch.rows, device), o.temperature)
-        lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch.tokens[:, 1:].reshape(-1))
+        lm = lm_loss(logits, batch.tokens)
         loss = (o.kl_weight * kl if use_kl else 0.0) + o.lm_weight * lm
 
         # budget of the widths actually in use (rounded), gradient to the continuous widths
