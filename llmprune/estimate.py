@@ -18,8 +18,9 @@ The memory model, per method (bytes; every symbol from the config and the settin
   default where ``A`` dominates) ``A = n_l · T · b·H + T · a`` (the layer inputs plus one layer
   being recomputed).
 * the loss head: logits, their gradient and the loss's float32 work, ``2·T·V·b + c·C·V·4`` with
-  ``C = min(T, chunk)`` positions per chunk (:mod:`llmprune.distill`) and ``c = 3`` float32
-  blocks for the LM loss, ``c = 6`` with minimax's top-k KL.
+  ``C = min(T, chunk)`` positions per chunk (:mod:`llmprune.distill`) and ``c = 2`` float32
+  blocks for the LM loss (log-softmax and its gradient), ``c = 4`` with minimax's top-k KL, one
+  more below float32 (the upcast copy).
 * learned state, float32: minimax's LoRA ``7 · n_l · r · (in + out)`` parameters × 16 bytes
   (value, gradient, two Adam moments); ProxSparse's stage of ``n_s`` layers holds its targeted
   weights ``n_s · P_lin`` × ``(4 master + 4 gradient + 8 Adam + 4 anchor·[λ₂>0])`` plus, below
@@ -27,9 +28,10 @@ The memory model, per method (bytes; every symbol from the config and the settin
 
 Device peak of a learned method: ``P·b + A + loss head + learned state + O`` (``O`` =
 :data:`OVERHEAD_GIB`: CUDA context and allocator slack; 0 on CPU, where everything is host memory).
-Layer-wise methods (the one-shot baselines, Týr's supernet) keep the model on the host and one
-layer on the device: ``layer in float32 + its Hessians (3 · max(H, I)² · 4) + 2·N·L·H·4``
-(a layer's inputs and outputs, or on disk with ``--offload-dir``); Týr's search then runs
+Layer-wise methods (the one-shot baselines, Týr's supernet) keep the model on the host in its
+saved dtype (``P·s``) and one layer on the device: ``2 · layer in float32`` (the layer and its
+pruned copy) ``+ Hessians (SparseGPT, Týr: (2H² + (n_h·d)² + I²) · 4) + 2·N·L·H·4`` (a layer's
+inputs and outputs, or on disk with ``--offload-dir``); on CPU the two are the same memory; Týr's search then runs
 whole-model forwards (``P·b`` + one batch of activations without gradient).
 Host peak: the model in its checkpoint dtype while it loads, the calibration activations of a
 layer-wise pass, the teacher's top-k logits ``N·L·k·12`` and one checkpoint's serialised state.
@@ -123,7 +125,8 @@ def loss_head_bytes(shape: Shape, tokens: int, b: int, kl: bool) -> int:
     from llmprune.distill import chunk_positions
 
     chunk = min(tokens, chunk_positions(shape.vocab))
-    return 2 * tokens * shape.vocab * b + (6 if kl else 3) * chunk * shape.vocab * 4
+    blocks = (4 if kl else 2) + (1 if b < 4 else 0)  # + the float32 copy of low-precision logits
+    return 2 * tokens * shape.vocab * b + blocks * chunk * shape.vocab * 4
 
 
 @dataclass
@@ -218,14 +221,17 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
             flops += 2 * P * calib_tokens  # the teacher pass
     else:
         layer_f32 = (shape.layer_linear + 2 * H) * 4
-        hessians = 3 * max(H, shape.intermediate) ** 2 * 4
+        qd = shape.heads * shape.head_dim
+        hessians = (2 * H**2 + qd**2 + shape.intermediate**2) * 4 if method in ("sparsegpt", "tyr") else 0
         acts = 2 * calib_tokens * H * 4
         offload = settings.offload_dir is not None
-        terms["one layer (float32)"] = layer_f32
-        terms["hessians"] = hessians
+        terms["one layer and its pruned copy (float32)"] = 2 * layer_f32
+        if hessians:
+            terms["hessians"] = hessians
         terms["calibration activations"] = 0 if offload else acts
-        terms["embeddings on device"] = shape.vocab * H * b
-        host += P * b + (acts if not offload else 0)
+        if dev == "cpu":  # the model waits in host memory in its saved dtype: the same memory
+            terms["model (saved dtype)"] = P * saved
+        host += P * saved + (acts if not offload else 0)
         disk += acts if offload else 0
         flops = 2 * P * calib_tokens * 2
         if strategy == "global":  # Týr: whole-model forwards while searching, and the supernet
