@@ -35,6 +35,8 @@ inputs and outputs, or on disk with ``--offload-dir``); on CPU the two are the s
 whole-model forwards (``P·b`` + one batch of activations without gradient).
 Host peak: the model in its checkpoint dtype while it loads, the calibration activations of a
 layer-wise pass, the teacher's top-k logits ``N·L·k·12`` and one checkpoint's serialised state.
+Checkpoint writes over a run: (⌊(steps − 1) / ``--checkpoint-every``⌋ + 1) checkpoints of the learned
+state per stage (ProxSparse: ``n_s · P_lin · 12``, masters and moments; minimax: LoRA × 16).
 Disk: the output (``P_out · s``), the checkpoint (learned state), the teacher cache and Týr's
 supernet (:func:`llmprune.pruners.tyr.supernet.supernet_disk_need`-shaped:
 ``n_l · 9 · (o + down variants) · 4`` per iteration, two iterations at once).
@@ -138,6 +140,7 @@ class Estimate:
     disk_gib: float
     time_h: tuple[float, float]
     terms: dict[str, float]  # device-memory terms (GiB), for the table
+    checkpoint_writes_gib: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -147,6 +150,7 @@ class Estimate:
             "peak_host_gib": round(self.peak_host_gib, 3),
             "disk_gib": round(self.disk_gib, 3),
             "time_hours": [round(t, 3) for t in self.time_h],
+            "checkpoint_writes_gib": round(self.checkpoint_writes_gib, 3),
             "device_terms_gib": {k: round(v, 3) for k, v in self.terms.items()},
         }
 
@@ -181,11 +185,12 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
     seqlen = settings.seqlen or min(2048, int(getattr(config, "max_position_embeddings", 2048) or 2048))
     n = settings.nsamples
     batch = min(settings.batch_size, n)
-    tokens = batch * seqlen
+    tokens = math.ceil(batch / ranks) * seqlen  # each rank's shard of a step's rows
     calib_tokens = n * seqlen
     P, H = shape.params, shape.hidden
     overhead = OVERHEAD_GIB * GIB if dev == "cuda" else 0.0
     terms: dict[str, float] = {}
+    writes = 0.0  # checkpoint bytes written over the whole run
     host = 0.0
     disk = 0.0
     flops = 0.0
@@ -208,6 +213,7 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
             teacher = calib_tokens * (k * 12 + 4) if o.get("distill", True) else 0
             host += teacher
             disk += teacher + lora * 16
+            writes = ((steps - 1) // int(o.get("checkpoint_every", 20)) + 1) * lora * 16
         else:
             per_stage = int(o.get("layers_per_stage", 0)) or shape.layers
             per_param = 4 + 8 + (4 if float(o.get("lambda2", 0.0)) > 0 else 0) + (4 + b if b < 4 else 4)
@@ -215,7 +221,10 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
             terms["learned state"] = state
             host += per_stage * shape.layer_linear * 12  # one checkpoint being serialised
             disk += per_stage * shape.layer_linear * 12
-            steps *= math.ceil(shape.layers / per_stage)
+            n_stages = math.ceil(shape.layers / per_stage)
+            per_ckpt = per_stage * shape.layer_linear * 12  # fp32 masters + two Adam moments
+            writes = n_stages * ((steps - 1) // int(o.get("checkpoint_every", 10)) + 1) * per_ckpt
+            steps *= n_stages
         flops = steps * 6 * P * tokens * (4 / 3 if recompute else 1)
         if method == "minimax":
             flops += 2 * P * calib_tokens  # the teacher pass
@@ -271,6 +280,7 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
         disk_gib=disk / GIB,
         time_h=time_h,
         terms={k: v / GIB for k, v in terms.items()} | ({"overhead": OVERHEAD_GIB} if overhead else {}),
+        checkpoint_writes_gib=writes / GIB,
     )
 
 
