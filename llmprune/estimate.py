@@ -309,9 +309,12 @@ def from_settings(settings: Any) -> Estimate:
 
 def free_device_bytes(device: str) -> int:
     """Free memory of a CUDA device (what the pre-flight check compares with)."""
+    import os
+
     import torch
 
-    return int(torch.cuda.mem_get_info(torch.device(device if device != "auto" else "cuda"))[0])
+    dev = torch.device(device if device not in ("auto", "cuda") else f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+    return int(torch.cuda.mem_get_info(dev)[0])
 
 
 def advice(est: Estimate, settings: Any) -> str:
