@@ -93,12 +93,12 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
         ),
         (
             "output",
-            Path,
+            Optional[Path],
             typer.Option(
-                ...,
+                None,
                 "-o",
                 "--output",
-                help="Output folder (written atomically; must not exist unless --overwrite).",
+                help="Output folder (written atomically; must not exist unless --overwrite). Required unless --estimate.",
                 show_default=False,
             ),
         ),
@@ -191,6 +191,14 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
         ),
         ("max_shard_size", str, typer.Option("5GB", help="Largest safetensors shard in the output.")),
         (
+            "grad_checkpoint",
+            str,
+            typer.Option(
+                "auto",
+                help="Learned methods: recompute each decoder layer's activations in backward instead of keeping them (same gradients, ~1/3 more compute). auto: on when a step's activations would outweigh a quarter of the model; on; off.",
+            ),
+        ),
+        (
             "config",
             Optional[Path],
             typer.Option(
@@ -205,6 +213,38 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
             bool,
             typer.Option(
                 False, "--overwrite", help="Replace an existing output folder (only after the new one is complete)."
+            ),
+        ),
+        (
+            "estimate",
+            bool,
+            typer.Option(
+                False,
+                "--estimate",
+                help="Print the predicted peak device memory, peak host memory, disk and time of this run for --device/--dtype (reads only the model's config.json; loads no weights) and exit.",
+            ),
+        ),
+        (
+            "json_path",
+            Optional[Path],
+            typer.Option(
+                None, "--json", help="With --estimate: also write it as JSON to this file.", show_default=False
+            ),
+        ),
+        (
+            "gpu_memory",
+            Optional[float],
+            typer.Option(
+                None,
+                help="GiB of device memory to plan for, instead of querying the GPU's free memory.",
+                show_default=False,
+            ),
+        ),
+        (
+            "force",
+            bool,
+            typer.Option(
+                False, "--force", help="Run even when the pre-flight estimate says it will not fit the GPU or the disk."
             ),
         ),
         (
@@ -349,6 +389,11 @@ def _prune_command(strategy: str) -> Callable[..., None]:
         from llmprune.summary import print_prune_summary
 
         recipe_path = kwargs.pop("config")
+        planning = {k: kwargs.pop(k) for k in ("estimate", "json_path", "gpu_memory", "force")}
+        if kwargs["output"] is None:
+            if not planning["estimate"]:
+                raise UsageError("missing option -o/--output (the output folder)")
+            kwargs["output"] = Path("<estimate>")
         # Where each value came from: a flag typed by the user, a recipe key, or a default.
         origin = {k: f"--{k.replace('_', '-')}" for k in kwargs if _given(ctx, k)}
         if recipe_path is not None:
@@ -367,6 +412,12 @@ def _prune_command(strategy: str) -> Callable[..., None]:
         given = {k: v for k, v in kwargs.items() if k not in common_names | recovery_names and k in origin}
         method_options = _method_options(strategy, values["method"], given, origin)
         settings = validated(PruneSettings, strategy=strategy, method_options=method_options, **values)
+        if planning["estimate"] or planning["json_path"] is not None:
+            estimate_only(settings, planning["json_path"])
+            return
+        from llmprune.estimate import preflight
+
+        preflight(settings, planning["gpu_memory"], planning["force"])
         report = run_prune(settings)
         from llmprune.distributed import env_rank
 
@@ -378,6 +429,18 @@ def _prune_command(strategy: str) -> Callable[..., None]:
     command.__doc__ = STRATEGY_HELP[strategy]
     command.__name__ = f"{strategy}_command"
     return command
+
+
+def estimate_only(settings: Any, json_path: Path | None) -> None:
+    """``--estimate``: print (and with ``--json`` write) the pre-flight estimate; no weights read."""
+    import json
+
+    from llmprune.estimate import from_settings, print_estimate
+
+    est = from_settings(settings)
+    print_estimate(est)
+    if json_path is not None:
+        json_path.write_text(json.dumps(est.to_json(), indent=2) + "\n")
 
 
 def _version(value: bool) -> None:

@@ -51,6 +51,7 @@ class PruneSettings(BaseModel):
     resume: bool = False
     max_shard_size: str = "5GB"
     offload_dir: Path | None = None
+    grad_checkpoint: Literal["auto", "on", "off"] = "auto"
     method_options: dict[str, Any] = Field(default_factory=dict)
     #: The recovery stage's options (``--recover``; llmprune.recovery.RecoveryOptions), None without it.
     recover: dict[str, Any] | None = None

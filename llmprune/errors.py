@@ -61,3 +61,9 @@ class MissingDependencyError(LlmpruneError):
     """An option needs an optional extra that is not installed (e.g. --tasks needs lm-eval)."""
 
     exit_code = 10
+
+
+class WontFitError(LlmpruneError):
+    """The pre-flight estimate says the run will not fit the device or the disk (``--force`` overrides)."""
+
+    exit_code = 12

@@ -52,13 +52,39 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        delta = F.linear(F.linear(x.to(self.lora_a.dtype), self.lora_a), self.lora_b) * self.scale
+        delta = F.linear(_UpcastLinear.apply(x, self.lora_a), self.lora_b) * self.scale
         return out + delta.to(out.dtype)
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
         """``W + scale · B A`` in float32 (dense coordinates)."""
         return self.base.weight.float() + self.scale * (self.lora_b @ self.lora_a)
+
+
+class _UpcastLinear(torch.autograd.Function):
+    """``x.to(A.dtype) @ Aᵀ`` saving ``x`` in its own dtype for backward, not its float32 copy.
+
+    Autograd would keep the upcast input of every wrapped projection alive until backward
+    (``tokens × in`` float32 each: the largest term of LoRA's memory under bfloat16). Here the copy
+    is made again in backward, one projection at a time; the arithmetic is the same (the same
+    matrix products, in float32), so gradients equal autograd's.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, a)
+        return F.linear(x.to(a.dtype), a)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, a = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad_x = grad_a = None
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            grad_x = (grad @ a).to(x.dtype)
+        if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]
+            g2 = grad.reshape(-1, grad.shape[-1])
+            grad_a = g2.t() @ x.reshape(-1, x.shape[-1]).to(a.dtype)
+        return grad_x, grad_a
 
 
 def add_lora(

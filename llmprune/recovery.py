@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from llmprune.arch import LINEAR_KEYS, ArchAdapter
-from llmprune.distill import TeacherTopK, precompute_teacher, topk_kl
+from llmprune.distill import TeacherTopK, lm_loss, precompute_teacher, topk_kl
 from llmprune.errors import NumericalError
 from llmprune.lora import LoRALinear, load_lora_state, lora_parameters, lora_state
 from llmprune.training import Batch, LearnedMethod, Losses, LRSchedule, sharded_rows
@@ -107,7 +107,7 @@ def distill_objective(
     kl = torch.zeros((), device=logits.device)
     if teacher is not None:
         kl = topk_kl(logits, *teacher, temperature)
-    lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+    lm = lm_loss(logits, tokens)
     loss = (kl_weight * kl if teacher is not None else 0.0) + lm_weight * lm
     return loss, kl, lm
 

@@ -52,6 +52,7 @@ RUN_CONTROL = frozenset(
         "save_dtype",
         "method_options",
         "recover",
+        "grad_checkpoint",  # recomputes the same arithmetic: gradients are unchanged
     }
 )
 
@@ -312,7 +313,9 @@ class Training:
         task.advance(start_stage * T + start_step)
         if ckpt is not None:
             ctx.progress.log(f"{self.name}: resuming at stage {start_stage + 1}/{n_stages}, step {start_step} of {T}")
-        with frozen_parameters(model), contextlib.closing(method):
+        layers = ctx.adapter.layers(model)
+        recompute = use_layer_checkpointing(ctx.settings, model, layers, bs, calib.shape[1])
+        with frozen_parameters(model), layer_checkpointing(layers, recompute), contextlib.closing(method):
             for stage in range(start_stage, n_stages):
                 # A checkpoint inside this stage resumes it; one at its boundary starts it afresh.
                 inside = ckpt is not None and stage == start_stage and start_step > 0
@@ -395,3 +398,55 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+# ----- gradient checkpointing ----------------------------------------------------------------------
+def use_layer_checkpointing(
+    settings: Any, model: nn.Module, layers: Sequence[nn.Module], batch: int, seqlen: int
+) -> bool:
+    """``--grad-checkpoint``: on, off, or auto, which turns it on when the activations a step
+    would save for backward without it exceed a quarter of the model's weight bytes (the
+    regime where activations, not weights, set the peak; :mod:`llmprune.estimate` has the model)."""
+    from llmprune.estimate import checkpointing_on, shape_of_model
+
+    params = list(model.parameters())
+    b = params[0].element_size()
+    return checkpointing_on(
+        settings, shape_of_model(model, len(layers)), batch * seqlen, b, sum(p.numel() for p in params)
+    )
+
+
+@contextlib.contextmanager
+def layer_checkpointing(layers: Sequence[nn.Module], enabled: bool = True) -> Iterator[None]:
+    """Recompute each decoder layer's activations in backward instead of keeping them.
+
+    Only the layer inputs stay alive between forward and backward (``tokens × hidden`` per layer)
+    plus one layer's activations while it is recomputed. Hooks on the layer's submodules run again
+    in the recomputation (minimax's mask hooks are pure, so this is harmless). transformers' own
+    ``gradient_checkpointing_enable`` acts only in train mode; the loop runs the model in eval mode
+    (no dropout), hence this wrapper of each layer's ``forward``. Non-reentrant checkpointing
+    recomputes the very same kernels, so gradients are bit-identical to the plain run.
+    """
+    if not enabled:
+        yield
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    originals = [layer.forward for layer in layers]
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if not torch.is_grad_enabled():
+                return fn(*args, **kwargs)
+            return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+
+        return forward
+
+    for layer, fn in zip(layers, originals):
+        layer.forward = wrap(fn)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            if "forward" in vars(layer):
+                del layer.forward

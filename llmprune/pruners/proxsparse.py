@@ -27,18 +27,20 @@ the next stage starts, so later stages train on top of the pruned earlier layers
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from llmprune.arch import LINEAR_KEYS
+from llmprune.distill import lm_loss
 from llmprune.errors import NumericalError, UsageError
 from llmprune.masks import nm_eligible, nm_mask
 from llmprune.obs import obs_prune, sparsegpt_prune
+from llmprune.originals import OriginalWeights
 from llmprune.plan import PrunePlan, geometry_dict
 from llmprune.prox import prox_24, regulariser
 from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register, skipped_semi24
@@ -140,8 +142,8 @@ class ProxSparsePruner(Pruner):
                     targets[name], layer_of[name] = lin, i
                 else:
                     skipped.append(name)
-        # Original weights (fp32 master copies, on the CPU).
-        w0 = {name: lin.weight.detach().float().cpu().clone() for name, lin in targets.items()}
+        # Original weights, memory-mapped from the input checkpoint (float32 one at a time on access).
+        w0 = OriginalWeights(ctx.settings.model, targets)
         t0 = time.perf_counter()
         if checkpoint is not None:
             scales, init = checkpoint.method["scales"], checkpoint.method["init_masks"]
@@ -205,7 +207,7 @@ class ProxSparseTraining(LearnedMethod):
         ctx: PruneContext,
         targets: dict[str, nn.Linear],
         layer_of: dict[str, int],
-        w0: dict[str, torch.Tensor],
+        w0: Mapping[str, torch.Tensor],
         scales: dict[str, torch.Tensor] | None,
         init: dict[str, torch.Tensor] | None,
         skipped: list[str],
@@ -286,7 +288,7 @@ class ProxSparseTraining(LearnedMethod):
                 for n in names:
                     targets[n].weight.copy_(masters[n].to(targets[n].weight.dtype))
         logits = forward(batch.tokens)
-        lm = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch.tokens[:, 1:].reshape(-1))
+        lm = lm_loss(logits, batch.tokens)
         anchor = torch.zeros((), device=self.ctx.device)
         extra = None
         if o.lambda2 > 0:

@@ -1,0 +1,115 @@
+"""``--estimate`` (config only, every family, no weights read) and the pre-flight refusal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import CALIB, REFMODEL, TINY_CONFIGS, requires_refmodel, run_cli
+
+from llmprune import estimate as estimate_module
+from llmprune.arch import FAMILIES
+
+STRATEGIES = {"uniform": ["--method", "minimax"], "global": [], "semi24": ["--method", "proxsparse"]}
+
+
+def config_only_folder(folder: Path, family: str) -> Path:
+    from transformers import AutoConfig
+
+    kwargs = dict(TINY_CONFIGS[family])
+    config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+    config.save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
+    return folder
+
+
+def test_every_family_in_the_family_table_has_a_tiny_config():
+    assert {f.name for f in FAMILIES} <= set(TINY_CONFIGS)
+
+
+@pytest.mark.parametrize("family", [f.name for f in FAMILIES])
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_estimate_reads_a_folder_with_only_config_json(tmp_path, family, strategy, monkeypatch):
+    from llmprune import loading, pipeline
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("--estimate must not load weights")
+
+    monkeypatch.setattr(loading, "load_model", no_weights)
+    monkeypatch.setattr(pipeline, "load_model", no_weights)
+    folder = config_only_folder(tmp_path / family, family)
+    out = tmp_path / "estimate.json"
+    result = run_cli(
+        strategy, folder, *STRATEGIES[strategy], "--estimate", "--json", out, "--device", "cuda", "--dtype", "bfloat16"
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert {"peak_device_gib", "peak_host_gib", "disk_gib", "method", "settings"} <= set(data)
+    assert data["peak_device_gib"] > estimate_module.OVERHEAD_GIB  # the GPU overhead plus the model's terms
+    assert data["disk_gib"] > 0 and data["settings"]["device"] == "cuda" and data["settings"]["dtype_bytes"] == 2
+    assert "peak device memory" in result.output
+
+
+def _pretend_gpu(monkeypatch, free_gib: float) -> None:
+    monkeypatch.setattr(estimate_module, "device_type", lambda device: "cuda")
+    monkeypatch.setattr(estimate_module, "free_device_bytes", lambda device: int(free_gib * estimate_module.GIB))
+
+
+def test_a_run_predicted_not_to_fit_is_refused_before_any_work_and_force_overrides(tmp_path, monkeypatch, model_dir):
+    from llmprune import pipeline
+
+    calls = []
+    real = pipeline.run_prune
+    monkeypatch.setattr(pipeline, "run_prune", lambda s: calls.append(s) or real(s))
+    _pretend_gpu(monkeypatch, free_gib=1e-6)  # a "GPU" with ~1 KiB free
+    out = tmp_path / "out"
+    args = ["uniform", model_dir, "-o", out, "--method", "magnitude", "--sparsity", "0.25", "--device", "cpu"]
+    refused = run_cli(*args)
+    assert refused.exit_code == 12, refused.output
+    assert "predicted peak device memory" in refused.output and "--force" in refused.output
+    assert not calls and not out.exists()  # nothing started, nothing written
+    forced = run_cli(*args, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert len(calls) == 1 and (out / "config.json").is_file()
+
+
+def test_a_run_that_fits_is_not_refused_and_names_the_setting_when_it_does_not(tmp_path, monkeypatch, model_dir):
+    from llmprune.config import PruneSettings
+
+    s = PruneSettings(
+        strategy="semi24",
+        method="proxsparse",
+        model=str(model_dir),
+        output=tmp_path / "o",
+        device="cuda",
+        method_options={"steps": 10},
+    )
+    _pretend_gpu(monkeypatch, free_gib=80)
+    assert estimate_module.preflight(s, None, force=False) is not None
+    with pytest.raises(estimate_module.WontFitError, match="--layers-per-stage|--batch-size|--offload-dir"):
+        estimate_module.preflight(s, 1e-6, force=False)  # --gpu-memory instead of the query
+    assert estimate_module.preflight(s, 1e-6, force=True) is None
+
+
+@pytest.mark.slow
+@requires_refmodel
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["uniform", "--method", "minimax", "--sparsity", "0.4", "--steps", "4", "--lora-rank", "4"],
+        ["semi24", "--method", "proxsparse", "--steps", "3", "--layers-per-stage", "4", "--lambda2", "0.1"],
+    ],
+)
+def test_estimate_is_within_25_percent_of_the_measured_peak_on_the_reference_model(tmp_path, args):
+    from llmprune.memtrack import TensorPeak
+
+    common = ["--calib", CALIB, "--nsamples", "16", "--seqlen", "128", "--batch-size", "4", "--device", "cpu"]
+    est_path = tmp_path / "e.json"
+    planned = run_cli(args[0], REFMODEL, *args[1:], *common, "--estimate", "--json", est_path)
+    assert planned.exit_code == 0, planned.output
+    with TensorPeak() as m:
+        result = run_cli(args[0], REFMODEL, *args[1:], *common, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    predicted = json.loads(est_path.read_text())["peak_device_gib"] * estimate_module.GIB
+    assert abs(predicted - m.peak) <= 0.25 * m.peak, (predicted / 2**20, m.peak / 2**20)
