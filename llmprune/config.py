@@ -21,20 +21,14 @@ DEFAULT_SPARSITY = 0.5
 SEMI24_SPARSITY = 0.5
 
 
-class PruneSettings(BaseModel):
-    """Everything a pruning run was asked to do; written verbatim into the report.
-
-    Frozen: the pipeline resolves values (seed under torchrun, seqlen, calibration source) into a
-    new copy with ``model_copy(update=...)``, so what was validated is never changed in place.
-    """
+class RunSettings(BaseModel):
+    """The settings every command that writes a model shares (pruning and ``recover``), with their
+    checks; frozen (resolved values go into a ``model_copy``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    strategy: Literal["uniform", "global", "semi24"]
-    method: str
     model: str
     output: Path
-    sparsity: float = DEFAULT_SPARSITY  # None (not given) becomes the strategy's default
     calib: str = "auto"
     nsamples: int = 128
     seqlen: int | None = None
@@ -42,15 +36,52 @@ class PruneSettings(BaseModel):
     device: str = "auto"
     dtype: str = "auto"
     save_dtype: str = "auto"
-    attn_unit: Literal["group", "query"] = "group"
-    align: int = 1
-    align_heads: int = 1
-    export_format: Literal["hf", "deci"] = "hf"
     batch_size: int = 8
     overwrite: bool = False
     resume: bool = False
     max_shard_size: str = "5GB"
     offload_dir: Path | None = None
+
+    @field_validator("nsamples", "batch_size")
+    @classmethod
+    def _positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        return v
+
+    @field_validator("seqlen")
+    @classmethod
+    def _seqlen(cls, v: int | None) -> int | None:
+        return check_seqlen(v)
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _shard_size(cls, v: str) -> str:
+        shard_size_bytes(v)
+        return v
+
+    @field_validator("dtype", "save_dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in DTYPE_CHOICES:
+            raise ValueError(f"must be one of {', '.join(DTYPE_CHOICES)}, got {v!r}")
+        return v
+
+
+class PruneSettings(RunSettings):
+    """Everything a pruning run was asked to do; written verbatim into the report.
+
+    Frozen: the pipeline resolves values (seed under torchrun, seqlen, calibration source) into a
+    new copy with ``model_copy(update=...)``, so what was validated is never changed in place.
+    """
+
+    strategy: Literal["uniform", "global", "semi24"]
+    method: str
+    sparsity: float = DEFAULT_SPARSITY  # None (not given) becomes the strategy's default
+    attn_unit: Literal["group", "query"] = "group"
+    align: int = 1
+    align_heads: int = 1
+    export_format: Literal["hf", "deci"] = "hf"
     grad_checkpoint: Literal["auto", "on", "off"] = "auto"
     method_options: dict[str, Any] = Field(default_factory=dict)
     #: The recovery stage's options (``--recover``; llmprune.recovery.RecoveryOptions), None without it.
@@ -80,29 +111,11 @@ class PruneSettings(BaseModel):
             raise ValueError(f"2:4 always removes half (only {SEMI24_SPARSITY} is accepted), got {v}")
         return v
 
-    @field_validator("nsamples", "batch_size", "align", "align_heads")
+    @field_validator("align", "align_heads")
     @classmethod
-    def _positive(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
+    def _positive_grid(cls, v: int) -> int:
+        if v < 1:
             raise ValueError(f"must be at least 1, got {v}")
-        return v
-
-    @field_validator("seqlen")
-    @classmethod
-    def _seqlen(cls, v: int | None) -> int | None:
-        return check_seqlen(v)
-
-    @field_validator("max_shard_size")
-    @classmethod
-    def _shard_size(cls, v: str) -> str:
-        shard_size_bytes(v)
-        return v
-
-    @field_validator("dtype", "save_dtype")
-    @classmethod
-    def _dtype(cls, v: str) -> str:
-        if v not in DTYPE_CHOICES:
-            raise ValueError(f"must be one of {', '.join(DTYPE_CHOICES)}, got {v!r}")
         return v
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from llmprune import distributed
-from llmprune.config import DTYPE_CHOICES, check_seqlen, shard_size_bytes
+from llmprune.config import RunSettings
 from llmprune.distill import TeacherTopK
 from llmprune.errors import ModelLoadError, UsageError
 from llmprune.export import SPARSITY_FILE, overlaps, save_pruned
@@ -47,54 +47,14 @@ CURVE_JSON = "recovery_curve.json"
 CURVE_PNG = "recovery_curve.png"
 
 
-class RecoverSettings(BaseModel):
-    """Everything ``llmprune recover`` was asked to do (``options``: :class:`RecoveryOptions`)."""
+class RecoverSettings(RunSettings):
+    """Everything ``llmprune recover`` was asked to do (``model``: the pruned folder; ``options``:
+    :class:`RecoveryOptions`; ``offload_dir`` is not used by recovery, the workspace checks it)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str  # the pruned folder
     teacher: str
-    output: Path
-    calib: str = "auto"
-    nsamples: int = 128
-    seqlen: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    save_dtype: str = "auto"
-    batch_size: int = 8
-    overwrite: bool = False
-    resume: bool = False
-    max_shard_size: str = "5GB"
-    offload_dir: Path | None = None  # not used by recovery; the workspace checks it
     strategy: str = "recover"
     method: str = "recover"
     options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("nsamples", "batch_size")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be at least 1, got {v}")
-        return v
-
-    @field_validator("seqlen")
-    @classmethod
-    def _seqlen(cls, v: int | None) -> int | None:
-        return check_seqlen(v)
-
-    @field_validator("dtype", "save_dtype")
-    @classmethod
-    def _dtype(cls, v: str) -> str:
-        if v not in DTYPE_CHOICES:
-            raise ValueError(f"must be one of {', '.join(DTYPE_CHOICES)}, got {v!r}")
-        return v
-
-    @field_validator("max_shard_size")
-    @classmethod
-    def _shard_size(cls, v: str) -> str:
-        shard_size_bytes(v)
-        return v
 
     @field_validator("options")
     @classmethod
