@@ -11,6 +11,7 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from llmprune import distributed
 from llmprune.alignment import Alignment, alignment_report
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.budget import check_reachable, miss_warning
-from llmprune.config import PruneSettings
+from llmprune.config import PruneSettings, RunSettings
 from llmprune.data import calibration_samples, resolve_calibration_source, text_sha256
 from llmprune.errors import UsageError
 from llmprune.export import save_pruned
@@ -126,12 +127,50 @@ def _recovery_claim() -> Any:
     return RecoveryClaim
 
 
-def _open_workspace(settings: PruneSettings, pruner_cls: Any, reporter: Reporter, claim: list[Workspace]) -> Path:
-    """Check OUT, lock it and prepare the checkpoint folder (rank 0's job)."""
-    workspace = Workspace(settings, pruner_cls, reporter)
-    work = workspace.open()
-    claim.append(workspace)
+def open_work_folder(settings: RunSettings, claimant: Any, reporter: Reporter, claim: list[Workspace]) -> Path:
+    """Rank 0 checks OUT, locks it and prepares the checkpoint folder (its ``Workspace`` goes into
+    ``claim``); the other ranks keep their scratch files (e.g. Týr's supernet) in a private folder,
+    removed at exit, also after an error (nothing to resume there)."""
+
+    def open_on_main() -> Path:
+        workspace = Workspace(settings, claimant, reporter)
+        work = workspace.open()
+        claim.append(workspace)
+        return work
+
+    work = distributed.on_main(open_on_main)
+    if not distributed.is_main():
+        if settings.offload_dir is not None:
+            Path(settings.offload_dir).mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".llmprune-rank{distributed.rank()}-", dir=settings.offload_dir))
+        atexit.register(shutil.rmtree, work, True)
     return work
+
+
+def save_dtype_for(settings: RunSettings, config: Any, device: torch.device) -> torch.dtype:
+    """The dtype an output is written in: ``--save-dtype``, else the checkpoint's (float32 when its
+    config names none)."""
+
+    if settings.save_dtype != "auto":
+        return resolve_dtype(settings.save_dtype, device, None)
+    return checkpoint_dtype(config) or torch.float32
+
+
+def finish_run(
+    fields: dict[str, Any], t_start: float, claim: list[Workspace], work: Path, save: Callable[[dict[str, Any]], object]
+) -> PruneReport:
+    """Complete the report (peak memory, total time); rank 0 writes the output through ``save`` and
+    releases OUT, the other ranks drop their scratch folder; every rank waits for the export."""
+    fields.update(peak_memory())
+    fields["time_total_s"] = time.perf_counter() - t_start
+    report = PruneReport.model_validate(fields)
+    if distributed.is_main():
+        save(report.as_json())
+        claim[0].close()
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    distributed.barrier()
+    return report
 
 
 def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[Workspace]) -> PruneReport:
@@ -149,12 +188,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         )
     # With --recover even a one-shot method's run is resumable (the recovery stage checkpoints).
     claimant = pruner_cls if settings.recover is None or pruner_cls.resumable else _recovery_claim()
-    work = distributed.on_main(lambda: _open_workspace(settings, claimant, reporter, claim))
-    if not main:  # other ranks keep their scratch files (e.g. Týr's supernet) in a private folder
-        if settings.offload_dir is not None:
-            Path(settings.offload_dir).mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".llmprune-rank{distributed.rank()}-", dir=settings.offload_dir))
-        atexit.register(shutil.rmtree, work, True)  # also after an error (nothing to resume there)
+    work = open_work_folder(settings, claimant, reporter, claim)
     # Settings are frozen: resolved values go into a copy (every rank uses rank 0's seed).
     settings = settings.model_copy(update={"seed": distributed.broadcast_seed(settings.seed)})
 
@@ -171,9 +205,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
             geom, settings.sparsity, settings.attn_unit, Alignment.of(settings)
         )  # before the weights are read
     compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
-    save_dtype = checkpoint_dtype(config) or torch.float32
-    if settings.save_dtype != "auto":
-        save_dtype = resolve_dtype(settings.save_dtype, device, None)
+    save_dtype = save_dtype_for(settings, config, device)
 
     torch.manual_seed(settings.seed)
     if pruner_cls.layerwise:
@@ -276,25 +308,23 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     fields.update(alignment_report(settings, plan, reporter.log))
     if distributed.is_enabled():
         fields["distributed"] = {"world_size": world, "backend": distributed.backend()}
-    fields.update(peak_memory())
-    fields["time_total_s"] = time.perf_counter() - t_start
-    report = PruneReport.model_validate(fields)
-    if main:
-        save_pruned(
+    report = finish_run(
+        fields,
+        t_start,
+        claim,
+        work,
+        lambda report_json: save_pruned(
             model,
             tokenizer,
             plan,
-            report.as_json(),
+            report_json,
             settings.output,
             save_dtype,
             settings.max_shard_size,
             method_files or None,
             config=exported_config(model, adapter, plan),
             export_format=settings.export_format,
-        )
-        claim[0].close()
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    distributed.barrier()  # the other ranks wait for rank 0's export
+        ),
+    )
     report.time_total_s = time.perf_counter() - t_start
     return report

@@ -9,11 +9,8 @@ and distribution are the shared loop's (``llmprune.training``).
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,8 +238,7 @@ def _run_recover(settings: RecoverSettings, reporter: Reporter | None, claim: li
         resolve_dtype,
         resolve_seqlen,
     )
-    from llmprune.pipeline import _QuietReporter, package_versions, peak_memory
-    from llmprune.workspace import Workspace
+    from llmprune.pipeline import _QuietReporter, finish_run, open_work_folder, package_versions, save_dtype_for
 
     t_start = time.perf_counter()
     main = distributed.is_main()
@@ -254,23 +250,12 @@ def _run_recover(settings: RecoverSettings, reporter: Reporter | None, claim: li
     if teacher_path.exists() and overlaps(settings.output.expanduser().resolve(), teacher_path.resolve()):
         raise UsageError(f"output {settings.output} overlaps the teacher folder {settings.teacher}; choose another -o")
 
-    def open_workspace() -> Path:
-        workspace = Workspace(settings, RecoveryClaim, reporter)
-        work = workspace.open()
-        claim.append(workspace)
-        return work
-
-    work = distributed.on_main(open_workspace)
-    if not main:
-        work = Path(tempfile.mkdtemp(prefix=f".llmprune-rank{distributed.rank()}-"))
-        atexit.register(shutil.rmtree, work, True)
+    work = open_work_folder(settings, RecoveryClaim, reporter, claim)
     settings = settings.model_copy(update={"seed": distributed.broadcast_seed(settings.seed)})
     device = distributed.device_for(resolve_device(settings.device))
     settings = settings.model_copy(update={"seqlen": resolve_seqlen(settings.seqlen, config)})
     compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
-    save_dtype = checkpoint_dtype(config) or torch.float32
-    if settings.save_dtype != "auto":
-        save_dtype = resolve_dtype(settings.save_dtype, device, None)
+    save_dtype = save_dtype_for(settings, config, device)
     torch.manual_seed(settings.seed)
     model, adapter, tokenizer = load_model(settings.model, device, compute_dtype)
     source, calib = distributed.on_main(lambda: _calibration(settings, tokenizer, reporter))
@@ -304,26 +289,23 @@ def _run_recover(settings: RecoverSettings, reporter: Reporter | None, claim: li
             },
         }
     )
-    fields.update(peak_memory())
-    fields["time_total_s"] = time.perf_counter() - t_start
-    report = PruneReport.model_validate(fields)
-    if main:
-        save_pruned(
+    return finish_run(
+        fields,
+        t_start,
+        claim,
+        work,
+        lambda report_json: save_pruned(
             model,
             tokenizer,
             plan,
-            report.as_json(),
+            report_json,
             settings.output,
             save_dtype,
             settings.max_shard_size,
             stage.files,
             config=model.config,
-        )
-        claim[0].close()
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    distributed.barrier()
-    return report
+        ),
+    )
 
 
 def _calibration(settings: RecoverSettings, tokenizer: Any, reporter: Reporter) -> tuple[str, torch.Tensor]:
