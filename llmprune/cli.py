@@ -390,6 +390,9 @@ def _prune_command(strategy: str) -> Callable[..., None]:
 
         recipe_path = kwargs.pop("config")
         planning = {k: kwargs.pop(k) for k in ("estimate", "json_path", "gpu_memory", "force")}
+        gpu_memory = planning["gpu_memory"]
+        if gpu_memory is not None and not (0 < gpu_memory < float("inf")):
+            raise UsageError(f"--gpu-memory must be a positive number of GiB, got {gpu_memory}")
         if kwargs["output"] is None:
             if not planning["estimate"]:
                 raise UsageError("missing option -o/--output (the output folder)")

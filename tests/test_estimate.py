@@ -113,3 +113,13 @@ def test_estimate_is_within_25_percent_of_the_measured_peak_on_the_reference_mod
     assert result.exit_code == 0, result.output
     predicted = json.loads(est_path.read_text())["peak_device_gib"] * estimate_module.GIB
     assert abs(predicted - m.peak) <= 0.25 * m.peak, (predicted / 2**20, m.peak / 2**20)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "inf", "nan"])
+def test_gpu_memory_must_be_a_positive_number_of_gib(tmp_path, value):
+    folder = config_only_folder(tmp_path / "cfg", "llama")
+    out = tmp_path / "out"
+    result = run_cli("uniform", folder, "-o", out, "--estimate", "--gpu-memory", value)
+    assert result.exit_code == 2, result.output
+    assert "--gpu-memory must be a positive number of GiB" in result.output
+    assert "Traceback" not in result.output and not out.exists()
