@@ -17,51 +17,23 @@ REFMODEL = _REFERENCE / "refmodel"
 CALIB = _REFERENCE / "data" / "calib.txt"
 EVAL = _REFERENCE / "data" / "eval.txt"
 
-#: family -> config kwargs of a tiny random model (GQA: 4 query heads, 2 KV heads).
+#: The geometry every tiny family shares (GQA: 4 query heads, 2 KV heads).
+_TINY_GEOMETRY: dict = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_hidden_layers=2,
+    vocab_size=300,
+    max_position_embeddings=128,
+)
+
+#: family -> config kwargs of a tiny random model.
 TINY_CONFIGS: dict[str, dict] = {
-    "llama": dict(
-        model_type="llama",
-        hidden_size=64,
-        intermediate_size=96,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        vocab_size=300,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    ),
-    "mistral": dict(
-        model_type="mistral",
-        hidden_size=64,
-        intermediate_size=96,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        vocab_size=300,
-        max_position_embeddings=128,
-        sliding_window=None,
-    ),
-    "qwen2": dict(
-        model_type="qwen2",
-        hidden_size=64,
-        intermediate_size=96,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        vocab_size=300,
-        max_position_embeddings=128,
-    ),
-    "qwen3": dict(
-        model_type="qwen3",
-        hidden_size=64,
-        intermediate_size=96,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        vocab_size=300,
-        max_position_embeddings=128,
-        head_dim=16,
-    ),
+    "llama": dict(_TINY_GEOMETRY, model_type="llama", tie_word_embeddings=False),
+    "mistral": dict(_TINY_GEOMETRY, model_type="mistral", sliding_window=None),
+    "qwen2": dict(_TINY_GEOMETRY, model_type="qwen2"),
+    "qwen3": dict(_TINY_GEOMETRY, model_type="qwen3", head_dim=16),
 }
 
 FAMILIES = tuple(TINY_CONFIGS)
