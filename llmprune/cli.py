@@ -50,19 +50,23 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from llmprune.signals import describe, sigterm_as_interrupt
+        from llmprune.signals import as_stop, describe, sigterm_as_interrupt
 
         try:
             with sigterm_as_interrupt():  # SIGTERM (schedulers) unwinds like Ctrl-C
                 return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
         except LlmpruneError as err:
             fail(str(err), err.exit_code)
         except KeyboardInterrupt as err:  # the pipeline words it (checkpoint kept or not)
             fail(*describe(err))
-        except MemoryError:
-            fail("out of memory; lower --nsamples/--batch-size or use a machine with more memory", 11)
-        except RuntimeError as err:
-            if "out of memory" in str(err).lower():
+        except Exception as err:
+            if isinstance(stop := as_stop(err), KeyboardInterrupt):  # a signal a library rewrapped
+                fail(*describe(stop))
+            if isinstance(err, MemoryError):
+                fail("out of memory; lower --nsamples/--batch-size or use a machine with more memory", 11)
+            if isinstance(err, RuntimeError) and "out of memory" in str(err).lower():
                 fail("out of device memory; lower --batch-size or --nsamples, or use --dtype bfloat16", 11)
             raise
 

@@ -15,7 +15,7 @@ from llmprune.atomic import disk_full
 from llmprune.errors import LlmpruneError, OutputExistsError, ResumeError
 from llmprune.export import check_output, overlaps, work_dir
 from llmprune.lock import LOCK_FILE, OutputLock
-from llmprune.signals import Interrupted, describe
+from llmprune.signals import Interrupted, as_stop, describe
 
 
 def check_offload_dir(offload: Path | None, model: str, output: Path) -> Path | None:
@@ -81,6 +81,7 @@ class Workspace:
 
     def fail(self, err: BaseException) -> BaseException:
         """Clean up after ``err`` and return the exception to raise in its place."""
+        err = as_stop(err)  # a signal's KeyboardInterrupt may surface as another exception
         resumable = bool(self.pruner_cls.resumable and self.lock.held and self.pruner_cls.has_checkpoint(self.work))
         if resumable:
             self.lock.release()
