@@ -49,13 +49,13 @@ from common import (
     REFMODEL,
     RESULTS,
     WORK,
+    code_version,
     display_path,
     evaluate,
     prune,
     prune_command,
     write_results,
 )
-from selection import code_version
 
 STRUCTURED = [("uniform", "magnitude"), ("uniform", "wanda"), ("uniform", "minimax"), ("global", "tyr")]
 SEMI24 = [("semi24", "magnitude"), ("semi24", "wanda"), ("semi24", "sparsegpt"), ("semi24", "proxsparse")]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import CALIB, REFMODEL, RESULTS, ROOT, WORK, evaluate, prune, prune_command, write_results
+from common import CALIB, REFMODEL, RESULTS, WORK, code_version, evaluate, prune, prune_command, write_results
 
 NAME = "select"
 SELECT_WORK = WORK / "select"
@@ -106,14 +106,6 @@ def split_calibration(folder: Path = SELECT_WORK) -> tuple[Path, Path]:
     fit_path.write_text("\n\n".join(fit) + "\n")
     held_path.write_text("\n\n".join(held) + "\n")
     return fit_path, held_path
-
-
-def code_version() -> str:
-    """Content hash of the package's Python sources (uncommitted edits count)."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "llmprune").rglob("*.py")):
-        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def row_key(version: str, grid: Grid, options: dict[str, Any]) -> str:
