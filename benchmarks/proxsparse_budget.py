@@ -48,15 +48,16 @@ GRIDS: dict[str, Grid] = {
         "proxsparse",
         None,
         base=BASE,
+        # Cheapest first, so an interrupted run (rows are saved one by one) keeps the most points.
         points=[
             point(64, 256, 24),  # the old defaults: 3 epochs of 16K tokens
-            point(64, 256, 72),  # more steps on the same 16K tokens
-            point(144, 256, 54),  # half the fit split, 3 epochs
             point(288, 256, 36),  # the whole fit split, 1 epoch
-            point(288, 256, 108),  # the whole fit split, 3 epochs
-            point(32, 512, 24),  # 16K tokens in longer sequences
-            point(144, 512, 18),  # the whole fit split at 512, 1 epoch
-            point(144, 512, 54),  # the whole fit split at 512, 3 epochs
+            point(32, 512, 24),  # 16K tokens in longer sequences, 6 epochs
+            point(64, 256, 72),  # more steps on the same 16K tokens (9 epochs)
+            point(144, 512, 18),  # the whole fit split at 512, 1 epoch (against 288 × 256, 36 steps)
+            point(288, 256, 72),  # the whole fit split, 2 epochs: data against steps at 72 steps
+            point(64, 256, 18),  # the step count of the whole split at 512 on the old defaults' 16K tokens
+            point(64, 256, 36),  # the step count of the whole split at 256 on the old defaults' 16K tokens
         ],
         note="ProxSparse budget curve",
     ),
@@ -100,7 +101,7 @@ def plot(rows: list[dict[str, Any]], path) -> None:
     plt = pyplot()
     if plt is None:
         return
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     curve = [r for r in rows if r["grid"] == "proxsparse-budget"]
     for key in sorted({(r["seqlen"], r["nsamples"]) for r in curve}):
         series = sorted((r for r in curve if (r["seqlen"], r["nsamples"]) == key), key=lambda r: r["train_tokens"])
@@ -112,32 +113,35 @@ def plot(rows: list[dict[str, Any]], path) -> None:
             label=f"proxsparse {key[1]} × {key[0]} ({key[0] * key[1] // 1000}K calibration tokens)",
         )
         for r in series:
+            below = key[0] != SEQLEN  # the 512 series labels go under their points
             ax.annotate(
                 f"{r['steps']}",
                 (r["train_tokens"], r["perplexity"]),
                 fontsize=7,
-                xytext=(3, 3),
+                xytext=(3, -10 if below else 4),
                 textcoords="offset points",
             )
     styles = {"sparsegpt-24": ("SparseGPT 2:4", "C3"), "wanda-24": ("Wanda 2:4", "C7")}
+    dense = rows[0]["perplexity"]
+    top = max(r["perplexity"] for r in rows if r["grid"] != "wanda-24") + 0.8
     for r in rows:
         if r["grid"] in styles:
             label, color = styles[r["grid"]]
-            ls = ":" if r["nsamples"] == 64 else "-."
+            off = r["perplexity"] > top  # Wanda is far above: named in the legend, not drawn
             ax.axhline(
-                r["perplexity"],
+                min(r["perplexity"], top),
                 color=color,
-                ls=ls,
-                lw=1,
-                label=f"{label}, {r['nsamples']} × {r['seqlen']} ({r['perplexity']:.2f})",
+                ls=":" if r["nsamples"] == 64 else "-.",
+                lw=0 if off else 1,
+                label=f"{label}, {r['nsamples']} × {r['seqlen']} ({r['perplexity']:.2f}{', off the chart' if off else ''})",
             )
-    dense = rows[0]["perplexity"]
     ax.axhline(dense, color="k", lw=0.8, label=f"dense ({dense:.2f})")
+    ax.set_ylim(dense - 0.5, top)
     ax.set_xscale("log")
     ax.set_xlabel("tokens trained on (steps × batch 8 × seqlen); point labels = steps")
     ax.set_ylabel("perplexity on the select split")
     ax.set_title("ProxSparse 2:4 on the reference model: budget curve (held-out calibration text)")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     save_figure(fig, path)
 
 
