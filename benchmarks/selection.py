@@ -4,8 +4,9 @@ calib.txt is split **by document** (documents are separated by a blank line, as
 ``llmprune.data`` joins them): every fourth document (index ≡ 3 mod 4) goes to the *select*
 split (25%), the rest to the *fit* split (75%). Interleaving keeps both splits drawn from the
 same mix of sources; the split depends only on calib.txt. Every run prunes / learns on the fit
-split only (64 × 256 tokens, seed 0) and is scored by perplexity on the select split in 256-token
-windows. ``eval.txt`` is never read, so these numbers may choose defaults (README, data hygiene).
+split only (64 × 256 tokens, seed 0, unless its grid sets ``nsamples``/``seqlen``, as
+``benchmarks/proxsparse_budget.py``'s do) and is scored by perplexity on the select split in
+256-token windows. ``eval.txt`` is never read, so these numbers may choose defaults (README, data hygiene).
 
 Each method has a small grid (``GRIDS``: the product of the listed values on top of fixed base
 options). Rows are cached in ``benchmarks/results/select.json`` under a key made of the code
