@@ -45,9 +45,7 @@ def uniform_widths(geom: Geometry, sparsity: float, attn_unit: str, align: Align
     return k_attn, k_mlp
 
 
-def explicit_widths(
-    geom: Geometry, spec: str, attn_unit: str, align: Alignment | None = None
-) -> tuple[int, int]:
+def explicit_widths(geom: Geometry, spec: str, attn_unit: str, align: Alignment | None = None) -> tuple[int, int]:
     """Per-layer kept (attention units, MLP channels) given as ``"ATTN,MLP"`` (e.g. the widths
     another method learned, to compare scores at equal widths); a UsageError names what is wrong."""
     from llmprune.errors import UsageError
