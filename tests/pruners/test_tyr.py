@@ -194,11 +194,14 @@ def test_supernet_levels_have_the_right_counts(tmp_path, attn_unit):
     for i in range(2):
         for key in ("o", "down"):
             for kept in set(net.levels(key, i)):
-                weight, units = net.load(i, key, kept)
+                compact, units = net.load(i, key, kept)
                 assert len(units) == kept
                 rows = types[key].rows
+                assert compact.shape == (geom.hidden_size, kept * rows.shape[1])  # kept columns only
+                weight, _ = net.load_dense(i, key, kept)
                 removed = rows[[u for u in range(types[key].units) if u not in units]].reshape(-1)
                 assert torch.all(weight[:, removed] == 0)
+                assert torch.equal(weight[:, rows[units].reshape(-1)], compact)
                 if attn_unit == "query" and key == "o":
                     assert (
                         len({sum(1 for u in units if u // geom.group_size == j) for j in range(geom.num_kv_heads)}) == 1
@@ -241,7 +244,7 @@ def test_next_block_sees_the_density_weighted_average_of_the_variants(tmp_path):
         for key in ("o", "down"):
             kept = sorted(set(net.levels(key, 0)))
             weights = expectation_weights(kept, types[key].units)
-            average = sum(w * net.load(0, key, k)[0] for w, k in zip(weights.tolist(), kept))
+            average = sum(w * net.load_dense(0, key, k)[0] for w, k in zip(weights.tolist(), kept))
             adapter.linear(layer0, key).weight.copy_(average)
         expected = layer1_inputs()
         for key in ("o", "down"):

@@ -131,9 +131,11 @@ class GlobalTyr(Pruner):
             budget_split=o.budget_split,
         )
 
-    def check_disk(self, ctx: PruneContext, types, k_attn: int, k_mlp: int) -> int:
-        """Refuse to start when the work folder's disk cannot hold the supernets and the dense top-k
-        cache (``supernet_disk_need``); returns the estimated bytes still to be written."""
+    def check_disk(self, ctx: PruneContext, types, k_attn: int, k_mlp: int, dtype: torch.dtype) -> int:
+        """Refuse to start when the work folder's disk cannot hold the largest supernet (one at a
+        time, ``supernet_disk_need``) and the dense top-k cache; returns the estimated bytes still
+        to be written. Under torchrun each node's local rank 0 checks its own disk (it writes the
+        node's supernet; rank 0 also the cache); the others write nothing large."""
         s, o = ctx.settings, self.options
         assert ctx.calib is not None  # prune() checked it
         work = Path(ctx.work_dir)
@@ -145,18 +147,13 @@ class GlobalTyr(Pruner):
         )
         rows = ctx.calib.shape[0] if o.search_nsamples is None else min(o.search_nsamples, ctx.calib.shape[0])
         topk = min(o.topk_logits, cast(Any, ctx.model).config.vocab_size)  # a Hugging Face model's config
-        need = supernet_disk_need(types, first, n_layers, o.iterations) + rows * ctx.calib.shape[1] * topk * 8
+        need = supernet_disk_need(types, first, n_layers, o.iterations, dtype) if distributed.is_local_main() else 0
+        need += rows * ctx.calib.shape[1] * topk * 8 if distributed.is_main() else 0
         existing = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) if work.exists() else 0
         need = max(need - existing, 0)  # --resume: what is already on disk counts
         work.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(work).free
-        if need > free:
-            if not s.resume:
-                shutil.rmtree(work, ignore_errors=True)
-            raise OutputExistsError(
-                f"not enough disk space for the Týr supernet: need {need / 1e9:.2f} GB, free {free / 1e9:.2f} GB "
-                f"in {work} (free some space or choose an output -o on a larger disk)"
-            )
+        cleanup = None if s.resume else work
+        refuse_if_short(need, work, "(free some space or choose an output -o on a larger disk)", cleanup)
         return need
 
     # ----------------------------------------------------------------------------------------
@@ -173,7 +170,9 @@ class GlobalTyr(Pruner):
         config = self.search_config()
         work = Path(ctx.work_dir)
         state_path = work / STATE_FILE
-        disk_need = self.check_disk(ctx, types, k_attn, k_mlp)
+        dtype = adapter.linear(adapter.layers(model)[0], "o").weight.dtype  # the supernet's storage dtype
+        disk_need = self.check_disk(ctx, types, k_attn, k_mlp, dtype)
+        root = distributed.node_shared_path(work / "supernet")  # one supernet per node
         fp = fingerprint(s, ctx.calib, o)  # carried by the search state, the top-k cache and the supernets
         gen = torch.Generator().manual_seed(s.seed)
         state: IterationState | None = None
@@ -229,9 +228,18 @@ class GlobalTyr(Pruner):
                     fingerprint=fp,
                 )
                 save_state(state)
+            # The saved state holds this iteration's centers: earlier supernets are never read again.
+            distributed.barrier()
+            if distributed.is_local_main():
+                for old in root.glob("iter*"):
+                    if old.name != f"iter{it}":
+                        shutil.rmtree(old, ignore_errors=True)
             spec = SupernetSpec(centers=state.centers, steps={k: types[k].step(delta) for k in KEYS}, delta=delta)
-            supernet = Supernet(work / "supernet" / f"iter{it}", spec, types, n_layers, fingerprint=fp)
+            supernet = Supernet(root / f"iter{it}", spec, types, n_layers, fingerprint=fp, dtype=dtype)
             if distributed.any_rank(not supernet.complete()):  # every rank builds (collectives) or none
+                if it > 0:  # its centers are known now: its exact size
+                    need = supernet.disk_bytes() if distributed.is_local_main() else 0
+                    refuse_if_short(need, root, "(free some space, then rerun with --resume)")
                 evaluator.restore_dense()
                 t1 = time.perf_counter()
                 task = ctx.progress.task(f"supernet {it + 1}/{o.iterations} Δ={delta:.4g}", total=n_layers)
@@ -262,8 +270,6 @@ class GlobalTyr(Pruner):
             )
             kept = space.kept_map(state.parent)
             centers = {key: [kept[(i, key)] for i in range(n_layers)] for key in KEYS}
-            if it > 0:
-                shutil.rmtree(work / "supernet" / f"iter{it - 1}", ignore_errors=True)
             it += 1
 
         assert supernet is not None and state is not None
@@ -279,8 +285,8 @@ class GlobalTyr(Pruner):
         s = ctx.settings
         plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
         for i in range(geom.num_layers):
-            w_o, units_o = supernet.load(i, "o", kept[(i, "o")])
-            w_d, units_d = supernet.load(i, "down", kept[(i, "down")])
+            w_o, units_o = supernet.load_dense(i, "o", kept[(i, "o")])
+            w_d, units_d = supernet.load_dense(i, "down", kept[(i, "down")])
             heads, kv_heads = units_to_heads(units_o, geom, s.attn_unit)
             plan.layers[i] = LayerPlan(index=i, heads=heads, kv_heads=kv_heads, channels=sorted(units_d))
             if heads:
@@ -335,6 +341,23 @@ class GlobalTyr(Pruner):
             "kept_fraction_mlp": mlp,
         }
         return report, files
+
+
+def refuse_if_short(need: int, folder: Path, hint: str, cleanup: Path | None = None) -> None:
+    """Stop every rank when any rank's ``folder`` has less free disk than its ``need`` (bytes);
+    the short rank names its numbers (and removes ``cleanup``, a fresh run's work folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if not distributed.any_rank(need > free):
+        return
+    if need > free:
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        raise OutputExistsError(
+            f"not enough disk space for the Týr supernet: need {need / 1e9:.2f} GB, free {free / 1e9:.2f} GB "
+            f"in {folder} {hint}"
+        )
+    raise OutputExistsError(f"not enough disk space for the Týr supernet on another rank's disk {hint}")
 
 
 def plot_kept_fraction(
