@@ -17,9 +17,17 @@ from llmprune.masks import uniform_widths
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext
 from llmprune.pruners.tyr import GlobalTyr
-from llmprune.pruners.tyr.local_prune import least_squares_refit, prune_module, unit_rows, unit_scores
+from llmprune.pruners.tyr.local_prune import (
+    ROUNDS,
+    least_squares_refit,
+    prune_module,
+    prune_module_levels,
+    unit_rows,
+    unit_scores,
+)
 from llmprune.pruners.tyr.search import SearchSpace, cross_ratio, mutate
 from llmprune.pruners.tyr.supernet import (
+    KEYS,
     LEVELS,
     Supernet,
     SupernetSpec,
@@ -329,6 +337,53 @@ def test_plan_is_consistent_with_the_budget_and_weights(tmp_path):
     assert len(fits) == SMALL["generations"] + 1 and fits == sorted(fits, reverse=True)
     assert Path(result.files["tyr_kept_fraction.png"]).is_file()
     assert result.report["time_supernet_s"] > 0
+
+
+class DenseCoordinateSupernet(Supernet):
+    """Reference: the layout before the compact supernet, float32 variants in dense coordinates
+    ``[out, in]`` (zeros in the removed columns) straight from the local pruner; every reader then
+    uses all the columns."""
+
+    def _write_layer(self, i, layer, adapter, stats, percdamp, first_order):
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for key in KEYS:
+            mtype = self.types[key]
+            W = adapter.linear(layer, key).weight.detach().float()
+            H = stats[key].hessian
+            kept_values = sorted(set(self.levels(key, i)))
+            results = prune_module_levels(
+                W, H, mtype.rows, kept_values, ROUNDS[key], percdamp, mtype.groups, H @ W.t(), first_order
+            )
+            for kept in kept_values:
+                tensors[f"{key}.{kept}.weight"] = results[kept].weight.cpu().contiguous()
+                tensors[f"{key}.{kept}.units"] = torch.tensor(results[kept].kept, dtype=torch.int64)
+        save_file(tensors, str(self.layer_file(i)))
+
+    def columns(self, key, units):
+        return torch.arange(self.types[key].rows.numel())
+
+
+def test_compact_supernet_gives_the_search_result_of_the_dense_coordinate_layout(tmp_path, monkeypatch):
+    import llmprune.pruners.tyr.pruner as pruner_mod
+
+    options = dict(SMALL, budget_split="free")
+    compact = GlobalTyr(options).prune(_ctx(tmp_path / "c", make_tiny_model("llama", num_hidden_layers=3), **options))
+    monkeypatch.setattr(pruner_mod, "Supernet", DenseCoordinateSupernet)
+    dense = GlobalTyr(options).prune(_ctx(tmp_path / "d", make_tiny_model("llama", num_hidden_layers=3), **options))
+    assert [lp.model_dump() for lp in compact.plan.layers] == [lp.model_dump() for lp in dense.plan.layers]
+    assert compact.plan.weights.keys() == dense.plan.weights.keys()
+    for name, w in dense.plan.weights.items():
+        assert torch.equal(compact.plan.weights[name], w), name  # identical exported weights
+    fitness = [[r["best_fitness"] for r in x.files["tyr_search_log.json"]["generations"]] for x in (compact, dense)]
+    assert fitness[0] == fitness[1]
+    assert any(r["improved"] for r in compact.files["tyr_search_log.json"]["generations"])
+    size = [
+        sum(f.stat().st_size for f in (t / "work" / "supernet").rglob("*.safetensors"))
+        for t in (tmp_path / "c", tmp_path / "d")
+    ]
+    assert 0 < size[0] < 0.75 * size[1], size  # only the last iteration's supernet is left, compact
 
 
 @pytest.mark.parametrize("stop_after", [4, 9])  # saves: mid first iteration / mid second iteration
