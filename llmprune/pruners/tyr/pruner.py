@@ -25,12 +25,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmprune import distributed
 from llmprune.alignment import Alignment
+from llmprune.arch import Geometry
 from llmprune.errors import OutputExistsError, ResumeError, UsageError
 from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
 from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
 from llmprune.pruners.tyr.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
-from llmprune.pruners.tyr.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need
+from llmprune.pruners.tyr.supernet import (
+    KEYS,
+    ModuleType,
+    Supernet,
+    SupernetSpec,
+    module_types,
+    supernet_disk_need,
+)
 from llmprune.trace import pyplot, save_figure
 from llmprune.training import Event, check_fingerprint, fingerprint, notify
 
@@ -132,23 +140,17 @@ class GlobalTyr(Pruner):
         )
 
     def check_disk(self, ctx: PruneContext, types, k_attn: int, k_mlp: int, dtype: torch.dtype) -> int:
-        """Refuse to start when the work folder's disk cannot hold the largest supernet (one at a
-        time, ``supernet_disk_need``) and the dense top-k cache; returns the estimated bytes still
-        to be written. Under torchrun each node's local rank 0 checks its own disk (it writes the
-        node's supernet; rank 0 also the cache); the others write nothing large."""
+        """Refuse to start when the work folder's disk cannot hold the largest supernet and the
+        dense top-k cache (``disk_need``); returns the estimated bytes still to be written. Under
+        torchrun each node's local rank 0 checks its own disk (it writes the node's supernet;
+        rank 0 also the cache); the others write nothing large."""
         s, o = ctx.settings, self.options
         assert ctx.calib is not None  # prune() checked it
         work = Path(ctx.work_dir)
-        n_layers = types["o"].geom.num_layers
-        first = SupernetSpec(
-            centers={"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers},
-            steps={k: types[k].step(o.delta) for k in KEYS},
-            delta=o.delta,
-        )
         rows = ctx.calib.shape[0] if o.search_nsamples is None else min(o.search_nsamples, ctx.calib.shape[0])
-        topk = min(o.topk_logits, cast(Any, ctx.model).config.vocab_size)  # a Hugging Face model's config
-        need = supernet_disk_need(types, first, n_layers, o.iterations, dtype) if distributed.is_local_main() else 0
-        need += rows * ctx.calib.shape[1] * topk * 8 if distributed.is_main() else 0
+        vocab = cast(Any, ctx.model).config.vocab_size  # a Hugging Face model's config
+        supernet, cache = disk_need(o, types, k_attn, k_mlp, dtype, rows * ctx.calib.shape[1], vocab)
+        need = (supernet if distributed.is_local_main() else 0) + (cache if distributed.is_main() else 0)
         existing = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) if work.exists() else 0
         need = max(need - existing, 0)  # --resume: what is already on disk counts
         work.mkdir(parents=True, exist_ok=True)
@@ -163,9 +165,7 @@ class GlobalTyr(Pruner):
             raise UsageError("global --method tyr needs calibration text (--calib)")
         model, adapter = ctx.model, ctx.adapter
         geom = adapter.geometry(model)
-        align = Alignment.of(s) if o.search_space == "full" else Alignment.of(s).for_deci()
-        types = module_types(geom, s.attn_unit, align)
-        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit, align)
+        types, k_attn, k_mlp = start_widths(s, o, geom)
         n_layers = geom.num_layers
         config = self.search_config()
         work = Path(ctx.work_dir)
@@ -341,6 +341,35 @@ class GlobalTyr(Pruner):
             "kept_fraction_mlp": mlp,
         }
         return report, files
+
+
+def start_widths(settings: Any, options: TyrOptions, geom: Geometry) -> tuple[dict[str, ModuleType], int, int]:
+    """The module types (on the search space's grid) and the uniform widths the search starts from."""
+    align = Alignment.of(settings) if options.search_space == "full" else Alignment.of(settings).for_deci()
+    k_attn, k_mlp = uniform_widths(geom, settings.sparsity, settings.attn_unit, align)
+    return module_types(geom, settings.attn_unit, align), k_attn, k_mlp
+
+
+def disk_need(
+    options: TyrOptions,
+    types: dict[str, ModuleType],
+    k_attn: int,
+    k_mlp: int,
+    dtype: torch.dtype,
+    search_tokens: int,
+    vocab: int,
+) -> tuple[int, int]:
+    """Bytes on disk at the peak: (the largest supernet, the dense top-k cache of the search's
+    ``search_tokens``: int32 index + float32 log-probability per kept logit). Used by the
+    pre-check and by ``llmprune.estimate``."""
+    n_layers = types["o"].geom.num_layers
+    first = SupernetSpec(
+        centers={"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers},
+        steps={k: types[k].step(options.delta) for k in KEYS},
+        delta=options.delta,
+    )
+    cache = search_tokens * min(options.topk_logits, vocab) * 8
+    return supernet_disk_need(types, first, n_layers, options.iterations, dtype), cache
 
 
 def refuse_if_short(need: int, folder: Path, hint: str, cleanup: Path | None = None) -> None:
