@@ -369,7 +369,16 @@ def test_compact_supernet_gives_the_search_result_of_the_dense_coordinate_layout
     import llmprune.pruners.tyr.pruner as pruner_mod
 
     options = dict(SMALL, budget_split="free")
+    on_disk: list[list[str]] = []  # supernets on disk whenever one is built: one at a time
+    build = Supernet.build
+
+    def recording_build(self, *args, **kwargs):
+        on_disk.append(sorted(p.name for p in self.folder.parent.glob("iter*")))
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(Supernet, "build", recording_build)
     compact = GlobalTyr(options).prune(_ctx(tmp_path / "c", make_tiny_model("llama", num_hidden_layers=3), **options))
+    assert on_disk == [[], []], on_disk  # iteration 0's supernet is deleted before iteration 1's is built
     monkeypatch.setattr(pruner_mod, "Supernet", DenseCoordinateSupernet)
     dense = GlobalTyr(options).prune(_ctx(tmp_path / "d", make_tiny_model("llama", num_hidden_layers=3), **options))
     assert [lp.model_dump() for lp in compact.plan.layers] == [lp.model_dump() for lp in dense.plan.layers]
