@@ -395,6 +395,32 @@ def test_compact_supernet_gives_the_search_result_of_the_dense_coordinate_layout
     assert 0 < size[0] < 0.75 * size[1], size  # only the last iteration's supernet is left, compact
 
 
+def test_a_later_supernet_that_does_not_fit_is_refused_and_the_search_is_resumable(tmp_path, monkeypatch):
+    # A later iteration's centers come from the search: its exact size is checked before building.
+    import collections
+    import shutil
+
+    from llmprune.errors import OutputExistsError
+    from llmprune.pruners.tyr.search import IterationState
+
+    Usage = collections.namedtuple("Usage", "total used free")
+    checks: list[Path] = []
+
+    def usage(path):
+        checks.append(Path(path))
+        return Usage(0, 0, 10**12 if len(checks) == 1 else 1000)  # room for the start only
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    options = dict(SMALL, generations=1)
+    ctx = _ctx(tmp_path, make_tiny_model("llama", num_hidden_layers=2), **options)
+    with pytest.raises(OutputExistsError, match=r"^not enough disk space for the Týr supernet: need .*--resume\)$"):
+        GlobalTyr(options).prune(ctx)
+    assert len(checks) == 2 and checks[1] == ctx.work_dir / "supernet"
+    state = IterationState.load(ctx.work_dir / "search_state.pt")
+    assert (state.iteration, state.generation) == (1, 0)  # iteration 1's centers are checkpointed
+    assert not (ctx.work_dir / "supernet" / "iter1").exists() and not (ctx.work_dir / "supernet" / "iter0").exists()
+
+
 @pytest.mark.parametrize("stop_after", [4, 9])  # saves: mid first iteration / mid second iteration
 def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop_after):
     import llmprune.pruners.tyr.search as search_mod
