@@ -8,7 +8,9 @@ materialised from the last supernet: kept heads/KV heads/channels per layer and 
 ``o_proj``/``down_proj`` weights (dense coordinates) as ``plan.weights``.
 
 Checkpoints (``ctx.work_dir``): ``search_state.pt`` after every generation (iteration, generation,
-parent, its fitness, RNG state, log), the dense top-k logits, and each iteration's supernet. With
+parent, its fitness, RNG state, log), the dense top-k logits, and the current iteration's
+supernet (the previous one is deleted once the next iteration's state is saved: one supernet on
+disk at a time; under torchrun one per node, ``distributed.node_shared_path``). With
 ``--resume`` the run continues from the last finished generation and ends exactly where an
 uninterrupted run with the same seed would.
 """

@@ -125,8 +125,8 @@ def file_bytes(tensors: list[tuple[str, str, list[int], int]]) -> int:
 
     Mirrors safetensors' layout: an 8-byte length, a compact JSON header padded with spaces to a
     multiple of 8, then the data; tensors ordered by dtype (``I64`` before every float dtype) and
-    then by name, which fixes the offsets written in the header (``test_supernet_bytes_on_disk``
-    checks this against real files).
+    then by name, which fixes the offsets written in the header (``test_reliability.py::``
+    ``test_supernet_bytes_on_disk_equal_the_formula`` checks this against real files).
     """
     header: dict[str, dict] = {}
     offset = 0
