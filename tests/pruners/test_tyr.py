@@ -377,10 +377,10 @@ def test_compact_supernet_gives_the_search_result_of_the_dense_coordinate_layout
         return build(self, *args, **kwargs)
 
     monkeypatch.setattr(Supernet, "build", recording_build)
-    compact = GlobalTyr(options).prune(_ctx(tmp_path / "c", make_tiny_model("llama", num_hidden_layers=3), **options))
+    compact = GlobalTyr(options).prune(_ctx(tmp_path / "c", make_tiny_model("llama", num_hidden_layers=2), **options))
     assert on_disk == [[], []], on_disk  # iteration 0's supernet is deleted before iteration 1's is built
     monkeypatch.setattr(pruner_mod, "Supernet", DenseCoordinateSupernet)
-    dense = GlobalTyr(options).prune(_ctx(tmp_path / "d", make_tiny_model("llama", num_hidden_layers=3), **options))
+    dense = GlobalTyr(options).prune(_ctx(tmp_path / "d", make_tiny_model("llama", num_hidden_layers=2), **options))
     assert [lp.model_dump() for lp in compact.plan.layers] == [lp.model_dump() for lp in dense.plan.layers]
     assert compact.plan.weights.keys() == dense.plan.weights.keys()
     for name, w in dense.plan.weights.items():
