@@ -262,6 +262,7 @@ def main() -> None:
     parser.add_argument("--methods", default="", help="comma-separated subset of method names (default: all)")
     parser.add_argument("--rerun", default="", help="comma-separated methods whose cached rows are run again")
     parser.add_argument("--max-rows", type=int, default=0, help="run at most this many uncached rows, then write")
+    parser.add_argument("--cached-only", action="store_true", help="run nothing: write the page from cached rows")
     args = parser.parse_args()
     sparsities = [float(s) for s in args.sparsities.split(",")]
     rerun = set(filter(None, args.rerun.split(",")))
@@ -281,12 +282,14 @@ def main() -> None:
     ]
     by_label: dict[str, dict[str, Any]] = {}
     fresh = 0
+    missing: list[str] = []  # rows neither cached nor run (--cached-only, --max-rows)
     for job in jobs:
         options = dict(job.options)
         if job.widths_from:
             source = by_label.get(job.widths_from)
             if source is None or not source.get("layer_widths"):
                 print(f"skip {job.label} {job.sparsity}: no {job.widths_from} row", flush=True)
+                missing.append(f"{job.strategy} {job.label} {job.sparsity:.0%}")
                 continue
             w = source["layer_widths"][0]
             options["widths"] = f"{w['kv_heads']},{w['channels']}"
@@ -303,8 +306,9 @@ def main() -> None:
         )
         row = cache.get(key)
         if row is None or job.method in rerun:
-            if args.max_rows and fresh >= args.max_rows:
-                print(f"not run (--max-rows): {job.label} {job.sparsity}", flush=True)
+            if args.cached_only or (args.max_rows and fresh >= args.max_rows):
+                print(f"not run: {job.label} {job.sparsity}", flush=True)
+                missing.append(f"{job.strategy} {job.label}" + (f" {job.sparsity:.0%}" if job.sparsity else " 2:4"))
                 continue
             row = run_job(job, options, args)
             fresh += 1
@@ -328,6 +332,11 @@ def main() -> None:
         for r in rows[1:]
     )
     notes = "![perplexity against sparsity, one-shot and + recovery](perplexity_vs_sparsity.png)\n"
+    if missing:
+        notes = (
+            f"**Not measured yet** (no cached row; run the command again to add them): {', '.join(missing)}.\n\n"
+            + notes
+        )
     if has_widths:
         notes += "\n![per-layer kept fractions of global](global_kept_fraction.png)\n"
     notes += (
