@@ -46,9 +46,7 @@ def parse_every(value: str | int) -> Every:
 
     ``ValueError`` (with the accepted forms) for anything else: ``0``, ``-3``, ``10x``, ``m``, ``1.5``.
     """
-    if isinstance(value, bool):  # a bool is an int to Python, never a cadence
-        raise ValueError(f"expected a number of steps or a duration such as 10m, got {value!r}")
-    match = _PATTERN.fullmatch(str(value))
+    match = None if isinstance(value, bool) else _PATTERN.fullmatch(str(value))  # a bool is no cadence
     if match is not None:
         number, unit = match.group(1), match.group(2).lower()
         if unit:
