@@ -443,6 +443,8 @@ def print_estimate(est: Estimate) -> None:
     table.add_row("peak device memory", f"{est.peak_device_gib:.2f} GiB ({est.settings['device']})")
     for name, gib in est.terms.items():
         table.add_row(f"  {name}", f"{gib:.2f} GiB")
+    if "layers_per_stage" in est.settings:  # ProxSparse (auto resolved against the budget)
+        table.add_row("layers per stage", str(est.settings["layers_per_stage"]))
     table.add_row("peak host memory", f"{est.peak_host_gib:.2f} GiB")
     table.add_row("disk", f"{est.disk_gib:.2f} GiB")
     lo, hi = est.time_h
