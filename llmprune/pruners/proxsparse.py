@@ -182,7 +182,9 @@ class ProxSparsePruner(Pruner):
 
         def choose() -> tuple[int, int | None]:
             # the estimate counts the model's weights, which are already loaded: add them back
-            loaded = sum(p.numel() * p.element_size() for p in ctx.model.parameters() if p.device == ctx.device)
+            loaded = sum(
+                p.numel() * p.element_size() for p in ctx.model.parameters() if p.device.type == ctx.device.type
+            )
             budget = memory_budget(ctx.settings, in_use=loaded)
             return stage_layers(ctx.settings, ctx.model.config, distributed.world_size(), budget), budget
 
