@@ -179,3 +179,31 @@ def test_auto_staging_takes_every_layer_of_the_reference_model_on_this_cpu():
         strategy="semi24", method="proxsparse", model=str(REFMODEL), output=Path("o"), device="cpu"
     )
     assert stage_layers(settings, load_config(str(REFMODEL))) == 8
+
+
+def test_auto_staging_is_logged_reported_and_kept_by_resume(model_dir, calib, tmp_path, monkeypatch):
+    """auto's choice is in the run's output and report; a resumed run keeps the checkpoint's
+    staging even when the budget now says otherwise (stages must line up with the checkpoint)."""
+    from helpers import read_json
+
+    from llmprune import estimate as estimate_module
+
+    args = ["--calib", calib, *SMALL, *PROX, "--steps", "4", "--checkpoint-every", "1"]
+    straight = tmp_path / "straight"
+    assert run("semi24", model_dir, "-o", straight, *args, "--layers-per-stage", "1").exit_code == 0
+
+    monkeypatch.setattr(estimate_module, "stage_layers", lambda *a, **k: 1)  # a budget for one layer
+    out = tmp_path / "o"
+    with training.step_callback(training.interrupt_after(6)):  # inside stage 2 of 2
+        result = run("semi24", model_dir, "-o", out, *args)
+    assert result.exit_code != 0 and "--layers-per-stage auto: 1 of 2 layers per stage" in result.output
+    monkeypatch.setattr(estimate_module, "stage_layers", lambda *a, **k: 2)  # more memory now
+    result = run("semi24", model_dir, "-o", out, *args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").read_bytes() == (straight / "model.safetensors").read_bytes()
+    assert read_json(out / "llmprune_report.json")["proxsparse"]["layers_per_stage"] == 1
+
+    fresh = tmp_path / "fresh"
+    assert run("semi24", model_dir, "-o", fresh, *args).exit_code == 0
+    report = read_json(fresh / "llmprune_report.json")["proxsparse"]
+    assert report["layers_per_stage"] == 2 and report["layers_per_stage_auto"]["layers_per_stage"] == 2
