@@ -182,7 +182,8 @@ def test_auto_staging_takes_every_layer_of_the_reference_model_on_this_cpu():
 
 
 def test_auto_staging_is_logged_reported_and_kept_by_resume(model_dir, calib, tmp_path, monkeypatch):
-    """auto's choice is in the run's output and report; a resumed run keeps the checkpoint's
+    """auto's choice is in the report, and in the run's output when it stages (fewer layers than
+    the model has); a resumed run keeps the checkpoint's
     staging even when the budget now says otherwise (stages must line up with the checkpoint)."""
     from helpers import read_json
 
@@ -204,6 +205,8 @@ def test_auto_staging_is_logged_reported_and_kept_by_resume(model_dir, calib, tm
     assert read_json(out / "llmprune_report.json")["proxsparse"]["layers_per_stage"] == 1
 
     fresh = tmp_path / "fresh"
-    assert run("semi24", model_dir, "-o", fresh, *args).exit_code == 0
+    result = run("semi24", model_dir, "-o", fresh, *args)
+    assert result.exit_code == 0, result.output
     report = read_json(fresh / "llmprune_report.json")["proxsparse"]
     assert report["layers_per_stage"] == 2 and report["layers_per_stage_auto"]["layers_per_stage"] == 2
+    assert "--layers-per-stage auto" not in result.output

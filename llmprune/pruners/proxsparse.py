@@ -174,7 +174,7 @@ class ProxSparsePruner(Pruner):
 
     def _layers_per_stage(self, ctx: PruneContext, n_layers: int) -> int:
         """``--layers-per-stage``, with ``auto`` resolved by the memory model (llmprune.estimate)
-        against the budget on rank 0, so every rank stages alike; logged."""
+        against the budget on rank 0, so every rank stages alike; logged when it stages at all."""
         value = self.options.layers_per_stage
         if value != "auto":
             return int(value) or n_layers
@@ -194,10 +194,11 @@ class ProxSparsePruner(Pruner):
         )
         peak = estimate(fixed, ctx.model.config, distributed.world_size()).peak_device_gib
         room = f"{budget / GIB:.1f} GiB" if budget is not None else "an unknown budget"
-        ctx.progress.log(
-            f"proxsparse: --layers-per-stage auto: {k} of {n_layers} layers per stage "
-            f"(predicted peak {peak:.2f} GiB of {room})"
-        )
+        if k < n_layers:  # staging changes the run: say so (all layers, the usual case, is in the report only)
+            ctx.progress.log(
+                f"proxsparse: --layers-per-stage auto: {k} of {n_layers} layers per stage "
+                f"(predicted peak {peak:.2f} GiB of {room})"
+            )
         self.auto_staging = {
             "layers_per_stage": k,
             "predicted_peak_gib": peak,
