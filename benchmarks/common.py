@@ -196,6 +196,17 @@ def rebuild_index() -> Path:
     return index
 
 
+def code_version() -> str:
+    """Content hash of the package's Python sources (uncommitted edits count): part of every row
+    cache key, so a cached number is reused only with the code that measured it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "llmprune").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def command_line() -> str:
     script = Path(sys.argv[0]).resolve()
     try:

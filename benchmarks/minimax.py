@@ -14,10 +14,11 @@ docs/benchmarks/minimax_trace_50.png.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 
-from common import CALIB, DOCS, REFMODEL, RESULTS, WORK, evaluate, prune_command, write_results
+from common import CALIB, DOCS, REFMODEL, RESULTS, WORK, code_version, evaluate, prune_command, write_results
 
 #: Options given to every minimax run (set from the command line; empty = the method's defaults).
 MINIMAX_OPTS: dict = {}
@@ -68,18 +69,31 @@ COLUMNS = [
 ROWS = RESULTS / "minimax_rows"
 
 
+def row_key(method: str, sparsity: float, batch_size: int, options: dict) -> str:
+    """A row is reused only for the same code version, command, batch size and method defaults."""
+    from llmprune.pruners.base import get_pruner_class, option_defaults
+
+    key = {
+        "code": code_version(),
+        "command": prune_command("uniform", method, sparsity, **options),
+        "batch_size": batch_size,
+        "defaults": option_defaults(get_pruner_class("uniform", method)),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def one(method: str, sparsity: float, variant: str = "default", **options) -> dict:
     """Prune + evaluate one configuration; rows are cached so runs can be split across processes."""
-    cache = ROWS / f"{method}-{sparsity}-{variant.replace(' ', '_')}.json"
+    bs = 8
+    if method == "minimax":
+        options = {**MINIMAX_OPTS, **options}
+        bs = BATCH_SIZE
+    cache = ROWS / f"{method}-{sparsity}-{variant.replace(' ', '_')}-{row_key(method, sparsity, bs, options)}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     if TABLE_ONLY:
         return None
     out = WORK / f"minimax-bench-{method}-{sparsity}-{variant.replace(' ', '_')}"
-    bs = 8
-    if method == "minimax":
-        options = {**MINIMAX_OPTS, **options}
-        bs = BATCH_SIZE
     report = prune("uniform", method, out, sparsity=sparsity, batch_size=bs, **options)
     result = evaluate(out)
     widths = report["layer_widths"][0]

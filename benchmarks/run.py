@@ -1,21 +1,46 @@
-"""The one benchmark command: every strategy and baseline at the standard settings, evaluated the
-same way, written to docs/benchmarks/summary.md (and the docs/benchmarks.md index) with plots.
+"""The one benchmark command: every strategy and baseline at the standard settings, side by side,
+one-shot and after the same recovery budget, written to docs/benchmarks/summary.md (and the
+docs/benchmarks.md index) with plots.
 
-    python benchmarks/run.py                       # reference model, uniform+global at 20/30/50%, 2:4
-    python benchmarks/run.py --model PATH --calib FILE --eval FILE --seqlen 256
-    python benchmarks/run.py --methods wanda,tyr --sparsities 0.5
+    python benchmarks/run.py                          # reference model: 50/30/20% structured and 2:4
+    python benchmarks/run.py --sparsities 0.5 --methods wanda,tyr
+    python benchmarks/run.py --rerun minimax          # ignore the row cache for these methods
+
+Two columns per row, measuring two different things:
+
+* **one-shot**: the structure (widths, or the 2:4 pattern) and the weights right after pruning, with
+  no weight training once the structure is fixed. Minimax's masks are learned, but its LoRA phase is
+  off (``--lora-rank 0``); SparseGPT's and Týr's weight updates are part of their pruning step.
+* **+ recovery**: that same output after one and the same ``llmprune recover`` run (top-k KD from
+  the dense model, LoRA rank 16 merged, 100 steps × 8 × 256 tokens of the calibration text, seed 0;
+  2:4 zeros stay zero).
+
+Extra rows: the control "Wanda-sp at minimax's learned widths" (``--widths``, the split minimax
+chose at that sparsity), and minimax at its defaults (its own joint LoRA phase, trained while the
+masks are learned; not the shared recovery stage: it is listed for continuity, not compared).
 
 Standard settings: calibration 64 × 256 tokens of calib.txt, seed 0, each method's defaults;
-perplexity on the whole evaluation text in non-overlapping windows (methods.md §0). Each prune
-runs as its own `llmprune` process, so wall time and peak memory are that command's own.
+perplexity on the whole evaluation text in non-overlapping windows (methods.md §0): this is the
+final table, nothing here chooses a default (benchmarks/selection.py does, on held-out calib text).
+Each prune and recovery runs as its own ``llmprune`` process, so wall time and peak memory are its
+own. Rows are cached in ``benchmarks/results/summary_rows.json`` by their commands, the defaults
+those rely on (method and recovery options) and the hashes of the text files; each row records the
+code version it ran at (``scripts/check_identical.py`` guards that later changes keep the outputs).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shlex
 import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from common import (
     CALIB,
@@ -24,6 +49,7 @@ from common import (
     REFMODEL,
     RESULTS,
     WORK,
+    code_version,
     display_path,
     evaluate,
     prune,
@@ -33,17 +59,34 @@ from common import (
 
 STRUCTURED = [("uniform", "magnitude"), ("uniform", "wanda"), ("uniform", "minimax"), ("global", "tyr")]
 SEMI24 = [("semi24", "magnitude"), ("semi24", "wanda"), ("semi24", "sparsegpt"), ("semi24", "proxsparse")]
+#: One-shot settings where a method's default trains weights after the structure is fixed.
+ONE_SHOT = {"minimax": {"lora_rank": 0}}
+CACHE = RESULTS / "summary_rows.json"
 
 COLUMNS = [
     ("strategy", "strategy", ""),
-    ("method", "method", ""),
+    ("label", "method", ""),
     ("achieved_sparsity", "achieved sparsity", ".1%"),
     ("params_decoder_linear", "decoder-linear params (non-zero)", ","),
-    ("perplexity", "perplexity", ".2f"),
-    ("ratio", "× dense", ".2f"),
-    ("time_prune_s", "prune wall time (s)", ".0f"),
-    ("peak_rss_mib", "peak RSS (MiB)", ".0f"),
+    ("perplexity", "one-shot ppl", ".2f"),
+    ("perplexity_recovered", "+ recovery ppl", ".2f"),
+    ("time_prune_s", "prune wall (s)", ".0f"),
+    ("time_recover_s", "recovery wall (s)", ".0f"),
+    ("peak_rss_mib", "prune peak RSS (MiB)", ".0f"),
 ]
+
+
+@dataclass
+class Job:
+    """One row: a pruning command, then (unless ``recover`` is off) the shared recovery on its output."""
+
+    strategy: str
+    method: str
+    sparsity: float | None
+    label: str
+    options: dict[str, Any] = field(default_factory=dict)
+    recover: bool = True
+    widths_from: str | None = None  # the label of the row whose learned widths this one keeps
 
 
 def registered(strategy: str, method: str) -> bool:
@@ -52,27 +95,126 @@ def registered(strategy: str, method: str) -> bool:
     return method in methods(strategy)
 
 
+def jobs_for(sparsities: list[float], wanted: set[str]) -> list[Job]:
+    """Rows in the order they are run: 50% and 2:4 first (the issue's targets), then the rest."""
+    jobs: list[Job] = []
+    order = sorted(sparsities, reverse=True)
+    for i, s in enumerate(order):
+        for strategy, method in STRUCTURED:
+            jobs.append(Job(strategy, method, s, method, dict(ONE_SHOT.get(method, {}))))
+            if method == "minimax":
+                jobs.append(
+                    Job("uniform", "wanda", s, "wanda @ minimax widths", widths_from=f"minimax@{s}"),
+                )
+        if i == 0:
+            jobs += [Job(st, m, None, m) for st, m in SEMI24]
+    jobs += [Job("uniform", "minimax", s, "minimax default (own LoRA)", recover=False) for s in order]
+    return [j for j in jobs if (not wanted or j.method in wanted) and registered(j.strategy, j.method)]
+
+
+def defaults_of(job: Job) -> dict[str, Any]:
+    """The defaults a row's commands rely on (the method's options, and recovery's): a change of
+    default reruns the row although its command line is the same."""
+    from llmprune.pruners.base import get_pruner_class, option_defaults
+    from llmprune.recovery import RecoveryOptions
+
+    found = {"method": option_defaults(get_pruner_class(job.strategy, job.method))}
+    if job.recover:
+        found["recover"] = {
+            k: f.get_default(call_default_factory=True) for k, f in RecoveryOptions.model_fields.items()
+        }
+    return json.loads(json.dumps(found, default=str))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def recover_args(pruned: Path, out: Path, args: argparse.Namespace) -> list[str]:
+    return [
+        "recover",
+        str(pruned),
+        "-o",
+        str(out),
+        "--teacher",
+        str(args.model),
+        "--calib",
+        str(args.calib),
+        "--seqlen",
+        str(args.seqlen),
+        "--nsamples",
+        str(args.nsamples),
+        "--seed",
+        "0",
+    ]
+
+
+def run_llmprune(argv: list[str]) -> float:
+    """Run ``llmprune argv`` as its own process; its wall time in seconds."""
+    cmd = [sys.executable, "-m", "llmprune", *argv, "--overwrite"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def run_job(job: Job, options: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    common = dict(model=args.model, calib=args.calib, seqlen=args.seqlen, nsamples=args.nsamples)
+    out = WORK / f"run-{job.strategy}-{job.label.replace(' ', '_')}-{job.sparsity}"
+    t0 = time.perf_counter()
+    report = prune(job.strategy, job.method, out, sparsity=job.sparsity, **common, **options)
+    time_prune = time.perf_counter() - t0
+    result = evaluate(out, Path(args.eval), args.seqlen)
+    row: dict[str, Any] = {
+        "strategy": job.strategy,
+        "method": job.method,
+        "label": job.label,
+        "requested_sparsity": job.sparsity,
+        "achieved_sparsity": report["achieved_sparsity"],
+        "params_decoder_linear": report["params_decoder_linear"],
+        "perplexity": result["perplexity"],
+        "time_prune_s": time_prune,
+        "peak_rss_mib": report["peak_rss_mib"],
+        "layer_widths": report.get("layer_widths"),
+        "command": prune_command(job.strategy, job.method, job.sparsity, **common, **options),
+        "code_version": code_version(),
+    }
+    if not job.recover:  # minimax's default: its own weight training, reported in its own row
+        row["perplexity_own_training"], row["perplexity"] = row["perplexity"], None
+    else:
+        recovered = out.with_name(out.name + "-recovered")
+        row["time_recover_s"] = run_llmprune(recover_args(out, recovered, args))
+        row["perplexity_recovered"] = evaluate(recovered, Path(args.eval), args.seqlen)["perplexity"]
+        shown = recover_args(Path("OUT"), Path("OUT2"), args)
+        shown[shown.index("--teacher") + 1] = display_path(args.model)
+        shown[shown.index("--calib") + 1] = display_path(args.calib)
+        row["recover_command"] = shlex.join(["llmprune", *shown])
+        shutil.rmtree(recovered)
+    shutil.rmtree(out)
+    return row
+
+
 def plot_perplexity(rows: list[dict], dense: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for strategy, method in STRUCTURED:
-        points = sorted(
-            (r["achieved_sparsity"], r["perplexity"])
-            for r in rows
-            if r["strategy"] == strategy and r["method"] == method
-        )
-        if points:
-            ax.plot(*zip(*points), marker="o", label=f"{strategy} {method}")
-    ax.axhline(dense, color="grey", linestyle="--", label="dense")
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    for i, (strategy, method) in enumerate(STRUCTURED):
+        ours = [r for r in rows if r["strategy"] == strategy and r["label"] == method]
+        color = f"C{i}"
+        for key, style, name in (("perplexity", "-", "one-shot"), ("perplexity_recovered", "--", "+ recovery")):
+            points = sorted((r["achieved_sparsity"], r[key]) for r in ours if r.get(key) is not None)
+            if points:
+                ax.plot(*zip(*points), style, marker="o", color=color, label=f"{strategy} {method}, {name}")
+    ax.axhline(dense, color="grey", linestyle=":", label="dense")
     ax.set_yscale("log")
     ax.set_xlabel("achieved sparsity (decoder linear weights)")
     ax.set_ylabel("perplexity (log scale)")
-    ax.set_title("Structured pruning on the reference model")
-    ax.legend()
+    ax.set_title("Structured pruning on the reference model: one-shot and + recovery")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -118,96 +260,111 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=64)
     parser.add_argument("--sparsities", default="0.2,0.3,0.5")
     parser.add_argument("--methods", default="", help="comma-separated subset of method names (default: all)")
+    parser.add_argument("--rerun", default="", help="comma-separated methods whose cached rows are run again")
+    parser.add_argument("--max-rows", type=int, default=0, help="run at most this many uncached rows, then write")
     args = parser.parse_args()
     sparsities = [float(s) for s in args.sparsities.split(",")]
-    wanted = set(filter(None, args.methods.split(",")))
+    rerun = set(filter(None, args.rerun.split(",")))
+    jobs = jobs_for(sparsities, set(filter(None, args.methods.split(","))))
 
-    jobs = [(st, m, s) for st, m in STRUCTURED for s in sparsities] + [(st, m, None) for st, m in SEMI24]
-    jobs = [j for j in jobs if (not wanted or j[1] in wanted) and registered(j[0], j[1])]
-
+    cache: dict[str, Any] = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
+    texts = {"calib": sha(Path(args.calib)), "eval": sha(Path(args.eval))}
     dense = evaluate(Path(args.model), Path(args.eval), args.seqlen)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "strategy": "dense",
-            "method": "-",
+            "label": "-",
             "achieved_sparsity": 0.0,
             "params_decoder_linear": dense["params_decoder_linear"],
             "perplexity": dense["perplexity"],
-            "ratio": 1.0,
         }
     ]
-    dense_geometry = None
-    for strategy, method, sparsity in jobs:
-        out = WORK / f"run-{strategy}-{method}-{sparsity}"
-        report = prune(
-            strategy,
-            method,
-            out,
-            model=args.model,
-            calib=args.calib,
-            sparsity=sparsity,
-            seqlen=args.seqlen,
-            nsamples=args.nsamples,
-        )
-        result = evaluate(out, Path(args.eval), args.seqlen)
-        dense_geometry = dense_geometry or report.get("dense_geometry")
-        rows.append(
+    by_label: dict[str, dict[str, Any]] = {}
+    fresh = 0
+    for job in jobs:
+        options = dict(job.options)
+        if job.widths_from:
+            source = by_label.get(job.widths_from)
+            if source is None or not source.get("layer_widths"):
+                print(f"skip {job.label} {job.sparsity}: no {job.widths_from} row", flush=True)
+                continue
+            w = source["layer_widths"][0]
+            options["widths"] = f"{w['kv_heads']},{w['channels']}"
+        key = json.dumps(
             {
-                "strategy": strategy,
-                "method": method,
-                "requested_sparsity": sparsity,
-                "achieved_sparsity": report["achieved_sparsity"],
-                "params_decoder_linear": report["params_decoder_linear"],
-                "perplexity": result["perplexity"],
-                "ratio": result["perplexity"] / dense["perplexity"],
-                "time_prune_s": report["time_prune_s"],
-                "peak_rss_mib": report["peak_rss_mib"],
-                "layer_widths": report.get("layer_widths"),
-                "command": prune_command(
-                    strategy,
-                    method,
-                    sparsity,
-                    model=args.model,
-                    calib=args.calib,
-                    seqlen=args.seqlen,
-                    nsamples=args.nsamples,
-                ),
-            }
+                "model": display_path(args.model),
+                "prune": prune_command(job.strategy, job.method, job.sparsity, nsamples=args.nsamples, **options),
+                "recover": job.recover,
+                "defaults": defaults_of(job),
+                "seqlen": args.seqlen,
+                "texts": texts,
+            },
+            sort_keys=True,
         )
-        print(
-            f"{strategy:8s} {method:10s} {report['achieved_sparsity']:.3f} ppl {result['perplexity']:.2f} "
-            f"({report['time_prune_s']:.0f} s)",
-            flush=True,
-        )
-        (RESULTS / "run_partial.json").write_text(json.dumps(rows, indent=2))
-        shutil.rmtree(out)
+        row = cache.get(key)
+        if row is None or job.method in rerun:
+            if args.max_rows and fresh >= args.max_rows:
+                print(f"not run (--max-rows): {job.label} {job.sparsity}", flush=True)
+                continue
+            row = run_job(job, options, args)
+            fresh += 1
+            cache[key] = row
+            CACHE.write_text(json.dumps(cache, indent=2) + "\n")
+        by_label[f"{job.label}@{job.sparsity}"] = row
+        rows.append(row)
+        shown = {k: row.get(k) for k in ("perplexity", "perplexity_recovered", "perplexity_own_training")}
+        print(f"{job.strategy:8s} {job.label:28s} {row['achieved_sparsity']:.3f} {shown}", flush=True)
 
+    for row in rows:
+        own = row.get("perplexity_own_training")
+        if own is not None:  # shown in the one-shot column's place, marked in the label
+            row["perplexity"] = own
+            row["label"] = row["label"].replace("(own LoRA)", "(own LoRA: not one-shot)")
     DOCS.mkdir(parents=True, exist_ok=True)
     plot_perplexity(rows, dense["perplexity"], DOCS / "perplexity_vs_sparsity.png")
-    has_widths = dense_geometry is not None and plot_global_widths(
-        rows, dense_geometry, DOCS / "global_kept_fraction.png"
+    has_widths = plot_global_widths(rows, _geometry(args.model), DOCS / "global_kept_fraction.png")
+    commands = "\n".join(
+        f"- `{r['command']}`" + (f" then `{r['recover_command']}`" if r.get("recover_command") else "")
+        for r in rows[1:]
     )
-    commands = "\n".join(f"- `{r['command']}`" for r in rows[1:])
-    notes = "![perplexity against sparsity](perplexity_vs_sparsity.png)\n"
+    notes = "![perplexity against sparsity, one-shot and + recovery](perplexity_vs_sparsity.png)\n"
     if has_widths:
         notes += "\n![per-layer kept fractions of global](global_kept_fraction.png)\n"
     notes += (
-        f"\nCommands (each followed by `llmprune eval OUT --data {display_path(args.eval)} "
-        f"--seqlen {args.seqlen}`):\n\n{commands}\n"
+        f"\nCommands (each output evaluated with `llmprune eval OUT --data {display_path(args.eval)} "
+        f"--seqlen {args.seqlen}`; OUT2 is the recovered copy of OUT):\n\n{commands}\n"
     )
     path = write_results(
         "summary",
-        "All strategies on one model",
+        "All strategies on one model: one-shot and + the same recovery",
         rows,
         COLUMNS,
-        intro=f"Model `{display_path(args.model)}`; calibration {args.nsamples} × {args.seqlen} tokens of "
-        f"`{display_path(args.calib)}`, seed 0, each method at its defaults; perplexity on `{display_path(args.eval)}` "
-        f"in non-overlapping {args.seqlen}-token windows. "
-        "Sparsity is the fraction of decoder-layer linear weights removed (2:4 always removes half).",
+        intro=(
+            f"Model `{display_path(args.model)}`; calibration {args.nsamples} × {args.seqlen} tokens of "
+            f"`{display_path(args.calib)}`, seed 0, each method at its defaults; perplexity on "
+            f"`{display_path(args.eval)}` in non-overlapping {args.seqlen}-token windows (dense "
+            f"{dense['perplexity']:.2f}). Sparsity is the fraction of decoder-layer linear weights removed "
+            "(2:4 always removes half).\n\n"
+            "- **one-shot**: no weight training after the structure or mask is fixed (minimax: masks learned, "
+            "`--lora-rank 0`; SparseGPT's and Týr's weight updates are part of pruning).\n"
+            "- **+ recovery**: the same output after the same `llmprune recover` budget for every row "
+            f"(top-k KD from the dense model, LoRA rank 16 merged, 100 steps × 8 × {args.seqlen} tokens of the "
+            "calibration text, its defaults).\n"
+            "- *wanda @ minimax widths*: Wanda-sp scores at the attention/MLP split minimax learned "
+            "(`--widths`), the control for minimax's learned widths.\n"
+            "- *minimax default (own LoRA)*: minimax as it ships, training LoRA jointly with the masks "
+            "(not one-shot, not the shared recovery); shown in the one-shot column for reference only.\n"
+            "- Wall times are of separate processes on a machine that was running other jobs: compare "
+            "within this page only loosely."
+        ),
         notes=notes,
     )
-    (RESULTS / "run_partial.json").unlink(missing_ok=True)
     print(f"wrote {path}")
+
+
+def _geometry(model: str) -> dict[str, int]:
+    config = json.loads((Path(model) / "config.json").read_text())
+    return {"num_heads": config["num_attention_heads"], "intermediate_size": config["intermediate_size"]}
 
 
 if __name__ == "__main__":

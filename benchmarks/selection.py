@@ -4,8 +4,9 @@ calib.txt is split **by document** (documents are separated by a blank line, as
 ``llmprune.data`` joins them): every fourth document (index ≡ 3 mod 4) goes to the *select*
 split (25%), the rest to the *fit* split (75%). Interleaving keeps both splits drawn from the
 same mix of sources; the split depends only on calib.txt. Every run prunes / learns on the fit
-split only (64 × 256 tokens, seed 0) and is scored by perplexity on the select split in 256-token
-windows. ``eval.txt`` is never read, so these numbers may choose defaults (README, data hygiene).
+split only (64 × 256 tokens, seed 0, unless its grid sets ``nsamples``/``seqlen``, as
+``benchmarks/proxsparse_budget.py``'s do) and is scored by perplexity on the select split in
+256-token windows. ``eval.txt`` is never read, so these numbers may choose defaults (README, data hygiene).
 
 Each method has a small grid (``GRIDS``: the product of the listed values on top of fixed base
 options). Rows are cached in ``benchmarks/results/select.json`` under a key made of the code
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import CALIB, REFMODEL, RESULTS, ROOT, WORK, evaluate, prune, prune_command, write_results
+from common import CALIB, REFMODEL, RESULTS, WORK, code_version, evaluate, prune, prune_command, write_results
 
 NAME = "select"
 SELECT_WORK = WORK / "select"
@@ -40,7 +41,12 @@ SEQLEN, NSAMPLES, SEED = 256, 64, 0
 
 @dataclass(frozen=True)
 class Grid:
-    """One method's selection grid: every combination of ``vary`` on top of ``base``."""
+    """One method's selection grid: every combination of ``vary`` on top of ``base``, or the
+    hand-picked ``points`` when a full product would cost too much (e.g. a budget curve).
+
+    ``nsamples`` and ``seqlen`` may appear in ``base``/``vary``/``points`` like method options: they
+    set the calibration budget of a row (default ``NSAMPLES`` × ``SEQLEN``); scoring always uses
+    ``SEQLEN``-token windows of the select split, so rows with different budgets compare."""
 
     strategy: str
     method: str
@@ -48,8 +54,11 @@ class Grid:
     base: dict[str, Any] = field(default_factory=dict)
     vary: dict[str, list[Any]] = field(default_factory=dict)
     note: str = ""
+    points: list[dict[str, Any]] = field(default_factory=list)
 
     def jobs(self) -> list[dict[str, Any]]:
+        if self.points:
+            return [dict(p) for p in self.points]
         keys = list(self.vary)
         return [dict(zip(keys, values)) for values in itertools.product(*(self.vary[k] for k in keys))]
 
@@ -108,27 +117,25 @@ def split_calibration(folder: Path = SELECT_WORK) -> tuple[Path, Path]:
     return fit_path, held_path
 
 
-def code_version() -> str:
-    """Content hash of the package's Python sources (uncommitted edits count)."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "llmprune").rglob("*.py")):
-        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+def budget(options: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    """Split a row's options into method options, nsamples and seqlen (see ``Grid``)."""
+    rest = dict(options)
+    return rest, int(rest.pop("nsamples", NSAMPLES)), int(rest.pop("seqlen", SEQLEN))
+
+
+def grid_command(grid: Grid, options: dict[str, Any]) -> str:
+    """The row's command with the fit split written as CALIB_FIT (also the cache key's command)."""
+    rest, nsamples, seqlen = budget(options)
+    return prune_command(
+        grid.strategy, grid.method, grid.sparsity, calib="CALIB_FIT", seqlen=seqlen, nsamples=nsamples, **rest
+    )
 
 
 def row_key(version: str, grid: Grid, options: dict[str, Any]) -> str:
     return json.dumps(
         {
             "code": version,
-            "command": prune_command(
-                grid.strategy,
-                grid.method,
-                grid.sparsity,
-                calib="CALIB_FIT",
-                seqlen=SEQLEN,
-                nsamples=NSAMPLES,
-                **options,
-            ),
+            "command": grid_command(grid, options),
             "seed": SEED,
             "calib_sha256": hashlib.sha256(CALIB.read_bytes()).hexdigest()[:16],
         },
@@ -136,13 +143,9 @@ def row_key(version: str, grid: Grid, options: dict[str, Any]) -> str:
     )
 
 
-def load_rows() -> list[dict[str, Any]]:
-    path = RESULTS / f"{NAME}.json"
-    return json.loads(path.read_text())["rows"] if path.is_file() else []
-
-
 def run_row(name: str, grid: Grid, vary: dict[str, Any], fit: Path, held: Path, version: str) -> dict[str, Any]:
     options = {**grid.base, **vary}
+    rest, nsamples, seqlen = budget(options)
     out = SELECT_WORK / f"{name}-run"
     report = prune(
         grid.strategy,
@@ -150,10 +153,10 @@ def run_row(name: str, grid: Grid, vary: dict[str, Any], fit: Path, held: Path, 
         out,
         sparsity=grid.sparsity,
         calib=fit,
-        seqlen=SEQLEN,
-        nsamples=NSAMPLES,
+        seqlen=seqlen,
+        nsamples=nsamples,
         seed=SEED,
-        **options,
+        **rest,
     )
     result = evaluate(out, data=held, seqlen=SEQLEN)
     shutil.rmtree(out, ignore_errors=True)
@@ -167,12 +170,15 @@ def run_row(name: str, grid: Grid, vary: dict[str, Any], fit: Path, held: Path, 
         "search_final_fitness": report.get("search_final_fitness"),
         "code_version": version,
         "key": row_key(version, grid, options),
-        "command": "`"
-        + prune_command(
-            grid.strategy, grid.method, grid.sparsity, calib="CALIB_FIT", seqlen=SEQLEN, nsamples=NSAMPLES, **options
-        )
-        + "`",
+        "command": f"`{grid_command(grid, options)}`",
+        "details": method_details(report, grid.method),
     }
+
+
+def method_details(report: dict[str, Any], method: str) -> dict[str, Any]:
+    """The scalar figures of the method's own report section (e.g. proxsparse's prox time)."""
+    section = report.get(method)
+    return {k: v for k, v in section.items() if isinstance(v, int | float | str)} if isinstance(section, dict) else {}
 
 
 def summarise(name: str, grid: Grid, rows: list[dict[str, Any]]) -> str:
@@ -208,6 +214,36 @@ COLUMNS = [
 ]
 
 
+def measure(names: list[str], grids: dict[str, Grid] = GRIDS, name: str = NAME) -> list[dict[str, Any]]:
+    """Rows of the named grids (cached ones reused, new ones measured), the dense row first, then
+    every row of ``benchmarks/results/<name>.json`` from other grids; saved after every new row."""
+    unknown = [n for n in names if n not in grids]
+    if unknown:
+        raise SystemExit(f"unknown grid(s) {', '.join(unknown)}; declared: {', '.join(grids)}")
+    fit, held = split_calibration()
+    version = code_version()
+    path = RESULTS / f"{name}.json"
+    previous = json.loads(path.read_text())["rows"] if path.is_file() else []
+    kept = [r for r in previous if r.get("grid") not in names and r.get("grid") != "dense"]
+    cache = {r["key"]: r for r in previous if "key" in r}
+    dense_key = json.dumps({"dense": True, "calib_sha256": hashlib.sha256(CALIB.read_bytes()).hexdigest()[:16]})
+    dense = cache.get(dense_key)
+    if dense is None:
+        result = evaluate(REFMODEL, held, seqlen=SEQLEN)
+        dense = {"grid": "dense", "setting": "-", "vary": {}, "perplexity": result["perplexity"], "key": dense_key}
+    rows: list[dict[str, Any]] = [dense]
+    for grid_name in names:
+        grid = grids[grid_name]
+        for vary in grid.jobs():
+            key = row_key(version, grid, {**grid.base, **vary})
+            row = cache.get(key) or run_row(grid_name, grid, vary, fit, held, version)
+            rows.append(row)
+            print(f"{grid_name:10s} {row['setting']:40s} ppl {row['perplexity']:.2f}", flush=True)
+            # Save after every row so an interrupted run keeps what it measured.
+            path.write_text(json.dumps({"rows": rows + kept}, indent=2) + "\n")
+    return rows + kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grids", default="tyr-local,tyr", help="comma-separated names from GRIDS")
@@ -217,32 +253,8 @@ def main() -> None:
         for name, grid in GRIDS.items():
             print(f"{name}: {len(grid.jobs())} rows, {grid.strategy} --method {grid.method}, vary {grid.vary}")
         return
-    names = [n for n in args.grids.split(",") if n]
-    unknown = [n for n in names if n not in GRIDS]
-    if unknown:
-        raise SystemExit(f"unknown grid(s) {', '.join(unknown)}; declared: {', '.join(GRIDS)}")
-    fit, held = split_calibration()
-    version = code_version()
-    previous = load_rows()
-    cache = {r["key"]: r for r in previous if "key" in r}
-    dense_key = json.dumps({"dense": True, "calib_sha256": hashlib.sha256(CALIB.read_bytes()).hexdigest()[:16]})
-    dense = cache.get(dense_key)
-    if dense is None:
-        result = evaluate(REFMODEL, held, seqlen=SEQLEN)
-        dense = {"grid": "dense", "setting": "-", "vary": {}, "perplexity": result["perplexity"], "key": dense_key}
-    rows: list[dict[str, Any]] = [dense]
-    for name in names:
-        grid = GRIDS[name]
-        for vary in grid.jobs():
-            key = row_key(version, grid, {**grid.base, **vary})
-            row = cache.get(key) or run_row(name, grid, vary, fit, held, version)
-            rows.append(row)
-            print(f"{name:10s} {row['setting']:40s} ppl {row['perplexity']:.2f}", flush=True)
-            # Save after every row so an interrupted run keeps what it measured.
-            kept = [r for r in previous if r.get("grid") not in names and r.get("grid") != "dense"]
-            (RESULTS / f"{NAME}.json").write_text(json.dumps({"rows": rows + kept}, indent=2) + "\n")
-    kept = [r for r in previous if r.get("grid") not in names and r.get("grid") != "dense"]
-    all_rows = rows + kept
+    all_rows = measure([n for n in args.grids.split(",") if n])
+    dense = all_rows[0]
     summaries = [
         summarise(name, GRIDS[name], [r for r in all_rows if r.get("grid") == name])
         for name in GRIDS

@@ -19,14 +19,18 @@ What is distributed (see docs/distributed.md):
 
 Only rank 0 writes (output folder, checkpoints, traces, plots); ``on_main`` runs a function on
 rank 0 and hands its result (or its error) to every rank; ``main_decides`` hands rank 0's yes/no
-to every rank (a time-based checkpoint, so that all ranks checkpoint at the same step).
+to every rank (a time-based checkpoint, so that all ranks checkpoint at the same step). Files the
+ranks of one node share (Týr's supernet) are written by local rank 0 into its folder
+(``node_shared_path``); the others wait at a barrier and read them memory-mapped.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import socket
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,6 +89,17 @@ def local_rank() -> int:
 def is_main() -> bool:
     """Rank 0 (also true without a process group)."""
     return rank() == 0
+
+
+def is_local_main() -> bool:
+    """Local rank 0 of this node (also true without a process group): the rank that writes the
+    files the ranks of one node share (Týr's supernet)."""
+    return local_rank() == 0 if is_enabled() else True
+
+
+def node_id() -> str:
+    """This node: its host name and torchrun's node rank (``GROUP_RANK``)."""
+    return f"{socket.gethostname()}:{os.environ.get('GROUP_RANK', '0')}"
 
 
 def backend() -> str | None:
@@ -190,6 +205,22 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj if rank() == src else None]
     _dist().broadcast_object_list(box, src=src, device=_comm_device() if backend() == "nccl" else None)
     return box[0]
+
+
+def node_shared_path(path: Path) -> Path:
+    """Local rank 0's ``path`` on every rank of its node (``path`` itself without a group).
+
+    The ranks of one node then read one copy of a large file that local rank 0 writes (Týr's
+    supernet), instead of each writing its own into its private scratch folder.
+    """
+    if not is_enabled():
+        return path
+    entries: list[Any] = [None] * world_size()
+    _dist().all_gather_object(entries, (node_id(), local_rank(), str(path)))
+    for node, local, shared in entries:
+        if node == node_id() and local == 0:
+            return Path(shared)
+    raise RuntimeError(f"no local rank 0 on node {node_id()} (LOCAL_RANK must start at 0 on every node)")
 
 
 def broadcast_seed(seed: int) -> int:

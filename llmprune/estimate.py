@@ -44,8 +44,12 @@ its two Adam moments (ProxSparse: ``n_s · P_lin · 12``; minimax: LoRA × 12); 
 masks once, one file per finished stage (``n_l · P_lin`` bytes in all); a stage-boundary
 checkpoint holds only the trace and RNG state.
 Disk: the output (``P_out · s``), the checkpoint (learned state, ProxSparse's masks), the teacher cache and Týr's
-supernet (:func:`llmprune.pruners.tyr.supernet.supernet_disk_need`-shaped:
-``n_l · 9 · (o + down variants) · 4`` per iteration, two iterations at once).
+work folder (:func:`llmprune.pruners.tyr.pruner.disk_need`, the pre-check's own numbers): the
+dense top-k cache ``N·L·k·8`` and the largest supernet, one on disk at a time,
+``b · H · Σ_layers Σ_distinct levels ℓ · c`` (``ℓ`` kept units of a level ``center + kΔ``,
+``k = −4..4``, clipped to ``[0, U]``; ``c`` input columns per unit: ``g·d`` per KV group, ``d``
+per query head, 1 per MLP channel) plus int64 unit lists and headers; at the uniform start with
+no clipping ``≈ 9 · n_l · b · H · (k_attn·c + k_mlp)``.
 Time: FLOPs (``6·P·T`` a step, ``×4/3`` with recomputation; ``2·P`` a token for forwards) over a
 range of sustained throughputs per device (:data:`THROUGHPUT`); a range, never a promise.
 """
@@ -264,9 +268,7 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
             terms["one layer (float32)"] = layer_f32
             terms["hessians"] = hessians
             iterations = int(o.get("iterations", 4))
-            variant = (shape.heads * shape.head_dim + shape.intermediate) * H * 4
-            supernet = shape.layers * 9 * variant
-            disk += supernet * (2 if iterations > 1 else 1)
+            disk += sum(tyr_disk_terms(settings, shape, b, n, seqlen))
             gens, offspring = int(o.get("generations", 8)), int(o.get("offspring", 16))
             flops += iterations * gens * offspring * 2 * P * calib_tokens / 4
     peak_device = sum(terms.values()) + overhead
@@ -357,6 +359,22 @@ def available_host_bytes() -> int:
     except OSError:
         pass
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def tyr_disk_terms(settings: Any, shape: Shape, b: int, nsamples: int, seqlen: int) -> tuple[int, int]:
+    """Týr's peak work-folder disk, (largest supernet, dense top-k cache): the pruner's own
+    ``disk_need`` at the uniform start widths, the supernet compact in the run dtype."""
+    import torch
+
+    from llmprune.arch import Geometry
+    from llmprune.pruners.tyr.pruner import TyrOptions, disk_need, start_widths
+
+    options = TyrOptions(**dict(settings.method_options))
+    geom = Geometry(shape.hidden, shape.heads, shape.kv_heads, shape.head_dim, shape.intermediate, shape.layers)
+    types, k_attn, k_mlp = start_widths(settings, options, geom)
+    dtype = torch.float32 if b == 4 else torch.bfloat16  # 2-byte dtypes take the same space
+    rows = nsamples if options.search_nsamples is None else min(options.search_nsamples, nsamples)
+    return disk_need(options, types, k_attn, k_mlp, dtype, rows * seqlen, shape.vocab)
 
 
 def saved_bytes_of(config: Any) -> int:

@@ -45,6 +45,30 @@ def uniform_widths(geom: Geometry, sparsity: float, attn_unit: str, align: Align
     return k_attn, k_mlp
 
 
+def explicit_widths(geom: Geometry, spec: str, attn_unit: str, align: Alignment | None = None) -> tuple[int, int]:
+    """Per-layer kept (attention units, MLP channels) given as ``"ATTN,MLP"`` (e.g. the widths
+    another method learned, to compare scores at equal widths); a UsageError names what is wrong."""
+    from llmprune.errors import UsageError
+
+    align = align or Alignment()
+    parts = spec.replace(" ", "").split(",")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--widths {spec!r}: expected two whole numbers ATTN,MLP, e.g. 3,640")
+    k_attn, k_mlp = int(parts[0]), int(parts[1])
+    n_attn, step = geom.attn_unit_count(attn_unit), attn_grid_step(geom, attn_unit, align)
+    if not (step <= k_attn <= n_attn and k_attn % step == 0):
+        raise UsageError(
+            f"--widths {spec}: attention units (--attn-unit {attn_unit}) must be a multiple of {step} "
+            f"between {step} and {n_attn}"
+        )
+    if not (1 <= k_mlp <= geom.intermediate_size and align.allowed_channels(k_mlp, geom.intermediate_size)):
+        raise UsageError(
+            f"--widths {spec}: MLP channels must be between 1 and {geom.intermediate_size}"
+            + (f" and a multiple of {align.width}" if align.width > 1 else "")
+        )
+    return k_attn, k_mlp
+
+
 def topk_sorted(scores: torch.Tensor, k: int) -> list[int]:
     """Indices of the ``k`` largest scores, sorted ascending (ties broken by lower index)."""
     if k >= scores.numel():

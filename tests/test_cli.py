@@ -77,6 +77,24 @@ def test_uniform_baselines_export_plain_loadable_models(model_dir, calib, tmp_pa
     assert plan["kind"] == "structured" and len(plan["layers"]) == 2
 
 
+def test_uniform_baseline_keeps_explicit_widths(model_dir, calib, tmp_path):
+    """--widths ATTN,MLP (e.g. minimax's learned split) replaces the even split of --sparsity."""
+    out = tmp_path / "out"
+    args = ["--sparsity", "0.3", "--method", "wanda", "--calib", calib, *SMALL]
+    result = run("uniform", model_dir, "-o", out, *args, "--widths", "2,48")  # the same 30% budget
+    assert result.exit_code == 0, result.output
+    report = read_json(out / "llmprune_report.json")
+    assert [(w["kv_heads"], w["channels"]) for w in report["layer_widths"]] == [(2, 48), (2, 48)]
+    assert abs(report["achieved_sparsity"] - 0.3) < 0.01
+    assert run("uniform", model_dir, "-o", tmp_path / "even", *args).exit_code == 0
+    even = read_json(tmp_path / "even" / "llmprune_report.json")["layer_widths"][0]
+    assert (even["kv_heads"], even["channels"]) == (1, 80), "the even split differs"
+    for bad in ("3", "0,80", "3,80", "1,97", "1,x"):
+        result = run("uniform", model_dir, "-o", tmp_path / "bad", *args, "--widths", bad)
+        assert result.exit_code == 2 and result.output.startswith(f"error: --widths {bad}".replace("'", "")[:14])
+        assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists(), result.output
+
+
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_semi24_exports_exact_pattern_and_leaves_the_rest(model_dir, calib, tmp_path, method):
     out = tmp_path / "out"

@@ -118,6 +118,8 @@ def scenario_tyr(work: Path) -> dict:
         "fitness": [r["best_fitness"] for r in log["generations"]],
         "improved": [r["improved"] for r in log["generations"]],
         "weights": {k: v.clone() for k, v in plan.weights.items()},
+        # the supernet layer files this rank wrote into its own work folder
+        "supernet_files": sorted(p.name for p in (work / "tyr").rglob("layer*.safetensors")),
     }
 
 
@@ -249,6 +251,13 @@ def test_tyr_search_selects_the_same_candidates(runs):
     assert runs["dist"][1]["tyr"]["fitness"] == dist["fitness"], "ranks must see identical fitness values"
     for name, w in single["weights"].items():
         torch.testing.assert_close(dist["weights"][name], w, rtol=1e-3, atol=1e-4)
+
+
+def test_tyr_ranks_of_one_node_share_one_supernet(runs):
+    # Local rank 0 writes the supernet (the last iteration's is left: 2 layers); rank 1 reads it.
+    assert runs["dist"][0]["tyr"]["supernet_files"] == ["layer000.safetensors", "layer001.safetensors"]
+    assert runs["dist"][1]["tyr"]["supernet_files"] == [], "rank 1 wrote its own copy"
+    assert runs["single"]["tyr"]["supernet_files"] == runs["dist"][0]["tyr"]["supernet_files"]
 
 
 def test_ddp_mask_learning_matches_single_process(runs):

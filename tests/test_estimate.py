@@ -123,3 +123,41 @@ def test_gpu_memory_must_be_a_positive_number_of_gib(tmp_path, value):
     assert result.exit_code == 2, result.output
     assert "--gpu-memory must be a positive number of GiB" in result.output
     assert "Traceback" not in result.output and not out.exists()
+
+
+def test_tyr_supernet_at_llama_8b_widths_is_compact_and_follows_its_equation():
+    """At 50% no level is clipped, so every iteration's supernet is S = 9·n_l·b·H·(k_attn·c + k_mlp)
+    (+ int64 unit lists and headers, < 0.2%): the compact layout, one supernet at a time."""
+    from transformers import LlamaConfig
+
+    from llmprune.arch import Geometry
+    from llmprune.config import PruneSettings
+    from llmprune.masks import uniform_widths
+
+    config = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        num_hidden_layers=32,
+        vocab_size=128256,
+    )
+    settings = PruneSettings(
+        strategy="global",
+        method="tyr",
+        model="x",
+        output=Path("out"),
+        sparsity=0.5,
+        nsamples=128,
+        seqlen=2048,
+        device="cuda",
+        dtype="bfloat16",
+    )
+    shape = estimate_module.shape_of_config(config)
+    supernet, cache = estimate_module.tyr_disk_terms(settings, shape, 2, 128, 2048)
+    k_attn, k_mlp = uniform_widths(Geometry(4096, 32, 8, 128, 14336, 32), 0.5, "group")
+    equation = 9 * 32 * 2 * 4096 * (k_attn * 4 * 128 + k_mlp)
+    assert equation <= supernet <= equation * 1.002
+    assert supernet < 40e9  # issue 15's target for 8B
+    assert cache == 128 * 2048 * 256 * 8

@@ -459,16 +459,25 @@ def test_error_classes_have_distinct_exit_codes():
 
 
 # ----- disk: the Týr supernet's need is estimated and checked before any work -------------------
-@pytest.mark.parametrize("attn_unit", ["group", "query"])
-def test_supernet_disk_estimate_matches_the_bytes_written(tmp_path, attn_unit):
+@pytest.mark.parametrize("attn_unit,dtype", [("group", torch.float32), ("query", torch.bfloat16)])
+def test_supernet_bytes_on_disk_equal_the_formula(tmp_path, attn_unit, dtype):
+    """Compact variants in the model's dtype; the files are exactly ``supernet_disk_need``'s bytes."""
     from helpers import make_tiny_model
+    from safetensors import safe_open
 
     from llmprune.arch import ArchAdapter
     from llmprune.capture import LayerwiseRunner
     from llmprune.masks import uniform_widths
-    from llmprune.pruners.tyr.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need
+    from llmprune.pruners.tyr.supernet import (
+        KEYS,
+        Supernet,
+        SupernetSpec,
+        iteration_spec,
+        module_types,
+        supernet_disk_need,
+    )
 
-    model = make_tiny_model("llama", num_hidden_layers=3)
+    model = make_tiny_model("llama", num_hidden_layers=3).to(dtype)
     adapter = ArchAdapter.for_model(model)
     geom = adapter.geometry(model)
     types = module_types(geom, attn_unit)
@@ -476,14 +485,30 @@ def test_supernet_disk_estimate_matches_the_bytes_written(tmp_path, attn_unit):
     spec = SupernetSpec(
         centers={"o": [k_attn] * 3, "down": [k_mlp] * 3}, steps={k: types[k].step(0.125) for k in KEYS}, delta=0.125
     )
-    supernet = Supernet(tmp_path / "sn", spec, types, 3)
+    supernet = Supernet(tmp_path / "sn", spec, types, 3, dtype=dtype)
     calib = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(0))
     supernet.build(model, adapter, LayerwiseRunner(model, adapter, calib, torch.device("cpu"), 4), torch.device("cpu"))
+    data = 0
+    for i in range(3):
+        with safe_open(str(supernet.layer_file(i)), framework="pt") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                assert t.dtype == (torch.int64 if name.endswith(".units") else dtype), name
+                data += t.numel() * t.element_size()
+    # data: per distinct level, hidden × kept columns in the model's dtype + the int64 unit list
+    b = torch.empty((), dtype=dtype).element_size()
+    expected_data = sum(
+        (geom.hidden_size * types[key].rows.shape[1] * b + 8) * kept
+        for i in range(3)
+        for key in KEYS
+        for kept in set(supernet.levels(key, i))
+    )
+    assert data == expected_data
     written = sum(supernet.layer_file(i).stat().st_size for i in range(3))
-    estimate = supernet.disk_bytes()
-    assert written <= estimate <= written * 1.02 + 4096, (written, estimate)
-    assert supernet_disk_need(types, spec, 3, iterations=1) == estimate
-    assert supernet_disk_need(types, spec, 3, iterations=2) >= 2 * written
+    assert written == supernet.disk_bytes() == supernet_disk_need(types, spec, 3, iterations=1, dtype=dtype)
+    # one supernet on disk at a time: the need is the largest iteration's, not a sum
+    later = Supernet(tmp_path / "none", iteration_spec(spec, types, 1), types, 3, dtype=dtype).disk_bytes()
+    assert supernet_disk_need(types, spec, 3, iterations=2, dtype=dtype) == max(written, later)
 
 
 def test_too_little_disk_for_the_supernet_is_refused_before_any_work(pristine, tmp_path, monkeypatch):

@@ -11,17 +11,31 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from llmprune.alignment import Alignment
 from llmprune.arch import LINEAR_KEYS
 from llmprune.capture import InputStats, LayerwiseRunner
-from llmprune.masks import nm_eligible, nm_mask, uniform_widths
+from llmprune.masks import explicit_widths, nm_eligible, nm_mask, uniform_widths
 from llmprune.obs import sparsegpt_prune
 from llmprune.plan import PrunePlan, geometry_dict
 from llmprune.pruners.base import PruneContext, Pruner, register, skipped_semi24
 from llmprune.scoring import STRUCTURED_KEYS, structured_layer_plan, unit_scores, weight_importance
 from llmprune.surgery import mask_layer
+
+
+class UniformOptions(BaseModel):
+    """The options of the uniform baselines; each field is also a command-line flag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    widths: str = Field(
+        "",
+        description="keep exactly ATTN,MLP per layer (attention units of --attn-unit, MLP channels) "
+        "instead of the even split of --sparsity: the widths another method chose (see `llmprune "
+        "inspect`), to compare scores at equal widths. The run still reports how far it is from --sparsity.",
+    )
 
 
 class _UniformScored(Pruner):
@@ -30,11 +44,18 @@ class _UniformScored(Pruner):
     strategy: ClassVar[str] = "uniform"
     uses_activations: ClassVar[bool] = True
     layerwise = True
+    Options: ClassVar[type[BaseModel]] = UniformOptions
 
     def prune(self, ctx: PruneContext) -> PrunePlan:
         s = ctx.settings
         geom = ctx.adapter.geometry(ctx.model)
-        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit, Alignment.of(s))
+        align = Alignment.of(s)
+        widths = self.options.widths  # type: ignore[attr-defined]
+        k_attn, k_mlp = (
+            explicit_widths(geom, widths, s.attn_unit, align)
+            if widths
+            else uniform_widths(geom, s.sparsity, s.attn_unit, align)
+        )
         plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
 
         def process(i: int, layer: nn.Module, runner: LayerwiseRunner | None) -> None:

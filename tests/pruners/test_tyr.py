@@ -17,9 +17,17 @@ from llmprune.masks import uniform_widths
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext
 from llmprune.pruners.tyr import GlobalTyr
-from llmprune.pruners.tyr.local_prune import least_squares_refit, prune_module, unit_rows, unit_scores
+from llmprune.pruners.tyr.local_prune import (
+    ROUNDS,
+    least_squares_refit,
+    prune_module,
+    prune_module_levels,
+    unit_rows,
+    unit_scores,
+)
 from llmprune.pruners.tyr.search import SearchSpace, cross_ratio, mutate
 from llmprune.pruners.tyr.supernet import (
+    KEYS,
     LEVELS,
     Supernet,
     SupernetSpec,
@@ -194,11 +202,14 @@ def test_supernet_levels_have_the_right_counts(tmp_path, attn_unit):
     for i in range(2):
         for key in ("o", "down"):
             for kept in set(net.levels(key, i)):
-                weight, units = net.load(i, key, kept)
+                compact, units = net.load(i, key, kept)
                 assert len(units) == kept
                 rows = types[key].rows
+                assert compact.shape == (geom.hidden_size, kept * rows.shape[1])  # kept columns only
+                weight, _ = net.load_dense(i, key, kept)
                 removed = rows[[u for u in range(types[key].units) if u not in units]].reshape(-1)
                 assert torch.all(weight[:, removed] == 0)
+                assert torch.equal(weight[:, rows[units].reshape(-1)], compact)
                 if attn_unit == "query" and key == "o":
                     assert (
                         len({sum(1 for u in units if u // geom.group_size == j) for j in range(geom.num_kv_heads)}) == 1
@@ -241,7 +252,7 @@ def test_next_block_sees_the_density_weighted_average_of_the_variants(tmp_path):
         for key in ("o", "down"):
             kept = sorted(set(net.levels(key, 0)))
             weights = expectation_weights(kept, types[key].units)
-            average = sum(w * net.load(0, key, k)[0] for w, k in zip(weights.tolist(), kept))
+            average = sum(w * net.load_dense(0, key, k)[0] for w, k in zip(weights.tolist(), kept))
             adapter.linear(layer0, key).weight.copy_(average)
         expected = layer1_inputs()
         for key in ("o", "down"):
@@ -326,6 +337,88 @@ def test_plan_is_consistent_with_the_budget_and_weights(tmp_path):
     assert len(fits) == SMALL["generations"] + 1 and fits == sorted(fits, reverse=True)
     assert Path(result.files["tyr_kept_fraction.png"]).is_file()
     assert result.report["time_supernet_s"] > 0
+
+
+class DenseCoordinateSupernet(Supernet):
+    """Reference: the layout before the compact supernet, float32 variants in dense coordinates
+    ``[out, in]`` (zeros in the removed columns) straight from the local pruner; every reader then
+    uses all the columns."""
+
+    def _write_layer(self, i, layer, adapter, stats, percdamp, first_order):
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for key in KEYS:
+            mtype = self.types[key]
+            W = adapter.linear(layer, key).weight.detach().float()
+            H = stats[key].hessian
+            kept_values = sorted(set(self.levels(key, i)))
+            results = prune_module_levels(
+                W, H, mtype.rows, kept_values, ROUNDS[key], percdamp, mtype.groups, H @ W.t(), first_order
+            )
+            for kept in kept_values:
+                tensors[f"{key}.{kept}.weight"] = results[kept].weight.cpu().contiguous()
+                tensors[f"{key}.{kept}.units"] = torch.tensor(results[kept].kept, dtype=torch.int64)
+        save_file(tensors, str(self.layer_file(i)))
+
+    def columns(self, key, units):
+        return torch.arange(self.types[key].rows.numel())
+
+
+def test_compact_supernet_gives_the_search_result_of_the_dense_coordinate_layout(tmp_path, monkeypatch):
+    import llmprune.pruners.tyr.pruner as pruner_mod
+
+    options = dict(SMALL, budget_split="free")
+    on_disk: list[list[str]] = []  # supernets on disk whenever one is built: one at a time
+    build = Supernet.build
+
+    def recording_build(self, *args, **kwargs):
+        on_disk.append(sorted(p.name for p in self.folder.parent.glob("iter*")))
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(Supernet, "build", recording_build)
+    compact = GlobalTyr(options).prune(_ctx(tmp_path / "c", make_tiny_model("llama", num_hidden_layers=2), **options))
+    assert on_disk == [[], []], on_disk  # iteration 0's supernet is deleted before iteration 1's is built
+    monkeypatch.setattr(pruner_mod, "Supernet", DenseCoordinateSupernet)
+    dense = GlobalTyr(options).prune(_ctx(tmp_path / "d", make_tiny_model("llama", num_hidden_layers=2), **options))
+    assert [lp.model_dump() for lp in compact.plan.layers] == [lp.model_dump() for lp in dense.plan.layers]
+    assert compact.plan.weights.keys() == dense.plan.weights.keys()
+    for name, w in dense.plan.weights.items():
+        assert torch.equal(compact.plan.weights[name], w), name  # identical exported weights
+    fitness = [[r["best_fitness"] for r in x.files["tyr_search_log.json"]["generations"]] for x in (compact, dense)]
+    assert fitness[0] == fitness[1]
+    assert any(r["improved"] for r in compact.files["tyr_search_log.json"]["generations"])
+    size = [
+        sum(f.stat().st_size for f in (t / "work" / "supernet").rglob("*.safetensors"))
+        for t in (tmp_path / "c", tmp_path / "d")
+    ]
+    assert 0 < size[0] < 0.75 * size[1], size  # only the last iteration's supernet is left, compact
+
+
+def test_a_later_supernet_that_does_not_fit_is_refused_and_the_search_is_resumable(tmp_path, monkeypatch):
+    # A later iteration's centers come from the search: its exact size is checked before building.
+    import collections
+    import shutil
+
+    from llmprune.errors import OutputExistsError
+    from llmprune.pruners.tyr.search import IterationState
+
+    Usage = collections.namedtuple("Usage", "total used free")
+    checks: list[Path] = []
+
+    def usage(path):
+        checks.append(Path(path))
+        return Usage(0, 0, 10**12 if len(checks) == 1 else 1000)  # room for the start only
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    options = dict(SMALL, generations=1)
+    ctx = _ctx(tmp_path, make_tiny_model("llama", num_hidden_layers=2), **options)
+    with pytest.raises(OutputExistsError, match=r"^not enough disk space for the Týr supernet: need .*--resume\)$"):
+        GlobalTyr(options).prune(ctx)
+    assert len(checks) == 2 and checks[1] == ctx.work_dir / "supernet"
+    state = IterationState.load(ctx.work_dir / "search_state.pt")
+    assert (state.iteration, state.generation) == (1, 0)  # iteration 1's centers are checkpointed
+    assert not (ctx.work_dir / "supernet" / "iter1").exists() and not (ctx.work_dir / "supernet" / "iter0").exists()
 
 
 @pytest.mark.parametrize("stop_after", [4, 9])  # saves: mid first iteration / mid second iteration

@@ -18,7 +18,7 @@ error ``H V − G``: at the dense start that gradient is only the damping, ``λ�
 zero without damping. The lowest scores are dropped and the joint OBS compensation is applied to
 the remaining rows. After the last
 round the kept rows are refit exactly by least squares against the dense output:
-``V_K = (H_KK)⁻¹ G_K``. Everything is float32.
+``V_K = (H_KK)⁻¹ G_K``. Everything is float32; a result holds the kept columns only.
 
 Removing a column of ``o`` removes the matching rows of ``q`` (and ``k, v`` when a whole KV group
 goes); removing a column of ``down`` removes rows of ``gate`` and ``up``. Those rows are simply
@@ -45,11 +45,26 @@ FirstOrder = Literal["paper", "code", "none"]
 
 @dataclass
 class LocalResult:
-    """Kept unit indices (sorted) and the refit weight ``[out, in]`` in dense coordinates
-    (exact zeros in the columns of removed units)."""
+    """Kept unit indices (sorted), their input columns and the refit weight of those columns only
+    (``compact``: ``[out, len(columns)]``): the removed columns are exact zeros, so they are not kept."""
 
     kept: list[int]
-    weight: torch.Tensor
+    columns: torch.Tensor  # int64, the input columns of the kept units, in the order of ``compact``
+    compact: torch.Tensor
+    in_features: int
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The refit weight ``[out, in]`` in dense coordinates (zeros in the removed columns)."""
+        return scatter_columns(self.compact, self.columns, self.in_features)
+
+
+def scatter_columns(compact: torch.Tensor, columns: torch.Tensor, in_features: int) -> torch.Tensor:
+    """A compact ``[out, len(columns)]`` weight in dense coordinates ``[out, in_features]``."""
+    dense = compact.new_zeros(compact.shape[0], in_features)
+    if columns.numel():
+        dense[:, columns] = compact
+    return dense
 
 
 def unit_rows(num_units: int, rows_per_unit: int) -> torch.Tensor:
@@ -192,13 +207,12 @@ def prune_module_levels(
 
     def finish(alive: list[int]) -> LocalResult:
         if not alive:
-            return LocalResult([], torch.zeros_like(W))
+            return LocalResult([], rows.new_zeros(0), W.new_zeros(W.shape[0], 0), W.shape[1])
         kept_rows = rows[alive].reshape(-1)
-        out = torch.zeros_like(V_dense)
-        out[kept_rows] = least_squares_refit(H, G, kept_rows)
-        if not torch.isfinite(out).all():
+        refit = least_squares_refit(H, G, kept_rows)
+        if not torch.isfinite(refit).all():
             raise NumericalError("the local pruner's refit produced non-finite weights")
-        return LocalResult(list(alive), out.t().contiguous())
+        return LocalResult(list(alive), kept_rows, refit.t().contiguous(), W.shape[1])
 
     alive = list(range(num_units))
     if num_units in keeps:

@@ -8,7 +8,9 @@ materialised from the last supernet: kept heads/KV heads/channels per layer and 
 ``o_proj``/``down_proj`` weights (dense coordinates) as ``plan.weights``.
 
 Checkpoints (``ctx.work_dir``): ``search_state.pt`` after every generation (iteration, generation,
-parent, its fitness, RNG state, log), the dense top-k logits, and each iteration's supernet. With
+parent, its fitness, RNG state, log), the dense top-k logits, and the current iteration's
+supernet (the previous one is deleted once the next iteration's state is saved: one supernet on
+disk at a time; under torchrun one per node, ``distributed.node_shared_path``). With
 ``--resume`` the run continues from the last finished generation and ends exactly where an
 uninterrupted run with the same seed would.
 """
@@ -25,12 +27,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmprune import distributed
 from llmprune.alignment import Alignment
+from llmprune.arch import Geometry
 from llmprune.errors import OutputExistsError, ResumeError, UsageError
 from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
 from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
 from llmprune.pruners.tyr.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
-from llmprune.pruners.tyr.supernet import KEYS, Supernet, SupernetSpec, module_types, supernet_disk_need
+from llmprune.pruners.tyr.supernet import (
+    KEYS,
+    ModuleType,
+    Supernet,
+    SupernetSpec,
+    module_types,
+    supernet_disk_need,
+)
 from llmprune.trace import pyplot, save_figure
 from llmprune.training import Event, check_fingerprint, fingerprint, notify
 
@@ -131,32 +141,23 @@ class GlobalTyr(Pruner):
             budget_split=o.budget_split,
         )
 
-    def check_disk(self, ctx: PruneContext, types, k_attn: int, k_mlp: int) -> int:
-        """Refuse to start when the work folder's disk cannot hold the supernets and the dense top-k
-        cache (``supernet_disk_need``); returns the estimated bytes still to be written."""
+    def check_disk(self, ctx: PruneContext, types, k_attn: int, k_mlp: int, dtype: torch.dtype) -> int:
+        """Refuse to start when the work folder's disk cannot hold the largest supernet and the
+        dense top-k cache (``disk_need``); returns the estimated bytes still to be written. Under
+        torchrun each node's local rank 0 checks its own disk (it writes the node's supernet;
+        rank 0 also the cache); the others write nothing large."""
         s, o = ctx.settings, self.options
         assert ctx.calib is not None  # prune() checked it
         work = Path(ctx.work_dir)
-        n_layers = types["o"].geom.num_layers
-        first = SupernetSpec(
-            centers={"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers},
-            steps={k: types[k].step(o.delta) for k in KEYS},
-            delta=o.delta,
-        )
         rows = ctx.calib.shape[0] if o.search_nsamples is None else min(o.search_nsamples, ctx.calib.shape[0])
-        topk = min(o.topk_logits, cast(Any, ctx.model).config.vocab_size)  # a Hugging Face model's config
-        need = supernet_disk_need(types, first, n_layers, o.iterations) + rows * ctx.calib.shape[1] * topk * 8
+        vocab = cast(Any, ctx.model).config.vocab_size  # a Hugging Face model's config
+        supernet, cache = disk_need(o, types, k_attn, k_mlp, dtype, rows * ctx.calib.shape[1], vocab)
+        need = (supernet if distributed.is_local_main() else 0) + (cache if distributed.is_main() else 0)
         existing = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) if work.exists() else 0
         need = max(need - existing, 0)  # --resume: what is already on disk counts
         work.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(work).free
-        if need > free:
-            if not s.resume:
-                shutil.rmtree(work, ignore_errors=True)
-            raise OutputExistsError(
-                f"not enough disk space for the Týr supernet: need {need / 1e9:.2f} GB, free {free / 1e9:.2f} GB "
-                f"in {work} (free some space or choose an output -o on a larger disk)"
-            )
+        cleanup = None if s.resume else work
+        refuse_if_short(need, work, "(free some space or choose an output -o on a larger disk)", cleanup)
         return need
 
     # ----------------------------------------------------------------------------------------
@@ -166,14 +167,14 @@ class GlobalTyr(Pruner):
             raise UsageError("global --method tyr needs calibration text (--calib)")
         model, adapter = ctx.model, ctx.adapter
         geom = adapter.geometry(model)
-        align = Alignment.of(s) if o.search_space == "full" else Alignment.of(s).for_deci()
-        types = module_types(geom, s.attn_unit, align)
-        k_attn, k_mlp = uniform_widths(geom, s.sparsity, s.attn_unit, align)
+        types, k_attn, k_mlp = start_widths(s, o, geom)
         n_layers = geom.num_layers
         config = self.search_config()
         work = Path(ctx.work_dir)
         state_path = work / STATE_FILE
-        disk_need = self.check_disk(ctx, types, k_attn, k_mlp)
+        dtype = adapter.linear(adapter.layers(model)[0], "o").weight.dtype  # the supernet's storage dtype
+        disk_need = self.check_disk(ctx, types, k_attn, k_mlp, dtype)
+        root = distributed.node_shared_path(work / "supernet")  # one supernet per node
         fp = fingerprint(s, ctx.calib, o)  # carried by the search state, the top-k cache and the supernets
         gen = torch.Generator().manual_seed(s.seed)
         state: IterationState | None = None
@@ -229,9 +230,18 @@ class GlobalTyr(Pruner):
                     fingerprint=fp,
                 )
                 save_state(state)
+            # The saved state holds this iteration's centers: earlier supernets are never read again.
+            distributed.barrier()
+            if distributed.is_local_main():
+                for old in root.glob("iter*"):
+                    if old.name != f"iter{it}":
+                        shutil.rmtree(old, ignore_errors=True)
             spec = SupernetSpec(centers=state.centers, steps={k: types[k].step(delta) for k in KEYS}, delta=delta)
-            supernet = Supernet(work / "supernet" / f"iter{it}", spec, types, n_layers, fingerprint=fp)
+            supernet = Supernet(root / f"iter{it}", spec, types, n_layers, fingerprint=fp, dtype=dtype)
             if distributed.any_rank(not supernet.complete()):  # every rank builds (collectives) or none
+                if it > 0:  # its centers are known now: its exact size
+                    need = supernet.disk_bytes() if distributed.is_local_main() else 0
+                    refuse_if_short(need, root, "(free some space, then rerun with --resume)")
                 evaluator.restore_dense()
                 t1 = time.perf_counter()
                 task = ctx.progress.task(f"supernet {it + 1}/{o.iterations} Δ={delta:.4g}", total=n_layers)
@@ -262,8 +272,6 @@ class GlobalTyr(Pruner):
             )
             kept = space.kept_map(state.parent)
             centers = {key: [kept[(i, key)] for i in range(n_layers)] for key in KEYS}
-            if it > 0:
-                shutil.rmtree(work / "supernet" / f"iter{it - 1}", ignore_errors=True)
             it += 1
 
         assert supernet is not None and state is not None
@@ -279,8 +287,8 @@ class GlobalTyr(Pruner):
         s = ctx.settings
         plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
         for i in range(geom.num_layers):
-            w_o, units_o = supernet.load(i, "o", kept[(i, "o")])
-            w_d, units_d = supernet.load(i, "down", kept[(i, "down")])
+            w_o, units_o = supernet.load_dense(i, "o", kept[(i, "o")])
+            w_d, units_d = supernet.load_dense(i, "down", kept[(i, "down")])
             heads, kv_heads = units_to_heads(units_o, geom, s.attn_unit)
             plan.layers[i] = LayerPlan(index=i, heads=heads, kv_heads=kv_heads, channels=sorted(units_d))
             if heads:
@@ -335,6 +343,52 @@ class GlobalTyr(Pruner):
             "kept_fraction_mlp": mlp,
         }
         return report, files
+
+
+def start_widths(settings: Any, options: TyrOptions, geom: Geometry) -> tuple[dict[str, ModuleType], int, int]:
+    """The module types (on the search space's grid) and the uniform widths the search starts from."""
+    align = Alignment.of(settings) if options.search_space == "full" else Alignment.of(settings).for_deci()
+    k_attn, k_mlp = uniform_widths(geom, settings.sparsity, settings.attn_unit, align)
+    return module_types(geom, settings.attn_unit, align), k_attn, k_mlp
+
+
+def disk_need(
+    options: TyrOptions,
+    types: dict[str, ModuleType],
+    k_attn: int,
+    k_mlp: int,
+    dtype: torch.dtype,
+    search_tokens: int,
+    vocab: int,
+) -> tuple[int, int]:
+    """Bytes on disk at the peak: (the largest supernet, the dense top-k cache of the search's
+    ``search_tokens``: int32 index + float32 log-probability per kept logit). Used by the
+    pre-check and by ``llmprune.estimate``."""
+    n_layers = types["o"].geom.num_layers
+    first = SupernetSpec(
+        centers={"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers},
+        steps={k: types[k].step(options.delta) for k in KEYS},
+        delta=options.delta,
+    )
+    cache = search_tokens * min(options.topk_logits, vocab) * 8
+    return supernet_disk_need(types, first, n_layers, options.iterations, dtype), cache
+
+
+def refuse_if_short(need: int, folder: Path, hint: str, cleanup: Path | None = None) -> None:
+    """Stop every rank when any rank's ``folder`` has less free disk than its ``need`` (bytes);
+    the short rank names its numbers (and removes ``cleanup``, a fresh run's work folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if not distributed.any_rank(need > free):
+        return
+    if need > free:
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        raise OutputExistsError(
+            f"not enough disk space for the Týr supernet: need {need / 1e9:.2f} GB, free {free / 1e9:.2f} GB "
+            f"in {folder} {hint}"
+        )
+    raise OutputExistsError(f"not enough disk space for the Týr supernet on another rank's disk {hint}")
 
 
 def plot_kept_fraction(

@@ -223,9 +223,12 @@ class Evaluator:
             tag = (id(supernet), k)
             if self.loaded.get((i, key)) == tag:
                 continue
-            weight, _ = supernet.load(i, key, k)
+            compact, units = supernet.load(i, key, k)
             target = self.adapter.linear(self.layers[i], key).weight
-            target.copy_(weight.to(dtype=target.dtype, device=target.device))
+            target.zero_()  # the removed columns (not stored)
+            if units:
+                columns = supernet.columns(key, units).to(target.device)
+                target[:, columns] = compact.to(dtype=target.dtype, device=target.device)
             self.loaded[(i, key)] = tag
 
     @torch.no_grad()
