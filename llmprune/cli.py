@@ -240,7 +240,7 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
             Optional[float],
             typer.Option(
                 None,
-                help="GiB of device memory to plan for, instead of querying the GPU's free memory.",
+                help="GiB of device memory to plan for (the pre-flight check and --layers-per-stage auto), instead of querying the GPU's free memory.",
                 show_default=False,
             ),
         ),
@@ -418,7 +418,9 @@ def _prune_command(strategy: str) -> Callable[..., None]:
         values["recover"] = _recovery_options(kwargs, "recover_") if values["recover"] else None
         given = {k: v for k, v in kwargs.items() if k not in common_names | recovery_names and k in origin}
         method_options = _method_options(strategy, values["method"], given, origin)
-        settings = validated(PruneSettings, strategy=strategy, method_options=method_options, **values)
+        settings = validated(
+            PruneSettings, strategy=strategy, method_options=method_options, gpu_memory=gpu_memory, **values
+        )
         if planning["estimate"] or planning["json_path"] is not None:
             estimate_only(settings, planning["json_path"])
             return

@@ -83,6 +83,8 @@ class PruneSettings(RunSettings):
     align_heads: int = 1
     export_format: Literal["hf", "deci"] = "hf"
     grad_checkpoint: Literal["auto", "on", "off"] = "auto"
+    #: ``--gpu-memory`` GiB: the device budget of the pre-flight check and ``--layers-per-stage auto``.
+    gpu_memory: float | None = None
     method_options: dict[str, Any] = Field(default_factory=dict)
     #: The recovery stage's options (``--recover``; llmprune.recovery.RecoveryOptions), None without it.
     recover: dict[str, Any] | None = None
@@ -160,11 +162,14 @@ def check_recipe_types(recipe: dict[str, Any], annotations: dict[str, Any], path
     command line (a value overridden by a flag is still checked: the recipe file is wrong)."""
     from pydantic import TypeAdapter, ValidationError
 
+    # YAML reads `checkpoint_every: 20` or `layers_per_stage: 4` as a number; on the command line
+    # these text options are the same characters, so a number is accepted as its text.
+    as_text = ConfigDict(coerce_numbers_to_str=True)
     for key, value in recipe.items():
         if key not in annotations:
             continue
         try:
-            TypeAdapter(annotations[key]).validate_python(value)
+            TypeAdapter(annotations[key], config=as_text).validate_python(value)
         except ValidationError as err:
             msg = str(err.errors()[0].get("msg", "")).removeprefix("Value error, ")
             raise UsageError(f"--config {path}: {key}: {msg} (got {value!r})") from err

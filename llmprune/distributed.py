@@ -18,9 +18,10 @@ What is distributed (see docs/distributed.md):
   ``DistributedDataParallel`` module; each rank takes its shard of every step's batch.
 
 Only rank 0 writes (output folder, checkpoints, traces, plots); ``on_main`` runs a function on
-rank 0 and hands its result (or its error) to every rank. Files the ranks of one node share
-(Týr's supernet) are written by local rank 0 into its folder (``node_shared_path``); the others
-wait at a barrier and read them memory-mapped.
+rank 0 and hands its result (or its error) to every rank; ``main_decides`` hands rank 0's yes/no
+to every rank (a time-based checkpoint, so that all ranks checkpoint at the same step). Files the
+ranks of one node share (Týr's supernet) are written by local rank 0 into its folder
+(``node_shared_path``); the others wait at a barrier and read them memory-mapped.
 """
 
 from __future__ import annotations
@@ -185,6 +186,16 @@ def any_rank(flag: bool) -> bool:
     if not is_enabled():
         return bool(flag)
     return all_reduce_floats([1.0 if flag else 0.0])[0] > 0
+
+
+def main_decides(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (e.g. "a checkpoint is due" by rank 0's clock), so that all
+    ranks take the same branch; ``flag`` itself without a group. Every rank must call it."""
+    if not is_enabled():
+        return bool(flag)
+    box = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_comm_device())
+    _dist().broadcast(box, src=0)
+    return bool(box.item())
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

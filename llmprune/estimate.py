@@ -25,6 +25,8 @@ The memory model, per method (bytes; every symbol from the config and the settin
   (value, gradient, two Adam moments); ProxSparse's stage of ``n_s`` layers holds its targeted
   weights ``n_s · P_lin`` × ``(4 master + 4 gradient + 8 Adam + 4 anchor·[λ₂>0])`` plus, below
   float32, a gradient in the run dtype (``+ b``); the master *is* the weight in float32.
+  ``--layers-per-stage auto`` takes the largest ``n_s`` whose device peak below fits the budget
+  (``--gpu-memory``, else the device's free memory; on CPU the available host RAM).
 
 Device peak of a learned method: ``P·b + A + loss head + learned state + O`` (``O`` =
 :data:`OVERHEAD_GIB`: CUDA context and allocator slack; 0 on CPU, where everything is host memory).
@@ -35,9 +37,13 @@ inputs and outputs, or on disk with ``--offload-dir``); on CPU the two are the s
 whole-model forwards (``P·b`` + one batch of activations without gradient).
 Host peak: the model in its checkpoint dtype while it loads, the calibration activations of a
 layer-wise pass, the teacher's top-k logits ``N·L·k·12`` and one checkpoint's serialised state.
-Checkpoint writes over a run: (⌊(steps − 1) / ``--checkpoint-every``⌋ + 1) checkpoints of the learned
-state per stage (ProxSparse: ``n_s · P_lin · 12``, masters and moments; minimax: LoRA × 16).
-Disk: the output (``P_out · s``), the checkpoint (learned state), the teacher cache and Týr's
+Checkpoint writes over a run: per stage ⌊(steps − 1) / N⌋ lean checkpoints with ``--checkpoint-every N``
+(steps), or ⌊stage time / D⌋ (at most steps − 1) with a duration D (the default ``10m``; the
+stage time at the slow end of the time range, so a bound), each the stage's trainable state and
+its two Adam moments (ProxSparse: ``n_s · P_lin · 12``; minimax: LoRA × 12); ProxSparse adds its
+masks once, one file per finished stage (``n_l · P_lin`` bytes in all); a stage-boundary
+checkpoint holds only the trace and RNG state.
+Disk: the output (``P_out · s``), the checkpoint (learned state, ProxSparse's masks), the teacher cache and Týr's
 work folder (:func:`llmprune.pruners.tyr.pruner.disk_need`, the pre-check's own numbers): the
 dense top-k cache ``N·L·k·8`` and the largest supernet, one on disk at a time,
 ``b · H · Σ_layers Σ_distinct levels ℓ · c`` (``ℓ`` kept units of a level ``center + kΔ``,
@@ -56,6 +62,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from llmprune.cadence import DEFAULT_EVERY, parse_every
 from llmprune.errors import WontFitError
 
 GIB = 2**30
@@ -194,6 +201,7 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
     P, H = shape.params, shape.hidden
     overhead = OVERHEAD_GIB * GIB if dev == "cuda" else 0.0
     terms: dict[str, float] = {}
+    shown_extra: dict[str, Any] = {}  # resolved settings (--layers-per-stage auto)
     writes = 0.0  # checkpoint bytes written over the whole run
     host = 0.0
     disk = 0.0
@@ -207,6 +215,9 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
         terms["activations"] = saved_activation_bytes(shape, tokens, b, recompute)
         terms["loss head"] = loss_head_bytes(shape, tokens, b, kl=method == "minimax" and o.get("distill", True))
         steps = int(o.get("steps", 1000))
+        step_flops = 6 * P * tokens * (4 / 3 if recompute else 1)
+        stage_hours = steps * step_flops / THROUGHPUT[dev][0] / 3600 / ranks  # the slow end of the range
+        every = str(o.get("checkpoint_every", DEFAULT_EVERY))
         if method == "minimax":
             rank = int(o.get("lora_rank", 0))
             qd, kvd = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
@@ -216,20 +227,22 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
             k = int(o.get("teacher_topk", 64))
             teacher = calib_tokens * (k * 12 + 4) if o.get("distill", True) else 0
             host += teacher
-            disk += teacher + lora * 16
-            writes = ((steps - 1) // int(o.get("checkpoint_every", 20)) + 1) * lora * 16
+            disk += teacher + lora * 12
+            writes = checkpoints_per_stage(every, steps, stage_hours) * lora * 12  # LoRA + two Adam moments
         else:
-            per_stage = int(o.get("layers_per_stage", 0)) or shape.layers
+            per_stage = stage_layers(settings, config, ranks)
+            shown_extra["layers_per_stage"] = per_stage
             per_param = 4 + 8 + (4 if float(o.get("lambda2", 0.0)) > 0 else 0) + (4 + b if b < 4 else 4)
             state = per_stage * shape.layer_linear * per_param
             terms["learned state"] = state
-            host += per_stage * shape.layer_linear * 12  # one checkpoint being serialised
-            disk += per_stage * shape.layer_linear * 12
+            per_ckpt = per_stage * shape.layer_linear * 12  # the stage's fp32 masters + two Adam moments
+            masks = shape.layers * shape.layer_linear  # finished stages' masks, one byte a weight, once
+            host += per_ckpt  # one checkpoint being serialised
+            disk += per_ckpt + masks
             n_stages = math.ceil(shape.layers / per_stage)
-            per_ckpt = per_stage * shape.layer_linear * 12  # fp32 masters + two Adam moments
-            writes = n_stages * ((steps - 1) // int(o.get("checkpoint_every", 10)) + 1) * per_ckpt
+            writes = n_stages * checkpoints_per_stage(every, steps, stage_hours) * per_ckpt + masks
             steps *= n_stages
-        flops = steps * 6 * P * tokens * (4 / 3 if recompute else 1)
+        flops = steps * step_flops
         if method == "minimax":
             flops += 2 * P * calib_tokens  # the teacher pass
     else:
@@ -273,6 +286,7 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
         "batch_size": batch,
         "ranks": ranks,
         **o,
+        **shown_extra,
     }
     return Estimate(
         method=f"{strategy} {method}",
@@ -284,6 +298,67 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
         terms={k: v / GIB for k, v in terms.items()} | ({"overhead": OVERHEAD_GIB} if overhead else {}),
         checkpoint_writes_gib=writes / GIB,
     )
+
+
+def checkpoints_per_stage(every: str, steps: int, stage_hours: float) -> int:
+    """Checkpoints written inside one stage of ``steps`` steps: ``⌊(steps − 1) / N⌋`` every N
+    steps; every duration D, ``⌊stage time / D⌋`` with the stage time at the slow end of the
+    predicted range (so an upper bound), at most ``steps − 1`` (none after the last step)."""
+    cadence = parse_every(every)
+    if cadence.steps is not None:
+        return (steps - 1) // cadence.steps
+    assert cadence.seconds is not None
+    return min(steps - 1, int(stage_hours * 3600 // cadence.seconds))
+
+
+# ----- --layers-per-stage auto --------------------------------------------------------------------
+def stage_layers(settings: Any, config: Any, ranks: int = 1, budget: int | None = None) -> int:
+    """ProxSparse's layers per stage: the given number (0: all layers), or for ``auto`` the largest
+    number whose predicted peak device memory fits ``budget`` bytes (default :func:`memory_budget`;
+    all layers when there is no budget to plan for, one when not even one layer fits)."""
+    n_layers = shape_of_config(config).layers
+    value = str(dict(settings.method_options).get("layers_per_stage", "auto"))
+    if value != "auto":
+        return int(value) or n_layers
+    budget = memory_budget(settings) if budget is None else budget
+    if budget is None:
+        return n_layers
+    for k in range(n_layers, 0, -1):  # the peak grows with k: the first that fits is the largest
+        fixed = settings.model_copy(update={"method_options": {**settings.method_options, "layers_per_stage": str(k)}})
+        if estimate(fixed, config, ranks).peak_device_gib * GIB <= budget:
+            return k
+    return 1
+
+
+def memory_budget(settings: Any, in_use: int = 0) -> int | None:
+    """Bytes the predicted peak must fit: ``--gpu-memory`` if given, else the free memory of the
+    CUDA device (None when this machine has none, e.g. ``--estimate --device cuda`` on a laptop),
+    else (CPU) the available host RAM. ``in_use``: bytes of what the estimate counts that is
+    already loaded (the model's weights, during a run), added back to the free memory."""
+    if device_type(settings.device) == "cuda":
+        gib = getattr(settings, "gpu_memory", None)
+        if gib is not None:
+            return int(gib * GIB)
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return free_device_bytes(settings.device) + in_use
+    return available_host_bytes() + in_use
+
+
+def available_host_bytes() -> int:
+    """Host RAM a new allocation can get (``MemAvailable``; total RAM where /proc is absent)."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def tyr_disk_terms(settings: Any, shape: Shape, b: int, nsamples: int, seqlen: int) -> tuple[int, int]:
@@ -386,6 +461,8 @@ def print_estimate(est: Estimate) -> None:
     table.add_row("peak device memory", f"{est.peak_device_gib:.2f} GiB ({est.settings['device']})")
     for name, gib in est.terms.items():
         table.add_row(f"  {name}", f"{gib:.2f} GiB")
+    if "layers_per_stage" in est.settings:  # ProxSparse (auto resolved against the budget)
+        table.add_row("layers per stage", str(est.settings["layers_per_stage"]))
     table.add_row("peak host memory", f"{est.peak_host_gib:.2f} GiB")
     table.add_row("disk", f"{est.disk_gib:.2f} GiB")
     lo, hi = est.time_h

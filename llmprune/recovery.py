@@ -34,6 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from llmprune.arch import LINEAR_KEYS, ArchAdapter
+from llmprune.cadence import DEFAULT_EVERY, CheckpointEvery
+from llmprune.cadence import HELP as CHECKPOINT_HELP
 from llmprune.distill import TeacherTopK, lm_loss, precompute_teacher, topk_kl
 from llmprune.errors import NumericalError
 from llmprune.lora import LoRALinear, load_lora_state, lora_parameters, lora_state
@@ -74,7 +76,7 @@ class RecoveryOptions(BaseModel):
     lm_weight: float = Field(0.5, ge=0, description="weight of the next-token (LM) loss.")
     teacher_topk: int = Field(64, ge=1, description="teacher logits kept per position (top-k) for the KL.")
     temperature: float = Field(1.0, gt=0, description="distillation temperature.")
-    checkpoint_every: int = Field(20, ge=1, description="save a checkpoint for --resume every N steps.")
+    checkpoint_every: CheckpointEvery = Field(DEFAULT_EVERY, description=CHECKPOINT_HELP)
 
     @field_validator("lora_targets")
     @classmethod

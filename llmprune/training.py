@@ -5,8 +5,11 @@ owns everything around it, identically for every method:
 
 * the settings fingerprint of the run, carried by every checkpoint and cached artefact in the
   work folder (``--resume`` refuses any of them made with other settings);
-* rank 0's checkpoint, written atomically every ``checkpoint_every`` steps and at stage
-  boundaries, read back on every rank;
+* rank 0's checkpoint, written atomically in place every ``--checkpoint-every`` steps or minutes
+  (:mod:`llmprune.cadence`) and at stage boundaries, read back on every rank. It is lean: only what
+  cannot be recomputed (the current stage's trainable state and optimiser moments, RNG, stage and
+  step, the trace). What a finished stage produced (``LearnedMethod.stage_result``, e.g.
+  ProxSparse's masks) is written once, to its own file, when the stage ends;
 * stages as an outer index (``--layers-per-stage``) and steps within a stage;
 * the seeded batch of every step (a pure function of the global step and the seed, so a resumed
   run replays the batches an uninterrupted one sees) and each rank's shard of it;
@@ -37,6 +40,7 @@ from torch import nn
 
 from llmprune import distributed
 from llmprune.atomic import save_torch
+from llmprune.cadence import Cadence, parse_every
 from llmprune.errors import NumericalError, ResumeError
 from llmprune.trace import batch_rows
 
@@ -53,6 +57,8 @@ RUN_CONTROL = frozenset(
         "method_options",
         "recover",
         "grad_checkpoint",  # recomputes the same arithmetic: gradients are unchanged
+        "checkpoint_every",  # when to save, not what is computed: resume may use another cadence
+        "gpu_memory",  # the budget --layers-per-stage auto plans for; the checkpoint keeps its choice
     }
 )
 
@@ -66,7 +72,7 @@ def fingerprint(settings: BaseModel, calib: torch.Tensor | None, options: BaseMo
     """
     fp = {k: v for k, v in settings.model_dump(mode="json").items() if k not in RUN_CONTROL}
     if options is not None:
-        fp.update(options.model_dump(mode="json"))
+        fp.update({k: v for k, v in options.model_dump(mode="json").items() if k not in RUN_CONTROL})
     if calib is not None:
         tokens = calib.detach().cpu().contiguous()
         fp["calib_tokens"] = f"{tuple(tokens.shape)}:{hashlib.sha256(tokens.numpy().tobytes()).hexdigest()}"
@@ -250,13 +256,21 @@ class LearnedMethod(ABC):
     def end_stage(self, stage: int) -> None:
         """Finish a stage (e.g. fix its masks)."""
 
+    def stage_result(self, stage: int) -> Any:
+        """After ``end_stage``: what the finished stage produced that later stages and ``finish``
+        need (ProxSparse: its masks), saved once to its own file instead of in every later
+        checkpoint; handed back on resume by :meth:`Training.stage_results`. None: nothing."""
+        return None
+
     def close(self) -> None:
         """Detach whatever the method attached to the model (hooks, adapters); called after
         ``finish`` and after an error, so it must be idempotent."""
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs besides what the loop keeps (stage, step, trace, RNG)."""
+        """What a resumed run needs besides what the loop keeps (stage, step, trace, RNG) and the
+        finished stages' results: the current stage's trainable state and optimiser moments, and
+        nothing that can be recomputed or that an earlier stage already stored."""
 
     def progress_info(self, record: dict[str, Any]) -> dict[str, Any]:
         """Fields shown beside the progress bar."""
@@ -270,8 +284,9 @@ class LearnedMethod(ABC):
 class Training:
     """One learned method's run in the work folder: fingerprint, resume, cached artefacts, loop."""
 
-    def __init__(self, ctx: Any, name: str, options: BaseModel, checkpoint_every: int) -> None:
-        self.ctx, self.name, self.checkpoint_every = ctx, name, checkpoint_every
+    def __init__(self, ctx: Any, name: str, options: BaseModel, checkpoint_every: int | str) -> None:
+        self.ctx, self.name = ctx, name
+        self.every = parse_every(checkpoint_every)
         self.fingerprint = fingerprint(ctx.settings, ctx.calib, options)
         self.checkpoint_path = Path(ctx.work_dir) / f"{name}_state.pt"
         self.resume = bool(ctx.settings.resume)
@@ -292,6 +307,23 @@ class Training:
             payload = build()
             save_artefact(path, payload, self.fingerprint)
         return payload
+
+    def stage_path(self, stage: int) -> Path:
+        """The file of a finished stage's result (1-based in the name, like the progress bar)."""
+        return Path(self.ctx.work_dir) / f"{self.name}_stage{stage + 1}.pt"
+
+    def stage_results(self) -> list[Any]:
+        """The results of the stages the checkpoint has finished, in order (empty without one)."""
+        ckpt = self.checkpoint
+        if ckpt is None:
+            return []
+        results = []
+        for stage in range(ckpt.stage):
+            path = self.stage_path(stage)
+            if not distributed.on_main(path.is_file):
+                raise ResumeError(f"--resume: {path.name} of a finished stage is missing; rerun without --resume")
+            results.append(load_artefact(path, self.fingerprint, resume=True))
+        return results
 
     def _save(self, stage: int, step: int, trace: list[dict[str, Any]], method: LearnedMethod) -> None:
         if distributed.is_main():
@@ -315,6 +347,7 @@ class Training:
             ctx.progress.log(f"{self.name}: resuming at stage {start_stage + 1}/{n_stages}, step {start_step} of {T}")
         layers = ctx.adapter.layers(model)
         recompute = use_layer_checkpointing(ctx.settings, model, layers, bs, calib.shape[1])
+        cadence = Cadence(self.every)
         with frozen_parameters(model), layer_checkpointing(layers, recompute), contextlib.closing(method):
             for stage in range(start_stage, n_stages):
                 # A checkpoint inside this stage resumes it; one at its boundary starts it afresh.
@@ -323,6 +356,7 @@ class Training:
                 start = start_step if inside else 0
                 if inside and ckpt is not None and ckpt.rng is not None:
                     torch.set_rng_state(ckpt.rng)
+                cadence.restart()
                 forward = distributed.data_parallel(
                     list(trainable),
                     lambda t: model(t, use_cache=False).logits,
@@ -349,11 +383,15 @@ class Training:
                     trace.append(record)
                     task.advance()
                     task.info(**method.progress_info(record))
-                    if (step + 1) % self.checkpoint_every == 0 and step + 1 < T:
+                    if step + 1 < T and cadence.due(step + 1):  # same steps on every rank
                         self._save(stage, step + 1, trace, method)
+                        cadence.restart()
                     notify(Event(self.name, "step", stage * T + step + 1))
                 del forward  # releases DDP's hooks and buckets
                 method.end_stage(stage)
+                result = method.stage_result(stage)
+                if result is not None and stage + 1 < n_stages:  # before the checkpoint that counts it
+                    save_artefact(self.stage_path(stage), result, self.fingerprint)
                 if stage + 1 < n_stages:
                     self._save(stage + 1, 0, trace, method)
             return method.finish(trace)

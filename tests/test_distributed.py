@@ -173,6 +173,39 @@ def runs(tmp_path_factory) -> dict:
     return {"dist": [torch.load(root / f"results{r}.pt", weights_only=False) for r in range(WORLD)], "single": single}
 
 
+def _decide_worker(rank: int, port: int, root: str) -> None:
+    """Rank 0's yes/no, and a time-based checkpoint whose clocks disagree between the ranks."""
+    from llmprune.cadence import Cadence, Every
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
+    os.environ.update(GLOO_SOCKET_IFNAME="lo", LLMPRUNE_DIST_TIMEOUT="120")
+    assert distributed.init("cpu")
+    try:
+        flags = [distributed.main_decides(rank == 0), distributed.main_decides(rank == 1)]
+        clock = iter([0.0, 0.0 if rank == 0 else 1000.0, 0.0, 1000.0 if rank == 0 else 0.0])
+        timer = Cadence(Every(seconds=60.0), clock=lambda: next(clock))  # start, then one reading a step
+        due = [timer.due(1)]
+        timer.restart()
+        due.append(timer.due(2))
+        torch.save({"flags": flags, "due": due}, Path(root) / f"decide{rank}.pt")
+    finally:
+        distributed.cleanup()
+
+
+def test_rank0_decides_for_every_rank(tmp_path):
+    """``main_decides`` hands rank 0's answer to every rank, so a checkpoint due by rank 0's clock
+    (and only by it) is written at the same step on both ranks; without a group, the flag itself."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_decide_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    for r in range(WORLD):
+        got = torch.load(tmp_path / f"decide{r}.pt")
+        assert got == {"flags": [True, False], "due": [False, True]}, (r, got)
+    assert distributed.main_decides(True) is True and distributed.main_decides(False) is False
+
+
 # ----- tests --------------------------------------------------------------------------------------
 def test_without_torchrun_there_is_no_process_group(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)

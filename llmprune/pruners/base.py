@@ -183,7 +183,7 @@ def _first_error(err: Exception) -> str:
     if callable(errors):
         first = errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ()))
-        return f"{loc}: {first.get('msg')}"
+        return f"{loc}: {str(first.get('msg', '')).removeprefix('Value error, ')}"
     return str(err)
 
 

@@ -42,6 +42,8 @@ from torch import nn
 
 from llmprune.alignment import Alignment
 from llmprune.arch import Geometry
+from llmprune.cadence import DEFAULT_EVERY, CheckpointEvery
+from llmprune.cadence import HELP as CHECKPOINT_HELP
 from llmprune.distill import TeacherTopK
 from llmprune.errors import UsageError
 from llmprune.masks import attn_grid_step, attn_params_kept, uniform_widths
@@ -132,7 +134,7 @@ class MinimaxOptions(BaseModel):
         description="width of the straight-through surrogate for the "
         "widths (fraction of the dense width, at least one unit).",
     )
-    checkpoint_every: int = Field(20, ge=1, description="save a checkpoint for --resume every N steps.")
+    checkpoint_every: CheckpointEvery = Field(DEFAULT_EVERY, description=CHECKPOINT_HELP)
 
 
 @dataclass

@@ -32,10 +32,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from llmprune import distributed
 from llmprune.arch import LINEAR_KEYS
+from llmprune.cadence import DEFAULT_EVERY, CheckpointEvery
+from llmprune.cadence import HELP as CHECKPOINT_HELP
 from llmprune.distill import lm_loss
 from llmprune.errors import NumericalError, UsageError
 from llmprune.masks import nm_eligible, nm_mask
@@ -48,6 +51,7 @@ from llmprune.trace import pyplot, save_figure
 from llmprune.training import Batch, LearnedMethod, Losses, LRSchedule, Training, is_main
 
 TRACE_JSON = "proxsparse_trace.json"
+CALIBRATION = "proxsparse_calibration.pt"  # activation scales and init masks, computed once
 TRACE_PNG = "proxsparse_trace.png"
 ANCHOR_EPS = 1e-2  # ε of the λ₂ anchor, relative to rms(W₀)
 
@@ -89,12 +93,12 @@ class ProxSparseOptions(BaseModel):
         "2e-3 for a few dozen steps on small models, 1e-4 for long runs on 7B+.",
     )
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the steps spent warming the learning rate up.")
-    layers_per_stage: int = Field(
-        0,
-        ge=0,
+    layers_per_stage: str = Field(
+        "auto",
         description="train the masks of this many decoder layers at a time "
         "(others frozen; AdamW memory is 4x the stage instead of 4x the model); "
-        "0 = all layers at once.",
+        "0 = all layers at once; auto = the most layers whose predicted peak memory fits the budget "
+        "(--gpu-memory, else the GPU's free memory; host RAM on CPU), logged and reported.",
     )
     init_mask: Literal["none", "wanda", "sparsegpt"] = Field(
         "none",
@@ -114,7 +118,15 @@ class ProxSparseOptions(BaseModel):
         "weights layer by layer by OBS as SparseGPT does (costs one Hessian pass).",
     )
     prox_sweeps: int = Field(100, ge=1, description="maximum coordinate-descent sweeps of the proximal operator.")
-    checkpoint_every: int = Field(10, ge=1, description="save a checkpoint for --resume every N steps.")
+    checkpoint_every: CheckpointEvery = Field(DEFAULT_EVERY, description=CHECKPOINT_HELP)
+
+    @field_validator("layers_per_stage", mode="before")
+    @classmethod
+    def _layers_per_stage(cls, v: Any) -> str:
+        text = str(v).strip().lower()
+        if text != "auto" and not (text.isdigit() and not isinstance(v, (bool, float))):
+            raise ValueError(f"expected auto or a whole number of layers (0 = all at once), got {v!r}")
+        return text if text == "auto" else str(int(text))
 
 
 @register
@@ -126,6 +138,8 @@ class ProxSparsePruner(Pruner):
     resumable = True
     Options = ProxSparseOptions
     options: ProxSparseOptions
+    #: What ``--layers-per-stage auto`` chose (for the report); None otherwise.
+    auto_staging: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------------
     def prune(self, ctx: PruneContext) -> PruneResult:
@@ -146,16 +160,53 @@ class ProxSparsePruner(Pruner):
                     skipped.append(name)
         # Original weights, memory-mapped from the input checkpoint (float32 one at a time on access).
         w0 = OriginalWeights(ctx.settings.model, targets)
+        n_layers = len(ctx.adapter.layers(ctx.model))
+        # A resumed run keeps the staging it started with (auto may pick another with other free memory).
+        per_stage = checkpoint.method["layers_per_stage"] if checkpoint else self._layers_per_stage(ctx, n_layers)
         t0 = time.perf_counter()
-        if checkpoint is not None:
-            scales, init = checkpoint.method["scales"], checkpoint.method["init_masks"]
-        else:
-            scales, init = self._calibration_pass(ctx, targets, w0)
-        method = ProxSparseTraining(
-            self, ctx, targets, layer_of, w0, scales, init, skipped, checkpoint.method["masks"] if checkpoint else {}
-        )
+        scales, init = None, None
+        if o.metric == "wanda" or o.init_mask != "none":  # computed once, reused by --resume
+            scales, init = training.cached(CALIBRATION, lambda: self._calibration_pass(ctx, targets, w0))
+        masks: dict[str, torch.Tensor] = {}
+        for finished in training.stage_results():  # the stages the checkpoint has finished
+            masks.update(finished)
+        method = ProxSparseTraining(self, ctx, targets, layer_of, w0, scales, init, skipped, masks, per_stage)
         method.timings["time_init_s"] = time.perf_counter() - t0
         return training.run(method)
+
+    def _layers_per_stage(self, ctx: PruneContext, n_layers: int) -> int:
+        """``--layers-per-stage``, with ``auto`` resolved by the memory model (llmprune.estimate)
+        against the budget on rank 0, so every rank stages alike; logged when it stages at all."""
+        value = self.options.layers_per_stage
+        if value != "auto":
+            return int(value) or n_layers
+        from llmprune.estimate import GIB, estimate, memory_budget, stage_layers
+
+        def choose() -> tuple[int, int | None]:
+            # the estimate counts the model's weights, which are already loaded: add them back
+            loaded = sum(
+                p.numel() * p.element_size() for p in ctx.model.parameters() if p.device.type == ctx.device.type
+            )
+            budget = memory_budget(ctx.settings, in_use=loaded)
+            return stage_layers(ctx.settings, ctx.model.config, distributed.world_size(), budget), budget
+
+        k, budget = distributed.on_main(choose)
+        fixed = ctx.settings.model_copy(
+            update={"method_options": {**ctx.settings.method_options, "layers_per_stage": str(k)}}
+        )
+        peak = estimate(fixed, ctx.model.config, distributed.world_size()).peak_device_gib
+        room = f"{budget / GIB:.1f} GiB" if budget is not None else "an unknown budget"
+        if k < n_layers:  # staging changes the run: say so (all layers, the usual case, is in the report only)
+            ctx.progress.log(
+                f"proxsparse: --layers-per-stage auto: {k} of {n_layers} layers per stage "
+                f"(predicted peak {peak:.2f} GiB of {room})"
+            )
+        self.auto_staging = {
+            "layers_per_stage": k,
+            "predicted_peak_gib": peak,
+            "budget_gib": None if budget is None else budget / GIB,
+        }
+        return k
 
     def _calibration_pass(self, ctx: PruneContext, targets, w0):
         """Activation scales (``--metric wanda``) and/or the baseline's mask (``--init-mask``)."""
@@ -214,6 +265,7 @@ class ProxSparseTraining(LearnedMethod):
         init: dict[str, torch.Tensor] | None,
         skipped: list[str],
         masks: dict[str, torch.Tensor],
+        per_stage: int,
     ) -> None:
         o = pruner.options
         self.o, self.ctx, self.strategy, self.method = o, ctx, pruner.strategy, pruner.method
@@ -226,7 +278,8 @@ class ProxSparseTraining(LearnedMethod):
             skipped,
         )
         n_layers = len(ctx.adapter.layers(ctx.model))
-        self.per_stage = per_stage = o.layers_per_stage or n_layers
+        self.per_stage = per_stage
+        self.auto_staging = getattr(pruner, "auto_staging", None)
         self.stages = [list(range(i, min(i + per_stage, n_layers))) for i in range(0, n_layers, per_stage)]
         self.n_stages, self.steps_per_stage = len(self.stages), o.steps
         # Scale-free λ: R is cubic in the weights, so each matrix's λ₁ is divided by its rms (in the metric).
@@ -359,13 +412,18 @@ class ProxSparseTraining(LearnedMethod):
                 lin.weight.copy_((self.w0[n] * self.masks[n]).to(device=lin.weight.device, dtype=lin.weight.dtype))
         self.opt, self.masters = None, {}
 
+    def stage_result(self, stage: int) -> dict[str, torch.Tensor]:
+        """The finished stage's masks (stored once; the original weights times them are its weights)."""
+        return {n: self.masks[n] for n in self.names}
+
     def state_dict(self) -> dict[str, Any]:
+        """The current stage's fp32 masters and AdamW moments (empty at a stage boundary) and the
+        staging; finished stages' masks are in their stage files, scales and init masks in
+        ``proxsparse_calibration.pt``, the original weights in the input checkpoint."""
         return {
             "masters": {n: w.detach().float().cpu().clone() for n, w in self.masters.items()},
             "opt": self.opt.state_dict() if self.opt is not None else None,
-            "masks": {n: m.clone() for n, m in self.masks.items()},
-            "scales": self.scales,
-            "init_masks": self.init,
+            "layers_per_stage": self.per_stage,
         }
 
     def finish(self, trace: list[dict[str, Any]]) -> PruneResult:
@@ -390,6 +448,7 @@ class ProxSparseTraining(LearnedMethod):
             "proxsparse": {
                 "stages": self.n_stages,
                 "layers_per_stage": self.per_stage,
+                **({"layers_per_stage_auto": self.auto_staging} if self.auto_staging else {}),
                 "steps_per_stage": o.steps,
                 "final_share_24": trace[-1]["share24"] if trace else None,
                 "final_loss": trace[-1]["loss"] if trace else None,
