@@ -473,7 +473,7 @@ def test_method_options_reach_the_method_with_its_defaults(tmp_path, captured_se
     assert defaults == MinimaxOptions().model_dump()
     assert flags == {**defaults, "lora_rank": 4, "distill": False}
     assert recipe_run == {**defaults, "lora_rank": 2, "steps": 9}  # the flag overrides the recipe
-    assert wanda == {}  # nothing of minimax's rides along with another method
+    assert wanda == {"widths": ""}  # wanda's own option only: nothing of minimax's rides along
 
 
 def _fake_methods(monkeypatch, first: dict, second: dict):
@@ -569,8 +569,10 @@ def test_help_shows_every_method_option_with_its_description(strategy):
     assert {(m, o.name) for o in cli_options(strategy) for m in o.methods} == declared
     for opt in cli_options(strategy):
         assert opt.flag in text
-        for method, field in ((m, methods(strategy)[m].Options.model_fields[opt.name]) for m in opt.methods):
-            assert " ".join(f"{method}: {field.description}".split()) in text, (opt.name, method)
+        texts = {m: methods(strategy)[m].Options.model_fields[opt.name].description for m in opt.methods}
+        for method, description in texts.items():  # methods sharing a description are listed together
+            sharing = ", ".join(m for m in opt.methods if texts[m] == description)
+            assert " ".join(f"{sharing}: {description}".split()) in text, (opt.name, method)
 
 
 def test_an_option_the_method_does_not_declare_is_refused_by_the_pruner():
