@@ -123,6 +123,8 @@ def defaults_of(job: Job) -> dict[str, Any]:
         found["recover"] = {
             k: f.get_default(call_default_factory=True) for k, f in RecoveryOptions.model_fields.items()
         }
+    for options in found.values():  # when to checkpoint never changes a result (resume is bitwise)
+        options.pop("checkpoint_every", None)
     return json.loads(json.dumps(found, default=str))
 
 
