@@ -18,6 +18,17 @@ CALIB = _REFERENCE / "data" / "calib.txt"
 EVAL = _REFERENCE / "data" / "eval.txt"
 
 #: The geometry every tiny family shares (GQA: 4 query heads, 2 KV heads).
+#: Llama-3.1-8B's geometry (config only: for estimates and planning tests, never instantiated).
+LLAMA_8B: dict = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    num_hidden_layers=32,
+    vocab_size=128256,
+)
+
 _TINY_GEOMETRY: dict = dict(
     hidden_size=64,
     intermediate_size=96,

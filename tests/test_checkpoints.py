@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import REFMODEL, requires_refmodel, save_tiny_model
+from helpers import LLAMA_8B, REFMODEL, requires_refmodel, save_tiny_model
 from helpers import run_cli as run
 
 from llmprune import cadence, training
@@ -126,17 +126,7 @@ def _layer_linear(model: Path) -> int:
 def _llama8b_config_folder(folder: Path) -> Path:
     from transformers import LlamaConfig
 
-    LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        num_hidden_layers=32,
-        vocab_size=128256,
-        tie_word_embeddings=False,
-        dtype="bfloat16",
-    ).save_pretrained(folder)
+    LlamaConfig(**LLAMA_8B, tie_word_embeddings=False, dtype="bfloat16").save_pretrained(folder)
     return folder
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import CALIB, REFMODEL, TINY_CONFIGS, requires_refmodel, run_cli
+from helpers import CALIB, LLAMA_8B, REFMODEL, TINY_CONFIGS, requires_refmodel, run_cli
 
 from llmprune import estimate as estimate_module
 from llmprune.arch import FAMILIES
@@ -134,15 +134,7 @@ def test_tyr_supernet_at_llama_8b_widths_is_compact_and_follows_its_equation():
     from llmprune.config import PruneSettings
     from llmprune.masks import uniform_widths
 
-    config = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        num_hidden_layers=32,
-        vocab_size=128256,
-    )
+    config = LlamaConfig(**LLAMA_8B)
     settings = PruneSettings(
         strategy="global",
         method="tyr",
