@@ -57,13 +57,22 @@ def prune_args(
     return args
 
 
-def prune(strategy: str, method: str, output: Path, **kwargs: Any) -> dict[str, Any]:
-    """Run one pruning job as a separate ``llmprune`` process (so peak memory is its own);
-    returns the report it wrote."""
-    cmd = [sys.executable, "-m", "llmprune", *prune_args(strategy, method, output, **kwargs), "--overwrite"]
+def run_llmprune(argv: list[str]) -> float:
+    """Run ``llmprune argv --overwrite`` as its own process (so peak memory is its own); its wall
+    time in seconds. A failure raises with the command and the end of its stderr."""
+    import time
+
+    cmd = [sys.executable, "-m", "llmprune", *argv, "--overwrite"]
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def prune(strategy: str, method: str, output: Path, **kwargs: Any) -> dict[str, Any]:
+    """Run one pruning job as a separate ``llmprune`` process; returns the report it wrote."""
+    run_llmprune(prune_args(strategy, method, output, **kwargs))
     return json.loads((Path(output) / "llmprune_report.json").read_text())
 
 

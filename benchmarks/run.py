@@ -35,8 +35,6 @@ import hashlib
 import json
 import shlex
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +52,7 @@ from common import (
     evaluate,
     prune,
     prune_command,
+    run_llmprune,
     write_results,
 )
 
@@ -149,16 +148,6 @@ def recover_args(pruned: Path, out: Path, args: argparse.Namespace) -> list[str]
         "--seed",
         "0",
     ]
-
-
-def run_llmprune(argv: list[str]) -> float:
-    """Run ``llmprune argv`` as its own process; its wall time in seconds."""
-    cmd = [sys.executable, "-m", "llmprune", *argv, "--overwrite"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t0
 
 
 def run_job(job: Job, options: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
