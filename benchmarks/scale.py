@@ -151,10 +151,17 @@ def measure(method: str, layers: int) -> dict[str, Any]:
 
 
 def settings_for(
-    method: str, model: str, device: str, dtype: str, batch: int, nsamples: int, documented: dict | None = None
+    method: str,
+    model: str,
+    device: str,
+    dtype: str,
+    batch: int,
+    nsamples: int,
+    documented: dict | None = None,
+    gpu_memory: float | None = None,
 ):
     """Settings of ``method``: the measured run's flags, or (``documented``) its defaults with
-    the documented overrides."""
+    the documented overrides; ``gpu_memory`` is the budget ``--stream-weights auto`` plans for."""
     from llmprune.config import PruneSettings
     from llmprune.pruners.base import get_pruner_class, option_defaults
 
@@ -180,9 +187,13 @@ def settings_for(
         device=device,
         dtype=dtype,
         method_options=options,
+        gpu_memory=gpu_memory,
     )
 
 
+#: The device the targets are about (``--gpu-memory``): an 80 GB GPU; ``--stream-weights auto``
+#: streams the decoder layers from host memory exactly when a run would not fit it otherwise.
+GPU_GIB = 80.0
 #: The documented settings of the predicted 8B / 70B totals (method defaults otherwise).
 DOCUMENTED: dict[str, dict[str, Any]] = {
     "proxsparse": {"layers_per_stage": 1},  # --checkpoint-every: the default (10m)
@@ -227,7 +238,9 @@ def targets() -> dict[str, Any]:
         for label, widths, layers, ranks in (("8B", WIDTHS_8B, 32, 1), ("70B", WIDTHS_70B, 80, 8)):
             batch = DOCUMENTED_BATCH.get(method, 8)
             documented = DOCUMENTED.get(method, {})
-            s = settings_for(method, label, "cuda", "bfloat16", batch=batch, nsamples=128, documented=documented)
+            s = settings_for(
+                method, label, "cuda", "bfloat16", batch=batch, nsamples=128, documented=documented, gpu_memory=GPU_GIB
+            )
             config = config_of(widths, layers)
             est = estimate(s, config, ranks=ranks).to_json()
             if method == "tyr":  # the largest supernet alone (the disk column adds output and cache)
@@ -325,8 +338,13 @@ def report() -> None:
         + (" — met" if all(totals[m + " 8B"]["peak_device_gib"] <= 70 for m in RUNS) else " — NOT met"),
         "- 70B on 8 × 80 GB, per GPU ≤ 70 GiB: "
         + ", ".join(f"{m} {totals[m + ' 70B']['peak_device_gib']:.1f}" for m in RUNS)
-        + " — not met by the learned methods and Týr: every rank holds the whole model (DDP), "
-        "131 GiB of bf16 weights at 70B; sharding the weights (FSDP) or layer offload is still to do",
+        + (" — met" if all(totals[m + " 70B"]["peak_device_gib"] <= 70 for m in RUNS) else " — NOT met")
+        + f" (planned with `--gpu-memory {GPU_GIB:g}`: `--stream-weights auto` streams "
+        + (", ".join(m for m in RUNS if totals[m + " 70B"]["settings"].get("stream_weights")) or "nothing")
+        + " from host memory; the decoder layers wait in each rank's host memory, so a node needs "
+        + f"8 × {max(totals[m + ' 70B']['peak_host_gib'] for m in RUNS):.0f} GiB of RAM at the worst; "
+        "the streaming mechanism is tested on CPU (same outputs bit for bit, one layer of copies alive "
+        "with recomputation), never run on a GPU here)",
         f"- Týr supernet ≤ 40 GB at 8B: predicted {tyr_8b:.1f} GB (70B: {tyr_70b:.1f} GB per node) at "
         f"--sparsity {RUNS['tyr'][1][RUNS['tyr'][1].index('--sparsity') + 1]}, "
         "`S = b·H·Σ_layers Σ_levels ℓ·c` (variants store only the kept input columns, in the run dtype: "

@@ -203,6 +203,14 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
             ),
         ),
         (
+            "stream_weights",
+            str,
+            typer.Option(
+                "auto",
+                help="Learned methods and Týr's search: keep the decoder layers in host memory and copy each to the GPU only while it runs (fits 70B on 80 GB devices; costs host-to-device traffic). auto: on when the run would not fit the GPU otherwise; on; off.",
+            ),
+        ),
+        (
             "config",
             Optional[Path],
             typer.Option(
@@ -510,6 +518,7 @@ def _recover_command() -> Callable[..., None]:
                 "save_dtype",
                 "batch_size",
                 "max_shard_size",
+                "stream_weights",
                 "overwrite",
                 "resume",
             )

@@ -41,6 +41,8 @@ class RunSettings(BaseModel):
     resume: bool = False
     max_shard_size: str = "5GB"
     offload_dir: Path | None = None
+    #: ``--stream-weights``: decoder layers on the host, each copied to the device as it runs.
+    stream_weights: Literal["auto", "on", "off"] = "auto"
 
     @field_validator("nsamples", "batch_size")
     @classmethod

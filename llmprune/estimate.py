@@ -30,6 +30,12 @@ The memory model, per method (bytes; every symbol from the config and the settin
 
 Device peak of a learned method: ``P·b + A + loss head + learned state + O`` (``O`` =
 :data:`OVERHEAD_GIB`: CUDA context and allocator slack; 0 on CPU, where everything is host memory).
+With ``--stream-weights`` (auto: on a GPU when the device peak above exceeds the budget;
+:mod:`llmprune.streaming`) the learned methods and Týr's search keep the decoder layers on the host
+(``n_l · ℓ`` with ``ℓ = (P_lin + 2H) · b``, host memory of every rank) and hold two layers on the
+device: ``P·b`` becomes ``P·b − n_l·ℓ + 2ℓ`` (+ ProxSparse's resident stage ``n_s·ℓ``); the time
+range adds the host-to-device traffic (``n_l·ℓ`` a forward, twice a training step with
+recomputation) over :data:`TRANSFER`.
 Layer-wise methods (the one-shot baselines, Týr's supernet) keep the model on the host in its
 saved dtype (``P·s``) and one layer on the device: ``2 · layer in float32`` (the layer and its
 pruned copy) ``+ Hessians (SparseGPT, Týr: (2H² + (n_h·d)² + I²) · 4) + 2·N·L·H·4`` (a layer's
@@ -70,6 +76,8 @@ GIB = 2**30
 OVERHEAD_GIB = 2.0
 #: Sustained FLOP/s ranges (low, high) used for the time range.
 THROUGHPUT = {"cuda": (150e12, 400e12), "cpu": (2e10, 2e11)}
+#: Host-to-device bandwidth range (bytes/s) per rank for --stream-weights (PCIe 4/5 x16, shared).
+TRANSFER = (12e9, 25e9)
 #: Bytes per element of the dtypes --dtype accepts.
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -186,7 +194,12 @@ def device_type(device: str) -> str:
 
 
 def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
-    """The estimate for ``settings`` (a ``PruneSettings``) on the model of ``config``."""
+    """The estimate for ``settings`` (a ``PruneSettings``) on the model of ``config``; with
+    ``--stream-weights auto`` the weights are streamed exactly when the estimate without
+    streaming does not fit the device budget (as the run decides, :func:`streaming_needed`)."""
+    if getattr(settings, "stream_weights", "auto") == "auto" and hasattr(settings, "model_copy"):
+        mode = "on" if streaming_needed(settings, config, ranks) else "off"
+        settings = settings.model_copy(update={"stream_weights": mode})
     shape = shape_of_config(config)
     o = dict(settings.method_options)
     method, strategy = settings.method, settings.strategy
@@ -206,12 +219,25 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
     host = 0.0
     disk = 0.0
     flops = 0.0
+    transfers = 0.0  # host-to-device bytes of weight streaming over the run
     keep = 1.0 - settings.sparsity if strategy != "semi24" else 1.0
     out_params = P - shape.layers * shape.layer_linear * (1 - keep)
     disk += out_params * saved
+    stream = getattr(settings, "stream_weights", "off") == "on" and (
+        method in ("minimax", "proxsparse") or strategy == "global"
+    )
+    layer_bytes = (shape.layer_linear + 2 * H) * b
+    streamed_bytes = 0  # host-to-device traffic of one forward
+    if stream:  # the layers wait on the host (each rank's copy, run dtype); two at a time on the device
+        host += P * b if strategy != "global" else max(0, P * b - P * saved)  # Týr: counted below
+        streamed_bytes = shape.layers * layer_bytes
     if method in ("minimax", "proxsparse"):
         recompute = checkpointing_on(settings, shape, tokens, b, P)
         terms["weights"] = P * b
+        if stream:
+            del terms["weights"]
+            terms["weights outside the layers"] = P * b - shape.layers * layer_bytes
+            terms["streamed layers (two at a time)"] = 2 * layer_bytes
         terms["activations"] = saved_activation_bytes(shape, tokens, b, recompute)
         terms["loss head"] = loss_head_bytes(shape, tokens, b, kl=method == "minimax" and o.get("distill", True))
         steps = int(o.get("steps", 1000))
@@ -235,6 +261,8 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
             per_param = 4 + 8 + (4 if float(o.get("lambda2", 0.0)) > 0 else 0) + (4 + b if b < 4 else 4)
             state = per_stage * shape.layer_linear * per_param
             terms["learned state"] = state
+            if stream:  # the stage's layers stay on the device while they train
+                terms["resident stage layers"] = per_stage * layer_bytes
             per_ckpt = per_stage * shape.layer_linear * 12  # the stage's fp32 masters + two Adam moments
             masks = shape.layers * shape.layer_linear  # finished stages' masks, one byte a weight, once
             host += per_ckpt  # one checkpoint being serialised
@@ -243,8 +271,10 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
             writes = n_stages * checkpoints_per_stage(every, steps, stage_hours) * per_ckpt + masks
             steps *= n_stages
         flops = steps * step_flops
+        transfers = steps * streamed_bytes * (2 if recompute else 1)  # forward, and recomputation
         if method == "minimax":
             flops += 2 * P * calib_tokens  # the teacher pass
+            transfers += math.ceil(n / ranks / max(batch, 1)) * streamed_bytes
     else:
         layer_f32 = (shape.layer_linear + 2 * H) * 4
         qd = shape.heads * shape.head_dim
@@ -265,18 +295,31 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
                 "weights": P * b,
                 "search forward": batch * seqlen * (activation_bytes_per_token(shape, b) + 2 * shape.vocab * 4),
             }
+            # the search's dense o/down weights (to put variants back), next to the model's weights
+            dense_copies = shape.layers * (shape.heads * shape.head_dim + shape.intermediate) * H * b
+            if stream:
+                del terms["weights"]
+                terms["weights outside the layers"] = P * b - shape.layers * layer_bytes
+                terms["streamed layers (two at a time)"] = 2 * layer_bytes
+                host += dense_copies
+            else:
+                terms["dense o/down copies"] = dense_copies
             terms["one layer (float32)"] = layer_f32
             terms["hessians"] = hessians
             iterations = int(o.get("iterations", 4))
             disk += sum(tyr_disk_terms(settings, shape, b, n, seqlen))
             gens, offspring = int(o.get("generations", 8)), int(o.get("offspring", 16))
             flops += iterations * gens * offspring * 2 * P * calib_tokens / 4
+            forwards = iterations * gens * offspring * math.ceil(n / 4 / max(batch, 1))
+            transfers = forwards * streamed_bytes
     peak_device = sum(terms.values()) + overhead
     if dev == "cpu":
         host = max(host, peak_device)
     else:
         host = max(host, P * saved_bytes_of(config))
     time_h = (flops / THROUGHPUT[dev][1] / 3600 / ranks, flops / THROUGHPUT[dev][0] / 3600 / ranks)
+    if stream and dev == "cuda":  # every rank streams its own copy; transfers do not overlap compute here
+        time_h = (time_h[0] + transfers / TRANSFER[1] / 3600, time_h[1] + transfers / TRANSFER[0] / 3600)
     shown = {
         "model": settings.model,
         "device": dev,
@@ -285,6 +328,7 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
         "seqlen": seqlen,
         "batch_size": batch,
         "ranks": ranks,
+        "stream_weights": bool(stream),
         **o,
         **shown_extra,
     }
@@ -309,6 +353,19 @@ def checkpoints_per_stage(every: str, steps: int, stage_hours: float) -> int:
         return (steps - 1) // cadence.steps
     assert cadence.seconds is not None
     return min(steps - 1, int(stage_hours * 3600 // cadence.seconds))
+
+
+def streaming_needed(settings: Any, config: Any, ranks: int = 1) -> bool:
+    """``--stream-weights auto`` resolved: on a GPU, stream when the estimate with the weights on
+    the device (and ``--layers-per-stage auto`` chosen that way) exceeds the memory budget; never
+    on the CPU or without a budget to plan for (``--estimate --device cuda`` without ``--gpu-memory``)."""
+    if device_type(settings.device) != "cuda":
+        return False
+    budget = memory_budget(settings)
+    if budget is None:
+        return False
+    plain = estimate(settings.model_copy(update={"stream_weights": "off"}), config, ranks)
+    return plain.peak_device_gib * GIB > budget
 
 
 # ----- --layers-per-stage auto --------------------------------------------------------------------
@@ -420,6 +477,8 @@ def advice(est: Estimate, settings: Any) -> str:
         return "lower --batch-size or --seqlen"
     if largest == "calibration activations":
         return "use --offload-dir or lower --nsamples"
+    if largest == "weights" and not est.settings.get("stream_weights"):
+        return "use --stream-weights on (decoder layers wait in host memory)"
     if est.settings["dtype_bytes"] == 4:
         return "use --dtype bfloat16"
     return "use more ranks (torchrun) or a larger device"

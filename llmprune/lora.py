@@ -21,14 +21,16 @@ from llmprune.arch import LINEAR_KEYS, ArchAdapter
 class LoRALinear(nn.Module):
     """A frozen linear layer plus a trainable low-rank update."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator) -> None:
+    def __init__(
+        self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator, device: torch.device | None = None
+    ) -> None:
         super().__init__()
         if rank < 1:
             raise ValueError(f"LoRA rank must be at least 1, got {rank}")
         self.base = base
         self.rank = rank
         self.scale = alpha / rank
-        device = base.weight.device
+        device = device or base.weight.device  # the compute device, also when the base waits on the host
         bound = 1.0 / math.sqrt(base.in_features)  # kaiming-uniform(a=sqrt(5)), as nn.Linear and peft
         a = (torch.rand(rank, base.in_features, generator=generator, dtype=torch.float32) * 2 - 1) * bound
         self.lora_a = nn.Parameter(a.to(device))
@@ -58,7 +60,8 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
         """``W + scale · B A`` in float32 (dense coordinates)."""
-        return self.base.weight.float() + self.scale * (self.lora_b @ self.lora_a)
+        w = self.base.weight  # on the host when the layers are streamed (llmprune.streaming)
+        return w.float() + (self.scale * (self.lora_b @ self.lora_a)).to(w.device)
 
 
 class _UpcastLinear(torch.autograd.Function):

@@ -6,6 +6,7 @@ Every strategy goes through ``run_prune``; a strategy only supplies its Pruner.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import platform
 import resource
 import shutil
@@ -25,6 +26,7 @@ from llmprune.budget import check_reachable, miss_warning
 from llmprune.config import PruneSettings, RunSettings
 from llmprune.data import calibration_samples, resolve_calibration_source, text_sha256
 from llmprune.errors import UsageError
+from llmprune.estimate import streaming_needed
 from llmprune.export import save_pruned
 from llmprune.loading import checkpoint_dtype, load_config, load_model, resolve_device, resolve_dtype, resolve_seqlen
 from llmprune.plan import PrunePlan
@@ -32,6 +34,7 @@ from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext, PruneResult, get_pruner_class
 from llmprune.report import HistoryStep, PruneReport
 from llmprune.signals import sigterm_as_interrupt
+from llmprune.streaming import WeightStream, streamed, streaming_on, weights_fit
 from llmprune.surgery import apply_plan, exported_config
 from llmprune.workspace import Workspace
 
@@ -177,6 +180,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     main = distributed.is_main()
     reporter = reporter or (Reporter() if main else _QuietReporter())
     t_start = time.perf_counter()
+    settings_in = settings
     pruner_cls = get_pruner_class(settings.strategy, settings.method)
     pruner = pruner_cls(settings.method_options)
     needs_calibration = pruner_cls.needs_calibration or settings.recover is not None
@@ -208,12 +212,18 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     save_dtype = save_dtype_for(settings, config, device)
 
     torch.manual_seed(settings.seed)
+    stream: WeightStream | None = None
     if pruner_cls.layerwise:
         # The model stays on CPU in the dtype it will be saved in; one layer at a time is moved
         # to the device and cast to the compute dtype by the layer-wise runner.
         model, adapter, tokenizer = load_model(settings.model, torch.device("cpu"), save_dtype)
+    elif streaming_on(settings, device, lambda: not streaming_needed(settings, config, distributed.world_size())):
+        # Whole-model forwards with the decoder layers waiting on the host (llmprune.streaming).
+        model, adapter, tokenizer = load_model(settings.model, torch.device("cpu"), compute_dtype)
+        stream = streamed(model, adapter.layers(model), device, compute_dtype)
     else:
         model, adapter, tokenizer = load_model(settings.model, device, compute_dtype)
+    settings = settings.model_copy(update={"stream_weights": "on" if stream is not None else "off"})  # as run
     dense_params = adapter.decoder_linear_params(model)
     dense_total = sum(p.numel() for p in model.parameters())
     calib = None
@@ -244,8 +254,9 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         progress=reporter,
         compute_dtype=compute_dtype,
         offload_dir=settings.offload_dir,
+        stream=stream,
     )
-    with reporter.live():
+    with reporter.live(), stream.installed() if stream is not None else contextlib.nullcontext():
         result = PruneResult.of(pruner.prune(ctx))
     plan = result.plan
     # Methods not yet converted to PruneResult still write into ctx.extras.
@@ -257,9 +268,15 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         from llmprune.recovery import RecoveryOptions
         from llmprune.recovery_run import run_stage
 
-        model.to(device=device, dtype=compute_dtype)  # layer-wise methods left it on CPU in save_dtype
         options = RecoveryOptions.model_validate(settings.recover)
-        with reporter.live():
+        weight_bytes = sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=compute_dtype).element_size()
+        wanted = settings.model_copy(update={"stream_weights": settings_in.stream_weights})  # as asked
+        if stream is None and streaming_on(wanted, device, lambda: weights_fit(weight_bytes, wanted)):
+            stream = ctx.stream = streamed(model, adapter.layers(model), device, compute_dtype)
+            settings = settings.model_copy(update={"stream_weights": "on"})
+        elif stream is None:
+            model.to(device=device, dtype=compute_dtype)  # layer-wise methods left it on CPU in save_dtype
+        with reporter.live(), stream.installed() if stream is not None else contextlib.nullcontext():
             stage = run_stage(ctx, options, settings.model, compute_dtype, plan.semi24_targets)
         method_report["recovery"] = stage.report.model_dump(mode="json")
         method_files.update(stage.files)

@@ -133,13 +133,22 @@ def target_linears(model: nn.Module, adapter: ArchAdapter, keys: tuple[str, ...]
 class MaskedLoRALinear(LoRALinear):
     """LoRA whose update is masked: ``y = x (W + M ⊙ s·B A)ᵀ`` (``W`` is already zero off ``M``)."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator, mask: torch.Tensor):
-        super().__init__(base, rank, alpha, generator)
+    def __init__(
+        self,
+        base: nn.Linear,
+        rank: int,
+        alpha: float,
+        generator: torch.Generator,
+        mask: torch.Tensor,
+        device: torch.device | None = None,
+    ):
+        super().__init__(base, rank, alpha, generator, device)
         self.mask: torch.Tensor
         self.register_buffer("mask", mask.to(device=base.weight.device, dtype=torch.float32), persistent=False)
 
     def delta(self) -> torch.Tensor:
-        return self.mask * (self.scale * (self.lora_b @ self.lora_a))
+        update = self.scale * (self.lora_b @ self.lora_a)
+        return self.mask.to(update.device) * update  # the mask waits on the host when streamed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -147,7 +156,8 @@ class MaskedLoRALinear(LoRALinear):
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
-        return self.base.weight.float() + self.delta()
+        w = self.base.weight
+        return w.float() + self.delta().to(w.device)
 
 
 class LoRAWeights:
@@ -162,6 +172,7 @@ class LoRAWeights:
         seed: int,
         keys: tuple[str, ...] = LINEAR_KEYS,
         masks: dict[str, torch.Tensor] | None = None,
+        device: torch.device | None = None,
     ) -> None:
         self.model, self.adapter = model, adapter
         masks = masks or {}
@@ -172,9 +183,9 @@ class LoRAWeights:
         for name, (i, key) in self.sites.items():
             base = adapter.linear(layers[i], key)
             if name in masks:
-                module: LoRALinear = MaskedLoRALinear(base, rank, alpha, gen, masks[name])
+                module: LoRALinear = MaskedLoRALinear(base, rank, alpha, gen, masks[name], device)
             else:
-                module = LoRALinear(base, rank, alpha, gen)
+                module = LoRALinear(base, rank, alpha, gen, device)
             adapter.set_linear(layers[i], key, module)
             self.wrapped[name] = module
 
@@ -286,7 +297,7 @@ class RecoveryTraining(LearnedMethod):
         o = self.o
         if o.recover_mode == "lora":
             self.weights = LoRAWeights(
-                self.model, self.adapter, o.lora_rank, o.lora_alpha, self.seed, o.targets, self.masks
+                self.model, self.adapter, o.lora_rank, o.lora_alpha, self.seed, o.targets, self.masks, self.device
             )
         else:
             self.weights = FullWeights(self.model, self.adapter, o.targets, self.masks)

@@ -9,6 +9,7 @@ and distribution are the shared loop's (``llmprune.training``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -23,6 +24,7 @@ from llmprune import distributed
 from llmprune.config import RunSettings
 from llmprune.distill import TeacherTopK
 from llmprune.errors import ModelLoadError, UsageError
+from llmprune.estimate import shape_of_config
 from llmprune.export import SPARSITY_FILE, overlaps, save_pruned
 from llmprune.plan import PLAN_FILE, PrunePlan
 from llmprune.progress import Reporter
@@ -36,6 +38,7 @@ from llmprune.recovery import (
     zero_masks,
 )
 from llmprune.report import PruneReport, RecoveryReport
+from llmprune.streaming import streamed, streaming_on, weights_fit
 from llmprune.trace import pyplot, save_figure
 from llmprune.training import Training, is_main
 
@@ -105,7 +108,12 @@ def run_stage(
     before = objective_on(ctx.model, calib, topk, o, bs, ctx.device)
     method = RecoveryTraining(ctx.model, ctx.adapter, o, topk, ctx.settings.seed, ctx.device, masks)
     t0 = time.perf_counter()
+    everything = range(len(ctx.adapter.layers(ctx.model)))
+    if ctx.stream is not None and o.recover_mode == "full":  # every layer's weights train: none streams
+        ctx.stream.keep(everything)
     trained = training.run(method)
+    if ctx.stream is not None:
+        ctx.stream.release(everything)
     trace = method.trace
     time_train = time.perf_counter() - t0
     after = objective_on(ctx.model, calib, topk, o, bs, ctx.device)
@@ -156,9 +164,15 @@ def teacher_targets(ctx: PruneContext, teacher: str, o: RecoveryOptions, dtype: 
     torchrun, then gathered), and free it."""
     from llmprune.loading import load_model
 
-    model, _, _ = load_model(teacher, ctx.device, dtype)
+    if ctx.stream is None:
+        model, _, _ = load_model(teacher, ctx.device, dtype)
+        streaming: Any = contextlib.nullcontext()
+    else:  # the student's layers wait on the host: so do the teacher's
+        model, adapter, _ = load_model(teacher, torch.device("cpu"), dtype)
+        streaming = streamed(model, adapter.layers(model), ctx.device, dtype).installed()
     try:
-        return topk_targets(ctx, model, o.teacher_topk, o.temperature, "recovery teacher top-k")
+        with streaming:
+            return topk_targets(ctx, model, o.teacher_topk, o.temperature, "recovery teacher top-k")
     finally:
         del model
 
@@ -257,7 +271,14 @@ def _run_recover(settings: RecoverSettings, reporter: Reporter | None, claim: li
     compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
     save_dtype = save_dtype_for(settings, config, device)
     torch.manual_seed(settings.seed)
-    model, adapter, tokenizer = load_model(settings.model, device, compute_dtype)
+    stream = None
+    weight_bytes = shape_of_config(config).params * torch.empty((), dtype=compute_dtype).element_size()
+    if streaming_on(settings, device, lambda: weights_fit(weight_bytes, settings)):
+        model, adapter, tokenizer = load_model(settings.model, torch.device("cpu"), compute_dtype)
+        stream = streamed(model, adapter.layers(model), device, compute_dtype)
+    else:
+        model, adapter, tokenizer = load_model(settings.model, device, compute_dtype)
+    settings = settings.model_copy(update={"stream_weights": "on" if stream is not None else "off"})
     source, calib = distributed.on_main(lambda: _calibration(settings, tokenizer, reporter))
     settings = settings.model_copy(update={"calib": source})
     plan = pruned_plan(Path(settings.model).expanduser(), model, adapter)
@@ -272,8 +293,9 @@ def _run_recover(settings: RecoverSettings, reporter: Reporter | None, claim: li
         work_dir=work,
         progress=reporter,
         compute_dtype=compute_dtype,
+        stream=stream,
     )
-    with reporter.live():
+    with reporter.live(), stream.installed() if stream is not None else contextlib.nullcontext():
         stage = run_stage(ctx, options, settings.teacher, compute_dtype, plan.semi24_targets)
     previous = PruneReport.load(settings.model)
     fields = previous.as_json() if previous is not None else {}

@@ -42,6 +42,7 @@ from llmprune import distributed
 from llmprune.atomic import save_torch
 from llmprune.cadence import Cadence, parse_every
 from llmprune.errors import NumericalError, ResumeError
+from llmprune.streaming import adopt
 from llmprune.trace import batch_rows
 
 #: Settings that do not change what a run computes: a resumed run may differ in them.
@@ -57,6 +58,7 @@ RUN_CONTROL = frozenset(
         "method_options",
         "recover",
         "grad_checkpoint",  # recomputes the same arithmetic: gradients are unchanged
+        "stream_weights",  # where the weights wait between layers, not what is computed
         "checkpoint_every",  # when to save, not what is computed: resume may use another cadence
         "gpu_memory",  # the budget --layers-per-stage auto plans for; the checkpoint keeps its choice
     }
@@ -353,6 +355,7 @@ class Training:
                 # A checkpoint inside this stage resumes it; one at its boundary starts it afresh.
                 inside = ckpt is not None and stage == start_stage and start_step > 0
                 trainable = method.begin_stage(stage, ckpt.method if inside and ckpt is not None else None)
+                adopt(getattr(ctx, "stream", None), trainable)  # LoRA factors made next to host weights
                 start = start_step if inside else 0
                 if inside and ckpt is not None and ckpt.rng is not None:
                     torch.set_rng_state(ckpt.rng)
@@ -471,6 +474,7 @@ def layer_checkpointing(layers: Sequence[nn.Module], enabled: bool = True) -> It
     from torch.utils.checkpoint import checkpoint
 
     originals = [layer.forward for layer in layers]
+    previous = [vars(layer).get("forward") for layer in layers]  # e.g. weight streaming's wrapper
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         def forward(*args: Any, **kwargs: Any) -> Any:
@@ -485,6 +489,8 @@ def layer_checkpointing(layers: Sequence[nn.Module], enabled: bool = True) -> It
     try:
         yield
     finally:
-        for layer in layers:
-            if "forward" in vars(layer):
-                del layer.forward
+        for layer, before in zip(layers, previous):
+            if before is None:
+                vars(layer).pop("forward", None)
+            else:
+                layer.forward = before

@@ -29,6 +29,11 @@ LLAMA_8B: dict = dict(
     vocab_size=128256,
 )
 
+#: Llama-3.1-70B's geometry (config only, like LLAMA_8B).
+LLAMA_70B: dict = dict(
+    LLAMA_8B, hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_hidden_layers=80
+)
+
 _TINY_GEOMETRY: dict = dict(
     hidden_size=64,
     intermediate_size=96,

@@ -90,6 +90,8 @@ class PruneContext:
     #: dtype for the numerics of a layer-wise pass (the model itself may be stored in another).
     compute_dtype: torch.dtype = torch.float32
     offload_dir: Path | None = None
+    #: The decoder layers' weight stream (llmprune.streaming) when they wait on the host, else None.
+    stream: Any = None
 
     def layerwise_runner(self) -> LayerwiseRunner:
         """A runner over the calibration samples honouring --device, --dtype and --offload-dir."""

@@ -398,7 +398,9 @@ class MinimaxTraining(LearnedMethod):
     def begin_stage(self, stage: int, resume: dict[str, Any] | None) -> list[torch.Tensor]:
         o, ctx = self.o, self.ctx
         self.lora = (
-            LoRAWeights(ctx.model, ctx.adapter, o.lora_rank, o.lora_alpha, self.s.seed) if o.lora_rank > 0 else None
+            LoRAWeights(ctx.model, ctx.adapter, o.lora_rank, o.lora_alpha, self.s.seed, device=ctx.device)
+            if o.lora_rank > 0
+            else None
         )
         lora_params = self.lora.parameters() if self.lora is not None else []
         self.hooks = MaskHooks(ctx.model, ctx.adapter, self.geom)

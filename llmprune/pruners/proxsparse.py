@@ -304,6 +304,8 @@ class ProxSparseTraining(LearnedMethod):
     def begin_stage(self, stage: int, resume: dict[str, Any] | None) -> list[torch.Tensor]:
         o, device, targets, w0, init = self.o, self.ctx.device, self.targets, self.w0, self.init
         self.names = names = [n for n in targets if self.layer_of[n] in self.stages[stage]]
+        if self.ctx.stream is not None:  # the stage's weights train: its layers stay on the device
+            self.ctx.stream.keep(self.stages[stage])
         # Trainable fp32 masters. With a float32 model they ARE the weights; otherwise the model's
         # weights get a rounded copy before every forward and pass their gradient back.
         self.shared = all(targets[n].weight.dtype == torch.float32 for n in names)
@@ -410,6 +412,8 @@ class ProxSparseTraining(LearnedMethod):
                 lin = self.targets[n]
                 lin.weight.requires_grad_(False)
                 lin.weight.copy_((self.w0[n] * self.masks[n]).to(device=lin.weight.device, dtype=lin.weight.dtype))
+        if self.ctx.stream is not None:
+            self.ctx.stream.release(self.stages[stage])
         self.opt, self.masters = None, {}
 
     def stage_result(self, stage: int) -> dict[str, torch.Tensor]:
