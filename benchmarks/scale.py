@@ -373,17 +373,16 @@ def main() -> None:
         MODELS.mkdir(parents=True, exist_ok=True)
         for run in args.runs:
             method, layers = run.split(":")[0], int(run.split(":")[1])
-            if True:
-                t0 = time.perf_counter()
-                result = measure(method, layers)
-                runs = json.loads(RAW.read_text()) if RAW.is_file() else []
-                runs = [r for r in runs if (r["method"], r["layers"]) != (method, layers)] + [result]
-                RAW.write_text(json.dumps(runs, indent=2) + "\n")
-                print(
-                    f"{method} {layers} layers: {result['peak_tensor_bytes'] / 2**30:.2f} GiB measured, "
-                    f"{result['predicted_bytes'] / 2**30:.2f} predicted ({time.perf_counter() - t0:.0f} s)",
-                    flush=True,
-                )
+            t0 = time.perf_counter()
+            result = measure(method, layers)
+            runs = json.loads(RAW.read_text()) if RAW.is_file() else []
+            runs = [r for r in runs if (r["method"], r["layers"]) != (method, layers)] + [result]
+            RAW.write_text(json.dumps(runs, indent=2) + "\n")
+            print(
+                f"{method} {layers} layers: {result['peak_tensor_bytes'] / 2**30:.2f} GiB measured, "
+                f"{result['predicted_bytes'] / 2**30:.2f} predicted ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     report()
 
 

@@ -208,6 +208,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         check_reachable(
             geom, settings.sparsity, settings.attn_unit, Alignment.of(settings)
         )  # before the weights are read
+    pruner.check(settings, geom)
     compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
     save_dtype = save_dtype_for(settings, config, device)
 

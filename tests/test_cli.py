@@ -95,6 +95,16 @@ def test_uniform_baseline_keeps_explicit_widths(model_dir, calib, tmp_path):
         assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists(), result.output
 
 
+def test_bad_widths_are_refused_before_the_weights_are_read(model_dir, calib, tmp_path, monkeypatch):
+    from llmprune import pipeline
+
+    loads: list[str] = []
+    monkeypatch.setattr(pipeline, "load_model", lambda name, *a, **k: loads.append(name))
+    args = ["--sparsity", "0.3", "--method", "wanda", "--calib", calib, *SMALL, "--widths", "3,80"]
+    result = run("uniform", model_dir, "-o", tmp_path / "bad", *args)
+    assert result.exit_code == 2 and "--widths 3,80" in result.output and loads == []
+
+
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_semi24_exports_exact_pattern_and_leaves_the_rest(model_dir, calib, tmp_path, method):
     out = tmp_path / "out"

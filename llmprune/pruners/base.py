@@ -175,6 +175,10 @@ class Pruner(ABC):
         """
         return cls.resumable and any(work_dir.glob("*_state.pt"))
 
+    def check(self, settings: Any, geometry: Any) -> None:
+        """Refuse options that cannot work on this model before any weight is read (the pipeline
+        calls it with the config's geometry); raise a UsageError naming the option. Default: none."""
+
     @abstractmethod
     def prune(self, ctx: PruneContext) -> PrunePlan | PruneResult:
         """Decide what to remove; may edit ``ctx.model`` in place."""

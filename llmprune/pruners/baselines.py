@@ -8,14 +8,14 @@ sequentially, so each layer is scored on the activations of the already-pruned l
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from llmprune.alignment import Alignment
-from llmprune.arch import LINEAR_KEYS
+from llmprune.arch import LINEAR_KEYS, Geometry
 from llmprune.capture import InputStats, LayerwiseRunner
 from llmprune.masks import explicit_widths, nm_eligible, nm_mask, uniform_widths
 from llmprune.obs import sparsegpt_prune
@@ -46,16 +46,20 @@ class _UniformScored(Pruner):
     layerwise = True
     Options: ClassVar[type[BaseModel]] = UniformOptions
 
+    def widths(self, settings: Any, geom: Geometry) -> tuple[int, int]:
+        """Kept (attention units, MLP channels) per layer: ``--widths`` if given, else the even split."""
+        align, widths = Alignment.of(settings), self.options.widths  # type: ignore[attr-defined]
+        if widths:
+            return explicit_widths(geom, widths, settings.attn_unit, align)
+        return uniform_widths(geom, settings.sparsity, settings.attn_unit, align)
+
+    def check(self, settings: Any, geometry: Any) -> None:
+        self.widths(settings, geometry)  # a bad --widths is refused before the model loads
+
     def prune(self, ctx: PruneContext) -> PrunePlan:
         s = ctx.settings
         geom = ctx.adapter.geometry(ctx.model)
-        align = Alignment.of(s)
-        widths = self.options.widths  # type: ignore[attr-defined]
-        k_attn, k_mlp = (
-            explicit_widths(geom, widths, s.attn_unit, align)
-            if widths
-            else uniform_widths(geom, s.sparsity, s.attn_unit, align)
-        )
+        k_attn, k_mlp = self.widths(s, geom)
         plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
 
         def process(i: int, layer: nn.Module, runner: LayerwiseRunner | None) -> None:
