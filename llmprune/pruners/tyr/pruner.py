@@ -79,9 +79,10 @@ class TyrOptions(BaseModel):
         0.125, gt=0.0, le=0.5, description="Initial step Δ as a fraction of each module's units (at least one unit)."
     )
     budget_split: Literal["fixed", "free"] = Field(
-        "fixed",
-        description="fixed: attention and MLP keep their uniform parameter shares; free: the search may "
-        "move parameters between them.",
+        "free",
+        description="free: the search may move parameters between attention and MLP (the default: best "
+        "on held-out calibration text, docs/benchmarks/select.md); fixed: they keep their uniform "
+        "parameter shares (the paper's search space).",
     )
     topk_logits: int = Field(
         256, ge=1, description="Dense top-k logits cached per token for the KL fitness (paper: up to 8192)."
