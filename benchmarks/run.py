@@ -23,9 +23,12 @@ Standard settings: calibration 64 × 256 tokens of calib.txt, seed 0, each metho
 perplexity on the whole evaluation text in non-overlapping windows (methods.md §0): this is the
 final table, nothing here chooses a default (benchmarks/selection.py does, on held-out calib text).
 Each prune and recovery runs as its own ``llmprune`` process, so wall time and peak memory are its
-own. Rows are cached in ``benchmarks/results/summary_rows.json`` by their commands, the defaults
-those rely on (method and recovery options) and the hashes of the text files; each row records the
-code version it ran at (``scripts/check_identical.py`` guards that later changes keep the outputs).
+own. Rows are cached in ``benchmarks/results/summary_rows.json`` in two parts: the one-shot part
+by its prune command, the method's defaults and the hashes of the text files; the recovery part by
+that and the recovery defaults. The pruned outputs are kept (``benchmarks/results/work/run-*``,
+marked with their one-shot key), so a change of the recovery defaults re-runs only the recoveries.
+Each part records the code version it ran at (``scripts/check_identical.py`` guards that later
+changes keep the outputs).
 """
 
 from __future__ import annotations
@@ -150,12 +153,60 @@ def recover_args(pruned: Path, out: Path, args: argparse.Namespace) -> list[str]
     ]
 
 
-def run_job(job: Job, options: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+#: Fields of a row that belong to its recovery part (the rest is the one-shot part).
+RECOVERY_FIELDS = ("perplexity_recovered", "time_recover_s", "recover_command", "recover_code_version")
+#: File in a kept pruned output naming the one-shot key it was made under.
+MARKER = "bench_oneshot_key.txt"
+
+
+def output_of(job: Job) -> Path:
+    return WORK / f"run-{job.strategy}-{job.label.replace(' ', '_')}-{job.sparsity}"
+
+
+def keys_of(job: Job, options: dict[str, Any], args: argparse.Namespace, texts: dict[str, str]) -> tuple[str, str]:
+    """(one-shot key, recovery key): the second adds the recovery defaults to the first."""
+    defaults = defaults_of(job)
+    oneshot = json.dumps(
+        {
+            "model": display_path(args.model),
+            "prune": prune_command(job.strategy, job.method, job.sparsity, nsamples=args.nsamples, **options),
+            "recover": job.recover,
+            "defaults": {"method": defaults["method"]},
+            "seqlen": args.seqlen,
+            "texts": texts,
+        },
+        sort_keys=True,
+    )
+    return oneshot, json.dumps({"oneshot": oneshot, "recover": defaults.get("recover")}, sort_keys=True)
+
+
+def load_cache() -> dict[str, dict[str, Any]]:
+    """``{"oneshot": {key: part}, "recovery": {key: part}}``; a cache of whole rows (the format
+    before 2026-11-30, keyed by command + method and recovery defaults) is split into the two."""
+    raw: dict[str, Any] = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
+    if "oneshot" in raw:
+        return raw
+    cache: dict[str, dict[str, Any]] = {"oneshot": {}, "recovery": {}}
+    for old_key, row in raw.items():
+        k = json.loads(old_key)
+        defaults = k.pop("defaults")
+        oneshot = json.dumps({**k, "defaults": {"method": defaults["method"]}}, sort_keys=True)
+        cache["oneshot"][oneshot] = {f: v for f, v in row.items() if f not in RECOVERY_FIELDS}
+        if k["recover"]:
+            recovery = json.dumps({"oneshot": oneshot, "recover": defaults.get("recover")}, sort_keys=True)
+            part = {f: row[f] for f in RECOVERY_FIELDS if f in row}
+            cache["recovery"][recovery] = {**part, "recover_code_version": row.get("code_version")}
+    return cache
+
+
+def prune_part(job: Job, options: dict[str, Any], args: argparse.Namespace, oneshot_key: str) -> dict[str, Any]:
+    """Prune and evaluate one row's output (kept on disk, marked with its key); the one-shot part."""
     common = dict(model=args.model, calib=args.calib, seqlen=args.seqlen, nsamples=args.nsamples)
-    out = WORK / f"run-{job.strategy}-{job.label.replace(' ', '_')}-{job.sparsity}"
+    out = output_of(job)
     t0 = time.perf_counter()
     report = prune(job.strategy, job.method, out, sparsity=job.sparsity, **common, **options)
     time_prune = time.perf_counter() - t0
+    (out / MARKER).write_text(oneshot_key)
     result = evaluate(out, Path(args.eval), args.seqlen)
     row: dict[str, Any] = {
         "strategy": job.strategy,
@@ -173,17 +224,28 @@ def run_job(job: Job, options: dict[str, Any], args: argparse.Namespace) -> dict
     }
     if not job.recover:  # minimax's default: its own weight training, reported in its own row
         row["perplexity_own_training"], row["perplexity"] = row["perplexity"], None
-    else:
-        recovered = out.with_name(out.name + "-recovered")
-        row["time_recover_s"] = run_llmprune(recover_args(out, recovered, args))
-        row["perplexity_recovered"] = evaluate(recovered, Path(args.eval), args.seqlen)["perplexity"]
-        shown = recover_args(Path("OUT"), Path("OUT2"), args)
-        shown[shown.index("--teacher") + 1] = display_path(args.model)
-        shown[shown.index("--calib") + 1] = display_path(args.calib)
-        row["recover_command"] = shlex.join(["llmprune", *shown])
-        shutil.rmtree(recovered)
-    shutil.rmtree(out)
+        shutil.rmtree(out)
     return row
+
+
+def recovery_part(job: Job, args: argparse.Namespace) -> dict[str, Any]:
+    """Recover the row's kept pruned output and evaluate it; the recovery part."""
+    out = output_of(job)
+    recovered = out.with_name(out.name + "-recovered")
+    part: dict[str, Any] = {"time_recover_s": run_llmprune(recover_args(out, recovered, args))}
+    part["perplexity_recovered"] = evaluate(recovered, Path(args.eval), args.seqlen)["perplexity"]
+    shown = recover_args(Path("OUT"), Path("OUT2"), args)
+    shown[shown.index("--teacher") + 1] = display_path(args.model)
+    shown[shown.index("--calib") + 1] = display_path(args.calib)
+    part["recover_command"] = shlex.join(["llmprune", *shown])
+    part["recover_code_version"] = code_version()
+    shutil.rmtree(recovered)
+    return part
+
+
+def kept_output(job: Job, oneshot_key: str) -> bool:
+    marker = output_of(job) / MARKER
+    return marker.is_file() and marker.read_text() == oneshot_key
 
 
 def plot_perplexity(rows: list[dict], dense: float, path: Path) -> None:
@@ -259,7 +321,7 @@ def main() -> None:
     rerun = set(filter(None, args.rerun.split(",")))
     jobs = jobs_for(sparsities, set(filter(None, args.methods.split(","))))
 
-    cache: dict[str, Any] = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
+    cache = load_cache()
     texts = {"calib": sha(Path(args.calib)), "eval": sha(Path(args.eval))}
     dense = evaluate(Path(args.model), Path(args.eval), args.seqlen)
     rows: list[dict[str, Any]] = [
@@ -284,27 +346,21 @@ def main() -> None:
                 continue
             w = source["layer_widths"][0]
             options["widths"] = f"{w['kv_heads']},{w['channels']}"
-        key = json.dumps(
-            {
-                "model": display_path(args.model),
-                "prune": prune_command(job.strategy, job.method, job.sparsity, nsamples=args.nsamples, **options),
-                "recover": job.recover,
-                "defaults": defaults_of(job),
-                "seqlen": args.seqlen,
-                "texts": texts,
-            },
-            sort_keys=True,
-        )
-        row = cache.get(key)
-        if row is None or job.method in rerun:
+        oneshot_key, recovery_key = keys_of(job, options, args, texts)
+        one = None if job.method in rerun else cache["oneshot"].get(oneshot_key)
+        rec = None if job.method in rerun else cache["recovery"].get(recovery_key)
+        if one is None or (job.recover and rec is None):
             if args.cached_only or (args.max_rows and fresh >= args.max_rows):
                 print(f"not run: {job.label} {job.sparsity}", flush=True)
                 missing.append(f"{job.strategy} {job.label}" + (f" {job.sparsity:.0%}" if job.sparsity else " 2:4"))
                 continue
-            row = run_job(job, options, args)
+            if one is None or not kept_output(job, oneshot_key):  # recovery needs the pruned output
+                one = cache["oneshot"][oneshot_key] = prune_part(job, options, args, oneshot_key)
+            if job.recover and rec is None:
+                rec = cache["recovery"][recovery_key] = recovery_part(job, args)
             fresh += 1
-            cache[key] = row
             CACHE.write_text(json.dumps(cache, indent=2) + "\n")
+        row = {**one, **(rec or {})}
         by_label[f"{job.label}@{job.sparsity}"] = row
         rows.append(row)
         shown = {k: row.get(k) for k in ("perplexity", "perplexity_recovered", "perplexity_own_training")}
