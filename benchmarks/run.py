@@ -316,6 +316,11 @@ def main() -> None:
     parser.add_argument("--rerun", default="", help="comma-separated methods whose cached rows are run again")
     parser.add_argument("--max-rows", type=int, default=0, help="run at most this many uncached rows, then write")
     parser.add_argument("--cached-only", action="store_true", help="run nothing: write the page from cached rows")
+    parser.add_argument(
+        "--oneshot-only",
+        action="store_true",
+        help="prune and evaluate the one-shot parts only (outputs kept for a later run's recoveries)",
+    )
     args = parser.parse_args()
     sparsities = [float(s) for s in args.sparsities.split(",")]
     rerun = set(filter(None, args.rerun.split(",")))
@@ -349,8 +354,11 @@ def main() -> None:
         oneshot_key, recovery_key = keys_of(job, options, args, texts)
         one = None if job.method in rerun else cache["oneshot"].get(oneshot_key)
         rec = None if job.method in rerun else cache["recovery"].get(recovery_key)
+        if args.oneshot_only and one is None and not args.cached_only:
+            one = cache["oneshot"][oneshot_key] = prune_part(job, options, args, oneshot_key)
+            CACHE.write_text(json.dumps(cache, indent=2) + "\n")
         if one is None or (job.recover and rec is None):
-            if args.cached_only or (args.max_rows and fresh >= args.max_rows):
+            if args.cached_only or args.oneshot_only or (args.max_rows and fresh >= args.max_rows):
                 print(f"not run: {job.label} {job.sparsity}", flush=True)
                 missing.append(f"{job.strategy} {job.label}" + (f" {job.sparsity:.0%}" if job.sparsity else " 2:4"))
                 continue
