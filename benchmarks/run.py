@@ -118,13 +118,14 @@ def defaults_of(job: Job) -> dict[str, Any]:
     """The defaults a row's commands rely on (the method's options, and recovery's): a change of
     default reruns the row although its command line is the same."""
     from llmprune.pruners.base import get_pruner_class, option_defaults
-    from llmprune.recovery import RecoveryOptions
+    from llmprune.recovery import DEFAULT_LR, RecoveryOptions
 
     found = {"method": option_defaults(get_pruner_class(job.strategy, job.method))}
     if job.recover:
         found["recover"] = {
             k: f.get_default(call_default_factory=True) for k, f in RecoveryOptions.model_fields.items()
         }
+        found["recover"]["default_lr"] = DEFAULT_LR[("lora", job.strategy == "semi24")]  # --lr not given
     for options in found.values():  # when to checkpoint never changes a result (resume is bitwise)
         options.pop("checkpoint_every", None)
     return json.loads(json.dumps(found, default=str))

@@ -43,8 +43,11 @@ from llmprune.training import Batch, LearnedMethod, Losses, LRSchedule, sharded_
 
 #: The weight-training schedule shared by recovery and minimax's LoRA.
 WEIGHT_LR = LRSchedule(warmup=0.05, decay="cosine", floor=0.1, min_warmup_steps=1)
-#: Peak learning rate per mode when --lr is not given (LoRA: minimax's; full: small, as usual).
-DEFAULT_LR = {"lora": 2e-3, "full": 1e-4}
+#: Peak learning rate when --lr is not given, by (mode, 2:4 student). LoRA: chosen on the select
+#: split of calib.txt (docs/benchmarks/select.md): on a structured 50% output 2e-3 beat 5e-4 at
+#: every step count; on a 2:4 output 5e-4 was best and 2e-3 ended above no recovery at all.
+#: Full: a conventional fine-tuning rate, not measured.
+DEFAULT_LR = {("lora", False): 2e-3, ("lora", True): 5e-4, ("full", False): 1e-4, ("full", True): 1e-4}
 
 
 class RecoveryOptions(BaseModel):
@@ -70,7 +73,8 @@ class RecoveryOptions(BaseModel):
     lr: float | None = Field(
         None,
         gt=0,
-        description="peak AdamW learning rate (warm-up, cosine decay); default 2e-3 for lora, 1e-4 for full.",
+        description="peak AdamW learning rate (warm-up, cosine decay); default: lora 2e-3 on a structured "
+        "output, 5e-4 on a 2:4 output (chosen on held-out calibration text); full 1e-4.",
     )
     kl_weight: float = Field(1.0, ge=0, description="weight of the top-k KL distillation loss.")
     lm_weight: float = Field(0.5, ge=0, description="weight of the next-token (LM) loss.")
@@ -91,9 +95,9 @@ class RecoveryOptions(BaseModel):
     def targets(self) -> tuple[str, ...]:
         return tuple(self.lora_targets.split(","))
 
-    @property
-    def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.recover_mode]
+    def peak_lr(self, semi24: bool) -> float:
+        """``--lr``, else the default for this mode and student (2:4 or structured)."""
+        return self.lr if self.lr is not None else DEFAULT_LR[(self.recover_mode, semi24)]
 
 
 # ----- the objective ------------------------------------------------------------------------------
@@ -304,7 +308,7 @@ class RecoveryTraining(LearnedMethod):
         params = self.weights.parameters()
         if not params:
             raise NumericalError(f"recovery: no weights to train among --lora-targets {o.lora_targets}")
-        self.opt = torch.optim.AdamW(params, lr=o.peak_lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(params, lr=o.peak_lr(bool(self.masks)), weight_decay=0.0)
         if resume is not None:
             self.weights.load(resume["weights"])
             self.opt.load_state_dict(resume["opt"])
@@ -322,7 +326,7 @@ class RecoveryTraining(LearnedMethod):
 
     def update(self, batch: Batch, means: dict[str, float]) -> dict[str, Any]:
         assert self.weights is not None  # begin_stage made them
-        lr = WEIGHT_LR.apply(self.opt, self.o.peak_lr, batch.step, self.o.steps)
+        lr = WEIGHT_LR.apply(self.opt, self.o.peak_lr(bool(self.masks)), batch.step, self.o.steps)
         self.opt.step()
         self.weights.after_step()
         self.tokens_seen += batch.global_rows * batch.tokens.shape[1]
