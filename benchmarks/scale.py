@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import CALIB, REFMODEL, RESULTS, ROOT
+from common import CALIB, REFMODEL, RESULTS, ROOT, code_version
 
 RAW = RESULTS / "scale_runs.json"
 OUT = RESULTS / "scale.json"
@@ -146,6 +146,7 @@ def measure(method: str, layers: int) -> dict[str, Any]:
         result = json.loads(stats.read_text())
         report = json.loads((out / "llmprune_report.json").read_text())
     result.update(method=method, layers=layers, args=args[2:], time_prune_s=report.get("time_prune_s"))
+    result["code_version"] = code_version()
     result["predicted_bytes"] = predicted(method, layers)
     return result
 
@@ -257,17 +258,23 @@ def report() -> None:
         by_method.setdefault(r["method"], []).append(r)
     fits = {}
     for method, rs in by_method.items():
-        if len({r["layers"] for r in rs}) < 2:
-            continue  # one layer count: no line to fit
-        a, b = fit([(r["layers"], r["peak_tensor_bytes"] / 2**30) for r in rs])
+        versions: dict[str, list[dict[str, Any]]] = {}
+        for r in rs:  # a line through runs of different code would fit the code change, not the layers
+            versions.setdefault(r.get("code_version") or "earlier", []).append(r)
+        same = max(versions.values(), key=lambda v: len({r["layers"] for r in v}))
+        if len({r["layers"] for r in same}) < 2:
+            continue  # one layer count per code version: no line to fit
+        a, b = fit([(r["layers"], r["peak_tensor_bytes"] / 2**30) for r in same])
         fits[method] = {"a_gib": a, "b_gib_per_layer": b}
+    now = {(r["method"], r["layers"]): predicted(r["method"], r["layers"]) for r in runs}  # today's estimate
     compared = [
         {
             "method": r["method"],
             "layers": r["layers"],
+            "code_version": r.get("code_version") or "earlier",
             "measured_gib": r["peak_tensor_bytes"] / 2**30,
-            "predicted_gib": r["predicted_bytes"] / 2**30,
-            "ratio": r["predicted_bytes"] / r["peak_tensor_bytes"],
+            "predicted_gib": now[(r["method"], r["layers"])] / 2**30,
+            "ratio": now[(r["method"], r["layers"])] / r["peak_tensor_bytes"],
             "disk_gib": r["disk_bytes"] / 2**30,
             "wall_s": r["wall_s"],
             "time_prune_s": r["time_prune_s"],
@@ -292,20 +299,28 @@ def report() -> None:
         "",
         "## Measured vs predicted (CPU, float32, 8B layer widths)",
         "",
-        "| method | layers | measured peak (GiB) | predicted (GiB) | predicted ÷ measured | disk (GiB) | wall (s) |",
-        "|---|---|---|---|---|---|---|",
+        "Predicted: today's `llmprune.estimate` for the same settings. `code`: the content hash of "
+        "`llmprune/` the run measured (`earlier`: a run from before hashes were recorded, 2026-11-29). "
+        "Wall times ran beside other jobs.",
+        "",
+        "| method | layers | code | measured peak (GiB) | predicted (GiB) | predicted ÷ measured | disk (GiB) | wall (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in compared:
         lines.append(
-            f"| {c['method']} | {c['layers']} | {c['measured_gib']:.2f} | {c['predicted_gib']:.2f} | "
+            f"| {c['method']} | {c['layers']} | {c['code_version']} | {c['measured_gib']:.2f} | {c['predicted_gib']:.2f} | "
             f"{c['ratio']:.2f} | {c['disk_gib']:.2f} | {c['wall_s']:.0f} |"
         )
-    lines += ["", "Fits `memory = a + b · layers` (measured; a method needs two layer counts):", ""]
+    lines += [
+        "",
+        "Fits `memory = a + b · layers` (measured; a method needs two layer counts measured by the same code):",
+        "",
+    ]
     for method, f in fits.items():
         lines.append(f"- {method}: a = {f['a_gib']:.2f} GiB, b = {f['b_gib_per_layer']:.2f} GiB/layer")
     unfitted = sorted(set(RUNS) - set(fits))
     if unfitted:
-        lines.append(f"- not fitted (fewer than two layer counts measured): {', '.join(unfitted)}")
+        lines.append(f"- not fitted (fewer than two layer counts by the same code): {', '.join(unfitted)}")
     lines += [
         "",
         "Týr's device and host terms are a rough model that no run at these widths has checked yet; "
