@@ -67,6 +67,19 @@ class Grid:
 #: offspring × 4 iterations, ~12 minutes a row); the choice between settings is what is measured.
 TYR_FAST = {"generations": 4, "offspring": 8, "iterations": 2}
 
+
+def recovery_grid(strategy: str, method: str, sparsity: float | None, output: str) -> Grid:
+    """The shared recovery stage's steps × learning rate, on one pruned output."""
+    return Grid(
+        strategy,
+        method,
+        sparsity,
+        base={"recover": True},
+        vary={"recover_steps": [25, 50, 100], "recover_lr": [5e-4, 2e-3]},
+        note=f"{output} + the shared recovery (LoRA rank 16, KD), its steps and learning rate",
+    )
+
+
 GRIDS: dict[str, Grid] = {
     "tyr-local": Grid(
         "global",
@@ -98,22 +111,8 @@ GRIDS: dict[str, Grid] = {
     # The shared recovery stage's own defaults (--recover-steps, --recover-lr), on a 2:4 and a
     # structured 50% output: 100 steps of 8 × 256 tokens pass 12 times over 64 × 256 calibration
     # tokens, and on eval.txt SparseGPT 2:4 + recovery (45.49) ended above SparseGPT alone (44.01).
-    "recovery-24": Grid(
-        "semi24",
-        "sparsegpt",
-        None,
-        base={"recover": True},
-        vary={"recover_steps": [25, 50, 100], "recover_lr": [5e-4, 2e-3]},
-        note="SparseGPT 2:4 + the shared recovery (LoRA rank 16, KD), its steps and learning rate",
-    ),
-    "recovery-50": Grid(
-        "uniform",
-        "wanda",
-        0.5,
-        base={"recover": True},
-        vary={"recover_steps": [25, 50, 100], "recover_lr": [5e-4, 2e-3]},
-        note="Wanda-sp 50% + the shared recovery (LoRA rank 16, KD), its steps and learning rate",
-    ),
+    "recovery-24": recovery_grid("semi24", "sparsegpt", None, "SparseGPT 2:4"),
+    "recovery-50": recovery_grid("uniform", "wanda", 0.5, "Wanda-sp 50%"),
     "proxsparse": Grid(
         "semi24",
         "proxsparse",
