@@ -150,6 +150,17 @@ def loss_head_bytes(shape: Shape, tokens: int, b: int, kl: bool) -> int:
     return 2 * tokens * shape.vocab * b + blocks * chunk * shape.vocab * 4
 
 
+def weight_terms(weights: int, layers: int, layer_bytes: int, stream: bool) -> dict[str, int]:
+    """The model's weights on the device: all of them, or (streamed) all but the decoder layers
+    plus two layers' copies at a time."""
+    if not stream:
+        return {"weights": weights}
+    return {
+        "weights outside the layers": weights - layers * layer_bytes,
+        "streamed layers (two at a time)": 2 * layer_bytes,
+    }
+
+
 @dataclass
 class Estimate:
     method: str
@@ -233,11 +244,7 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
         streamed_bytes = shape.layers * layer_bytes
     if method in ("minimax", "proxsparse"):
         recompute = checkpointing_on(settings, shape, tokens, b, P)
-        terms["weights"] = P * b
-        if stream:
-            del terms["weights"]
-            terms["weights outside the layers"] = P * b - shape.layers * layer_bytes
-            terms["streamed layers (two at a time)"] = 2 * layer_bytes
+        terms.update(weight_terms(P * b, shape.layers, layer_bytes, stream))
         terms["activations"] = saved_activation_bytes(shape, tokens, b, recompute)
         terms["loss head"] = loss_head_bytes(shape, tokens, b, kl=method == "minimax" and o.get("distill", True))
         steps = int(o.get("steps", 1000))
@@ -292,15 +299,12 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
         flops = 2 * P * calib_tokens * 2
         if strategy == "global":  # Týr: whole-model forwards while searching, and the supernet
             terms = {
-                "weights": P * b,
+                **weight_terms(P * b, shape.layers, layer_bytes, stream),
                 "search forward": batch * seqlen * (activation_bytes_per_token(shape, b) + 2 * shape.vocab * 4),
             }
             # the search's dense o/down weights (to put variants back), next to the model's weights
             dense_copies = shape.layers * (shape.heads * shape.head_dim + shape.intermediate) * H * b
             if stream:
-                del terms["weights"]
-                terms["weights outside the layers"] = P * b - shape.layers * layer_bytes
-                terms["streamed layers (two at a time)"] = 2 * layer_bytes
                 host += dense_copies
             else:
                 terms["dense o/down copies"] = dense_copies

@@ -6,7 +6,6 @@ Every strategy goes through ``run_prune``; a strategy only supplies its Pruner.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import platform
 import resource
 import shutil
@@ -34,7 +33,7 @@ from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext, PruneResult, get_pruner_class
 from llmprune.report import HistoryStep, PruneReport
 from llmprune.signals import sigterm_as_interrupt
-from llmprune.streaming import WeightStream, streamed, streaming_on, weights_fit
+from llmprune.streaming import HOST, WeightStream, active, streamed, streaming_on, weights_fit
 from llmprune.surgery import apply_plan, exported_config
 from llmprune.workspace import Workspace
 
@@ -180,7 +179,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     main = distributed.is_main()
     reporter = reporter or (Reporter() if main else _QuietReporter())
     t_start = time.perf_counter()
-    settings_in = settings
+    settings_in = settings  # as asked (--stream-weights auto is resolved below, per stage)
     pruner_cls = get_pruner_class(settings.strategy, settings.method)
     pruner = pruner_cls(settings.method_options)
     needs_calibration = pruner_cls.needs_calibration or settings.recover is not None
@@ -218,12 +217,12 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         # The model stays on CPU in the dtype it will be saved in; one layer at a time is moved
         # to the device and cast to the compute dtype by the layer-wise runner.
         model, adapter, tokenizer = load_model(settings.model, torch.device("cpu"), save_dtype)
-    elif streaming_on(settings, device, lambda: not streaming_needed(settings, config, distributed.world_size())):
-        # Whole-model forwards with the decoder layers waiting on the host (llmprune.streaming).
-        model, adapter, tokenizer = load_model(settings.model, torch.device("cpu"), compute_dtype)
-        stream = streamed(model, adapter.layers(model), device, compute_dtype)
-    else:
-        model, adapter, tokenizer = load_model(settings.model, device, compute_dtype)
+    else:  # whole-model forwards; the decoder layers wait on the host when streamed (llmprune.streaming)
+        on_host = streaming_on(
+            settings, device, lambda: not streaming_needed(settings, config, distributed.world_size())
+        )
+        model, adapter, tokenizer = load_model(settings.model, HOST if on_host else device, compute_dtype)
+        stream = streamed(model, adapter.layers(model), device, compute_dtype) if on_host else None
     settings = settings.model_copy(update={"stream_weights": "on" if stream is not None else "off"})  # as run
     dense_params = adapter.decoder_linear_params(model)
     dense_total = sum(p.numel() for p in model.parameters())
@@ -257,7 +256,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         offload_dir=settings.offload_dir,
         stream=stream,
     )
-    with reporter.live(), stream.installed() if stream is not None else contextlib.nullcontext():
+    with reporter.live(), active(stream):
         result = PruneResult.of(pruner.prune(ctx))
     plan = result.plan
     # Methods not yet converted to PruneResult still write into ctx.extras.
@@ -271,13 +270,12 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
 
         options = RecoveryOptions.model_validate(settings.recover)
         weight_bytes = sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=compute_dtype).element_size()
-        wanted = settings.model_copy(update={"stream_weights": settings_in.stream_weights})  # as asked
-        if stream is None and streaming_on(wanted, device, lambda: weights_fit(weight_bytes, wanted)):
+        if stream is None and streaming_on(settings_in, device, lambda: weights_fit(weight_bytes, settings_in)):
             stream = ctx.stream = streamed(model, adapter.layers(model), device, compute_dtype)
-            settings = settings.model_copy(update={"stream_weights": "on"})
+            settings = settings.model_copy(update={"stream_weights": "on"})  # as run
         elif stream is None:
             model.to(device=device, dtype=compute_dtype)  # layer-wise methods left it on CPU in save_dtype
-        with reporter.live(), stream.installed() if stream is not None else contextlib.nullcontext():
+        with reporter.live(), active(stream):
             stage = run_stage(ctx, options, settings.model, compute_dtype, plan.semi24_targets)
         method_report["recovery"] = stage.report.model_dump(mode="json")
         method_files.update(stage.files)

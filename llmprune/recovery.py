@@ -291,6 +291,7 @@ class RecoveryTraining(LearnedMethod):
     ) -> None:
         self.model, self.adapter, self.o, self.teacher = model, adapter, options, teacher
         self.seed, self.device, self.masks = seed, device, masks
+        self.peak_lr = options.peak_lr(semi24=bool(masks))
         self.steps_per_stage = options.steps
         self.weights: LoRAWeights | FullWeights | None = None
         self.tokens_seen = 0
@@ -308,7 +309,7 @@ class RecoveryTraining(LearnedMethod):
         params = self.weights.parameters()
         if not params:
             raise NumericalError(f"recovery: no weights to train among --lora-targets {o.lora_targets}")
-        self.opt = torch.optim.AdamW(params, lr=o.peak_lr(bool(self.masks)), weight_decay=0.0)
+        self.opt = torch.optim.AdamW(params, lr=self.peak_lr, weight_decay=0.0)
         if resume is not None:
             self.weights.load(resume["weights"])
             self.opt.load_state_dict(resume["opt"])
@@ -326,7 +327,7 @@ class RecoveryTraining(LearnedMethod):
 
     def update(self, batch: Batch, means: dict[str, float]) -> dict[str, Any]:
         assert self.weights is not None  # begin_stage made them
-        lr = WEIGHT_LR.apply(self.opt, self.o.peak_lr(bool(self.masks)), batch.step, self.o.steps)
+        lr = WEIGHT_LR.apply(self.opt, self.peak_lr, batch.step, self.o.steps)
         self.opt.step()
         self.weights.after_step()
         self.tokens_seen += batch.global_rows * batch.tokens.shape[1]

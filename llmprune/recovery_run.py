@@ -9,7 +9,6 @@ and distribution are the shared loop's (``llmprune.training``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -38,7 +37,7 @@ from llmprune.recovery import (
     zero_masks,
 )
 from llmprune.report import PruneReport, RecoveryReport
-from llmprune.streaming import streamed, streaming_on, weights_fit
+from llmprune.streaming import HOST, active, streamed, streaming_on, weights_fit
 from llmprune.trace import pyplot, save_figure
 from llmprune.training import Training, is_main
 
@@ -164,14 +163,11 @@ def teacher_targets(ctx: PruneContext, teacher: str, o: RecoveryOptions, dtype: 
     torchrun, then gathered), and free it."""
     from llmprune.loading import load_model
 
-    if ctx.stream is None:
-        model, _, _ = load_model(teacher, ctx.device, dtype)
-        streaming: Any = contextlib.nullcontext()
-    else:  # the student's layers wait on the host: so do the teacher's
-        model, adapter, _ = load_model(teacher, torch.device("cpu"), dtype)
-        streaming = streamed(model, adapter.layers(model), ctx.device, dtype).installed()
+    on_host = ctx.stream is not None  # the student's layers wait on the host: so do the teacher's
+    model, adapter, _ = load_model(teacher, HOST if on_host else ctx.device, dtype)
+    stream = streamed(model, adapter.layers(model), ctx.device, dtype) if on_host else None
     try:
-        with streaming:
+        with active(stream):
             return topk_targets(ctx, model, o.teacher_topk, o.temperature, "recovery teacher top-k")
     finally:
         del model
@@ -271,13 +267,10 @@ def _run_recover(settings: RecoverSettings, reporter: Reporter | None, claim: li
     compute_dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
     save_dtype = save_dtype_for(settings, config, device)
     torch.manual_seed(settings.seed)
-    stream = None
     weight_bytes = shape_of_config(config).params * torch.empty((), dtype=compute_dtype).element_size()
-    if streaming_on(settings, device, lambda: weights_fit(weight_bytes, settings)):
-        model, adapter, tokenizer = load_model(settings.model, torch.device("cpu"), compute_dtype)
-        stream = streamed(model, adapter.layers(model), device, compute_dtype)
-    else:
-        model, adapter, tokenizer = load_model(settings.model, device, compute_dtype)
+    on_host = streaming_on(settings, device, lambda: weights_fit(weight_bytes, settings))
+    model, adapter, tokenizer = load_model(settings.model, HOST if on_host else device, compute_dtype)
+    stream = streamed(model, adapter.layers(model), device, compute_dtype) if on_host else None
     settings = settings.model_copy(update={"stream_weights": "on" if stream is not None else "off"})
     source, calib = distributed.on_main(lambda: _calibration(settings, tokenizer, reporter))
     settings = settings.model_copy(update={"calib": source})
@@ -295,7 +288,7 @@ def _run_recover(settings: RecoverSettings, reporter: Reporter | None, claim: li
         compute_dtype=compute_dtype,
         stream=stream,
     )
-    with reporter.live(), stream.installed() if stream is not None else contextlib.nullcontext():
+    with reporter.live(), active(stream):
         stage = run_stage(ctx, options, settings.teacher, compute_dtype, plan.semi24_targets)
     previous = PruneReport.load(settings.model)
     fields = previous.as_json() if previous is not None else {}

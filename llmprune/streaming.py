@@ -14,8 +14,9 @@ stage). The cost is host-to-device traffic: the streamed layers' bytes once per 
 training step (forward and recomputation).
 
 Rules a method follows under streaming:
-* trainable tensors live on the device: the first time a layer runs, its parameters that require
-  a gradient (LoRA factors created next to a host weight, say) are moved there for good;
+* trainable tensors live on the device and are never streamed: LoRA factors are created there (they
+  take the compute device, not their base weight's); the loaded weights are frozen by
+  :func:`streamed`, so a weight that requires a gradient is one a method trains;
 * a method that trains a layer's own weights (ProxSparse, full fine-tuning) keeps that layer
   resident (:meth:`WeightStream.keep`) for as long as it trains it, and releases it after;
 * code that reads a streamed weight outside a forward sees the host tensor (``weight.device`` is
@@ -31,6 +32,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from llmprune.layer_forward import wrapped_forwards
 
 HOST = torch.device("cpu")
 
@@ -73,17 +76,8 @@ class WeightStream:
 
         The wrapper is the innermost one on ``layer.forward``: gradient checkpointing, installed
         later, wraps it, so the recomputation in backward streams again."""
-        previous = [vars(layer).get("forward") for layer in self.layers]
-        for i, layer in enumerate(self.layers):
-            layer.forward = self._streamed(i, layer.forward)
-        try:
+        with wrapped_forwards(self.layers, self._streamed):
             yield self
-        finally:
-            for layer, before in zip(self.layers, previous):
-                if before is None:
-                    vars(layer).pop("forward", None)
-                else:
-                    layer.forward = before
 
     def _streamed(self, index: int, forward: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -106,8 +100,7 @@ class WeightStream:
                 for name, t in table.items():
                     if t is None or (t.device == self.device and self.device != HOST):
                         continue  # already there (e.g. moved by the layer-wise runner)
-                    if t.requires_grad and torch.is_grad_enabled():  # trainable: on the device from now on
-                        t.data = t.data.to(self.device)
+                    if t.requires_grad:  # trained: on the device already (created there, or kept)
                         continue
                     copy = t.to(self.device, copy=True)
                     self._count(copy)
@@ -152,16 +145,6 @@ def streaming_on(settings: Any, device: torch.device, fits: Callable[[], bool]) 
     return not fits()
 
 
-def adopt(stream: WeightStream | None, tensors: Iterable[torch.Tensor]) -> None:
-    """Trainable tensors a method created next to host weights (LoRA factors) move to the device
-    before the loop wraps them for data parallelism (DDP wants them where they compute)."""
-    if stream is None:
-        return
-    for t in tensors:
-        if t.device != stream.device:
-            t.data = t.data.to(stream.device)
-
-
 def streamed(model: nn.Module, layers: Sequence[nn.Module], device: torch.device, dtype: torch.dtype) -> WeightStream:
     """Prepare a host-resident ``model`` for streaming: everything in ``dtype``, all but the
     decoder layers on ``device``; returns the stream (install it around the work)."""
@@ -169,6 +152,11 @@ def streamed(model: nn.Module, layers: Sequence[nn.Module], device: torch.device
     model.requires_grad_(False)  # loaded weights are frozen; a method turns on what it trains (and keeps it)
     place_outside_layers(model, layers, device)
     return WeightStream(layers, device)
+
+
+def active(stream: WeightStream | None) -> contextlib.AbstractContextManager[Any]:
+    """The stream installed around a block, or nothing without one."""
+    return stream.installed() if stream is not None else contextlib.nullcontext()
 
 
 def weights_fit(weight_bytes: int, settings: Any) -> bool:

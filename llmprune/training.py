@@ -42,7 +42,7 @@ from llmprune import distributed
 from llmprune.atomic import save_torch
 from llmprune.cadence import Cadence, parse_every
 from llmprune.errors import NumericalError, ResumeError
-from llmprune.streaming import adopt
+from llmprune.layer_forward import wrapped_forwards
 from llmprune.trace import batch_rows
 
 #: Settings that do not change what a run computes: a resumed run may differ in them.
@@ -355,7 +355,6 @@ class Training:
                 # A checkpoint inside this stage resumes it; one at its boundary starts it afresh.
                 inside = ckpt is not None and stage == start_stage and start_step > 0
                 trainable = method.begin_stage(stage, ckpt.method if inside and ckpt is not None else None)
-                adopt(getattr(ctx, "stream", None), trainable)  # LoRA factors made next to host weights
                 start = start_step if inside else 0
                 if inside and ckpt is not None and ckpt.rng is not None:
                     torch.set_rng_state(ckpt.rng)
@@ -473,10 +472,7 @@ def layer_checkpointing(layers: Sequence[nn.Module], enabled: bool = True) -> It
         return
     from torch.utils.checkpoint import checkpoint
 
-    originals = [layer.forward for layer in layers]
-    previous = [vars(layer).get("forward") for layer in layers]  # e.g. weight streaming's wrapper
-
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(_: int, fn: Callable[..., Any]) -> Callable[..., Any]:
         def forward(*args: Any, **kwargs: Any) -> Any:
             if not torch.is_grad_enabled():
                 return fn(*args, **kwargs)
@@ -484,13 +480,5 @@ def layer_checkpointing(layers: Sequence[nn.Module], enabled: bool = True) -> It
 
         return forward
 
-    for layer, fn in zip(layers, originals):
-        layer.forward = wrap(fn)
-    try:
+    with wrapped_forwards(layers, wrap):  # restores an inner wrapper (weight streaming's) on exit
         yield
-    finally:
-        for layer, before in zip(layers, previous):
-            if before is None:
-                vars(layer).pop("forward", None)
-            else:
-                layer.forward = before

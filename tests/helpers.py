@@ -102,6 +102,14 @@ SAMPLE_TEXT = (
 ) * 40
 
 
+def config_folder(folder: Path, geometry: dict) -> Path:
+    """A folder with only the ``config.json`` of a bf16 Llama of ``geometry`` (for estimates)."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(**geometry, tie_word_embeddings=False, dtype="bfloat16").save_pretrained(folder)
+    return folder
+
+
 def save_tiny_model(folder: Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
     """Write a tiny model + tokenizer folder loadable with from_pretrained."""
     model = make_tiny_model(family, seed, **overrides)

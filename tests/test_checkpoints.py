@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import LLAMA_8B, REFMODEL, requires_refmodel, save_tiny_model
+from helpers import LLAMA_8B, REFMODEL, config_folder, requires_refmodel, save_tiny_model
 from helpers import run_cli as run
 
 from llmprune import cadence, training
@@ -123,15 +123,8 @@ def _layer_linear(model: Path) -> int:
 
 
 # ----- --layers-per-stage auto ---------------------------------------------------------------------
-def _llama8b_config_folder(folder: Path) -> Path:
-    from transformers import LlamaConfig
-
-    LlamaConfig(**LLAMA_8B, tie_word_embeddings=False, dtype="bfloat16").save_pretrained(folder)
-    return folder
-
-
 def test_auto_staging_takes_fewer_layers_under_a_small_gpu_budget(tmp_path):
-    folder = _llama8b_config_folder(tmp_path / "cfg")
+    folder = config_folder(tmp_path / "cfg", LLAMA_8B)
     sizes = {}
     for gib in (40, 80, 1000):
         out = tmp_path / f"e{gib}.json"

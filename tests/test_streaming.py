@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_tiny_model, read_json, run_cli, save_tiny_model
+from helpers import config_folder, make_tiny_model, read_json, run_cli, save_tiny_model
 
 from llmprune.arch import ArchAdapter
 from llmprune.streaming import WeightStream
@@ -144,13 +144,6 @@ def test_streaming_outlives_a_gradient_checkpointing_scope_inside_it():
 
 
 # ----- the estimate -----------------------------------------------------------------------------
-def _config_folder(folder: Path, geometry: dict) -> Path:
-    from transformers import LlamaConfig
-
-    LlamaConfig(**geometry, tie_word_embeddings=False, dtype="bfloat16").save_pretrained(folder)
-    return folder
-
-
 GPU = ["--device", "cuda", "--dtype", "bfloat16", "--gpu-memory", "80", "--nsamples", "128", "--seqlen", "2048"]
 LEARNED = {
     "uniform": ["--method", "minimax", "--batch-size", "4"],
@@ -167,7 +160,7 @@ def test_auto_streams_70b_on_an_80_gb_gpu_and_the_estimate_then_fits(tmp_path, s
     from helpers import LLAMA_70B
 
     monkeypatch.setenv("WORLD_SIZE", "8")  # --estimate plans for the torchrun ranks it sees
-    folder = _config_folder(tmp_path / "70b", LLAMA_70B)
+    folder = config_folder(tmp_path / "70b", LLAMA_70B)
     found = {}
     for mode in ("auto", "off"):
         out = tmp_path / f"{mode}.json"
@@ -185,7 +178,7 @@ def test_auto_streams_70b_on_an_80_gb_gpu_and_the_estimate_then_fits(tmp_path, s
 def test_auto_does_not_stream_what_fits_nor_on_the_cpu(tmp_path):
     from helpers import LLAMA_8B
 
-    folder = _config_folder(tmp_path / "8b", LLAMA_8B)
+    folder = config_folder(tmp_path / "8b", LLAMA_8B)
     for device in (GPU, ["--device", "cpu", "--nsamples", "128", "--seqlen", "2048"]):
         out = tmp_path / "e.json"
         result = run_cli("uniform", folder, "--estimate", "--json", out, *device, *LEARNED["uniform"])
