@@ -184,3 +184,14 @@ def test_auto_does_not_stream_what_fits_nor_on_the_cpu(tmp_path):
         result = run_cli("uniform", folder, "--estimate", "--json", out, *device, *LEARNED["uniform"])
         assert result.exit_code == 0, result.output
         assert read_json(out)["settings"]["stream_weights"] is False
+
+
+@pytest.mark.parametrize("command", ["uniform", "recover"])
+def test_a_bad_stream_weights_value_is_one_line_and_writes_nothing(tmp_path, tiny_text, command):
+    model = save_tiny_model(tmp_path / "m", "llama")
+    out = tmp_path / "o"
+    extra = ["--teacher", model] if command == "recover" else []
+    result = run_cli(command, model, "-o", out, "--calib", tiny_text, *SMALL, *extra, "--stream-weights", "maybe")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--stream-weights" in lines[0] and not out.exists(), result.output
