@@ -38,7 +38,8 @@ range adds the host-to-device traffic (``n_l·ℓ`` a forward, twice a training 
 recomputation) over :data:`TRANSFER`.
 Layer-wise methods (the one-shot baselines, Týr's supernet) keep the model on the host in its
 saved dtype (``P·s``) and one layer on the device: ``2 · layer in float32`` (the layer and its
-pruned copy) ``+ Hessians (SparseGPT, Týr: (2H² + (n_h·d)² + I²) · 4) + 2·N·L·H·4`` (a layer's
+pruned copy) ``+ Hessians (SparseGPT, Týr: (2H² + (n_h·d)² + I²) · 4 + 3·max(H, n_h·d, I)²·4`` (the damped
+copy, factor and inverse of the largest one, :mod:`llmprune.obs`) ``) + 2·N·L·H·4`` (a layer's
 inputs and outputs, or on disk with ``--offload-dir``); on CPU the two are the same memory; Týr's search then runs
 whole-model forwards (``P·b`` + one batch of activations without gradient).
 Host peak: the model in its checkpoint dtype while it loads, the calibration activations of a
@@ -286,11 +287,14 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
         layer_f32 = (shape.layer_linear + 2 * H) * 4
         qd = shape.heads * shape.head_dim
         hessians = (2 * H**2 + qd**2 + shape.intermediate**2) * 4 if method in ("sparsegpt", "tyr") else 0
+        # factorising the largest Hessian: its damped copy, factor and inverse (llmprune.obs)
+        inverse = 3 * max(H, qd, shape.intermediate) ** 2 * 4 if hessians else 0
         acts = 2 * calib_tokens * H * 4
         offload = settings.offload_dir is not None
         terms["one layer and its pruned copy (float32)"] = 2 * layer_f32
         if hessians:
             terms["hessians"] = hessians
+            terms["Hessian inverse (working copies)"] = inverse
         terms["calibration activations"] = 0 if offload else acts
         if dev == "cpu":  # the model waits in host memory in its saved dtype: the same memory
             terms["model (saved dtype)"] = P * saved
@@ -310,6 +314,7 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
                 terms["dense o/down copies"] = dense_copies
             terms["one layer (float32)"] = layer_f32
             terms["hessians"] = hessians
+            terms["Hessian inverse (working copies)"] = inverse
             iterations = int(o.get("iterations", 4))
             disk += sum(tyr_disk_terms(settings, shape, b, n, seqlen))
             gens, offspring = int(o.get("generations", 8)), int(o.get("offspring", 16))

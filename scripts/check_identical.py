@@ -9,6 +9,9 @@ code before the refactor (``scripts/identical_hashes.json``).
     python scripts/check_identical.py minimax     # check some cases
     python scripts/check_identical.py --record    # (re)record the hashes from the current code
 
+Run it with the default torch thread count, as the hashes were recorded: with ``OMP_NUM_THREADS=1``
+the matrix products sum in another order and SparseGPT's and Týr's bytes differ on unchanged code.
+
 Exit code 0 when every checked case matches, 1 otherwise. Each case runs the real CLI in a
 subprocess with this checkout first on ``PYTHONPATH``.
 """

@@ -147,6 +147,24 @@ def test_singular_hessian_is_damped_progressively():
     assert torch.isfinite(damped_cholesky_inverse(rank1, percdamp=0.0)).all()
 
 
+def test_hessian_inverse_holds_at_most_three_copies():
+    """At 8B widths the down projection's Hessian is 14336² floats (0.77 GiB): the damped copy,
+    factor and inverse are the working set (estimate: 3 copies); an identity and a scaled identity
+    of the same size beside them would be two more."""
+    from llmprune.memtrack import TensorPeak
+
+    n = 256
+    x = torch.randn(4 * n, n, generator=torch.Generator().manual_seed(0))
+    with TensorPeak() as m:
+        H = x.T @ x  # the statistics the caller holds: tracked like the rest
+        one, before = H.numel() * H.element_size(), m.current
+        U = damped_cholesky_inverse(H)
+    assert m.peak - before <= 3 * one + 64 * n, (m.peak - before) / one
+    torch.testing.assert_close(
+        U.T @ U @ (H + 0.01 * torch.diag(H).mean() * torch.eye(n)), torch.eye(n), atol=1e-3, rtol=0
+    )
+
+
 def test_non_finite_hessian_names_the_module():
     H = torch.eye(4)
     H[1, 1] = math.nan
