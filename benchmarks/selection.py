@@ -105,7 +105,9 @@ GRIDS: dict[str, Grid] = {
         "minimax",
         0.5,
         base={"lora_rank": 0},
-        vary={"lr": [0.01, 0.02, 0.05], "ramp": [0.3, 0.5], "learn_widths": [True, False]},
+        # the default (0.02, 0.3, True) first, its neighbours next: a run cut short by the CPU budget
+        # still measures the rows nearest the default
+        vary={"lr": [0.02, 0.01, 0.05], "ramp": [0.3, 0.5], "learn_widths": [True, False]},
         note="mask learning only (--lora-rank 0: no weight training)",
     ),
     # The shared recovery stage's own defaults (--recover-steps, --recover-lr), on a 2:4 and a
