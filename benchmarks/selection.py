@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,6 +286,9 @@ def main() -> None:
             print(f"{name}: {len(grid.jobs())} rows, {grid.strategy} --method {grid.method}, vary {grid.vary}")
         return
     all_rows = measure([n for n in args.grids.split(",") if n])
+    # the page's "reproduce" line names every grid it shows (cached rows are reused, not re-run)
+    shown = [name for name in GRIDS if any(r.get("grid") == name for r in all_rows)]
+    sys.argv = [sys.argv[0], "--grids", ",".join(shown)]
     dense = all_rows[0]
     summaries = [
         summarise(name, GRIDS[name], [r for r in all_rows if r.get("grid") == name])
