@@ -325,11 +325,12 @@ def report() -> None:
     unfitted = sorted(set(RUNS) - set(fits))
     if unfitted:
         lines.append(f"- not fitted (fewer than two layer counts by the same code): {', '.join(unfitted)}")
-    lines += [
-        "",
-        "Týr's device and host terms are a rough model that no run at these widths has checked yet; "
-        "its disk term follows the supernet's own size formula.",
-    ]
+    if "tyr" not in by_method:
+        lines += [
+            "",
+            "Týr's device and host terms are a rough model that no run at these widths has checked yet; "
+            "its disk term follows the supernet's own size formula.",
+        ]
     lines += [
         "",
         "## Predicted totals (bf16, 128 × 2048 calibration tokens, method defaults; minimax batch 4, "
