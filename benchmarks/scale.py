@@ -269,7 +269,15 @@ def report() -> None:
         if len({r["layers"] for r in same}) < 2:
             continue  # one layer count per code version: no line to fit
         a, b = fit([(r["layers"], r["peak_tensor_bytes"] / 2**30) for r in same])
-        fits[method] = {"a_gib": a, "b_gib_per_layer": b}
+        fits[method] = {
+            "a_gib": a,
+            "b_gib_per_layer": b,
+            "code_version": same[0].get("code_version") or "earlier",
+            # the estimate's own slope and its 32-layer value for the measured settings (CPU, float32)
+            "b_estimate_gib_per_layer": (predicted(method, 2) - predicted(method, 1)) / 2**30,
+            "fit_at_32_layers_gib": a + 32 * b,
+            "estimate_at_32_layers_gib": predicted(method, 32) / 2**30,
+        }
     now = {(r["method"], r["layers"]): predicted(r["method"], r["layers"]) for r in runs}  # today's estimate
     compared = [
         {
@@ -321,7 +329,12 @@ def report() -> None:
         "",
     ]
     for method, f in fits.items():
-        lines.append(f"- {method}: a = {f['a_gib']:.2f} GiB, b = {f['b_gib_per_layer']:.2f} GiB/layer")
+        lines.append(
+            f"- {method} (code {f['code_version']}): a = {f['a_gib']:.2f} GiB, b = {f['b_gib_per_layer']:.2f} "
+            f"GiB/layer (estimate's slope {f['b_estimate_gib_per_layer']:.2f}); extrapolated to 32 layers at these "
+            f"settings: {f['fit_at_32_layers_gib']:.1f} GiB by the fit, {f['estimate_at_32_layers_gib']:.1f} GiB "
+            "by the estimate"
+        )
     unfitted = sorted(set(RUNS) - set(fits))
     if unfitted:
         lines.append(f"- not fitted (fewer than two layer counts by the same code): {', '.join(unfitted)}")
