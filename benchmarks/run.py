@@ -385,7 +385,7 @@ def main() -> None:
                 rec = cache["recovery"][recovery_key] = recovery_part(job, args)
             fresh += 1
             CACHE.write_text(json.dumps(cache, indent=2) + "\n")
-        row = {**one, **(rec or {})}
+        row = {**one, **(rec or {}), "label": job.label}  # a recovery-only row shares its source's one-shot part
         by_label[f"{job.label}@{job.sparsity}"] = row
         rows.append(row)
         shown = {k: row.get(k) for k in ("perplexity", "perplexity_recovered", "perplexity_own_training")}
