@@ -48,6 +48,12 @@ def prune_args(
     if sparsity is not None and strategy != "semi24":
         args += ["--sparsity", str(sparsity)]
     args += ["--calib", str(calib), "--seqlen", str(seqlen), "--nsamples", str(nsamples), "--seed", str(seed)]
+    return args + option_flags(options)
+
+
+def option_flags(options: dict[str, Any]) -> list[str]:
+    """Options as ``--flags`` (``key_name=v`` → ``--key-name v``; booleans ``--flag`` / ``--no-flag``)."""
+    args: list[str] = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):

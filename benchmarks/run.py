@@ -53,6 +53,7 @@ from common import (
     code_version,
     display_path,
     evaluate,
+    option_flags,
     prune,
     prune_command,
     run_llmprune,
@@ -146,7 +147,6 @@ def sha(path: Path) -> str:
 
 
 def recover_args(pruned: Path, out: Path, args: argparse.Namespace, options: dict[str, Any]) -> list[str]:
-    flags = [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     return [
         "recover",
         str(pruned),
@@ -162,7 +162,7 @@ def recover_args(pruned: Path, out: Path, args: argparse.Namespace, options: dic
         str(args.nsamples),
         "--seed",
         "0",
-        *flags,
+        *option_flags(options),
     ]
 
 
