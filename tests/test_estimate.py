@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import CALIB, LLAMA_8B, REFMODEL, TINY_CONFIGS, requires_refmodel, run_cli
+from helpers import CALIB, LLAMA_8B, REFMODEL, TINY_CONFIGS, make_tiny_model, requires_refmodel, run_cli, tiny_tokenizer
 
 from llmprune import estimate as estimate_module
 from llmprune.arch import FAMILIES
@@ -153,3 +153,51 @@ def test_tyr_supernet_at_llama_8b_widths_is_compact_and_follows_its_equation():
     assert equation <= supernet <= equation * 1.002
     assert supernet < 40e9  # issue 15's target for 8B
     assert cache == 128 * 2048 * 256 * 8
+
+
+def test_tyr_memory_per_layer_is_the_estimates_slope(tmp_path):
+    """Týr's peak grows by the estimate's per-layer term (the layer and its dense o/down copy)
+    from one layer on: the supernet build used to keep the previous layer's o/down copies alive
+    through the next layer's pruning, one extra copy from the second layer on (at 8B widths
+    measured 1.38 GiB/layer from 1 to 2 layers against 1.09 estimated)."""
+    import torch
+    from transformers import AutoConfig
+
+    from llmprune.config import PruneSettings
+    from llmprune.memtrack import TensorPeak
+    from llmprune.pruners.base import get_pruner_class, option_defaults
+
+    geometry = dict(hidden_size=128, intermediate_size=448, num_attention_heads=8, num_key_value_heads=2)
+    geometry.update(head_dim=16, vocab_size=300)
+    common = ["--method", "tyr", "--sparsity", "0.3", "--generations", "1", "--offspring", "2", "--iterations", "1"]
+    common += ["--calib", CALIB, "--nsamples", "2", "--seqlen", "64", "--batch-size", "1", "--device", "cpu"]
+    common += ["--dtype", "float32"]
+    peaks, predicted = {}, {}
+    for layers in (1, 2, 3):
+        folder = tmp_path / f"m{layers}"
+        model = make_tiny_model("llama", num_hidden_layers=layers, **geometry)
+        model.to(torch.bfloat16).save_pretrained(folder)  # loading to float32 copies: counted
+        tiny_tokenizer(300).save_pretrained(folder)
+        settings = PruneSettings(
+            strategy="global",
+            method="tyr",
+            model=str(folder),
+            output=tmp_path / "x",
+            sparsity=0.3,
+            nsamples=2,
+            seqlen=64,
+            batch_size=1,
+            device="cpu",
+            dtype="float32",
+            method_options=option_defaults(get_pruner_class("global", "tyr")),
+        )  # the unrounded estimate (--json rounds to a thousandth of a GiB)
+        predicted[layers] = estimate_module.estimate(settings, AutoConfig.from_pretrained(folder)).peak_device_gib
+        with TensorPeak() as m:
+            result = run_cli("global", folder, "-o", tmp_path / f"out{layers}", *common)
+        assert result.exit_code == 0, result.output
+        peaks[layers] = m.peak
+    per_layer = (predicted[2] - predicted[1]) * estimate_module.GIB
+    assert per_layer > 0 and abs((predicted[3] - predicted[2]) * estimate_module.GIB - per_layer) < 1e-6 * per_layer
+    for a, b in ((1, 2), (2, 3)):
+        measured = peaks[b] - peaks[a]
+        assert abs(measured - per_layer) <= 0.05 * per_layer, (a, b, measured / per_layer)

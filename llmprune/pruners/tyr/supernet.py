@@ -297,6 +297,7 @@ class Supernet:
             runner.advance(layer)
             for key in KEYS:
                 adapter.linear(layer, key).weight.copy_(dense[key])
+            del dense  # else this layer's o/down copies stay alive through the next layer's pruning
             layer.to(home)
             if progress:
                 progress(i)
