@@ -106,6 +106,11 @@ def backend() -> str | None:
     return _dist().get_backend() if is_enabled() else None
 
 
+def group_record() -> dict[str, dict[str, object]]:
+    """``{"distributed": {world_size, backend}}`` for a run's report under torchrun, else ``{}``."""
+    return {"distributed": {"world_size": world_size(), "backend": backend()}} if is_enabled() else {}
+
+
 def timeout_seconds() -> float:
     try:
         return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))

@@ -322,8 +322,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         **method_report,
     }
     fields.update(alignment_report(settings, plan, reporter.log))
-    if distributed.is_enabled():
-        fields["distributed"] = {"world_size": world, "backend": distributed.backend()}
+    fields.update(distributed.group_record())
     report = finish_run(
         fields,
         t_start,

@@ -301,11 +301,7 @@ def _run_recover(settings: RecoverSettings, reporter: Reporter | None, claim: li
                 "student": settings.model,
                 "calibration": {"source": source, "nsamples": int(calib.shape[0]), "seqlen": settings.seqlen},
                 "versions": package_versions(),
-                **(
-                    {"distributed": {"world_size": distributed.world_size(), "backend": distributed.backend()}}
-                    if distributed.is_enabled()
-                    else {}
-                ),
+                **distributed.group_record(),
             },
         }
     )
