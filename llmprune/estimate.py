@@ -25,6 +25,7 @@ The memory model, per method (bytes; every symbol from the config and the settin
   (value, gradient, two Adam moments); ProxSparse's stage of ``n_s`` layers holds its targeted
   weights ``n_s · P_lin`` × ``(4 master + 4 gradient + 8 Adam + 4 anchor·[λ₂>0])`` plus, below
   float32, a gradient in the run dtype (``+ b``); the master *is* the weight in float32.
+  Finished stages' masks (``n_l · P_lin`` bytes, one a weight) wait in host memory.
   ``--layers-per-stage auto`` takes the largest ``n_s`` whose device peak below fits the budget
   (``--gpu-memory``, else the device's free memory; on CPU the available host RAM).
 
@@ -273,7 +274,9 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
                 terms["resident stage layers"] = per_stage * layer_bytes
             per_ckpt = per_stage * shape.layer_linear * 12  # the stage's fp32 masters + two Adam moments
             masks = shape.layers * shape.layer_linear  # finished stages' masks, one byte a weight, once
-            host += per_ckpt  # one checkpoint being serialised
+            host += per_ckpt + masks  # one checkpoint being serialised; finished stages' masks
+            if dev == "cpu":  # the masks wait in host memory, which is the device's here
+                terms["finished stages' masks"] = masks
             disk += per_ckpt + masks
             n_stages = math.ceil(shape.layers / per_stage)
             writes = n_stages * checkpoints_per_stage(every, steps, stage_hours) * per_ckpt + masks

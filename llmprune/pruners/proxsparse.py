@@ -411,6 +411,7 @@ class ProxSparseTraining(LearnedMethod):
                 self.masks[n] = nm_mask(score)
                 lin = self.targets[n]
                 lin.weight.requires_grad_(False)
+                lin.weight.grad = None  # a float32 weight is its own master: else its last gradient stays
                 lin.weight.copy_((self.w0[n] * self.masks[n]).to(device=lin.weight.device, dtype=lin.weight.dtype))
         if self.ctx.stream is not None:
             self.ctx.stream.release(self.stages[stage])
