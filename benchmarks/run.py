@@ -64,10 +64,17 @@ STRUCTURED = [("uniform", "magnitude"), ("uniform", "wanda"), ("uniform", "minim
 SEMI24 = [("semi24", "magnitude"), ("semi24", "wanda"), ("semi24", "sparsegpt"), ("semi24", "proxsparse")]
 #: One-shot settings where a method's default trains weights after the structure is fixed.
 ONE_SHOT = {"minimax": {"lora_rank": 0}}
-#: Extra rows: a method's output recovered at another rate than the default, chosen for it on the
-#: select split (benchmarks/selection.py --grids recovery-tyr50: Týr 50% best at 5e-4, 42.66, vs
-#: 44.14 at the structured default 2e-3 and 44.29 without recovery).
-RECOVER_AT = {"tyr": {"lr": 5e-4}}
+#: Extra rows: a method's output recovered again with other recovery settings than the column's.
+#: Týr at 5e-4: the rate chosen for it on the select split (benchmarks/selection.py --grids
+#: recovery-tyr50: 42.66, vs 44.14 at the structured default 2e-3 and 44.29 without recovery).
+#: ``nsamples`` 256: the recovery distilling on 256 calibration sequences instead of the column's
+#: 64 (the pruning's), the default of --recover-nsamples since 2026-11-30 (selection grids recovery-n256-*).
+RECOVER_AT: dict[str, list[dict[str, Any]]] = {
+    "tyr": [{"lr": 5e-4}, {"nsamples": 256}],
+    "wanda": [{"nsamples": 256}],
+    "sparsegpt": [{"nsamples": 256}],
+    "proxsparse": [{"nsamples": 256}],
+}
 CACHE = RESULTS / "summary_rows.json"
 
 COLUMNS = [
@@ -115,14 +122,27 @@ def jobs_for(sparsities: list[float], wanted: set[str]) -> list[Job]:
                 jobs.append(
                     Job("uniform", "wanda", s, "wanda @ minimax widths", widths_from=f"minimax@{s}"),
                 )
-            if method in RECOVER_AT:
-                extra = RECOVER_AT[method]
-                label = f"{method}, recovery " + " ".join(f"--{k} {v:g}" for k, v in extra.items())
-                jobs.append(Job(strategy, method, s, label, recover_options=extra, output_from=method))
+            jobs += recovered_again(strategy, method, s)
         if i == 0:
-            jobs += [Job(st, m, None, m) for st, m in SEMI24]
+            for st, m in SEMI24:
+                jobs += [Job(st, m, None, m), *recovered_again(st, m, None)]
     jobs += [Job("uniform", "minimax", s, "minimax default (own LoRA)", recover=False) for s in order]
     return [j for j in jobs if (not wanted or j.method in wanted) and registered(j.strategy, j.method)]
+
+
+def recovered_again(strategy: str, method: str, sparsity: float | None) -> list[Job]:
+    """The ``RECOVER_AT`` rows of one method's output."""
+    return [
+        Job(
+            strategy,
+            method,
+            sparsity,
+            f"{method}, recovery " + " ".join(f"--{k} {v:g}" for k, v in extra.items()),
+            recover_options=extra,
+            output_from=method,
+        )
+        for extra in RECOVER_AT.get(method, [])
+    ]
 
 
 def defaults_of(job: Job) -> dict[str, Any]:
@@ -137,6 +157,7 @@ def defaults_of(job: Job) -> dict[str, Any]:
             k: f.get_default(call_default_factory=True) for k, f in RecoveryOptions.model_fields.items()
         }
         found["recover"]["default_lr"] = DEFAULT_LR[("lora", job.strategy == "semi24")]  # --lr not given
+        found["recover"].pop("recover_nsamples")  # `recover` takes --nsamples (recover_args), not this
     for options in found.values():  # when to checkpoint never changes a result (resume is bitwise)
         options.pop("checkpoint_every", None)
     return json.loads(json.dumps(found, default=str))
@@ -159,10 +180,10 @@ def recover_args(pruned: Path, out: Path, args: argparse.Namespace, options: dic
         "--seqlen",
         str(args.seqlen),
         "--nsamples",
-        str(args.nsamples),
+        str(options.get("nsamples", args.nsamples)),
         "--seed",
         "0",
-        *option_flags(options),
+        *option_flags({k: v for k, v in options.items() if k != "nsamples"}),
     ]
 
 

@@ -286,6 +286,10 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
     return [P(name, P.KEYWORD_ONLY, default=default, annotation=ann) for name, ann, default in spec]
 
 
+#: Recovery options that ``llmprune recover`` takes from one of its own flags (not repeated).
+RECOVER_OWN_FLAGS = {"recover_nsamples": "nsamples"}
+
+
 def _recovery_parameters(prefix: str) -> list[inspect.Parameter]:
     """One keyword parameter per field of ``RecoveryOptions``, named ``prefix + field`` (fields that
     already start with ``recover_`` keep their name)."""
@@ -294,6 +298,8 @@ def _recovery_parameters(prefix: str) -> list[inspect.Parameter]:
 
     params = []
     for name, f in RecoveryOptions.model_fields.items():
+        if not prefix and name in RECOVER_OWN_FLAGS:
+            continue
         pname = name if name.startswith("recover_") else prefix + name
         kind = _flag_type(f.annotation, f"recovery option {name!r}")
         default = f.get_default(call_default_factory=True)
@@ -318,7 +324,8 @@ def _recovery_options(values: dict[str, Any], prefix: str) -> dict[str, Any]:
 
     out = {}
     for name in RecoveryOptions.model_fields:
-        value = values.get(flag(name)[2:].replace("-", "_"))
+        own = RECOVER_OWN_FLAGS.get(name) if not prefix else None
+        value = values.get(own or flag(name)[2:].replace("-", "_"))
         if value is not None:
             out[name] = value
     try:
@@ -488,6 +495,8 @@ RECOVER_HELP = (
 
 
 def _recover_command() -> Callable[..., None]:
+    from llmprune.recovery import DEFAULT_RECOVER_NSAMPLES
+
     P = inspect.Parameter
     common = {p.name: p for p in _common_parameters("uniform")}
     spec = [
@@ -506,11 +515,19 @@ def _recover_command() -> Callable[..., None]:
             ),
             annotation=str,
         ),
+        common["calib"],
+        P(
+            "nsamples",
+            P.KEYWORD_ONLY,
+            default=typer.Option(
+                DEFAULT_RECOVER_NSAMPLES,
+                help="Calibration sequences the recovery distils on (all the text holds if it holds fewer).",
+            ),
+            annotation=int,
+        ),
         *(
             common[n]
             for n in (
-                "calib",
-                "nsamples",
                 "seqlen",
                 "seed",
                 "device",

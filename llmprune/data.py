@@ -151,8 +151,14 @@ def tokenize_stream(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def calibration_samples(tokenizer, source: str, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """``nsamples`` distinct non-overlapping windows of ``seqlen`` tokens, shape ``[N, L]``."""
+def calibration_samples(
+    tokenizer, source: str, nsamples: int, seqlen: int, seed: int, minimum: int | None = None
+) -> torch.Tensor:
+    """``nsamples`` distinct non-overlapping windows of ``seqlen`` tokens, shape ``[N, L]``.
+
+    The windows are a prefix of one seeded permutation, so the first ``n`` of a larger draw are
+    exactly the ``n`` windows a draw of ``n`` gives (``--recover-nsamples`` relies on it). With
+    ``minimum``, a text too short for ``nsamples`` windows gives all it has, if at least ``minimum``."""
     if nsamples < 1:
         raise DataError(f"--nsamples must be at least 1, got {nsamples}")
     if seqlen < 2:
@@ -161,6 +167,8 @@ def calibration_samples(tokenizer, source: str, nsamples: int, seqlen: int, seed
     windows = stream.numel() // seqlen
     if windows < nsamples and source == BUILTIN and windows > 0:
         nsamples = windows  # the fallback text is small by design; use all of it
+    if minimum is not None and minimum <= windows < nsamples:
+        nsamples = windows
     if windows < nsamples:
         raise DataError(
             f"calibration text {source!r} has {stream.numel()} tokens = {windows} windows of {seqlen}; "

@@ -226,19 +226,29 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
     settings = settings.model_copy(update={"stream_weights": "on" if stream is not None else "off"})  # as run
     dense_params = adapter.decoder_linear_params(model)
     dense_total = sum(p.numel() for p in model.parameters())
-    calib = None
+    calib = recovery_calib = None
     if needs_calibration:
 
         def load_calibration() -> tuple[str, torch.Tensor, str]:
+            from llmprune.recovery import RecoveryOptions
+            from llmprune.recovery_run import note_fewer
+
             source, warning = resolve_calibration_source(settings.calib)
             if warning:
                 reporter.log(f"[yellow]warning:[/] {warning}")
             assert settings.seqlen is not None  # resolve_seqlen above always sets it
-            samples = calibration_samples(tokenizer, source, settings.nsamples, settings.seqlen, settings.seed)
+            # The pruning's windows are the first --nsamples of the recovery's (one permutation).
+            n, least = settings.nsamples, None
+            if settings.recover is not None:
+                n, least = max(n, RecoveryOptions.model_validate(settings.recover).recover_nsamples), n
+            samples = calibration_samples(tokenizer, source, n, settings.seqlen, settings.seed, minimum=least)
+            if settings.recover is not None:
+                note_fewer(samples, n, "--recover-nsamples", reporter)
             return source, samples, text_sha256(source)
 
         # Rank 0 reads the text and draws the windows; every rank gets the same samples.
-        source, calib, calib_sha256 = distributed.on_main(load_calibration)
+        source, recovery_calib, calib_sha256 = distributed.on_main(load_calibration)
+        calib = recovery_calib[: settings.nsamples]
         settings = settings.model_copy(update={"calib": source})
     t_loaded = time.perf_counter()
 
@@ -269,6 +279,7 @@ def _run_prune(settings: PruneSettings, reporter: Reporter | None, claim: list[W
         from llmprune.recovery_run import run_stage
 
         options = RecoveryOptions.model_validate(settings.recover)
+        ctx.calib = recovery_calib  # the pruning's sequences, then --recover-nsamples' more
         weight_bytes = sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=compute_dtype).element_size()
         if stream is None and streaming_on(settings_in, device, lambda: weights_fit(weight_bytes, settings_in)):
             stream = ctx.stream = streamed(model, adapter.layers(model), device, compute_dtype)

@@ -48,6 +48,9 @@ WEIGHT_LR = LRSchedule(warmup=0.05, decay="cosine", floor=0.1, min_warmup_steps=
 #: every step count; on a 2:4 output 5e-4 was best and 2e-3 ended above no recovery at all.
 #: Full: a conventional fine-tuning rate, not measured.
 DEFAULT_LR = {("lora", False): 2e-3, ("lora", True): 5e-4, ("full", False): 1e-4, ("full", True): 1e-4}
+#: Sequences the recovery distils on by default (``--recover-nsamples``; ``recover --nsamples``):
+#: 100 steps of 8 over 64 sequences are 12 epochs, and the student drifts towards those 16K tokens.
+DEFAULT_RECOVER_NSAMPLES = 256
 
 
 class RecoveryOptions(BaseModel):
@@ -70,6 +73,13 @@ class RecoveryOptions(BaseModel):
         + ".",
     )
     steps: int = Field(100, ge=1, description="training steps (one batch of --batch-size sequences each).")
+    recover_nsamples: int = Field(
+        DEFAULT_RECOVER_NSAMPLES,
+        ge=1,
+        description="calibration sequences of --seqlen the recovery distils on: the pruning's --nsamples "
+        "first, then more from the same text (all it holds if fewer; never fewer than --nsamples). "
+        "`llmprune recover` takes its own --nsamples instead.",
+    )
     lr: float | None = Field(
         None,
         gt=0,

@@ -123,6 +123,7 @@ def run_stage(
         options=o.model_dump(mode="json"),
         steps=o.steps,
         sequences_per_step=bs,
+        sequences=int(calib.shape[0]),
         seqlen=int(calib.shape[1]),
         tokens_seen=int(trace[-1]["tokens"]) if trace else 0,
         trained_params=_trained_params(o, trained),
@@ -331,4 +332,15 @@ def _calibration(settings: RecoverSettings, tokenizer: Any, reporter: Reporter) 
     if warning:
         reporter.log(f"[yellow]warning:[/] {warning}")
     assert settings.seqlen is not None
-    return source, calibration_samples(tokenizer, source, settings.nsamples, settings.seqlen, settings.seed)
+    samples = calibration_samples(tokenizer, source, settings.nsamples, settings.seqlen, settings.seed, minimum=1)
+    note_fewer(samples, settings.nsamples, "--nsamples", reporter)
+    return source, samples
+
+
+def note_fewer(samples: torch.Tensor, asked: int, flag: str, reporter: Reporter) -> None:
+    """One line when the calibration text held fewer sequences than the recovery asked for."""
+    if samples.shape[0] < asked:
+        reporter.log(
+            f"[yellow]note:[/] the calibration text holds {samples.shape[0]} sequences of "
+            f"{samples.shape[1]} tokens; the recovery distils on all of them ({flag} {asked} asked for more)"
+        )

@@ -56,6 +56,7 @@ class RecoveryReport(BaseModel):
     options: dict[str, Any] = {}  # the validated RecoveryOptions, as JSON
     steps: int
     sequences_per_step: int
+    sequences: int | None = None  # calibration sequences distilled on (the training set)
     seqlen: int
     tokens_seen: int  # steps × sequences × seqlen over all ranks
     trained_params: int  # adapter parameters (lora) or weights (full)

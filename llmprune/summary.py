@@ -58,7 +58,8 @@ def recovery_line(r: RecoveryReport) -> str:
         if before is not None and after is not None
         else ""
     )
-    return f"{r.mode}, {r.steps} steps, {r.tokens_seen:,} tokens, {_seconds(r.time_train_s)}: {change}"
+    over = f" over {r.sequences} sequences" if r.sequences else ""
+    return f"{r.mode}, {r.steps} steps, {r.tokens_seen:,} tokens{over}, {_seconds(r.time_train_s)}: {change}"
 
 
 def print_eval_summary(report: dict[str, Any]) -> None:

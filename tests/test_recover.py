@@ -197,6 +197,46 @@ def test_recover_flag_on_a_one_shot_method_resumes_to_the_same_bytes(model_dir, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_calibration_windows_of_a_smaller_draw_are_the_first_of_a_larger_one(model_dir, calib):
+    """What lets --recover-nsamples add sequences without changing the ones the pruning sees."""
+    from transformers import AutoTokenizer
+
+    from llmprune.data import calibration_samples
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    small = calibration_samples(tok, str(calib), 5, 16, seed=3)
+    large = calibration_samples(tok, str(calib), 40, 16, seed=3)
+    assert large.shape == (40, 16) and torch.equal(large[:5], small)
+    windows = calibration_samples(tok, str(calib), 10**6, 16, seed=3, minimum=5).shape[0]
+    assert 40 < windows < 10**6  # all the text holds, not an error
+
+
+def test_recover_nsamples_distils_on_more_sequences_than_the_pruning_saw(model_dir, calib, tmp_path):
+    """The pruning sees --nsamples sequences (the same plan as without --recover); the recovery
+    distils on --recover-nsamples: those first, then more (all the text holds when it asks for more)."""
+    args = ["--method", "wanda", "--sparsity", "0.4", "--calib", calib, *SMALL]
+    stage = ["--recover", "--recover-steps", "1", "--recover-lora-rank", "2", "--recover-teacher-topk", "8"]
+    plain, more, most = tmp_path / "plain", tmp_path / "more", tmp_path / "most"
+    assert run("uniform", model_dir, "-o", plain, *args).exit_code == 0
+    assert run("uniform", model_dir, "-o", more, *args, *stage, "--recover-nsamples", "20").exit_code == 0
+    assert read_json(more / "llmprune_plan.json")["layers"] == read_json(plain / "llmprune_plan.json")["layers"]
+    report = read_json(more / "llmprune_report.json")
+    assert report["recovery"]["sequences"] == 20 and report["calibration"]["nsamples"] == 8
+    result = run("uniform", model_dir, "-o", most, *args, *stage, "--recover-nsamples", "100000")
+    assert result.exit_code == 0, result.output
+    assert "--recover-nsamples 100000 asked for more" in " ".join(result.output.split())
+    assert 20 < read_json(most / "llmprune_report.json")["recovery"]["sequences"] < 100000
+
+
+def test_recover_takes_the_sequence_count_from_its_own_nsamples(pruned, model_dir, calib, tmp_path):
+    out = tmp_path / "r"
+    assert _recover(pruned["uniform"], out, model_dir, calib, "--steps", "1").exit_code == 0
+    recovery = read_json(out / "llmprune_report.json")["recovery"]
+    assert recovery["sequences"] == 8 and recovery["options"]["recover_nsamples"] == 8
+    result = _recover(pruned["uniform"], tmp_path / "r2", model_dir, calib, "--recover-nsamples", "9")
+    assert result.exit_code == 2 and "No such option" in result.output
+
+
 def test_recovery_options_need_the_recover_flag(model_dir, calib, tmp_path):
     result = run(
         "uniform",
