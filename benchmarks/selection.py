@@ -81,6 +81,20 @@ def recovery_grid(strategy: str, method: str, sparsity: float | None, output: st
     )
 
 
+def recovery_n256_grid(
+    strategy: str, method: str, sparsity: float | None, output: str, options: dict[str, Any] | None = None
+) -> Grid:
+    """The shared recovery on 256 calibration sequences (--recover-nsamples), its learning rate."""
+    return Grid(
+        strategy,
+        method,
+        sparsity,
+        base={**(options or {}), "recover": True, "recover_steps": 100, "recover_nsamples": 256},
+        vary={"recover_lr": [5e-4, 2e-3]},
+        note=f"{output} + the shared recovery on 256 sequences, its learning rate",
+    )
+
+
 GRIDS: dict[str, Grid] = {
     "tyr-local": Grid(
         "global",
@@ -130,30 +144,9 @@ GRIDS: dict[str, Grid] = {
     # Recovery on 256 calibration sequences (--recover-nsamples) instead of the pruning's 64: the
     # exploratory run behind it (Týr 50%: 41.05 at 2e-3 with 256, vs 44.14 with 64) is re-measured
     # here, with the 64-sequence rows at the same commands in recovery-tyr50/-50/-24 above.
-    "recovery-n256-tyr50": Grid(
-        "global",
-        "tyr",
-        0.5,
-        base={**TYR_FAST, "recover": True, "recover_steps": 100, "recover_nsamples": 256},
-        vary={"recover_lr": [5e-4, 2e-3]},
-        note="Týr 50% (shortened search) + the shared recovery on 256 sequences, its learning rate",
-    ),
-    "recovery-n256-50": Grid(
-        "uniform",
-        "wanda",
-        0.5,
-        base={"recover": True, "recover_steps": 100, "recover_nsamples": 256},
-        vary={"recover_lr": [5e-4, 2e-3]},
-        note="Wanda-sp 50% + the shared recovery on 256 sequences, its learning rate",
-    ),
-    "recovery-n256-24": Grid(
-        "semi24",
-        "sparsegpt",
-        None,
-        base={"recover": True, "recover_steps": 100, "recover_nsamples": 256},
-        vary={"recover_lr": [5e-4, 2e-3]},
-        note="SparseGPT 2:4 + the shared recovery on 256 sequences, its learning rate",
-    ),
+    "recovery-n256-tyr50": recovery_n256_grid("global", "tyr", 0.5, "Týr 50% (shortened search)", TYR_FAST),
+    "recovery-n256-50": recovery_n256_grid("uniform", "wanda", 0.5, "Wanda-sp 50%"),
+    "recovery-n256-24": recovery_n256_grid("semi24", "sparsegpt", None, "SparseGPT 2:4"),
     "proxsparse": Grid(
         "semi24",
         "proxsparse",
