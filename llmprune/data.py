@@ -165,10 +165,10 @@ def calibration_samples(
         raise DataError(f"--seqlen must be at least 2, got {seqlen}")
     stream = tokenize_stream(tokenizer, read_text(source, "calibration"))
     windows = stream.numel() // seqlen
-    if windows < nsamples and source == BUILTIN and windows > 0:
-        nsamples = windows  # the fallback text is small by design; use all of it
-    if minimum is not None and minimum <= windows < nsamples:
-        nsamples = windows
+    if source == BUILTIN:
+        minimum = 1  # the fallback text is small by design; use all of it
+    if minimum is not None and windows < nsamples:
+        nsamples = max(windows, minimum)  # all the text holds; the error below names the minimum
     if windows < nsamples:
         raise DataError(
             f"calibration text {source!r} has {stream.numel()} tokens = {windows} windows of {seqlen}; "

@@ -228,6 +228,25 @@ def test_recover_nsamples_distils_on_more_sequences_than_the_pruning_saw(model_d
     assert 20 < read_json(most / "llmprune_report.json")["recovery"]["sequences"] < 100000
 
 
+def test_a_text_too_short_for_the_pruning_names_the_pruning_count_with_recover(model_dir, calib, tmp_path):
+    """--recover-nsamples asks for more than the text holds: fine; --nsamples (the pruning's) too:
+    the one-line error names the pruning's count, not the recovery's."""
+    from transformers import AutoTokenizer
+
+    from llmprune.data import calibration_samples
+
+    windows = calibration_samples(AutoTokenizer.from_pretrained(model_dir), str(calib), 10**6, 32, 0, minimum=1)
+    asked = windows.shape[0] + 1
+    out = tmp_path / "o"
+    args = ["--method", "wanda", "--sparsity", "0.4", "--calib", calib, "--seqlen", "32", "--device", "cpu"]
+    result = run("uniform", model_dir, "-o", out, *args, "--nsamples", asked, "--recover")
+    line = _one_line_error(result)
+    assert f"{asked} samples need" in line and "--nsamples" in line, line
+    assert not out.exists()
+    result = run("uniform", model_dir, "-o", out, *args, "--nsamples", 4, "--recover", "--recover-nsamples", 0)
+    assert result.exit_code == 2 and "invalid --recover-nsamples" in result.output and not out.exists()
+
+
 def test_recover_takes_the_sequence_count_from_its_own_nsamples(pruned, model_dir, calib, tmp_path):
     out = tmp_path / "r"
     assert _recover(pruned["uniform"], out, model_dir, calib, "--steps", "1").exit_code == 0
