@@ -71,9 +71,7 @@ ONE_SHOT = {"minimax": {"lora_rank": 0}}
 #: 64 (the pruning's), the default of --recover-nsamples since 2026-11-30 (selection grids recovery-n256-*).
 RECOVER_AT: dict[str, list[dict[str, Any]]] = {
     "tyr": [{"lr": 5e-4}, {"nsamples": 256}],
-    "wanda": [{"nsamples": 256}],
-    "sparsegpt": [{"nsamples": 256}],
-    "proxsparse": [{"nsamples": 256}],
+    **{m: [{"nsamples": 256}] for m in ("magnitude", "wanda", "minimax", "sparsegpt", "proxsparse")},
 }
 CACHE = RESULTS / "summary_rows.json"
 
@@ -117,31 +115,31 @@ def jobs_for(sparsities: list[float], wanted: set[str]) -> list[Job]:
     order = sorted(sparsities, reverse=True)
     for i, s in enumerate(order):
         for strategy, method in STRUCTURED:
-            jobs.append(Job(strategy, method, s, method, dict(ONE_SHOT.get(method, {}))))
+            jobs += with_recovered_again(Job(strategy, method, s, method, dict(ONE_SHOT.get(method, {}))))
             if method == "minimax":
-                jobs.append(
-                    Job("uniform", "wanda", s, "wanda @ minimax widths", widths_from=f"minimax@{s}"),
-                )
-            jobs += recovered_again(strategy, method, s)
+                control = Job("uniform", "wanda", s, "wanda @ minimax widths", widths_from=f"minimax@{s}")
+                jobs += with_recovered_again(control)
         if i == 0:
             for st, m in SEMI24:
-                jobs += [Job(st, m, None, m), *recovered_again(st, m, None)]
+                jobs += with_recovered_again(Job(st, m, None, m))
     jobs += [Job("uniform", "minimax", s, "minimax default (own LoRA)", recover=False) for s in order]
     return [j for j in jobs if (not wanted or j.method in wanted) and registered(j.strategy, j.method)]
 
 
-def recovered_again(strategy: str, method: str, sparsity: float | None) -> list[Job]:
-    """The ``RECOVER_AT`` rows of one method's output."""
-    return [
+def with_recovered_again(job: Job) -> list[Job]:
+    """``job`` and its ``RECOVER_AT`` rows: the same output recovered with other settings."""
+    return [job] + [
         Job(
-            strategy,
-            method,
-            sparsity,
-            f"{method}, recovery " + " ".join(f"--{k} {v:g}" for k, v in extra.items()),
+            job.strategy,
+            job.method,
+            job.sparsity,
+            f"{job.label}, recovery " + " ".join(f"--{k} {v:g}" for k, v in extra.items()),
+            dict(job.options),
+            widths_from=job.widths_from,
             recover_options=extra,
-            output_from=method,
+            output_from=job.label,
         )
-        for extra in RECOVER_AT.get(method, [])
+        for extra in RECOVER_AT.get(job.method, [])
     ]
 
 
