@@ -67,6 +67,7 @@ class Grid:
 #: Týr's search shortened so a row takes a few minutes on 2 cores (defaults: 8 generations × 16
 #: offspring × 4 iterations, ~12 minutes a row); the choice between settings is what is measured.
 TYR_FAST = {"generations": 4, "offspring": 8, "iterations": 2}
+TYR_FAST_NOTE = "supernet + a shortened search (" + ", ".join(f"--{k} {v}" for k, v in TYR_FAST.items()) + ")"
 
 
 def recovery_grid(strategy: str, method: str, sparsity: float | None, output: str) -> Grid:
@@ -113,7 +114,18 @@ GRIDS: dict[str, Grid] = {
         # the last digit (the signed term was not negative where it mattered), so its search rows
         # would repeat ``paper``'s; the tyr-local grid keeps it.
         vary={"first_order": ["paper", "none"], "budget_split": ["fixed", "free"]},
-        note="supernet + a shortened search (" + ", ".join(f"--{k} {v}" for k, v in TYR_FAST.items()) + ")",
+        note=TYR_FAST_NOTE,
+    ),
+    # Two changes after the search, measured together: --final-prune (the searched widths pruned
+    # again on the pruned model's own inputs, or the supernet's variants) and the large selection
+    # stage's tokens (--select-tokens: 4096, or all 64 × 256 fit-split tokens).
+    "tyr-final": Grid(
+        "global",
+        "tyr",
+        0.5,
+        base=TYR_FAST,
+        vary={"final_prune": ["sequential", "supernet"], "select_tokens": ["1024,2048,4096", "1024,4096,16384"]},
+        note=TYR_FAST_NOTE,
     ),
     "minimax": Grid(
         "uniform",

@@ -17,6 +17,7 @@ from llmprune.masks import uniform_widths
 from llmprune.progress import Reporter
 from llmprune.pruners.base import PruneContext
 from llmprune.pruners.tyr import GlobalTyr
+from llmprune.pruners.tyr.final_prune import prune_sequentially
 from llmprune.pruners.tyr.local_prune import (
     ROUNDS,
     least_squares_refit,
@@ -264,6 +265,34 @@ def test_next_block_sees_the_density_weighted_average_of_the_variants(tmp_path):
         assert (got - plain).abs().max() > 1e-3, "indistinguishable from dense propagation"
 
 
+def test_final_prune_runs_the_local_pruner_on_the_pruned_models_own_inputs(tmp_path):
+    # --final-prune sequential: layer 1 is pruned on the outputs of layer 0 *as pruned* (not the
+    # dense or the expected ones), and down on the inputs the pruned o gives.
+    model = make_tiny_model("llama", num_hidden_layers=2)
+    ctx = _ctx(tmp_path, model)
+    adapter = ctx.adapter
+    layers = adapter.layers(model)
+    types = module_types(adapter.geometry(model), "group")
+    kept = {(0, "o"): 1, (0, "down"): 40, (1, "o"): 2, (1, "down"): 30}
+    dense = {(i, key): adapter.linear(layers[i], key).weight.detach().clone() for i in range(2) for key in KEYS}
+    runner = LayerwiseRunner(model, adapter, ctx.calib, ctx.device, 4)
+    results = prune_sequentially(adapter, runner, kept, types, 0.01, "none")
+
+    with torch.no_grad():  # reference: the pruned model itself, its statistics layer by layer
+        for (i, key), result in results.items():
+            assert len(result.kept) == kept[(i, key)]
+            adapter.linear(layers[i], key).weight.copy_(result.weight)
+        reference = LayerwiseRunner(model, adapter, ctx.calib, ctx.device, 4)
+        for i, layer in enumerate(layers):
+            for key in KEYS:
+                H = reference.collect(i, layer, [key], hessian=True)[key].hessian
+                mtype = types[key]
+                want = prune_module(dense[(i, key)], H, mtype.rows, kept[(i, key)], ROUNDS[key], 0.01, mtype.groups)
+                assert results[(i, key)].kept == want.kept, (i, key)
+                torch.testing.assert_close(results[(i, key)].compact, want.compact, rtol=1e-4, atol=1e-5)
+            reference.advance(layer)
+
+
 # ----- search -----------------------------------------------------------------------------------
 def _space(n_layers=6, attn_units=4, channels=768, hidden=256, head_dim=32, kv=4, heads=8, centers=None, delta=0.125):
     from llmprune.arch import Geometry
@@ -368,7 +397,7 @@ class DenseCoordinateSupernet(Supernet):
 def test_compact_supernet_gives_the_search_result_of_the_dense_coordinate_layout(tmp_path, monkeypatch):
     import llmprune.pruners.tyr.pruner as pruner_mod
 
-    options = dict(SMALL, budget_split="free")
+    options = dict(SMALL, budget_split="free", final_prune="supernet")  # the weights the supernet holds
     on_disk: list[list[str]] = []  # supernets on disk whenever one is built: one at a time
     build = Supernet.build
 

@@ -32,6 +32,7 @@ from llmprune.errors import OutputExistsError, ResumeError, UsageError
 from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
 from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
+from llmprune.pruners.tyr.final_prune import prune_sequentially
 from llmprune.pruners.tyr.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
 from llmprune.pruners.tyr.supernet import (
     KEYS,
@@ -100,6 +101,13 @@ class TyrOptions(BaseModel):
         description="First-order term of the local pruner's unit score, added to the OBS cost: paper: "
         "|<V_p, G_p>| with G = H·V_dense; code: the signed <V_p, G_p>; none: OBS cost only (the default: "
         "best on held-out calibration text, docs/benchmarks/select.md).",
+    )
+    final_prune: Literal["sequential", "supernet"] = Field(
+        "sequential",
+        description="How the searched widths become weights: sequential: pruned again layer by layer "
+        "with the local pruner on the inputs of the already pruned layers (the default: best on "
+        "held-out calibration text, docs/benchmarks/select.md); supernet: the supernet's variants, "
+        "pruned on expected inputs (the paper's).",
     )
     search_space: Literal["full", "deci"] = Field(
         "full",
@@ -276,20 +284,38 @@ class GlobalTyr(Pruner):
             it += 1
 
         assert supernet is not None and state is not None
-        plan = self.materialize(ctx, supernet, space.kept_map(state.parent), geom)
+        evaluator.restore_dense()
+        plan = self.materialize(ctx, supernet, space.kept_map(state.parent), geom, types)
         evaluator.restore_dense()
         supernet.close()
         report, files = self.outputs(ctx, plan, state, geom, k_attn, k_mlp, dense_topk_seconds)
         return PruneResult(plan, report={"supernet_disk_estimate_bytes": disk_need, **report}, files=files)
 
     # ----------------------------------------------------------------------------------------
-    def materialize(self, ctx: PruneContext, supernet: Supernet, kept: dict[tuple[int, str], int], geom) -> PrunePlan:
-        """Plan with each layer's kept units and the refit o/down weights (dense coordinates)."""
-        s = ctx.settings
+    def materialize(
+        self,
+        ctx: PruneContext,
+        supernet: Supernet,
+        kept: dict[tuple[int, str], int],
+        geom: Geometry,
+        types: dict[str, ModuleType],
+    ) -> PrunePlan:
+        """Plan with each layer's kept units and the refit o/down weights (dense coordinates): the
+        supernet's variants, or (``--final-prune sequential``) pruned again on the real inputs
+        (the model must be dense on entry; its o/down weights are not afterwards)."""
+        s, o = ctx.settings, self.options
         plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
+        if o.final_prune == "sequential":
+            task = ctx.progress.task("final prune at the searched widths", total=geom.num_layers)
+            final = prune_sequentially(
+                ctx.adapter, ctx.layerwise_runner(), kept, types, o.percdamp, o.first_order, task
+            )
+            variant = {k: (r.weight, r.kept) for k, r in final.items()}
+        else:
+            variant = {(i, key): supernet.load_dense(i, key, kept[(i, key)]) for (i, key) in kept}
         for i in range(geom.num_layers):
-            w_o, units_o = supernet.load_dense(i, "o", kept[(i, "o")])
-            w_d, units_d = supernet.load_dense(i, "down", kept[(i, "down")])
+            w_o, units_o = variant[(i, "o")]
+            w_d, units_d = variant[(i, "down")]
             heads, kv_heads = units_to_heads(units_o, geom, s.attn_unit)
             plan.layers[i] = LayerPlan(index=i, heads=heads, kv_heads=kv_heads, channels=sorted(units_d))
             if heads:
