@@ -127,6 +127,14 @@ GRIDS: dict[str, Grid] = {
         vary={"final_prune": ["sequential", "supernet"], "select_tokens": ["1024,2048,4096", "1024,4096,16384"]},
         note=TYR_FAST_NOTE,
     ),
+    # The same question at the default search (8 generations × 16 offspring × 4 iterations).
+    "tyr-final-default": Grid(
+        "global",
+        "tyr",
+        0.5,
+        points=[{"final_prune": "supernet"}, {"final_prune": "sequential"}],
+        note="supernet + the default search, how the searched widths become weights",
+    ),
     "minimax": Grid(
         "uniform",
         "minimax",

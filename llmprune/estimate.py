@@ -322,7 +322,7 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
             disk += sum(tyr_disk_terms(settings, shape, b, n, seqlen))
             gens, offspring = int(o.get("generations", 8)), int(o.get("offspring", 16))
             flops += iterations * gens * offspring * 2 * P * calib_tokens / 4
-            if o.get("final_prune", "sequential") == "sequential":  # o's and down's statistics, advance
+            if o.get("final_prune", "supernet") == "sequential":  # o's and down's statistics, advance
                 flops += 3 * 2 * P * calib_tokens
             forwards = iterations * gens * offspring * math.ceil(n / 4 / max(batch, 1))
             transfers = forwards * streamed_bytes

@@ -343,11 +343,13 @@ def test_free_budget_split_moves_parameters_between_types_exactly():
 SMALL = dict(generations=2, offspring=4, select_tokens="32,64,128", survivors="2,1", iterations=2, topk_logits=50)
 
 
-def test_plan_is_consistent_with_the_budget_and_weights(tmp_path):
+@pytest.mark.parametrize("final_prune", ["supernet", "sequential"])
+def test_plan_is_consistent_with_the_budget_and_weights(tmp_path, final_prune):
     model = make_tiny_model("llama", num_hidden_layers=3)
     dense = copy.deepcopy(model)
-    ctx = _ctx(tmp_path, model, **SMALL)
-    result = GlobalTyr(SMALL).prune(ctx)
+    options = dict(SMALL, final_prune=final_prune)
+    ctx = _ctx(tmp_path, model, **options)
+    result = GlobalTyr(options).prune(ctx)
     plan = result.plan
     geom = ctx.adapter.geometry(model)
     k_attn, k_mlp = uniform_widths(geom, 0.4, "group")
@@ -397,7 +399,7 @@ class DenseCoordinateSupernet(Supernet):
 def test_compact_supernet_gives_the_search_result_of_the_dense_coordinate_layout(tmp_path, monkeypatch):
     import llmprune.pruners.tyr.pruner as pruner_mod
 
-    options = dict(SMALL, budget_split="free", final_prune="supernet")  # the weights the supernet holds
+    options = dict(SMALL, budget_split="free")
     on_disk: list[list[str]] = []  # supernets on disk whenever one is built: one at a time
     build = Supernet.build
 

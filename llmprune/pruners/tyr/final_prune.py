@@ -1,4 +1,4 @@
-"""Týr's final pass (``--final-prune sequential``): the searched widths pruned again on real inputs.
+"""Týr's optional final pass (``--final-prune sequential``): the searched widths pruned again on real inputs.
 
 The supernet's variants are pruned on *expected* inputs (each block sees the density-weighted
 average of the earlier blocks' variants: expectation error accumulation) because the widths are
@@ -10,7 +10,7 @@ inputs the pruned ``o`` gives. Same widths, same parameter count; only which uni
 the refit of ``o``/``down`` change.
 
 Tried and not taken (select split, docs/global.md): refitting against the dense model's output on
-the same tokens (``G = X̃ᵀX·V_dense``, a second activation stream) scored worse than the local
+the same tokens (``G = X̃ᵀX·V_dense``, a second activation stream) scored worse in an exploratory run than the local
 pruner's own target on the new inputs (``G = X̃ᵀX̃·V_dense``).
 """
 

@@ -102,12 +102,12 @@ class TyrOptions(BaseModel):
         "|<V_p, G_p>| with G = H·V_dense; code: the signed <V_p, G_p>; none: OBS cost only (the default: "
         "best on held-out calibration text, docs/benchmarks/select.md).",
     )
-    final_prune: Literal["sequential", "supernet"] = Field(
-        "sequential",
-        description="How the searched widths become weights: sequential: pruned again layer by layer "
-        "with the local pruner on the inputs of the already pruned layers (the default: best on "
-        "held-out calibration text, docs/benchmarks/select.md); supernet: the supernet's variants, "
-        "pruned on expected inputs (the paper's).",
+    final_prune: Literal["supernet", "sequential"] = Field(
+        "supernet",
+        description="How the searched widths become weights: supernet: the supernet's variants, pruned "
+        "on expected inputs (the paper's; the default: sequential was no better on held-out "
+        "calibration text, docs/global.md); sequential: pruned again layer by layer with the local "
+        "pruner on the inputs of the already pruned layers.",
     )
     search_space: Literal["full", "deci"] = Field(
         "full",
