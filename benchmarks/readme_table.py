@@ -31,6 +31,8 @@ def method_cell(row: dict[str, Any]) -> str:
         return f"*control:* Wanda-sp at minimax's widths (`--widths {widths.group(1) if widths else '?'}`)"
     if label.startswith("minimax default"):
         return "minimax as shipped (own joint LoRA: not one-shot, not the shared recovery)"
+    if label.startswith(row["method"] + " --"):  # e.g. "tyr --generations 16": other method options
+        return f"{row['method']} (`{label.removeprefix(row['method'] + ' ')}`)"
     if label != row["method"]:  # e.g. "tyr, recovery --lr 0.0005": the same output, another recovery
         return label.replace(", recovery", " (recovery at").replace("--lr ", "`--lr ") + "`)"
     return NAMES.get((row["strategy"], label), label)

@@ -72,6 +72,10 @@ ONE_SHOT = {"minimax": {"lora_rank": 0}}
 RECOVER_AT: dict[str, list[dict[str, Any]]] = {
     m: [{"nsamples": 256}] for m in ("magnitude", "wanda", "minimax", "tyr", "sparsegpt", "proxsparse")
 }
+#: Týr at 50% with twice the default search's generations (8 → 16): how far a longer search goes
+#: (on the select split the default search beat the shortened one: grids tyr-final, tyr-final-default).
+LONGER_SEARCH = {"generations": 16}
+LONGER_SEARCH_LABEL = "tyr --generations 16"
 CACHE = RESULTS / "summary_rows.json"
 
 COLUMNS = [
@@ -115,6 +119,8 @@ def jobs_for(sparsities: list[float], wanted: set[str]) -> list[Job]:
     for i, s in enumerate(order):
         for strategy, method in STRUCTURED:
             jobs += with_recovered_again(Job(strategy, method, s, method, dict(ONE_SHOT.get(method, {}))))
+            if method == "tyr" and s == 0.5:  # the one-shot target's row at twice the search budget
+                jobs += with_recovered_again(Job(strategy, method, s, LONGER_SEARCH_LABEL, dict(LONGER_SEARCH)))
             if method == "minimax":
                 control = Job("uniform", "wanda", s, "wanda @ minimax widths", widths_from=f"minimax@{s}")
                 jobs += with_recovered_again(control)
