@@ -67,7 +67,12 @@ class Grid:
 #: Týr's search shortened so a row takes a few minutes on 2 cores (defaults: 8 generations × 16
 #: offspring × 4 iterations, ~12 minutes a row); the choice between settings is what is measured.
 TYR_FAST = {"generations": 4, "offspring": 8, "iterations": 2}
-TYR_FAST_NOTE = "supernet + a shortened search (" + ", ".join(f"--{k} {v}" for k, v in TYR_FAST.items()) + ")"
+
+
+def tyr_fast_grid(vary: dict[str, list[Any]]) -> Grid:
+    """Týr 50% with the shortened search, ``vary`` on top."""
+    note = "supernet + a shortened search (" + ", ".join(f"--{k} {v}" for k, v in TYR_FAST.items()) + ")"
+    return Grid("global", "tyr", 0.5, base=TYR_FAST, vary=vary, note=note)
 
 
 def recovery_grid(strategy: str, method: str, sparsity: float | None, output: str) -> Grid:
@@ -105,27 +110,15 @@ GRIDS: dict[str, Grid] = {
         vary={"first_order": ["paper", "code", "none"]},
         note="the local pruner alone at uniform widths (no search): isolates the first-order term",
     ),
-    "tyr": Grid(
-        "global",
-        "tyr",
-        0.5,
-        base=TYR_FAST,
-        # ``code`` is left out: on the local pruner alone it gave the same perplexity as ``paper`` to
-        # the last digit (the signed term was not negative where it mattered), so its search rows
-        # would repeat ``paper``'s; the tyr-local grid keeps it.
-        vary={"first_order": ["paper", "none"], "budget_split": ["fixed", "free"]},
-        note=TYR_FAST_NOTE,
-    ),
+    # ``code`` is left out: on the local pruner alone it gave the same perplexity as ``paper`` to
+    # the last digit (the signed term was not negative where it mattered), so its search rows
+    # would repeat ``paper``'s; the tyr-local grid keeps it.
+    "tyr": tyr_fast_grid({"first_order": ["paper", "none"], "budget_split": ["fixed", "free"]}),
     # Two changes after the search, measured together: --final-prune (the searched widths pruned
     # again on the pruned model's own inputs, or the supernet's variants) and the large selection
     # stage's tokens (--select-tokens: 4096, or all 64 × 256 fit-split tokens).
-    "tyr-final": Grid(
-        "global",
-        "tyr",
-        0.5,
-        base=TYR_FAST,
-        vary={"final_prune": ["sequential", "supernet"], "select_tokens": ["1024,2048,4096", "1024,4096,16384"]},
-        note=TYR_FAST_NOTE,
+    "tyr-final": tyr_fast_grid(
+        {"final_prune": ["sequential", "supernet"], "select_tokens": ["1024,2048,4096", "1024,4096,16384"]}
     ),
     # The same question at the default search (8 generations × 16 offspring × 4 iterations).
     "tyr-final-default": Grid(
