@@ -125,8 +125,12 @@ GRIDS: dict[str, Grid] = {
         "global",
         "tyr",
         0.5,
-        points=[{"final_prune": "supernet"}, {"final_prune": "sequential"}],
-        note="supernet + the default search, how the searched widths become weights",
+        points=[
+            {"final_prune": "supernet"},
+            {"final_prune": "sequential"},
+            {"select_tokens": "1024,4096,16384"},
+        ],
+        note="supernet + the default search: how the searched widths become weights; the large stage on all tokens",
     ),
     "minimax": Grid(
         "uniform",
