@@ -132,6 +132,25 @@ GRIDS: dict[str, Grid] = {
         ],
         note="supernet + the default search: how the searched widths become weights; the large stage on all tokens",
     ),
+    # The calibration budget at the default search: the supernet's Hessians, the dense top-k cache
+    # and the search's token pool all grow with --nsamples (the stage batches stay 1K/2K/4K). The
+    # 64-sequence row is tyr-final-default's final_prune=supernet (the same command).
+    "tyr-nsamples": Grid(
+        "global",
+        "tyr",
+        0.5,
+        points=[{"nsamples": 256}, {"nsamples": 128}],
+        note="supernet + the default search on more calibration sequences (64 is tyr-final-default's supernet row)",
+    ),
+    # A longer search at the default settings otherwise (the README's eval.txt row "tyr
+    # --generations 16" has its select-split twin here).
+    "tyr-longer": Grid(
+        "global",
+        "tyr",
+        0.5,
+        points=[{"generations": 16}],
+        note="supernet + twice the default generations (8 is tyr-final-default's supernet row)",
+    ),
     "minimax": Grid(
         "uniform",
         "minimax",
