@@ -76,6 +76,10 @@ RECOVER_AT: dict[str, list[dict[str, Any]]] = {
 #: (on the select split the default search beat the shortened one: grids tyr-final, tyr-final-default).
 LONGER_SEARCH = {"generations": 16}
 LONGER_SEARCH_LABEL = "tyr --generations 16"
+#: Týr at 50% pruned on 256 calibration sequences instead of the column's 64 (the recovery budget's
+#: sequences; on the select split: grid tyr-nsamples). ``nsamples`` here is the pruning's budget.
+MORE_CALIBRATION = {"nsamples": 256}
+MORE_CALIBRATION_LABEL = "tyr --nsamples 256"
 CACHE = RESULTS / "summary_rows.json"
 
 COLUMNS = [
@@ -121,6 +125,7 @@ def jobs_for(sparsities: list[float], wanted: set[str]) -> list[Job]:
             jobs += with_recovered_again(Job(strategy, method, s, method, dict(ONE_SHOT.get(method, {}))))
             if method == "tyr" and s == 0.5:  # the one-shot target's row at twice the search budget
                 jobs += with_recovered_again(Job(strategy, method, s, LONGER_SEARCH_LABEL, dict(LONGER_SEARCH)))
+                jobs += with_recovered_again(Job(strategy, method, s, MORE_CALIBRATION_LABEL, dict(MORE_CALIBRATION)))
             if method == "minimax":
                 control = Job("uniform", "wanda", s, "wanda @ minimax widths", widths_from=f"minimax@{s}")
                 jobs += with_recovered_again(control)
@@ -201,13 +206,21 @@ def output_of(job: Job) -> Path:
     return WORK / f"run-{job.strategy}-{label.replace(' ', '_')}-{job.sparsity}"
 
 
+def prune_budget(options: dict[str, Any], args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    """(calibration sequences of the pruning, the method's own options): a row's ``nsamples``
+    option overrides the column's ``--nsamples``."""
+    rest = dict(options)
+    return int(rest.pop("nsamples", args.nsamples)), rest
+
+
 def keys_of(job: Job, options: dict[str, Any], args: argparse.Namespace, texts: dict[str, str]) -> tuple[str, str]:
     """(one-shot key, recovery key): the second adds the recovery defaults to the first."""
     defaults = defaults_of(job)
+    nsamples, rest = prune_budget(options, args)
     oneshot = json.dumps(
         {
             "model": display_path(args.model),
-            "prune": prune_command(job.strategy, job.method, job.sparsity, nsamples=args.nsamples, **options),
+            "prune": prune_command(job.strategy, job.method, job.sparsity, nsamples=nsamples, **rest),
             "recover": job.recover,
             "defaults": {"method": defaults["method"]},
             "seqlen": args.seqlen,
@@ -242,7 +255,8 @@ def load_cache() -> dict[str, dict[str, Any]]:
 
 def prune_part(job: Job, options: dict[str, Any], args: argparse.Namespace, oneshot_key: str) -> dict[str, Any]:
     """Prune and evaluate one row's output (kept on disk, marked with its key); the one-shot part."""
-    common = dict(model=args.model, calib=args.calib, seqlen=args.seqlen, nsamples=args.nsamples)
+    nsamples, options = prune_budget(options, args)
+    common = dict(model=args.model, calib=args.calib, seqlen=args.seqlen, nsamples=nsamples)
     out = output_of(job)
     t0 = time.perf_counter()
     report = prune(job.strategy, job.method, out, sparsity=job.sparsity, **common, **options)
