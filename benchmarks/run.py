@@ -164,7 +164,7 @@ def defaults_of(job: Job) -> dict[str, Any]:
         found["recover"] = {
             k: f.get_default(call_default_factory=True) for k, f in RecoveryOptions.model_fields.items()
         }
-        found["recover"]["default_lr"] = DEFAULT_LR[("lora", job.strategy == "semi24")]  # --lr not given
+        found["recover"]["default_lr"] = DEFAULT_LR["lora"]  # --lr not given
         found["recover"].pop("recover_nsamples")  # `recover` takes --nsamples (recover_args), not this
     for options in found.values():  # when to checkpoint never changes a result (resume is bitwise)
         options.pop("checkpoint_every", None)

@@ -43,12 +43,12 @@ from llmprune.training import Batch, LearnedMethod, Losses, LRSchedule, sharded_
 
 #: The weight-training schedule shared by recovery and minimax's LoRA.
 WEIGHT_LR = LRSchedule(warmup=0.05, decay="cosine", floor=0.1, min_warmup_steps=1)
-#: Peak learning rate when --lr is not given, by (mode, 2:4 student). LoRA: chosen on the select
-#: split of calib.txt (docs/benchmarks/select.md) at the default 256 sequences, where 2e-3 beat
-#: 5e-4 on every output measured (Týr 50%, Wanda-sp 50%, SparseGPT 2:4). On 64 sequences a 2:4
-#: output preferred 5e-4 (the student drifted towards those 16K tokens), hence the key; both are
-#: 2e-3 since --recover-nsamples defaults to 256. Full: a conventional fine-tuning rate, not measured.
-DEFAULT_LR = {("lora", False): 2e-3, ("lora", True): 2e-3, ("full", False): 1e-4, ("full", True): 1e-4}
+#: Peak learning rate when --lr is not given, by mode. LoRA: chosen on the select split of
+#: calib.txt (docs/benchmarks/select.md) at the default 256 sequences, where 2e-3 beat 5e-4 on
+#: every output measured (Týr 50%, Wanda-sp 50%, SparseGPT 2:4; on 64 sequences a 2:4 output had
+#: preferred 5e-4: the student drifted towards those 16K tokens). Full: a conventional
+#: fine-tuning rate, not measured.
+DEFAULT_LR = {"lora": 2e-3, "full": 1e-4}
 #: Sequences the recovery distils on by default (``--recover-nsamples``; ``recover --nsamples``):
 #: 100 steps of 8 over 64 sequences are 12 epochs, and the student drifts towards those 16K tokens.
 DEFAULT_RECOVER_NSAMPLES = 256
@@ -106,9 +106,9 @@ class RecoveryOptions(BaseModel):
     def targets(self) -> tuple[str, ...]:
         return tuple(self.lora_targets.split(","))
 
-    def peak_lr(self, semi24: bool) -> float:
-        """``--lr``, else the default for this mode and student (2:4 or structured)."""
-        return self.lr if self.lr is not None else DEFAULT_LR[(self.recover_mode, semi24)]
+    def peak_lr(self) -> float:
+        """``--lr``, else the default of this mode."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.recover_mode]
 
 
 # ----- the objective ------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ class RecoveryTraining(LearnedMethod):
     ) -> None:
         self.model, self.adapter, self.o, self.teacher = model, adapter, options, teacher
         self.seed, self.device, self.masks = seed, device, masks
-        self.peak_lr = options.peak_lr(semi24=bool(masks))
+        self.peak_lr = options.peak_lr()
         self.steps_per_stage = options.steps
         self.weights: LoRAWeights | FullWeights | None = None
         self.tokens_seen = 0
