@@ -189,10 +189,7 @@ def _first_error(err: Exception) -> str:
     if callable(errors):
         first = errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ()))
-        flag = f"--{loc.replace('_', '-')}" if loc.isidentifier() else loc  # a field is its command-line flag
-        if first.get("type") == "extra_forbidden":
-            return f"{flag} is not one of its options"
-        return f"{flag}: {str(first.get('msg', '')).removeprefix('Value error, ')}"
+        return f"{loc}: {str(first.get('msg', '')).removeprefix('Value error, ')}"
     return str(err)
 
 
