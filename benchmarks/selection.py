@@ -153,6 +153,26 @@ GRIDS: dict[str, Grid] = {
         points=[{"generations": 16}, {"generations": 32}],
         note="supernet + longer searches (8 generations is tyr-final-default's supernet row)",
     ),
+    # The local pruner's Hessian damping (methods.md's 0.01, never chosen here) on the local pruner
+    # alone at uniform widths, as tyr-local isolates the first-order term.
+    "tyr-damp": Grid(
+        "global",
+        "tyr",
+        0.5,
+        base={"generations": 0, "iterations": 1},
+        vary={"percdamp": [0.01, 0.001, 0.1]},
+        note="the local pruner alone at uniform widths (no search): its Hessian damping",
+    ),
+    # The search's fitness on the whole vocabulary (the paper's top-k of up to 8192 is all 8192
+    # logits here) instead of the dense model's top 256, at the default search; 256 is
+    # tyr-final-default's supernet row.
+    "tyr-fitness": Grid(
+        "global",
+        "tyr",
+        0.5,
+        points=[{"topk_logits": 8192}],
+        note="supernet + the default search, its KL on all logits (256 is tyr-final-default's supernet row)",
+    ),
     "minimax": Grid(
         "uniform",
         "minimax",
