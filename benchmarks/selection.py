@@ -160,8 +160,17 @@ GRIDS: dict[str, Grid] = {
         "tyr",
         0.5,
         base={"generations": 0, "iterations": 1},
-        vary={"percdamp": [0.01, 0.001, 0.1]},
+        vary={"percdamp": [0.01, 0.001, 0.1, 0.0001, 0.00001]},
         note="the local pruner alone at uniform widths (no search): its Hessian damping",
+    ),
+    # The lower damping tyr-damp prefers, carried through the default search (0.01 is
+    # tyr-final-default's supernet row).
+    "tyr-damp-search": Grid(
+        "global",
+        "tyr",
+        0.5,
+        points=[{"percdamp": 0.0001}, {"percdamp": 0.00001}],
+        note="supernet + the default search at lower Hessian damping (0.01 is tyr-final-default's supernet row)",
     ),
     # The search's fitness on the whole vocabulary (the paper's top-k of up to 8192 is all 8192
     # logits here) instead of the dense model's top 256, at the default search; 256 is
