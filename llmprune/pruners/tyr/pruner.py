@@ -94,7 +94,11 @@ class TyrOptions(BaseModel):
         description="Calibration sequences used by the search (default: all --nsamples); the supernet always uses all.",
     )
     percdamp: float = Field(
-        0.01, ge=0.0, description="Hessian damping of the local pruner, as a fraction of mean(diag H)."
+        1e-4,
+        ge=0.0,
+        description="Hessian damping of the local pruner, as a fraction of mean(diag H) (the default: best "
+        "on held-out calibration text, docs/benchmarks/select.md; methods.md's 0.01 over-regularises the "
+        "refit; raised ×10 automatically when a Cholesky fails).",
     )
     first_order: Literal["paper", "code", "none"] = Field(
         "none",
