@@ -75,6 +75,19 @@ def tyr_fast_grid(vary: dict[str, list[Any]]) -> Grid:
     return Grid("global", "tyr", 0.5, base=TYR_FAST, vary=vary, note=note)
 
 
+def tyr_default_grid(points: list[dict[str, Any]], note: str) -> Grid:
+    """Týr 50% at the default search, one row per point (the baseline row is tyr-final-default's)."""
+    return Grid("global", "tyr", 0.5, points=points, note="supernet + " + note)
+
+
+def tyr_local_grid(vary: dict[str, list[Any]], note: str) -> Grid:
+    """Týr's local pruner alone at uniform widths (no search, one iteration), ``vary`` on top."""
+    base = {"generations": 0, "iterations": 1}
+    return Grid(
+        "global", "tyr", 0.5, base=base, vary=vary, note="the local pruner alone at uniform widths (no search): " + note
+    )
+
+
 def recovery_grid(strategy: str, method: str, sparsity: float | None, output: str) -> Grid:
     """The shared recovery stage's steps × learning rate, on one pruned output."""
     return Grid(
@@ -102,14 +115,7 @@ def recovery_n256_grid(
 
 
 GRIDS: dict[str, Grid] = {
-    "tyr-local": Grid(
-        "global",
-        "tyr",
-        0.5,
-        base={"generations": 0, "iterations": 1},
-        vary={"first_order": ["paper", "code", "none"]},
-        note="the local pruner alone at uniform widths (no search): isolates the first-order term",
-    ),
+    "tyr-local": tyr_local_grid({"first_order": ["paper", "code", "none"]}, "isolates the first-order term"),
     # ``code`` is left out: on the local pruner alone it gave the same perplexity as ``paper`` to
     # the last digit (the signed term was not negative where it mattered), so its search rows
     # would repeat ``paper``'s; the tyr-local grid keeps it.
@@ -121,66 +127,40 @@ GRIDS: dict[str, Grid] = {
         {"final_prune": ["sequential", "supernet"], "select_tokens": ["1024,2048,4096", "1024,4096,16384"]}
     ),
     # The same question at the default search (8 generations × 16 offspring × 4 iterations).
-    "tyr-final-default": Grid(
-        "global",
-        "tyr",
-        0.5,
-        points=[
-            {"final_prune": "supernet"},
-            {"final_prune": "sequential"},
-            {"select_tokens": "1024,4096,16384"},
-        ],
-        note="supernet + the default search: how the searched widths become weights; the large stage on all tokens",
+    "tyr-final-default": tyr_default_grid(
+        [{"final_prune": "supernet"}, {"final_prune": "sequential"}, {"select_tokens": "1024,4096,16384"}],
+        "the default search: how the searched widths become weights; the large stage on all tokens",
     ),
     # The calibration budget at the default search: the supernet's Hessians, the dense top-k cache
     # and the search's token pool all grow with --nsamples (the stage batches stay 1K/2K/4K). The
     # 64-sequence row is tyr-final-default's final_prune=supernet (the same command). 128 was
     # dropped unmeasured once 256 came out no better than 64.
-    "tyr-nsamples": Grid(
-        "global",
-        "tyr",
-        0.5,
-        points=[{"nsamples": 256}],
-        note="supernet + the default search on more calibration sequences (64 is tyr-final-default's supernet row)",
+    "tyr-nsamples": tyr_default_grid(
+        [{"nsamples": 256}],
+        "the default search on more calibration sequences (64 is tyr-final-default's supernet row)",
     ),
     # Longer searches at the default settings otherwise (the README's eval.txt rows "tyr
     # --generations N" have their select-split twins here). The paper's 50 was stopped unmeasured
     # once 32 had gained 0.2% over 16.
-    "tyr-longer": Grid(
-        "global",
-        "tyr",
-        0.5,
-        points=[{"generations": 16}, {"generations": 32}],
-        note="supernet + longer searches (8 generations is tyr-final-default's supernet row)",
+    "tyr-longer": tyr_default_grid(
+        [{"generations": 16}, {"generations": 32}],
+        "longer searches (8 generations is tyr-final-default's supernet row)",
     ),
     # The local pruner's Hessian damping (methods.md's 0.01, never chosen here) on the local pruner
     # alone at uniform widths, as tyr-local isolates the first-order term.
-    "tyr-damp": Grid(
-        "global",
-        "tyr",
-        0.5,
-        base={"generations": 0, "iterations": 1},
-        vary={"percdamp": [0.01, 0.001, 0.1, 0.0001, 0.00001]},
-        note="the local pruner alone at uniform widths (no search): its Hessian damping",
-    ),
+    "tyr-damp": tyr_local_grid({"percdamp": [0.01, 0.001, 0.1, 0.0001, 0.00001]}, "its Hessian damping"),
     # The lower damping tyr-damp prefers, carried through the default search (0.01 is
     # tyr-final-default's supernet row).
-    "tyr-damp-search": Grid(
-        "global",
-        "tyr",
-        0.5,
-        points=[{"percdamp": 0.0001}, {"percdamp": 0.00001}],
-        note="supernet + the default search at lower Hessian damping (0.01 is tyr-final-default's supernet row)",
+    "tyr-damp-search": tyr_default_grid(
+        [{"percdamp": 0.0001}, {"percdamp": 0.00001}],
+        "the default search at lower Hessian damping (0.01 is tyr-final-default's supernet row)",
     ),
     # The search's fitness on the whole vocabulary (the paper's top-k of up to 8192 is all 8192
     # logits here) instead of the dense model's top 256, at the default search; 256 is
     # tyr-final-default's supernet row.
-    "tyr-fitness": Grid(
-        "global",
-        "tyr",
-        0.5,
-        points=[{"topk_logits": 8192}],
-        note="supernet + the default search, its KL on all logits (256 is tyr-final-default's supernet row)",
+    "tyr-fitness": tyr_default_grid(
+        [{"topk_logits": 8192}],
+        "the default search, its KL on all logits (256 is tyr-final-default's supernet row)",
     ),
     "minimax": Grid(
         "uniform",
