@@ -247,6 +247,16 @@ BAD_CASES = {
         2,
         "attn-unit",
     ),
+    "bad final prune": (
+        lambda d, c, t: ["global", d, "-o", t / "o", "--final-prune", "dense", "--calib", c],
+        2,
+        "final_prune",
+    ),
+    "bad first order": (
+        lambda d, c, t: ["global", d, "-o", t / "o", "--first-order", "signed", "--calib", c],
+        2,
+        "first_order",
+    ),
     "eval missing data": (lambda d, c, t: ["eval", d, "--data", t / "none.txt", "--seqlen", "32"], 5, "not found"),
 }
 
