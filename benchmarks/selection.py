@@ -162,6 +162,20 @@ GRIDS: dict[str, Grid] = {
         [{"topk_logits": 8192}],
         "the default search, its KL on all logits (256 is tyr-final-default's supernet row)",
     ),
+    # More offspring per generation (the paper's 128; ours 16) at the default search, alone and
+    # with more survivors of the small and medium stages (the paper's 16,4). The default's row
+    # is tyr-damp-search's percdamp=0.0001 (the same command as today's default).
+    "tyr-offspring": tyr_default_grid(
+        [{"offspring": 32}, {"offspring": 32, "survivors": "8,4"}],
+        "more offspring per generation (16 is tyr-damp-search's percdamp=0.0001 row)",
+    ),
+    # tyr-longer's 16 generations again at today's damping (tyr-longer ran at 0.01).
+    "tyr-longer-damp": tyr_default_grid(
+        [{"generations": 16}], "16 generations at damping 1e-4 (8 is tyr-damp-search's percdamp=0.0001 row)"
+    ),
+    # The default search's spread over seeds (seed 0 is tyr-damp-search's percdamp=0.0001 row):
+    # how large a margin between two settings means anything.
+    "tyr-seeds": tyr_default_grid([{"seed": 1}, {"seed": 2}], "the default search at other seeds"),
     "minimax": Grid(
         "uniform",
         "minimax",
@@ -216,17 +230,24 @@ def split_calibration(folder: Path = SELECT_WORK) -> tuple[Path, Path]:
     return fit_path, held_path
 
 
-def budget(options: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
-    """Split a row's options into method options, nsamples and seqlen (see ``Grid``)."""
+def budget(options: dict[str, Any]) -> tuple[dict[str, Any], int, int, int]:
+    """Split a row's options into method options, nsamples, seqlen and seed (see ``Grid``)."""
     rest = dict(options)
-    return rest, int(rest.pop("nsamples", NSAMPLES)), int(rest.pop("seqlen", SEQLEN))
+    return rest, int(rest.pop("nsamples", NSAMPLES)), int(rest.pop("seqlen", SEQLEN)), int(rest.pop("seed", SEED))
 
 
 def grid_command(grid: Grid, options: dict[str, Any]) -> str:
     """The row's command with the fit split written as CALIB_FIT (also the cache key's command)."""
-    rest, nsamples, seqlen = budget(options)
+    rest, nsamples, seqlen, seed = budget(options)
     return prune_command(
-        grid.strategy, grid.method, grid.sparsity, calib="CALIB_FIT", seqlen=seqlen, nsamples=nsamples, **rest
+        grid.strategy,
+        grid.method,
+        grid.sparsity,
+        calib="CALIB_FIT",
+        seqlen=seqlen,
+        nsamples=nsamples,
+        seed=seed,
+        **rest,
     )
 
 
@@ -235,7 +256,7 @@ def row_key(version: str, grid: Grid, options: dict[str, Any]) -> str:
         {
             "code": version,
             "command": grid_command(grid, options),
-            "seed": SEED,
+            "seed": budget(options)[3],
             "calib_sha256": hashlib.sha256(CALIB.read_bytes()).hexdigest()[:16],
         },
         sort_keys=True,
@@ -244,7 +265,7 @@ def row_key(version: str, grid: Grid, options: dict[str, Any]) -> str:
 
 def run_row(name: str, grid: Grid, vary: dict[str, Any], fit: Path, held: Path, version: str) -> dict[str, Any]:
     options = {**grid.base, **vary}
-    rest, nsamples, seqlen = budget(options)
+    rest, nsamples, seqlen, seed = budget(options)
     out = SELECT_WORK / f"{name}-run"
     report = prune(
         grid.strategy,
@@ -254,7 +275,7 @@ def run_row(name: str, grid: Grid, vary: dict[str, Any], fit: Path, held: Path, 
         calib=fit,
         seqlen=seqlen,
         nsamples=nsamples,
-        seed=SEED,
+        seed=seed,
         **rest,
     )
     result = evaluate(out, data=held, seqlen=SEQLEN)
