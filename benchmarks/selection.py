@@ -176,6 +176,18 @@ GRIDS: dict[str, Grid] = {
     # The default search's spread over seeds (seed 0 is tyr-damp-search's percdamp=0.0001 row):
     # how large a margin between two settings means anything.
     "tyr-seeds": tyr_default_grid([{"seed": 1}, {"seed": 2}], "the default search at other seeds"),
+    # The local pruner's MLP rounds (methods.md's 16), alone at uniform widths and through the
+    # default search (16 there is tyr-damp-search's percdamp=0.0001 row).
+    "tyr-mlp-rounds-local": tyr_local_grid({"percdamp": [0.0001], "mlp_rounds": [16, 64]}, "its MLP rounds"),
+    "tyr-mlp-rounds": tyr_default_grid(
+        [{"mlp_rounds": 64}], "the local pruner's MLP rounds (16 is tyr-damp-search's percdamp=0.0001 row)"
+    ),
+    # The supernet's Hessians on 256 sequences while the search keeps the default's 64
+    # (--search-nsamples): more tokens for the refit alone; 64 is tyr-damp-search's 0.0001 row.
+    "tyr-hessian-nsamples": tyr_default_grid(
+        [{"nsamples": 256, "search_nsamples": 64}],
+        "the supernet's Hessians on 256 sequences, the search on 64 (64/64 is tyr-damp-search's 0.0001 row)",
+    ),
     "minimax": Grid(
         "uniform",
         "minimax",

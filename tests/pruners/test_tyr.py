@@ -20,12 +20,14 @@ from llmprune.pruners.tyr import GlobalTyr
 from llmprune.pruners.tyr.final_prune import prune_sequentially
 from llmprune.pruners.tyr.local_prune import (
     ROUNDS,
+    LocalSettings,
     least_squares_refit,
     prune_module,
     prune_module_levels,
     unit_rows,
     unit_scores,
 )
+from llmprune.pruners.tyr.pruner import TyrOptions
 from llmprune.pruners.tyr.search import SearchSpace, cross_ratio, mutate
 from llmprune.pruners.tyr.supernet import (
     KEYS,
@@ -276,7 +278,7 @@ def test_final_prune_runs_the_local_pruner_on_the_pruned_models_own_inputs(tmp_p
     kept = {(0, "o"): 1, (0, "down"): 40, (1, "o"): 2, (1, "down"): 30}
     dense = {(i, key): adapter.linear(layers[i], key).weight.detach().clone() for i in range(2) for key in KEYS}
     runner = LayerwiseRunner(model, adapter, ctx.calib, ctx.device, 4)
-    results = prune_sequentially(adapter, runner, kept, types, 0.01, "none")
+    results = prune_sequentially(adapter, runner, kept, types, LocalSettings(0.01, "none"))
 
     with torch.no_grad():  # reference: the pruned model itself, its statistics layer by layer
         for (i, key), result in results.items():
@@ -291,6 +293,32 @@ def test_final_prune_runs_the_local_pruner_on_the_pruned_models_own_inputs(tmp_p
                 assert results[(i, key)].kept == want.kept, (i, key)
                 torch.testing.assert_close(results[(i, key)].compact, want.compact, rtol=1e-4, atol=1e-5)
             reference.advance(layer)
+
+
+def test_mlp_rounds_reach_the_supernet_and_the_final_prune(tmp_path, monkeypatch):
+    # --mlp-rounds: both places the local pruner runs take the MLP's rounds from the options;
+    # attention keeps its single round.
+    from llmprune.pruners.tyr import final_prune, supernet
+
+    seen: list[tuple[str, int]] = []
+    levels, single = supernet.prune_module_levels, final_prune.prune_module
+    monkeypatch.setattr(
+        supernet, "prune_module_levels", lambda *a, **k: seen.append(("supernet", k["rounds"])) or levels(*a, **k)
+    )
+    monkeypatch.setattr(
+        final_prune, "prune_module", lambda *a, **k: seen.append(("final", k["rounds"])) or single(*a, **k)
+    )
+    model = make_tiny_model("llama", num_hidden_layers=1)
+    ctx = _ctx(tmp_path, model)
+    adapter = ctx.adapter
+    types = module_types(adapter.geometry(model), "group")
+    local = TyrOptions(mlp_rounds=5).local_settings()
+    assert local == LocalSettings(1e-4, "none", 5)
+    net = Supernet(tmp_path / "net", SupernetSpec({"o": [1], "down": [48]}, {"o": 1, "down": 12}, 0.125), types, 1)
+    net.build(model, adapter, LayerwiseRunner(model, adapter, ctx.calib, ctx.device, 4), ctx.device, local)
+    runner = LayerwiseRunner(model, adapter, ctx.calib, ctx.device, 4)
+    prune_sequentially(adapter, runner, {(0, "o"): 1, (0, "down"): 40}, types, local)
+    assert seen == [("supernet", 1), ("supernet", 5), ("final", 1), ("final", 5)]
 
 
 # ----- search -----------------------------------------------------------------------------------
@@ -375,7 +403,7 @@ class DenseCoordinateSupernet(Supernet):
     ``[out, in]`` (zeros in the removed columns) straight from the local pruner; every reader then
     uses all the columns."""
 
-    def _write_layer(self, i, layer, adapter, stats, percdamp, first_order):
+    def _write_layer(self, i, layer, adapter, stats, local):
         from safetensors.torch import save_file
 
         tensors = {}
@@ -385,7 +413,15 @@ class DenseCoordinateSupernet(Supernet):
             H = stats[key].hessian
             kept_values = sorted(set(self.levels(key, i)))
             results = prune_module_levels(
-                W, H, mtype.rows, kept_values, ROUNDS[key], percdamp, mtype.groups, H @ W.t(), first_order
+                W,
+                H,
+                mtype.rows,
+                kept_values,
+                local.rounds(key),
+                local.percdamp,
+                mtype.groups,
+                H @ W.t(),
+                local.first_order,
             )
             for kept in kept_values:
                 tensors[f"{key}.{kept}.weight"] = results[kept].weight.cpu().contiguous()

@@ -22,7 +22,7 @@ import torch
 
 from llmprune.arch import ArchAdapter
 from llmprune.capture import LayerwiseRunner
-from llmprune.pruners.tyr.local_prune import ROUNDS, FirstOrder, LocalResult, prune_module
+from llmprune.pruners.tyr.local_prune import LocalResult, LocalSettings, prune_module
 from llmprune.pruners.tyr.supernet import KEYS, ModuleType
 
 
@@ -32,8 +32,7 @@ def prune_sequentially(
     runner: LayerwiseRunner,
     kept: dict[tuple[int, str], int],
     types: dict[str, ModuleType],
-    percdamp: float,
-    first_order: FirstOrder,
+    local: LocalSettings,
     progress: Callable[[int], None] | None = None,
 ) -> dict[tuple[int, str], LocalResult]:
     """Every layer's ``o`` and ``down`` pruned to ``kept[(layer, key)]`` units on the inputs of
@@ -53,10 +52,10 @@ def prune_sequentially(
                 hessian,
                 mtype.rows,
                 kept[(i, key)],
-                rounds=ROUNDS[key],
-                percdamp=percdamp,
+                rounds=local.rounds(key),
+                percdamp=local.percdamp,
                 groups=mtype.groups,
-                first_order=first_order,
+                first_order=local.first_order,
             )
             linear.weight.copy_(result.weight.to(linear.weight.dtype))
             # kept like a supernet variant: the model's dtype, in host memory

@@ -36,11 +36,26 @@ import torch
 from llmprune.errors import NumericalError
 from llmprune.obs import cholesky_damped, damp_hessian
 
-#: Rounds of progressive pruning per module type (methods.md §3: MLP 16, heads 1).
+#: Rounds of progressive pruning per module type (methods.md §3: MLP 16, heads 1); ``--mlp-rounds``
+#: sets the MLP's.
 ROUNDS = {"o": 1, "down": 16}
 
 #: How the first-order term ⟨V_p, G_p⟩ enters a unit's score (``--first-order``).
 FirstOrder = Literal["paper", "code", "none"]
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The local pruner's options as the supernet and the final prune pass them on
+    (``--percdamp``, ``--first-order``, ``--mlp-rounds``)."""
+
+    percdamp: float = 0.01
+    first_order: FirstOrder = "none"
+    mlp_rounds: int = ROUNDS["down"]
+
+    def rounds(self, key: str) -> int:
+        """Rounds of one module type: ``o`` keeps methods.md's single round."""
+        return self.mlp_rounds if key == "down" else ROUNDS[key]
 
 
 @dataclass

@@ -33,6 +33,7 @@ from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
 from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
 from llmprune.pruners.tyr.final_prune import prune_sequentially
+from llmprune.pruners.tyr.local_prune import LocalSettings
 from llmprune.pruners.tyr.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
 from llmprune.pruners.tyr.supernet import (
     KEYS,
@@ -106,6 +107,12 @@ class TyrOptions(BaseModel):
         "|<V_p, G_p>| with G = H·V_dense; code: the signed <V_p, G_p>; none: OBS cost only (the default: "
         "best on held-out calibration text, docs/benchmarks/select.md).",
     )
+    mlp_rounds: int = Field(
+        16,
+        ge=1,
+        description="Rounds in which the local pruner removes MLP channels, each followed by OBS "
+        "compensation of the rest (methods.md: 16; attention heads go in one round).",
+    )
     final_prune: Literal["supernet", "sequential"] = Field(
         "supernet",
         description="How the searched widths become weights: supernet: the supernet's variants, pruned "
@@ -132,6 +139,10 @@ class TyrOptions(BaseModel):
     def _survivors(cls, v: str) -> str:
         _int_list(v, 2, "--survivors")
         return v
+
+    def local_settings(self) -> LocalSettings:
+        """The local pruner's options, as the supernet and the final prune take them."""
+        return LocalSettings(self.percdamp, self.first_order, self.mlp_rounds)
 
 
 @register
@@ -258,9 +269,7 @@ class GlobalTyr(Pruner):
                 evaluator.restore_dense()
                 t1 = time.perf_counter()
                 task = ctx.progress.task(f"supernet {it + 1}/{o.iterations} Δ={delta:.4g}", total=n_layers)
-                supernet.build(
-                    model, adapter, ctx.layerwise_runner(), ctx.device, o.percdamp, task, first_order=o.first_order
-                )
+                supernet.build(model, adapter, ctx.layerwise_runner(), ctx.device, o.local_settings(), task)
                 state.supernet_seconds += time.perf_counter() - t1
                 save_state(state)
             space = SearchSpace.from_supernet(supernet)
@@ -311,9 +320,7 @@ class GlobalTyr(Pruner):
         plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
         if o.final_prune == "sequential":
             task = ctx.progress.task("final prune at the searched widths", total=geom.num_layers)
-            final = prune_sequentially(
-                ctx.adapter, ctx.layerwise_runner(), kept, types, o.percdamp, o.first_order, task
-            )
+            final = prune_sequentially(ctx.adapter, ctx.layerwise_runner(), kept, types, o.local_settings(), task)
             variant = {k: (r.weight, r.kept) for k, r in final.items()}
         else:
             variant = {(i, key): supernet.load_dense(i, key, kept[(i, key)]) for (i, key) in kept}

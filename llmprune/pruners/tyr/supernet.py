@@ -36,7 +36,7 @@ from llmprune.alignment import Alignment
 from llmprune.arch import ArchAdapter, Geometry
 from llmprune.capture import LayerwiseRunner
 from llmprune.masks import attn_grid_step, attn_params_kept
-from llmprune.pruners.tyr.local_prune import ROUNDS, FirstOrder, prune_module_levels, scatter_columns, unit_rows
+from llmprune.pruners.tyr.local_prune import LocalSettings, prune_module_levels, scatter_columns, unit_rows
 
 #: Level offsets k of a supernet (methods.md §3: center ± kΔ, k = −4..4). Positive = denser.
 LEVELS: tuple[int, ...] = tuple(range(-4, 5))
@@ -266,9 +266,8 @@ class Supernet:
         adapter: ArchAdapter,
         runner: LayerwiseRunner,
         device: torch.device,
-        percdamp: float = 0.01,
+        local: LocalSettings = LocalSettings(),
         progress: Callable[[int], None] | None = None,
-        first_order: FirstOrder = "none",
     ) -> None:
         """Build every layer's variants (block by block) and write them to ``folder``; ``runner``
         walks the calibration samples (``PruneContext.layerwise_runner``: --offload-dir honoured).
@@ -287,7 +286,7 @@ class Supernet:
             layer.to(device)
             stats = runner.collect(i, layer, KEYS, hessian=True)
             if writer:
-                self._write_layer(i, layer, adapter, stats, percdamp, first_order)
+                self._write_layer(i, layer, adapter, stats, local)
             del stats
             distributed.barrier()  # the layer's file is complete before any rank reads it
             # Expectation error accumulation: the next block sees the averaged variants.
@@ -311,8 +310,7 @@ class Supernet:
         layer: torch.nn.Module,
         adapter: ArchAdapter,
         stats: dict,
-        percdamp: float,
-        first_order: FirstOrder,
+        local: LocalSettings,
     ) -> None:
         """Prune every level of the layer's modules from the dense weights; write them atomically."""
         tensors: dict[str, torch.Tensor] = {}
@@ -327,11 +325,11 @@ class Supernet:
                 H,
                 mtype.rows,
                 kept_values,
-                rounds=ROUNDS[key],
-                percdamp=percdamp,
+                rounds=local.rounds(key),
+                percdamp=local.percdamp,
                 groups=mtype.groups,
                 target=H @ W.t(),
-                first_order=first_order,
+                first_order=local.first_order,
             )
             for kept in kept_values:
                 result = results[kept]
