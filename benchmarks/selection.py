@@ -376,6 +376,23 @@ def measure(names: list[str], grids: dict[str, Grid] = GRIDS, name: str = NAME) 
     return rows + kept
 
 
+def seed_spread(rows: list[dict[str, Any]]) -> str:
+    """The intro's sentence on Týr's spread over seeds (grid tyr-seeds against seed 0), if measured."""
+    seeds = [r for r in rows if r.get("grid") == "tyr-seeds"]
+    base = [r for r in rows if r.get("grid") == "tyr-damp-search" and r["vary"] == {"percdamp": 0.0001}]
+    if not seeds or not base:
+        return " (the spread between seeds is not measured here, so small margins do not separate settings)"
+    values = [base[0]["perplexity"]] + [r["perplexity"] for r in seeds]
+    labels = ["0"] + [str(r["vary"]["seed"]) for r in seeds]
+    return (
+        "; Týr's default search at seeds "
+        + " / ".join(labels)
+        + " scores "
+        + " / ".join(f"{v:.2f}" for v in values)
+        + f" (grid tyr-seeds), so Týr margins under {max(values) - min(values):.2f} do not separate settings"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grids", default="tyr-local,tyr", help="comma-separated names from GRIDS")
@@ -403,8 +420,7 @@ def main() -> None:
         intro="calib.txt split by document: every fourth document is the *select* split (25%), the rest the "
         f"*fit* split (CALIB_FIT, 75%). Every run prunes on the fit split ({NSAMPLES} × {SEQLEN} tokens, seed "
         f"{SEED}); perplexity is measured on the select split in {SEQLEN}-token windows. eval.txt is not read. "
-        f"Dense perplexity on the select split: {dense['perplexity']:.2f}. One seed per row (the spread "
-        "between seeds is not measured here, so small margins do not separate settings). "
+        f"Dense perplexity on the select split: {dense['perplexity']:.2f}. One seed per row{seed_spread(all_rows)}. "
         "`code` is the content hash of `llmprune/` the row was measured with (the cache key).",
         notes="\n\n".join(summaries),
     )

@@ -257,6 +257,11 @@ BAD_CASES = {
         2,
         "first_order",
     ),
+    "mlp rounds 0": (
+        lambda d, c, t: ["global", d, "-o", t / "o", "--mlp-rounds", "0", "--calib", c],
+        2,
+        "mlp_rounds",
+    ),
     "eval missing data": (lambda d, c, t: ["eval", d, "--data", t / "none.txt", "--seqlen", "32"], 5, "not found"),
 }
 
