@@ -33,7 +33,7 @@ from llmprune.masks import uniform_widths
 from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
 from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
 from llmprune.pruners.tyr.final_prune import prune_sequentially
-from llmprune.pruners.tyr.local_prune import LocalSettings
+from llmprune.pruners.tyr.local_prune import ROUNDS, LocalSettings
 from llmprune.pruners.tyr.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
 from llmprune.pruners.tyr.supernet import (
     KEYS,
@@ -108,7 +108,7 @@ class TyrOptions(BaseModel):
         "best on held-out calibration text, docs/benchmarks/select.md).",
     )
     mlp_rounds: int = Field(
-        16,
+        ROUNDS["down"],
         ge=1,
         description="Rounds in which the local pruner removes MLP channels, each followed by OBS "
         "compensation of the rest (methods.md: 16; attention heads go in one round).",
