@@ -124,7 +124,7 @@ def display_path(path: str | Path) -> str:
 
 
 def evaluate(model: Path, data: Path = EVAL, seqlen: int = 256, speed: bool = False) -> dict[str, Any]:
-    from llmprune.evaluation_run import EvalSettings, run_eval
+    from llmprune.run.evaluation import EvalSettings, run_eval
 
     return run_eval(EvalSettings(model=str(model), data=str(data), seqlen=seqlen, speed=speed))
 

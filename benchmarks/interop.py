@@ -226,8 +226,8 @@ def lora():
     detail = f"default targets {','.join(targets)}" + NOTE
     sidecar = os.path.join(out, "llmprune_sparsity.json")
     if os.path.exists(sidecar):
-        from llmprune.masks import max_nonzeros_per_group
-        from llmprune.remask import remask
+        from llmprune.core.masks import max_nonzeros_per_group
+        from llmprune.run.remask import remask
         names = json.load(open(sidecar))["targets"]
         modules = dict(merged.named_modules())
         broken = sum(max_nonzeros_per_group(modules[n].weight) > 2 for n in names)

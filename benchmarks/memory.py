@@ -50,8 +50,8 @@ COLUMNS = [
 def baseline_rss_mib() -> float:
     """RSS of a process that imported everything llmprune imports, before loading any model."""
     code = (
-        "import torch, transformers, llmprune.cli, llmprune.pipeline, llmprune.pruners; "
-        "from transformers import LlamaForCausalLM; print(llmprune.pipeline.peak_rss_mib())"
+        "import torch, transformers, llmprune.cli, llmprune.run.pipeline, llmprune.runtime.memory, llmprune.pruners; "
+        "from transformers import LlamaForCausalLM; print(llmprune.runtime.memory.peak_rss_mib())"
     )
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 

@@ -28,8 +28,8 @@ TABLE_ONLY = False
 
 def prune(strategy: str, method: str, output, sparsity: float, batch_size: int = 8, **options) -> dict:
     """common.prune plus --batch-size (a common option, not a method option)."""
-    from llmprune.config import PruneSettings
-    from llmprune.pipeline import run_prune
+    from llmprune.run.pipeline import run_prune
+    from llmprune.settings import PruneSettings
 
     settings = PruneSettings(
         strategy=strategy,

@@ -26,7 +26,7 @@ from typing import Any
 from common import DOCS, write_results
 from selection import SEED, SEQLEN, Grid, measure
 
-from llmprune.trace import pyplot, save_figure
+from llmprune.train.trace import pyplot, save_figure
 
 NAME = "proxsparse_budget"
 BATCH = 8  # sequences per step (the pipeline's --batch-size default)

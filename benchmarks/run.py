@@ -154,7 +154,7 @@ def defaults_of(job: Job) -> dict[str, Any]:
     """The defaults a row's commands rely on (the method's options, and recovery's): a change of
     default reruns the row although its command line is the same."""
     from llmprune.pruners.base import get_pruner_class, option_defaults
-    from llmprune.recovery import DEFAULT_LR, RecoveryOptions
+    from llmprune.train.recovery import DEFAULT_LR, RecoveryOptions
 
     found = {"method": option_defaults(get_pruner_class(job.strategy, job.method))}
     if job.recover:

@@ -1,7 +1,7 @@
 """One held-out selection protocol for every method's defaults (never the evaluation text).
 
 calib.txt is split **by document** (documents are separated by a blank line, as
-``llmprune.data`` joins them): every fourth document (index ≡ 3 mod 4) goes to the *select*
+``llmprune.data.text`` joins them): every fourth document (index ≡ 3 mod 4) goes to the *select*
 split (25%), the rest to the *fit* split (75%). Interleaving keeps both splits drawn from the
 same mix of sources; the split depends only on calib.txt. Every run prunes / learns on the fit
 split only (64 × 256 tokens, seed 0, unless its grid sets ``nsamples``/``seqlen``, as

@@ -65,7 +65,7 @@ def widths_summary(folder) -> str:
 
 
 def load(folder):
-    from llmprune.loading import load_model
+    from llmprune.model.loading import load_model
 
     model, adapter, _ = load_model(str(folder), torch.device("cpu"), torch.float32)
     return model, adapter.decoder_linear_params(model)
@@ -77,7 +77,7 @@ def paired(dense, pruned, seqlen: int, rounds: int, repeats: int) -> dict:
     machine hit both sides of a ratio alike."""
     from statistics import median
 
-    from llmprune.evaluation_run import measure_speed
+    from llmprune.run.evaluation import measure_speed
 
     runs = [(measure_speed(dense, seqlen, repeats), measure_speed(pruned, seqlen, repeats)) for _ in range(rounds)]
     out = {}

@@ -4,6 +4,6 @@ __version__ = "0.1.0"
 
 # Heterogeneous-width (`llmprune global`) outputs load with plain transformers after
 # `import llmprune`; the hooks import nothing until transformers/PEFT are imported.
-from llmprune.autoregister import install as _install_autoregister
+from llmprune.model.autoregister import install as _install_autoregister
 
 _install_autoregister()

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import typer
 
 from llmprune.errors import LlmpruneError
-from llmprune.progress import console
+from llmprune.runtime.progress import console
 
 app = typer.Typer(
     name="llmprune",
@@ -50,7 +50,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from llmprune.signals import as_stop, describe, sigterm_as_interrupt
+        from llmprune.runtime.signals import as_stop, describe, sigterm_as_interrupt
 
         try:
             with sigterm_as_interrupt():  # SIGTERM (schedulers) unwinds like Ctrl-C
@@ -74,8 +74,8 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _common_parameters(strategy: str) -> list[inspect.Parameter]:
-    from llmprune.config import DEFAULT_SPARSITY, SEMI24_SPARSITY
     from llmprune.pruners.base import default_method, methods
+    from llmprune.settings import DEFAULT_SPARSITY, SEMI24_SPARSITY
 
     known = methods(strategy)
     listing = "; ".join(f"[bold]{name}[/]: {cls.summary}" for name, cls in sorted(known.items()))
@@ -294,7 +294,7 @@ def _recovery_parameters(prefix: str) -> list[inspect.Parameter]:
     """One keyword parameter per field of ``RecoveryOptions``, named ``prefix + field`` (fields that
     already start with ``recover_`` keep their name)."""
     from llmprune.pruners.base import _flag_type
-    from llmprune.recovery import RecoveryOptions
+    from llmprune.train.recovery import RecoveryOptions
 
     params = []
     for name, f in RecoveryOptions.model_fields.items():
@@ -317,7 +317,7 @@ def _recovery_options(values: dict[str, Any], prefix: str) -> dict[str, Any]:
     from pydantic import ValidationError
 
     from llmprune.errors import UsageError
-    from llmprune.recovery import RecoveryOptions
+    from llmprune.train.recovery import RecoveryOptions
 
     def flag(name: str) -> str:
         return "--" + (name if name.startswith("recover_") else prefix + name).replace("_", "-")
@@ -401,11 +401,11 @@ def _prune_command(strategy: str) -> Callable[..., None]:
 
     @friendly_errors
     def command(ctx: typer.Context, **kwargs: Any) -> None:
-        from llmprune.config import PruneSettings, check_recipe_types, load_recipe, validated
         from llmprune.errors import UsageError
-        from llmprune.pipeline import run_prune
         from llmprune.pruners.base import default_method
-        from llmprune.summary import print_prune_summary
+        from llmprune.run.pipeline import run_prune
+        from llmprune.run.summary import print_prune_summary
+        from llmprune.settings import PruneSettings, check_recipe_types, load_recipe, validated
 
         recipe_path = kwargs.pop("config")
         planning = {k: kwargs.pop(k) for k in ("estimate", "json_path", "gpu_memory", "force")}
@@ -439,11 +439,11 @@ def _prune_command(strategy: str) -> Callable[..., None]:
         if planning["estimate"] or planning["json_path"] is not None:
             estimate_only(settings, planning["json_path"])
             return
-        from llmprune.estimate import preflight
+        from llmprune.run.estimate import preflight
 
         preflight(settings, planning["gpu_memory"], planning["force"])
         report = run_prune(settings)
-        from llmprune.distributed import env_rank
+        from llmprune.runtime.distributed import env_rank
 
         if env_rank() == 0:  # under torchrun, rank 0 speaks for the run
             print_prune_summary(report)
@@ -459,7 +459,7 @@ def estimate_only(settings: Any, json_path: Path | None) -> None:
     """``--estimate``: print (and with ``--json`` write) the pre-flight estimate; no weights read."""
     import json
 
-    from llmprune.estimate import from_settings, print_estimate
+    from llmprune.run.estimate import from_settings, print_estimate
 
     est = from_settings(settings)
     print_estimate(est)
@@ -495,7 +495,7 @@ RECOVER_HELP = (
 
 
 def _recover_command() -> Callable[..., None]:
-    from llmprune.recovery import DEFAULT_RECOVER_NSAMPLES
+    from llmprune.train.recovery import DEFAULT_RECOVER_NSAMPLES
 
     P = inspect.Parameter
     common = {p.name: p for p in _common_parameters("uniform")}
@@ -545,17 +545,17 @@ def _recover_command() -> Callable[..., None]:
 
     @friendly_errors
     def command(**kwargs: Any) -> None:
-        from llmprune.config import validated
-        from llmprune.recovery_run import RecoverSettings, run_recover
+        from llmprune.run.recover import RecoverSettings, run_recover
+        from llmprune.settings import validated
 
         options = _recovery_options(kwargs, "")
         values = {p.name: kwargs[p.name] for p in spec}
         settings = validated(RecoverSettings, options=options, **values)
         report = run_recover(settings)
-        from llmprune.distributed import env_rank
+        from llmprune.runtime.distributed import env_rank
 
         if env_rank() == 0 and report.recovery is not None:
-            from llmprune.summary import recovery_line
+            from llmprune.run.summary import recovery_line
 
             console.print(f"recovered {settings.output}: {recovery_line(report.recovery)}", highlight=False)
 
@@ -615,9 +615,9 @@ def eval_command(
     task_batch_size: int = typer.Option(8, help="With --tasks: requests per forward pass."),
 ) -> None:
     """Perplexity (docs/methods.md §0), parameter counts, optional throughput and task accuracy, as a table and JSON."""
-    from llmprune.config import validated
-    from llmprune.evaluation_run import EvalSettings, run_eval
-    from llmprune.summary import print_eval_summary
+    from llmprune.run.evaluation import EvalSettings, run_eval
+    from llmprune.run.summary import print_eval_summary
+    from llmprune.settings import validated
 
     settings = validated(
         EvalSettings,
@@ -652,8 +652,8 @@ def inspect_command(
     and whether it loads without custom code. Reads headers only, never the weights."""
     import json
 
-    from llmprune.inspection import inspect_folder
-    from llmprune.summary import print_inspect
+    from llmprune.run.inspection import inspect_folder
+    from llmprune.run.summary import print_inspect
 
     info = inspect_folder(folder)
     if json_output:
@@ -684,7 +684,7 @@ def remask_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Re-apply a 2:4 output's zero pattern after fine-tuning (a merged LoRA makes every weight dense)."""
-    from llmprune.remask import remask
+    from llmprune.run.remask import remask
 
     report = remask(model, like, output, overwrite)
     console.print(f"restored 2:4 in {output} ({report['zeros_restored']} weights zeroed again)", highlight=False)

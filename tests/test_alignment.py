@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from helpers import read_json, run_cli
 
-from llmprune.alignment import Alignment, misaligned_widths
-from llmprune.arch import Geometry
-from llmprune.masks import attn_params_kept, uniform_widths
+from llmprune.core.masks import attn_params_kept, uniform_widths
+from llmprune.model.alignment import Alignment, misaligned_widths
+from llmprune.model.arch import Geometry
 from llmprune.pruners.tyr.supernet import SupernetSpec, module_types
 
 REF = Geometry(hidden_size=256, num_heads=8, num_kv_heads=4, head_dim=32, intermediate_size=768, num_layers=8)

@@ -9,11 +9,13 @@ import pytest
 from helpers import LLAMA_8B, REFMODEL, config_folder, requires_refmodel, save_tiny_model
 from helpers import run_cli as run
 
-from llmprune import cadence, training
-from llmprune.config import PruneSettings, check_recipe_types
+from llmprune.core.memory_model import Request
 from llmprune.errors import UsageError
-from llmprune.estimate import GIB, estimate, stage_layers
-from llmprune.pruners.proxsparse import ProxSparseTraining
+from llmprune.pruners.proxsparse import ProxSparsePruner, ProxSparseTraining
+from llmprune.run.estimate import GIB, estimate
+from llmprune.settings import PruneSettings, check_recipe_types
+from llmprune.train import cadence
+from llmprune.train import loop as training
 
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
 PROX = ["--steps", "8", "--lr", "0.02", "--lambda1", "0.3", "--metric", "plain"]
@@ -149,19 +151,22 @@ def test_auto_staging_is_the_largest_count_that_fits():
         fixed = settings.model_copy(update={"method_options": {"layers_per_stage": str(k)}})
         return int(estimate(fixed, config).peak_device_gib * GIB)
 
-    assert [stage_layers(settings, config, budget=peak(k)) for k in range(1, 7)] == [1, 2, 3, 4, 5, 6]
-    assert stage_layers(settings, config, budget=peak(3) - 1) == 2
-    assert stage_layers(settings, config, budget=1) == 1  # nothing fits: one layer (pre-flight refuses)
+    def stage_layers(budget: int) -> int:
+        return ProxSparsePruner.stage_layers(Request.of(settings, config, 1, False, budget))
+
+    assert [stage_layers(peak(k)) for k in range(1, 7)] == [1, 2, 3, 4, 5, 6]
+    assert stage_layers(peak(3) - 1) == 2
+    assert stage_layers(1) == 1  # nothing fits: one layer (pre-flight refuses)
 
 
 @requires_refmodel
 def test_auto_staging_takes_every_layer_of_the_reference_model_on_this_cpu():
-    from llmprune.loading import load_config
+    from llmprune.model.loading import load_config
 
     settings = PruneSettings(
         strategy="semi24", method="proxsparse", model=str(REFMODEL), output=Path("o"), device="cpu"
     )
-    assert stage_layers(settings, load_config(str(REFMODEL))) == 8
+    assert ProxSparsePruner.stage_layers(Request.of(settings, load_config(str(REFMODEL)), 1, False)) == 8
 
 
 def test_auto_staging_is_logged_reported_and_kept_by_resume(model_dir, calib, tmp_path, monkeypatch):
@@ -170,18 +175,16 @@ def test_auto_staging_is_logged_reported_and_kept_by_resume(model_dir, calib, tm
     staging even when the budget now says otherwise (stages must line up with the checkpoint)."""
     from helpers import read_json
 
-    from llmprune import estimate as estimate_module
-
     args = ["--calib", calib, *SMALL, *PROX, "--steps", "4", "--checkpoint-every", "1"]
     straight = tmp_path / "straight"
     assert run("semi24", model_dir, "-o", straight, *args, "--layers-per-stage", "1").exit_code == 0
 
-    monkeypatch.setattr(estimate_module, "stage_layers", lambda *a, **k: 1)  # a budget for one layer
+    monkeypatch.setattr(ProxSparsePruner, "stage_layers", classmethod(lambda cls, q: 1))  # a budget for one layer
     out = tmp_path / "o"
     with training.step_callback(training.interrupt_after(6)):  # inside stage 2 of 2
         result = run("semi24", model_dir, "-o", out, *args)
     assert result.exit_code != 0 and "--layers-per-stage auto: 1 of 2 layers per stage" in result.output
-    monkeypatch.setattr(estimate_module, "stage_layers", lambda *a, **k: 2)  # more memory now
+    monkeypatch.setattr(ProxSparsePruner, "stage_layers", classmethod(lambda cls, q: 2))  # more memory now
     result = run("semi24", model_dir, "-o", out, *args, "--resume")
     assert result.exit_code == 0, result.output
     assert (out / "model.safetensors").read_bytes() == (straight / "model.safetensors").read_bytes()

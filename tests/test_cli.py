@@ -14,8 +14,8 @@ from helpers import run_cli as run
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from llmprune.arch import ArchAdapter
-from llmprune.masks import max_nonzeros_per_group
+from llmprune.core.masks import max_nonzeros_per_group
+from llmprune.model.arch import ArchAdapter
 
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
 
@@ -96,7 +96,7 @@ def test_uniform_baseline_keeps_explicit_widths(model_dir, calib, tmp_path):
 
 
 def test_bad_widths_are_refused_before_the_weights_are_read(model_dir, calib, tmp_path, monkeypatch):
-    from llmprune import pipeline
+    from llmprune.run import pipeline
 
     loads: list[str] = []
     monkeypatch.setattr(pipeline, "load_model", lambda name, *a, **k: loads.append(name))
@@ -318,8 +318,8 @@ def test_unreachable_hub_id_is_a_clear_error(tmp_path):
 
 def test_exported_model_equals_the_plan_applied_as_masks(model_dir, calib, tmp_path):
     """Reload the plan JSON, mask the dense model with it: same logits as the sliced export."""
-    from llmprune.plan import PrunePlan
-    from llmprune.surgery import mask_structured
+    from llmprune.model.plan import PrunePlan
+    from llmprune.model.surgery import mask_structured
 
     out = tmp_path / "out"
     result = run(
@@ -433,8 +433,8 @@ def test_example_recipes_use_only_known_options(recipe):
     """Every shipped recipe parses and names only options its command has."""
     import yaml
 
-    from llmprune.config import PruneSettings
     from llmprune.pruners.base import cli_options, methods
+    from llmprune.settings import PruneSettings
 
     strategy = recipe.stem.rsplit("-", 1)[1]
     allowed = set(PruneSettings.model_fields) | {o.name for o in cli_options(strategy)}
@@ -476,12 +476,12 @@ def test_a_recipe_key_of_another_method_is_a_usage_error(model_dir, tmp_path):
 @pytest.fixture
 def captured_settings(monkeypatch):
     """Run the CLI up to the pipeline: the validated settings are captured instead of pruning."""
-    import llmprune.pipeline
-    import llmprune.summary
+    import llmprune.run.pipeline
+    import llmprune.run.summary
 
     seen = []
-    monkeypatch.setattr(llmprune.pipeline, "run_prune", lambda settings: seen.append(settings) or {})
-    monkeypatch.setattr(llmprune.summary, "print_prune_summary", lambda report: None)
+    monkeypatch.setattr(llmprune.run.pipeline, "run_prune", lambda settings: seen.append(settings) or {})
+    monkeypatch.setattr(llmprune.run.summary, "print_prune_summary", lambda report: None)
     return seen
 
 

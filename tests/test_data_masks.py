@@ -11,12 +11,12 @@ import pytest
 import torch
 from helpers import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
 
-from llmprune import data
-from llmprune.arch import ArchAdapter, Geometry
+from llmprune.core.masks import max_nonzeros_per_group, nm_mask, select_attention_units, uniform_widths
+from llmprune.core.obs import sparsegpt_prune
+from llmprune.data import text as data
 from llmprune.errors import DataError, UnsupportedArchitectureError
-from llmprune.evaluate import count_parameters, perplexity
-from llmprune.masks import max_nonzeros_per_group, nm_mask, select_attention_units, uniform_widths
-from llmprune.obs import sparsegpt_prune
+from llmprune.model.arch import ArchAdapter, Geometry
+from llmprune.run.metrics import count_parameters, perplexity
 
 TOK = tiny_tokenizer()
 

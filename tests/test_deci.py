@@ -18,10 +18,10 @@ import torch
 from helpers import make_tiny_model, read_json, run_cli, save_tiny_model, tiny_tokenizer
 from safetensors.torch import load_file
 
-from llmprune.arch import ArchAdapter, Geometry
-from llmprune.export import save_pruned
-from llmprune.plan import LayerPlan, PrunePlan
-from llmprune.surgery import apply_plan, apply_weights, mask_structured
+from llmprune.export.save import save_pruned
+from llmprune.model.arch import ArchAdapter, Geometry
+from llmprune.model.plan import LayerPlan, PrunePlan
+from llmprune.model.surgery import apply_plan, apply_weights, mask_structured
 
 TOKENS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8, 120, 64, 33, 2]])
 

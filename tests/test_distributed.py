@@ -19,12 +19,12 @@ import pytest
 import torch
 from helpers import make_tiny_model, read_json
 
-from llmprune import distributed
-from llmprune.arch import ArchAdapter
-from llmprune.capture import LayerwiseRunner
-from llmprune.config import PruneSettings
-from llmprune.progress import Reporter
+from llmprune.data.capture import LayerwiseRunner
+from llmprune.model.arch import ArchAdapter
 from llmprune.pruners.base import PruneContext, PruneResult, get_pruner_class
+from llmprune.runtime import distributed
+from llmprune.runtime.progress import Reporter
+from llmprune.settings import PruneSettings
 
 pytestmark = pytest.mark.distributed
 
@@ -175,7 +175,7 @@ def runs(tmp_path_factory) -> dict:
 
 def _decide_worker(rank: int, port: int, root: str) -> None:
     """Rank 0's yes/no, and a time-based checkpoint whose clocks disagree between the ranks."""
-    from llmprune.cadence import Cadence, Every
+    from llmprune.train.cadence import Cadence, Every
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from helpers import CALIB, LLAMA_8B, REFMODEL, TINY_CONFIGS, make_tiny_model, requires_refmodel, run_cli, tiny_tokenizer
 
-from llmprune import estimate as estimate_module
-from llmprune.arch import FAMILIES
+from llmprune.core.memory_model import OVERHEAD_GIB
+from llmprune.model.arch import FAMILIES
+from llmprune.run import estimate as estimate_module
+from llmprune.runtime.memory import GIB
 
 STRATEGIES = {"uniform": ["--method", "minimax"], "global": [], "semi24": ["--method", "proxsparse"]}
 
@@ -31,7 +33,8 @@ def test_every_family_in_the_family_table_has_a_tiny_config():
 @pytest.mark.parametrize("family", [f.name for f in FAMILIES])
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_estimate_reads_a_folder_with_only_config_json(tmp_path, family, strategy, monkeypatch):
-    from llmprune import loading, pipeline
+    from llmprune.model import loading
+    from llmprune.run import pipeline
 
     def no_weights(*args, **kwargs):
         raise AssertionError("--estimate must not load weights")
@@ -46,18 +49,20 @@ def test_estimate_reads_a_folder_with_only_config_json(tmp_path, family, strateg
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert {"peak_device_gib", "peak_host_gib", "disk_gib", "method", "settings"} <= set(data)
-    assert data["peak_device_gib"] > estimate_module.OVERHEAD_GIB  # the GPU overhead plus the model's terms
+    assert data["peak_device_gib"] > OVERHEAD_GIB  # the GPU overhead plus the model's terms
     assert data["disk_gib"] > 0 and data["settings"]["device"] == "cuda" and data["settings"]["dtype_bytes"] == 2
     assert "peak device memory" in result.output
 
 
 def _pretend_gpu(monkeypatch, free_gib: float) -> None:
-    monkeypatch.setattr(estimate_module, "device_type", lambda device: "cuda")
-    monkeypatch.setattr(estimate_module, "free_device_bytes", lambda device: int(free_gib * estimate_module.GIB))
+    from llmprune.runtime import memory
+
+    monkeypatch.setattr(memory, "device_type", lambda device: "cuda")
+    monkeypatch.setattr(memory, "free_device_bytes", lambda device: int(free_gib * memory.GIB))
 
 
 def test_a_run_predicted_not_to_fit_is_refused_before_any_work_and_force_overrides(tmp_path, monkeypatch, model_dir):
-    from llmprune import pipeline
+    from llmprune.run import pipeline
 
     calls = []
     real = pipeline.run_prune
@@ -75,7 +80,7 @@ def test_a_run_predicted_not_to_fit_is_refused_before_any_work_and_force_overrid
 
 
 def test_a_run_that_fits_is_not_refused_and_names_the_setting_when_it_does_not(tmp_path, monkeypatch, model_dir):
-    from llmprune.config import PruneSettings
+    from llmprune.settings import PruneSettings
 
     s = PruneSettings(
         strategy="semi24",
@@ -102,7 +107,7 @@ def test_a_run_that_fits_is_not_refused_and_names_the_setting_when_it_does_not(t
     ],
 )
 def test_estimate_is_within_25_percent_of_the_measured_peak_on_the_reference_model(tmp_path, args):
-    from llmprune.memtrack import TensorPeak
+    from llmprune.runtime.memtrack import TensorPeak
 
     common = ["--calib", CALIB, "--nsamples", "16", "--seqlen", "128", "--batch-size", "4", "--device", "cpu"]
     est_path = tmp_path / "e.json"
@@ -111,7 +116,7 @@ def test_estimate_is_within_25_percent_of_the_measured_peak_on_the_reference_mod
     with TensorPeak() as m:
         result = run_cli(args[0], REFMODEL, *args[1:], *common, "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    predicted = json.loads(est_path.read_text())["peak_device_gib"] * estimate_module.GIB
+    predicted = json.loads(est_path.read_text())["peak_device_gib"] * GIB
     assert abs(predicted - m.peak) <= 0.25 * m.peak, (predicted / 2**20, m.peak / 2**20)
 
 
@@ -130,9 +135,9 @@ def test_tyr_supernet_at_llama_8b_widths_is_compact_and_follows_its_equation():
     (+ int64 unit lists and headers, < 0.2%): the compact layout, one supernet at a time."""
     from transformers import LlamaConfig
 
-    from llmprune.arch import Geometry
-    from llmprune.config import PruneSettings
-    from llmprune.masks import uniform_widths
+    from llmprune.core.masks import uniform_widths
+    from llmprune.model.arch import Geometry
+    from llmprune.settings import PruneSettings
 
     config = LlamaConfig(**LLAMA_8B)
     settings = PruneSettings(
@@ -146,8 +151,10 @@ def test_tyr_supernet_at_llama_8b_widths_is_compact_and_follows_its_equation():
         device="cuda",
         dtype="bfloat16",
     )
-    shape = estimate_module.shape_of_config(config)
-    supernet, cache = estimate_module.tyr_disk_terms(settings, shape, 2, 128, 2048)
+    from llmprune.core.memory_model import Request
+    from llmprune.pruners.tyr.pruner import GlobalTyr, TyrOptions
+
+    supernet, cache = GlobalTyr.work_folder_bytes(Request.of(settings, config, 1, False, None), TyrOptions())
     k_attn, k_mlp = uniform_widths(Geometry(4096, 32, 8, 128, 14336, 32), 0.5, "group")
     equation = 9 * 32 * 2 * 4096 * (k_attn * 4 * 128 + k_mlp)
     assert equation <= supernet <= equation * 1.002
@@ -174,9 +181,9 @@ def test_memory_per_layer_is_the_estimates_slope(tmp_path, method):
     import torch
     from transformers import AutoConfig
 
-    from llmprune.config import PruneSettings
-    from llmprune.memtrack import TensorPeak
     from llmprune.pruners.base import get_pruner_class, option_defaults
+    from llmprune.runtime.memtrack import TensorPeak
+    from llmprune.settings import PruneSettings
 
     strategy, flags = PER_LAYER_RUNS[method]
     geometry = dict(hidden_size=128, intermediate_size=448, num_attention_heads=8, num_key_value_heads=2)
@@ -212,8 +219,8 @@ def test_memory_per_layer_is_the_estimates_slope(tmp_path, method):
             result = run_cli(strategy, folder, "-o", tmp_path / f"out{layers}", *common)
         assert result.exit_code == 0, result.output
         peaks[layers] = m.peak
-    per_layer = (predicted[2] - predicted[1]) * estimate_module.GIB
-    assert per_layer > 0 and abs((predicted[3] - predicted[2]) * estimate_module.GIB - per_layer) < 1e-6 * per_layer
+    per_layer = (predicted[2] - predicted[1]) * GIB
+    assert per_layer > 0 and abs((predicted[3] - predicted[2]) * GIB - per_layer) < 1e-6 * per_layer
     for a, b in ((1, 2), (2, 3)):
         measured = peaks[b] - peaks[a]
         assert abs(measured - per_layer) <= 0.05 * per_layer, (a, b, measured / per_layer)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import make_tiny_model, tiny_tokenizer
 
-from llmprune import arch, hetero
-from llmprune.arch import LINEAR_KEYS, ArchAdapter, Family
-from llmprune.plan import LayerPlan, PrunePlan
+from llmprune.model import arch, hetero
+from llmprune.model.arch import LINEAR_KEYS, ArchAdapter, Family
+from llmprune.model.plan import LayerPlan, PrunePlan
 
 
 def _non_uniform_plan(model, adapter) -> PrunePlan:
@@ -59,16 +59,16 @@ def test_projection_names_come_from_the_adapter():
 
 
 def test_capture_uses_the_shared_inputs_of_arch():
-    from llmprune import capture
+    from llmprune.data.text import capture
 
     assert capture.INPUT_SOURCES is arch.INPUT_SOURCES
     assert set(arch.INPUT_SOURCES) == set(LINEAR_KEYS)
 
 
 def test_inspect_reads_the_widths_of_a_heterogeneous_export(tmp_path):
-    from llmprune.export import save_pruned
-    from llmprune.inspection import inspect_folder
-    from llmprune.surgery import apply_plan
+    from llmprune.export.save import save_pruned
+    from llmprune.model.surgery import apply_plan
+    from llmprune.run.inspection import inspect_folder
 
     model = make_tiny_model("llama")
     adapter = ArchAdapter.for_model(model)
@@ -83,8 +83,8 @@ def test_inspect_reads_the_widths_of_a_heterogeneous_export(tmp_path):
 
 def test_exported_config_decides_every_case(tmp_path):
     """surgery.exported_config is the one decision; save_pruned without a config uses it too."""
-    from llmprune.export import save_pruned
-    from llmprune.surgery import apply_plan, exported_config
+    from llmprune.export.save import save_pruned
+    from llmprune.model.surgery import apply_plan, exported_config
 
     model = make_tiny_model("llama")
     adapter = ArchAdapter.for_model(model)

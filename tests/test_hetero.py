@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import make_tiny_model, tiny_tokenizer
 
-from llmprune.arch import ArchAdapter
-from llmprune.export import save_pruned
-from llmprune.plan import LayerPlan, PrunePlan
-from llmprune.surgery import apply_plan, apply_weights, mask_structured
+from llmprune.export.save import save_pruned
+from llmprune.model.arch import ArchAdapter
+from llmprune.model.plan import LayerPlan, PrunePlan
+from llmprune.model.surgery import apply_plan, apply_weights, mask_structured
 
 TOKENS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8, 120, 64, 33, 2]])
 
@@ -52,7 +52,7 @@ def _export(tmp_path: Path, family: str):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 def test_export_reloads_through_llmprune_registration(tmp_path, family):
-    from llmprune.loading import load_model
+    from llmprune.model.loading import load_model
 
     out, expected, plan = _export(tmp_path, family)
     config = json.loads((out / "config.json").read_text())

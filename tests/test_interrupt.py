@@ -2,7 +2,7 @@
 then rerun with --resume: the export equals an uninterrupted run's exactly.
 
 Steps are slowed down with ``LLMPRUNE_TEST_STEP_DELAY`` (seconds slept after every step of
-minimax/proxsparse and every Týr generation; read by ``llmprune.training.notify``)
+minimax/proxsparse and every Týr generation; read by ``llmprune.train.loop.notify``)
 so the kill lands mid-run; the delay after the first checkpoint is drawn from a seeded RNG
 (``LLMPRUNE_KILL_SEED`` changes the seed), so the kill point varies between cases but every run of
 the suite is reproducible. Also: a death in the middle of a checkpoint write never corrupts the
@@ -317,8 +317,8 @@ def _dying_save(obj, f, *args, **kwargs):
 
 
 def _writers(tmp_path: Path):
-    from llmprune import training
     from llmprune.pruners.tyr.search import IterationState
+    from llmprune.train import loop as training
 
     fp = {"seed": 0}
     state = IterationState(

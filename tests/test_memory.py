@@ -22,9 +22,9 @@ NSAMPLES, SEQLEN = 16, 128
 
 def _baseline_rss_mib() -> float:
     code = (
-        "import torch, transformers, llmprune.cli, llmprune.pipeline, llmprune.pruners; "
+        "import torch, transformers, llmprune.cli, llmprune.run.pipeline, llmprune.runtime.memory, llmprune.pruners; "
         "from transformers import LlamaForCausalLM; "
-        "print(llmprune.pipeline.peak_rss_mib())"
+        "print(llmprune.runtime.memory.peak_rss_mib())"
     )
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 

@@ -12,12 +12,12 @@ import torch
 from helpers import make_tiny_model, save_tiny_model
 from torch.autograd.graph import saved_tensors_hooks
 
-from llmprune import distill
-from llmprune.arch import ArchAdapter
-from llmprune.distill import lm_loss, pieces, precompute_teacher, topk_kl
-from llmprune.lora import add_lora, lora_parameters
-from llmprune.originals import OriginalWeights
-from llmprune.training import layer_checkpointing
+from llmprune.core import distill
+from llmprune.core.distill import lm_loss, pieces, precompute_teacher, topk_kl
+from llmprune.core.lora import add_lora, lora_parameters
+from llmprune.model.arch import ArchAdapter
+from llmprune.model.originals import OriginalWeights
+from llmprune.train.loop import layer_checkpointing
 
 
 class SavedBytes:
@@ -159,7 +159,7 @@ def test_lora_keeps_no_float32_copy_of_its_inputs_and_has_autograd_gradients():
 
 
 def test_original_weights_are_read_from_the_checkpoint_not_copied(tmp_path):
-    from llmprune.loading import load_model
+    from llmprune.model.loading import load_model
 
     folder = save_tiny_model(tmp_path / "m", "llama")
     model, adapter, _ = load_model(str(folder), torch.device("cpu"), torch.float32)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from helpers import SAMPLE_TEXT, make_tiny_model, save_tiny_model
 
-from llmprune.arch import ArchAdapter
-from llmprune.export import save_pruned
-from llmprune.plan import PrunePlan, geometry_dict
+from llmprune.export.save import save_pruned
+from llmprune.model.arch import ArchAdapter
+from llmprune.model.plan import PrunePlan, geometry_dict
 
 
 def _export(tmp_path, name="out"):

@@ -1,4 +1,4 @@
-"""The 2:4 proximal operator (llmprune.prox): exactness, optimality against candidates and a
+"""The 2:4 proximal operator (llmprune.core.prox): exactness, optimality against candidates and a
 brute-force minimiser, signs/order, scale invariance, vectorisation."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import itertools
 import pytest
 import torch
 
-from llmprune import prox
-from llmprune.prox import objective, prox_24, regulariser, share_24
+from llmprune.core import prox
+from llmprune.core.prox import objective, prox_24, regulariser, share_24
 
 
 def random_groups(n: int, seed: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The recovery stage (llmprune.recovery, ``llmprune recover``, ``--recover``): 2:4 zeros stay zero,
+"""The recovery stage (llmprune.train.recovery, ``llmprune recover``, ``--recover``): 2:4 zeros stay zero,
 widths stay, resume equals an uninterrupted run, the objective goes down, bad inputs fail in one
 line; and (slow) a recovered 50% structured reference model beats the unrecovered one on held-out
 calibration text."""
@@ -15,11 +15,11 @@ from helpers import CALIB, REFMODEL, make_tiny_model, read_json, requires_refmod
 from helpers import run_cli as run
 from safetensors.torch import load_file
 
-from llmprune import training
-from llmprune.arch import ArchAdapter
-from llmprune.export import save_pruned
-from llmprune.plan import LayerPlan, PrunePlan
-from llmprune.surgery import apply_plan
+from llmprune.export.save import save_pruned
+from llmprune.model.arch import ArchAdapter
+from llmprune.model.plan import LayerPlan, PrunePlan
+from llmprune.model.surgery import apply_plan
+from llmprune.train import loop as training
 
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4", "--seed", "0", "--device", "cpu"]
 RECOVER = ["--steps", "6", "--lora-rank", "4", "--teacher-topk", "16", "--checkpoint-every", "2"]
@@ -201,7 +201,7 @@ def test_calibration_windows_of_a_smaller_draw_are_the_first_of_a_larger_one(mod
     """What lets --recover-nsamples add sequences without changing the ones the pruning sees."""
     from transformers import AutoTokenizer
 
-    from llmprune.data import calibration_samples
+    from llmprune.data.text import calibration_samples
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     small = calibration_samples(tok, str(calib), 5, 16, seed=3)
@@ -233,7 +233,7 @@ def test_a_text_too_short_for_the_pruning_names_the_pruning_count_with_recover(m
     the one-line error names the pruning's count, not the recovery's."""
     from transformers import AutoTokenizer
 
-    from llmprune.data import calibration_samples
+    from llmprune.data.text import calibration_samples
 
     windows = calibration_samples(AutoTokenizer.from_pretrained(model_dir), str(calib), 10**6, 32, 0, minimum=1)
     asked = windows.shape[0] + 1
@@ -335,7 +335,7 @@ def test_recovered_50pct_structured_reference_model_beats_unrecovered_on_held_ou
 def test_the_default_lora_rate_is_the_select_splits_choice(pruned, model_dir, calib, tmp_path):
     """Without --lr, LoRA recovery peaks at 2e-3 on a 2:4 and on a structured output (the select
     split's choice on the default 256 sequences); --lr still overrides."""
-    from llmprune.recovery_run import CURVE_JSON
+    from llmprune.run.recover import CURVE_JSON
 
     peaks = {}
     for kind, extra in (("semi24", ()), ("uniform", ()), ("given", ("--lr", "1e-3"))):

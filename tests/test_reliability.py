@@ -15,8 +15,8 @@ from helpers import run_cli as run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llmprune.core.obs import damped_cholesky_inverse
 from llmprune.errors import NumericalError
-from llmprune.obs import damped_cholesky_inverse
 
 SMALL = ["--seqlen", "32", "--nsamples", "4", "--batch-size", "4"]
 
@@ -151,7 +151,7 @@ def test_hessian_inverse_holds_at_most_three_copies():
     """At 8B widths the down projection's Hessian is 14336² floats (0.77 GiB): the damped copy,
     factor and inverse are the working set (estimate: 3 copies); an identity and a scaled identity
     of the same size beside them would be two more."""
-    from llmprune.memtrack import TensorPeak
+    from llmprune.runtime.memtrack import TensorPeak
 
     n = 256
     x = torch.randn(4 * n, n, generator=torch.Generator().manual_seed(0))
@@ -231,7 +231,7 @@ def test_offloaded_activations_give_identical_results_and_are_cleaned_up(pristin
 
 
 def test_activation_store_roundtrip(tmp_path):
-    from llmprune.capture import ActivationStore
+    from llmprune.data.capture import ActivationStore
 
     store = ActivationStore(tmp_path)
     tensors = [torch.randn(2, 3, 4) for _ in range(3)]
@@ -483,9 +483,9 @@ def test_supernet_bytes_on_disk_equal_the_formula(tmp_path, attn_unit, dtype):
     from helpers import make_tiny_model
     from safetensors import safe_open
 
-    from llmprune.arch import ArchAdapter
-    from llmprune.capture import LayerwiseRunner
-    from llmprune.masks import uniform_widths
+    from llmprune.core.masks import uniform_widths
+    from llmprune.data.capture import LayerwiseRunner
+    from llmprune.model.arch import ArchAdapter
     from llmprune.pruners.tyr.supernet import (
         KEYS,
         Supernet,
@@ -557,7 +557,7 @@ def test_eval_json_target_that_cannot_be_written_fails_before_measuring(target, 
     (tmp_path / "FILE").write_text("x")
     (tmp_path / "DIR").mkdir()
     path = target if target.startswith("/") else tmp_path / target
-    import llmprune.evaluation_run as evaluation_run
+    import llmprune.run.evaluation as evaluation_run
 
     monkeypatch.setattr(evaluation_run, "load_model", lambda *a, **k: pytest.fail("measured before checking --json"))
     data = tmp_path / "eval.txt"
@@ -570,8 +570,8 @@ def test_eval_json_target_that_cannot_be_written_fails_before_measuring(target, 
 
 
 def test_atomic_text_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    from llmprune import atomic
     from llmprune.errors import OutputExistsError
+    from llmprune.runtime import atomic
 
     target = tmp_path / "sub" / "report.json"
     atomic.write_text(target, "first")
@@ -675,7 +675,7 @@ def test_a_live_lock_refuses_a_second_run_and_leaves_its_work_alone(pristine, tm
     import os
     import socket
 
-    from llmprune.lock import LOCK_FILE, _start_time
+    from llmprune.runtime.lock import LOCK_FILE, _start_time
 
     work = tmp_path / ".out.llmprune-work"
     work.mkdir()
@@ -699,7 +699,7 @@ def test_a_stale_lock_is_taken_over(pristine, tmp_path):
     import subprocess
     import sys
 
-    from llmprune.lock import LOCK_FILE
+    from llmprune.runtime.lock import LOCK_FILE
 
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False
@@ -762,7 +762,7 @@ def test_a_failure_after_a_checkpoint_keeps_it_and_says_so(pristine, tmp_path, m
 def test_disk_full_is_recognised_from_python_and_from_safetensors():
     import errno
 
-    from llmprune.atomic import disk_full
+    from llmprune.runtime.atomic import disk_full
 
     assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
     assert disk_full(

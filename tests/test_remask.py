@@ -6,7 +6,7 @@ import torch
 from helpers import folder_hash, read_json, run_cli
 from safetensors.torch import load_file
 
-from llmprune.masks import max_nonzeros_per_group
+from llmprune.core.masks import max_nonzeros_per_group
 
 
 def _merged_copy(semi24_out, folder):
@@ -56,7 +56,7 @@ def test_remask_refuses_a_like_that_is_not_a_semi24_output(tmp_path, model_dir):
 
 
 def test_remask_accepts_string_paths(tmp_path, model_dir):
-    from llmprune.remask import remask
+    from llmprune.run.remask import remask
 
     semi = tmp_path / "semi"
     assert run_cli("semi24", model_dir, "-o", semi, "--method", "magnitude").exit_code == 0

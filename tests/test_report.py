@@ -11,10 +11,10 @@ from helpers import make_tiny_model, read_json
 from helpers import run_cli as run
 from pydantic import ValidationError
 
-from llmprune.arch import ArchAdapter, Geometry
-from llmprune.config import DEFAULT_SPARSITY, SEMI24_SPARSITY, PruneSettings
 from llmprune.errors import ModelLoadError
-from llmprune.report import PruneReport
+from llmprune.export.report import PruneReport
+from llmprune.model.arch import ArchAdapter, Geometry
+from llmprune.settings import DEFAULT_SPARSITY, SEMI24_SPARSITY, PruneSettings
 
 #: Keys of llmprune_report.json, in the order they are written (a method, and entries such as
 #: ``alignment``, append their own).
@@ -109,7 +109,7 @@ def test_a_broken_report_is_one_clear_error(model_dir, tmp_path):
     (folder / "llmprune_report.json").write_text("{not json")
     result = run("inspect", folder)
     assert result.exit_code == 3 and "not a readable llmprune report" in result.output
-    from llmprune.evaluation_run import pruning_info
+    from llmprune.run.evaluation import pruning_info
 
     with pytest.raises(ModelLoadError):
         pruning_info(str(folder))
@@ -124,8 +124,8 @@ def test_method_fields_are_kept_after_the_common_ones():
 
 
 def test_settings_are_frozen_and_the_pipeline_does_not_change_them(model_dir, calib, tmp_path):
-    from llmprune.pipeline import run_prune
-    from llmprune.progress import Reporter
+    from llmprune.run.pipeline import run_prune
+    from llmprune.runtime.progress import Reporter
 
     settings = _settings(model=str(model_dir), output=tmp_path / "o", method="wanda", calib=str(calib), nsamples=4)
     with pytest.raises(ValidationError, match="frozen"):
@@ -153,9 +153,9 @@ def test_sparsity_default_and_the_24_rule_live_in_the_settings():
 @pytest.mark.parametrize("attn_unit", ["group", "query"])
 def test_geometry_counts_what_the_model_stores(attn_unit):
     """Geometry's formulas agree with the tensors of a sliced model, layer by layer."""
-    from llmprune.masks import select_attention_units, uniform_widths
-    from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
-    from llmprune.surgery import apply_plan
+    from llmprune.core.masks import select_attention_units, uniform_widths
+    from llmprune.model.plan import LayerPlan, PrunePlan, units_to_heads
+    from llmprune.model.surgery import apply_plan
 
     model = make_tiny_model("llama")
     adapter = ArchAdapter.for_model(model)

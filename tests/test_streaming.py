@@ -13,9 +13,9 @@ import pytest
 import torch
 from helpers import config_folder, make_tiny_model, read_json, run_cli, save_tiny_model
 
-from llmprune.arch import ArchAdapter
-from llmprune.streaming import WeightStream
-from llmprune.training import layer_checkpointing
+from llmprune.model.arch import ArchAdapter
+from llmprune.model.streaming import WeightStream
+from llmprune.train.loop import layer_checkpointing
 
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4", "--seed", "0", "--device", "cpu"]
 

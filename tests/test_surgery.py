@@ -9,10 +9,10 @@ import torch
 from helpers import FAMILIES, make_tiny_model
 from transformers import AutoModelForCausalLM
 
-from llmprune.arch import ArchAdapter
-from llmprune.masks import select_attention_units, topk_sorted
-from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
-from llmprune.surgery import apply_plan, exported_config, mask_structured
+from llmprune.core.masks import select_attention_units, topk_sorted
+from llmprune.model.arch import ArchAdapter
+from llmprune.model.plan import LayerPlan, PrunePlan, units_to_heads
+from llmprune.model.surgery import apply_plan, exported_config, mask_structured
 
 TOKENS = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(1))
 

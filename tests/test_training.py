@@ -1,4 +1,4 @@
-"""The shared training loop (llmprune.training): fingerprints of every work-folder artefact,
+"""The shared training loop (llmprune.train.loop): fingerprints of every work-folder artefact,
 LR schedules, and the layer-wise runner every learned method must build through the context."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from helpers import SAMPLE_TEXT, make_tiny_model, tiny_tokenizer
 from helpers import run_cli as run
 from safetensors.torch import load_file
 
-from llmprune import training
-from llmprune.arch import ArchAdapter
-from llmprune.capture import LayerwiseRunner
-from llmprune.config import PruneSettings
-from llmprune.data import calibration_samples
+from llmprune.data.capture import LayerwiseRunner
+from llmprune.data.text import calibration_samples
 from llmprune.errors import ResumeError
-from llmprune.progress import Reporter
+from llmprune.model.arch import ArchAdapter
 from llmprune.pruners.base import PruneContext, PruneResult, get_pruner_class
+from llmprune.runtime.progress import Reporter
+from llmprune.settings import PruneSettings
+from llmprune.train import loop as training
 
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
 MINIMAX = ["--sparsity", "0.4", "--steps", "8", "--lora-rank", "4", "--teacher-topk", "16", "--checkpoint-every", "4"]
@@ -168,7 +168,7 @@ def test_tyr_topk_cache_is_reused_with_the_same_settings(tmp_path):
 
 
 def test_supernet_built_with_other_settings_is_rebuilt(tmp_path):
-    from llmprune.masks import uniform_widths
+    from llmprune.core.masks import uniform_widths
     from llmprune.pruners.tyr.supernet import KEYS, Supernet, SupernetSpec, module_types
 
     model = make_tiny_model("llama")

@@ -22,10 +22,11 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from llmprune.arch import ArchAdapter
-from llmprune.capture import LayerwiseRunner
+from llmprune.core.memory_model import Request, Resources, layerwise_resources
+from llmprune.data.capture import LayerwiseRunner
 from llmprune.errors import UnknownMethodError, UsageError
-from llmprune.plan import PrunePlan
+from llmprune.model.arch import ArchAdapter
+from llmprune.model.plan import PrunePlan
 
 STRATEGIES: tuple[str, ...] = ("uniform", "global", "semi24")
 
@@ -82,15 +83,15 @@ class PruneContext:
     adapter: ArchAdapter
     tokenizer: Any
     calib: torch.Tensor | None
-    settings: Any  # llmprune.config.PruneSettings
+    settings: Any  # llmprune.settings.PruneSettings
     device: torch.device
     work_dir: Path
-    progress: Any = None  # llmprune.progress.Reporter
+    progress: Any = None  # llmprune.runtime.progress.Reporter
     extras: dict[str, Any] = field(default_factory=dict)
     #: dtype for the numerics of a layer-wise pass (the model itself may be stored in another).
     compute_dtype: torch.dtype = torch.float32
     offload_dir: Path | None = None
-    #: The decoder layers' weight stream (llmprune.streaming) when they wait on the host, else None.
+    #: The decoder layers' weight stream (llmprune.model.streaming) when they wait on the host, else None.
     stream: Any = None
 
     def layerwise_runner(self) -> LayerwiseRunner:
@@ -159,6 +160,8 @@ class Pruner(ABC):
     #: The method's options (pydantic): each field becomes a ``--flag`` of the strategy's command,
     #: with its type, default and ``Field(description=...)`` as the help text.
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: The setting ``--estimate`` and the pre-flight check name when this device term is the largest.
+    advice: ClassVar[dict[str, str]] = {}
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         try:
@@ -178,6 +181,13 @@ class Pruner(ABC):
     def check(self, settings: Any, geometry: Any) -> None:
         """Refuse options that cannot work on this model before any weight is read (the pipeline
         calls it with the config's geometry); raise a UsageError naming the option. Default: none."""
+
+    @classmethod
+    def resources(cls, request: Request) -> Resources:
+        """What a run of this method costs (``--estimate``, the pre-flight check, ``--stream-weights
+        auto``): its device terms, host memory, disk, FLOPs. Default: a one-shot layer-wise pass
+        (the model on the host, one layer on the device, no Hessians)."""
+        return layerwise_resources(request, hessians=False)
 
     @abstractmethod
     def prune(self, ctx: PruneContext) -> PrunePlan | PruneResult:

@@ -14,15 +14,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from llmprune.alignment import Alignment
-from llmprune.arch import LINEAR_KEYS, Geometry
-from llmprune.capture import InputStats, LayerwiseRunner
-from llmprune.masks import explicit_widths, nm_eligible, nm_mask, uniform_widths
-from llmprune.obs import sparsegpt_prune
-from llmprune.plan import PrunePlan, geometry_dict
+from llmprune.core.masks import explicit_widths, nm_eligible, nm_mask, uniform_widths
+from llmprune.core.memory_model import Request, Resources, layerwise_resources
+from llmprune.core.obs import sparsegpt_prune
+from llmprune.core.scoring import STRUCTURED_KEYS, structured_layer_plan, unit_scores, weight_importance
+from llmprune.data.capture import InputStats, LayerwiseRunner
+from llmprune.model.alignment import Alignment
+from llmprune.model.arch import LINEAR_KEYS, Geometry
+from llmprune.model.plan import PrunePlan, geometry_dict
+from llmprune.model.surgery import mask_layer
 from llmprune.pruners.base import PruneContext, Pruner, register, skipped_semi24
-from llmprune.scoring import STRUCTURED_KEYS, structured_layer_plan, unit_scores, weight_importance
-from llmprune.surgery import mask_layer
 
 
 class UniformOptions(BaseModel):
@@ -148,6 +149,10 @@ class Semi24SparseGPT(_Semi24Layerwise):
     method = "sparsegpt"
     summary = "OBS mask selection with weight update (column blocks of 128, 1% damping)"
     needs_hessian = True
+
+    @classmethod
+    def resources(cls, request: Request) -> Resources:
+        return layerwise_resources(request, hessians=True)  # + the layer's Hessians and their inverse
 
     def new_weight(self, weight, stats, name):
         return sparsegpt_prune(weight, stats.hessian, n=2, m=4, name=name)

@@ -31,6 +31,7 @@ budget of methods.md §0 is met within one channel per layer (the accounting of
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,19 +41,20 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from llmprune.alignment import Alignment
-from llmprune.arch import Geometry
-from llmprune.cadence import DEFAULT_EVERY, CheckpointEvery
-from llmprune.cadence import HELP as CHECKPOINT_HELP
-from llmprune.distill import TeacherTopK
+from llmprune.core.distill import TeacherTopK
+from llmprune.core.masks import attn_grid_step, attn_params_kept, uniform_widths
+from llmprune.core.memory_model import Request, Resources, learned_resources, stage_hours
+from llmprune.core.scoring import STRUCTURED_KEYS, structured_layer_plan, unit_scores
 from llmprune.errors import UsageError
-from llmprune.masks import attn_grid_step, attn_params_kept, uniform_widths
-from llmprune.plan import PrunePlan
+from llmprune.model.alignment import Alignment
+from llmprune.model.arch import Geometry
+from llmprune.model.plan import PrunePlan
 from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
-from llmprune.recovery import WEIGHT_LR, LoRAWeights, distill_objective, topk_targets
-from llmprune.scoring import STRUCTURED_KEYS, structured_layer_plan, unit_scores
-from llmprune.trace import pyplot, save_figure
-from llmprune.training import Batch, Event, LearnedMethod, Losses, Training, is_main, notify
+from llmprune.train.cadence import DEFAULT_EVERY, CheckpointEvery, checkpoints_per_stage
+from llmprune.train.cadence import HELP as CHECKPOINT_HELP
+from llmprune.train.loop import Batch, Event, LearnedMethod, Losses, Training, is_main, notify
+from llmprune.train.recovery import WEIGHT_LR, LoRAWeights, distill_objective, topk_targets
+from llmprune.train.trace import pyplot, save_figure
 
 TEACHER = "minimax_teacher.pt"
 TRACE_JSON = "minimax_trace.json"
@@ -274,6 +276,26 @@ class MinimaxPruner(Pruner):
         if not o.distill and o.lm_weight == 0:
             raise UsageError("--no-distill needs --lm-weight > 0 (the LM loss is the only loss left)")
 
+    @classmethod
+    def resources(cls, request: Request) -> Resources:
+        """The shared training terms, plus the LoRA adapters (value, gradient, two Adam moments in
+        float32), the dense teacher's top-k logits (host and disk) and the teacher's forward pass."""
+        q, o = request, MinimaxOptions.model_validate(request.options)
+        shape = q.shape
+        res, _, step_flops = learned_resources(q, o.steps, kl=o.distill)
+        qd, kvd = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+        io = 2 * (shape.hidden + qd) + 2 * (shape.hidden + kvd) + 3 * (shape.hidden + shape.intermediate)  # Σ in + out
+        lora = shape.layers * o.lora_rank * io
+        res.terms["learned state"] = lora * 16
+        teacher = q.calib_tokens * (o.teacher_topk * 12 + 4) if o.distill else 0
+        res.host += teacher
+        res.disk += teacher + lora * 12
+        every = checkpoints_per_stage(str(o.checkpoint_every), o.steps, stage_hours(q, o.steps, step_flops))
+        res.writes = every * lora * 12  # LoRA + two Adam moments
+        res.flops += 2 * shape.params * q.calib_tokens  # the teacher pass
+        res.transfers += math.ceil(q.nsamples / q.ranks / max(q.batch, 1)) * q.streamed_bytes
+        return res
+
     # ------------------------------------------------------------------------------------------
     def prune(self, ctx: PruneContext) -> PruneResult:
         if ctx.calib is None:
@@ -317,7 +339,7 @@ class MinimaxPruner(Pruner):
 
 
 class MinimaxTraining(LearnedMethod):
-    """The minimax objective as hooks of the shared training loop (``llmprune.training``)."""
+    """The minimax objective as hooks of the shared training loop (``llmprune.train.loop``)."""
 
     name = "minimax"
     hint = "lower --lr/--lora-lr, or use --dtype float32"
@@ -352,7 +374,7 @@ class MinimaxTraining(LearnedMethod):
         self.ramp_steps = int(round(o.ramp * T))
         self.freeze_step = T - int(round(o.finetune * T)) if o.lora_rank > 0 else T
         self.frozen: dict[str, Any] | None = None
-        self.lora: LoRAWeights | None = None  # the recovery stage's adapters (llmprune.recovery)
+        self.lora: LoRAWeights | None = None  # the recovery stage's adapters (llmprune.train.recovery)
         self.hooks: MaskHooks | None = None
 
     # ----- the schedule of the widths and the budget ------------------------------------------
@@ -598,7 +620,7 @@ def _head_mask(unit_mask: torch.Tensor, geom: Geometry, attn_unit: str) -> torch
 def _merge_check(ctx: PruneContext, plan: PrunePlan, tokens: torch.Tensor, student: torch.Tensor) -> float:
     """Max |logit| difference between the trained student (hooks + LoRA) and the model with the
     merged weights and the removed units zeroed (left so: surgery then slices them away)."""
-    from llmprune.surgery import mask_structured
+    from llmprune.model.surgery import mask_structured
 
     with torch.no_grad():
         mask_structured(ctx.model, ctx.adapter, plan)

@@ -3,7 +3,7 @@
 The targeted weights (q,k,v,o,gate,up,down of every decoder layer whose input width is a multiple
 of 4) are trained on the calibration text with the LM loss (plus an optional λ₂ anchor to the
 original weights) by AdamW with linear warm-up and linear decay. After every optimiser step each
-matrix goes through the proximal operator of ``λ·R`` (``llmprune.prox``), where R is the 2:4
+matrix goes through the proximal operator of ``λ·R`` (``llmprune.core.prox``), where R is the 2:4
 regulariser of every group of 4 consecutive inputs. λ is *not* multiplied by the learning rate.
 
 Scale-free λ₁: R is cubic in the weight scale, so scaling a matrix by ``c`` leaves its prox problem
@@ -26,29 +26,32 @@ the next stage starts, so later stages train on top of the pruned earlier layers
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from llmprune import distributed
-from llmprune.arch import LINEAR_KEYS
-from llmprune.cadence import DEFAULT_EVERY, CheckpointEvery
-from llmprune.cadence import HELP as CHECKPOINT_HELP
-from llmprune.distill import lm_loss
+from llmprune.core.distill import lm_loss
+from llmprune.core.masks import nm_eligible, nm_mask
+from llmprune.core.memory_model import Request, Resources, learned_resources, stage_hours
+from llmprune.core.obs import obs_prune, sparsegpt_prune
+from llmprune.core.prox import prox_24, regulariser
 from llmprune.errors import NumericalError, UsageError
-from llmprune.masks import nm_eligible, nm_mask
-from llmprune.obs import obs_prune, sparsegpt_prune
-from llmprune.originals import OriginalWeights
-from llmprune.plan import PrunePlan, geometry_dict
-from llmprune.prox import prox_24, regulariser
+from llmprune.model.arch import LINEAR_KEYS
+from llmprune.model.originals import OriginalWeights
+from llmprune.model.plan import PrunePlan, geometry_dict
 from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register, skipped_semi24
-from llmprune.trace import pyplot, save_figure
-from llmprune.training import Batch, LearnedMethod, Losses, LRSchedule, Training, is_main
+from llmprune.runtime import distributed
+from llmprune.runtime.memory import GIB, memory_budget
+from llmprune.train.cadence import DEFAULT_EVERY, CheckpointEvery, checkpoints_per_stage
+from llmprune.train.cadence import HELP as CHECKPOINT_HELP
+from llmprune.train.loop import Batch, LearnedMethod, Losses, LRSchedule, Training, is_main
+from llmprune.train.trace import pyplot, save_figure
 
 TRACE_JSON = "proxsparse_trace.json"
 CALIBRATION = "proxsparse_calibration.pt"  # activation scales and init masks, computed once
@@ -175,26 +178,23 @@ class ProxSparsePruner(Pruner):
         return training.run(method)
 
     def _layers_per_stage(self, ctx: PruneContext, n_layers: int) -> int:
-        """``--layers-per-stage``, with ``auto`` resolved by the memory model (llmprune.estimate)
+        """``--layers-per-stage``, with ``auto`` resolved by the memory model (:meth:`resources`)
         against the budget on rank 0, so every rank stages alike; logged when it stages at all."""
         value = self.options.layers_per_stage
         if value != "auto":
             return int(value) or n_layers
-        from llmprune.estimate import GIB, estimate, memory_budget, stage_layers
 
-        def choose() -> tuple[int, int | None]:
+        def choose() -> tuple[int, float, int | None]:
             # the estimate counts the model's weights, which are already loaded: add them back
             loaded = sum(
                 p.numel() * p.element_size() for p in ctx.model.parameters() if p.device.type == ctx.device.type
             )
             budget = memory_budget(ctx.settings, in_use=loaded)
-            return stage_layers(ctx.settings, ctx.model.config, distributed.world_size(), budget), budget
+            q = Request.of(ctx.settings, ctx.model.config, distributed.world_size(), ctx.stream is not None, budget)
+            k = self.stage_layers(q)
+            return k, self.resources_at(q, k).peak_device(q) / GIB, budget
 
-        k, budget = distributed.on_main(choose)
-        fixed = ctx.settings.model_copy(
-            update={"method_options": {**ctx.settings.method_options, "layers_per_stage": str(k)}}
-        )
-        peak = estimate(fixed, ctx.model.config, distributed.world_size()).peak_device_gib
+        k, peak, budget = distributed.on_main(choose)
         room = f"{budget / GIB:.1f} GiB" if budget is not None else "an unknown budget"
         if k < n_layers:  # staging changes the run: say so (all layers, the usual case, is in the report only)
             ctx.progress.log(
@@ -207,6 +207,53 @@ class ProxSparsePruner(Pruner):
             "budget_gib": None if budget is None else budget / GIB,
         }
         return k
+
+    # ----- the memory model ------------------------------------------------------------------
+    advice: ClassVar[dict[str, str]] = {"learned state": "lower --layers-per-stage"}
+
+    @classmethod
+    def resources(cls, request: Request) -> Resources:
+        return cls.resources_at(request, cls.stage_layers(request))
+
+    @classmethod
+    def stage_layers(cls, request: Request) -> int:
+        """Layers per stage: the given number (0: all layers), or for ``auto`` the largest number
+        whose predicted device peak fits the request's budget (all layers when there is no budget
+        to plan for, one when not even one layer fits)."""
+        n_layers = request.shape.layers
+        value = str(ProxSparseOptions.model_validate(request.options).layers_per_stage)
+        if value != "auto":
+            return int(value) or n_layers
+        if request.budget is None:
+            return n_layers
+        for k in range(n_layers, 0, -1):  # the peak grows with k: the first that fits is the largest
+            if cls.resources_at(request, k).peak_device(request) <= request.budget:
+                return k
+        return 1
+
+    @classmethod
+    def resources_at(cls, request: Request, per_stage: int) -> Resources:
+        """The shared training terms over every stage, plus a stage's trainable state (float32
+        master = the weight, gradient, two Adam moments, the λ₂ anchor, a run-dtype gradient below
+        float32), the finished stages' masks (one byte a weight) and their checkpoints."""
+        q, o = request, ProxSparseOptions.model_validate(request.options)
+        shape = q.shape
+        n_stages = math.ceil(shape.layers / per_stage)
+        res, _, step_flops = learned_resources(q, o.steps * n_stages, kl=False)
+        res.shown["layers_per_stage"] = per_stage
+        per_param = 4 + 8 + (4 if o.lambda2 > 0 else 0) + (4 + q.b if q.b < 4 else 4)
+        res.terms["learned state"] = per_stage * shape.layer_linear * per_param
+        if q.stream:  # the stage's layers stay on the device while they train
+            res.terms["resident stage layers"] = per_stage * q.layer_bytes
+        per_ckpt = per_stage * shape.layer_linear * 12  # the stage's fp32 masters + two Adam moments
+        masks = shape.layers * shape.layer_linear  # finished stages' masks, one byte a weight, once
+        res.host += per_ckpt + masks  # one checkpoint being serialised; finished stages' masks
+        if q.device == "cpu":  # the masks wait in host memory, which is the device's here
+            res.terms["finished stages' masks"] = masks
+        res.disk += per_ckpt + masks
+        every = checkpoints_per_stage(str(o.checkpoint_every), o.steps, stage_hours(q, o.steps, step_flops))
+        res.writes = n_stages * every * per_ckpt + masks
+        return res
 
     def _calibration_pass(self, ctx: PruneContext, targets, w0):
         """Activation scales (``--metric wanda``) and/or the baseline's mask (``--init-mask``)."""

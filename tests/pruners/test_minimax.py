@@ -9,17 +9,17 @@ from helpers import run_cli as run
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from llmprune import training
-from llmprune.arch import ArchAdapter, Geometry
-from llmprune.config import PruneSettings
-from llmprune.distill import precompute_teacher, topk_kl
-from llmprune.export import save_pruned
-from llmprune.lora import add_lora, merged_weights, remove_lora
-from llmprune.masks import uniform_widths
-from llmprune.progress import Reporter
+from llmprune.core.distill import precompute_teacher, topk_kl
+from llmprune.core.lora import add_lora, merged_weights, remove_lora
+from llmprune.core.masks import uniform_widths
+from llmprune.export.save import save_pruned
+from llmprune.model.arch import ArchAdapter, Geometry
+from llmprune.model.surgery import apply_plan, exported_config
 from llmprune.pruners import minimax
 from llmprune.pruners.base import PruneContext, default_method
-from llmprune.surgery import apply_plan, exported_config
+from llmprune.runtime.progress import Reporter
+from llmprune.settings import PruneSettings
+from llmprune.train import loop as training
 
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
 FAST = ["--steps", "8", "--lora-rank", "4", "--teacher-topk", "16", "--checkpoint-every", "4"]
@@ -148,7 +148,7 @@ def test_export_reloads_with_plain_transformers_and_matches_the_masked_model(mod
         batch_size=4,
         calib=str(calib),
     )
-    from llmprune.data import calibration_samples
+    from llmprune.data.text import calibration_samples
 
     tokens = calibration_samples(tokenizer, str(calib), 8, 32, 0)
     pruner = minimax.MinimaxPruner({"steps": 10, "lora_rank": 4, "teacher_topk": 16, "lora_lr": 1e-2})

@@ -12,10 +12,10 @@ from helpers import run_cli as run
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from llmprune import training
-from llmprune.prox import share_24
+from llmprune.core.prox import share_24
 from llmprune.pruners.base import default_method
 from llmprune.pruners.proxsparse import ProxSparseTraining
+from llmprune.train import loop as training
 
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
 # A strong λ₁ and a large step so that a few steps visibly move the masks away from magnitude.
@@ -55,7 +55,7 @@ def test_exact_24_on_original_weights_nothing_else_changed_and_plain_reload(mode
     assert len(masks) == 2 * 7
     # the learned masks are not simply the magnitude masks: training moved some of them
     before = load_file(model_dir / "model.safetensors")
-    from llmprune.masks import nm_mask
+    from llmprune.core.masks import nm_mask
 
     differ = sum(int((m != nm_mask(before[k].abs())).sum()) for k, m in masks.items())
     assert differ > 0
@@ -248,7 +248,7 @@ def test_lr_schedule_warms_up_then_decays_linearly():
 
 
 def test_obs_with_a_given_mask_reproduces_sparsegpt_for_its_own_mask():
-    from llmprune.obs import obs_prune, sparsegpt_prune
+    from llmprune.core.obs import obs_prune, sparsegpt_prune
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(16, 64, generator=g)

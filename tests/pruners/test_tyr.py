@@ -9,12 +9,10 @@ import pytest
 import torch
 from helpers import SAMPLE_TEXT, make_tiny_model, read_json, tiny_tokenizer
 
-from llmprune.arch import ArchAdapter
-from llmprune.capture import LayerwiseRunner
-from llmprune.config import PruneSettings
-from llmprune.data import calibration_samples
-from llmprune.masks import uniform_widths
-from llmprune.progress import Reporter
+from llmprune.core.masks import uniform_widths
+from llmprune.data.capture import LayerwiseRunner
+from llmprune.data.text import calibration_samples
+from llmprune.model.arch import ArchAdapter
 from llmprune.pruners.base import PruneContext
 from llmprune.pruners.tyr import GlobalTyr
 from llmprune.pruners.tyr.final_prune import prune_sequentially
@@ -38,6 +36,8 @@ from llmprune.pruners.tyr.supernet import (
     level_values,
     module_types,
 )
+from llmprune.runtime.progress import Reporter
+from llmprune.settings import PruneSettings
 
 
 def _problem(n_in=48, n_out=20, tokens=400, seed=0):
@@ -323,7 +323,7 @@ def test_mlp_rounds_reach_the_supernet_and_the_final_prune(tmp_path, monkeypatch
 
 # ----- search -----------------------------------------------------------------------------------
 def _space(n_layers=6, attn_units=4, channels=768, hidden=256, head_dim=32, kv=4, heads=8, centers=None, delta=0.125):
-    from llmprune.arch import Geometry
+    from llmprune.model.arch import Geometry
 
     geom = Geometry(hidden, heads, kv, head_dim, channels, n_layers)
     types = module_types(geom, "group")
@@ -547,7 +547,7 @@ def test_cli_global_end_to_end_and_eval(tmp_path, tiny_model_dir, tiny_text):
     from typer.testing import CliRunner
 
     from llmprune.cli import app
-    from llmprune.loading import load_model
+    from llmprune.model.loading import load_model
 
     out = tmp_path / "out"
     args = [

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from llmprune.arch import ArchAdapter
-from llmprune.capture import LayerwiseRunner
+from llmprune.data.capture import LayerwiseRunner
+from llmprune.model.arch import ArchAdapter
 from llmprune.pruners.tyr.local_prune import LocalResult, LocalSettings, prune_module
 from llmprune.pruners.tyr.supernet import KEYS, ModuleType
 

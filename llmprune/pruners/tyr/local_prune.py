@@ -33,8 +33,8 @@ from typing import Literal
 
 import torch
 
+from llmprune.core.obs import cholesky_damped, damp_hessian
 from llmprune.errors import NumericalError
-from llmprune.obs import cholesky_damped, damp_hessian
 
 #: Rounds of progressive pruning per module type (methods.md §3: MLP 16, heads 1); ``--mlp-rounds``
 #: sets the MLP's.

@@ -17,6 +17,7 @@ uninterrupted run with the same seed would.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
@@ -25,12 +26,19 @@ from typing import Any, ClassVar, Literal, cast
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llmprune import distributed
-from llmprune.alignment import Alignment
-from llmprune.arch import Geometry
+from llmprune.core.masks import uniform_widths
+from llmprune.core.memory_model import (
+    Request,
+    Resources,
+    activation_bytes_per_token,
+    hessian_bytes,
+    layerwise_resources,
+    weight_terms,
+)
 from llmprune.errors import OutputExistsError, ResumeError, UsageError
-from llmprune.masks import uniform_widths
-from llmprune.plan import LayerPlan, PrunePlan, units_to_heads
+from llmprune.model.alignment import Alignment
+from llmprune.model.arch import Geometry
+from llmprune.model.plan import LayerPlan, PrunePlan, units_to_heads
 from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
 from llmprune.pruners.tyr.final_prune import prune_sequentially
 from llmprune.pruners.tyr.local_prune import ROUNDS, LocalSettings
@@ -43,8 +51,9 @@ from llmprune.pruners.tyr.supernet import (
     module_types,
     supernet_disk_need,
 )
-from llmprune.trace import pyplot, save_figure
-from llmprune.training import Event, check_fingerprint, fingerprint, notify
+from llmprune.runtime import distributed
+from llmprune.train.loop import Event, check_fingerprint, fingerprint, notify
+from llmprune.train.trace import pyplot, save_figure
 
 STATE_FILE = "search_state.pt"
 LOG_FILE = "tyr_search_log.json"
@@ -154,6 +163,48 @@ class GlobalTyr(Pruner):
     resumable: ClassVar[bool] = True
     Options: ClassVar[type[BaseModel]] = TyrOptions
     options: TyrOptions
+
+    @classmethod
+    def resources(cls, request: Request) -> Resources:
+        """The layer-wise supernet build (one layer and its Hessians on the device) beside the
+        search's whole-model forwards (the weights, streamed or not, one batch of activations and
+        logits, the dense o/down weights to put variants back); the work folder's largest supernet
+        and top-k cache (:func:`disk_need`, the pre-check's own numbers)."""
+        q, o = request, TyrOptions.model_validate(request.options)
+        shape, P = q.shape, q.shape.params
+        built = layerwise_resources(q, hessians=True)  # host, offloaded inputs and flops of the build
+        res = Resources(host=built.host, disk=built.disk, flops=built.flops)
+        res.terms.update(weight_terms(P * q.b, shape.layers, q.layer_bytes, q.stream))
+        res.terms["search forward"] = (
+            q.batch * q.seqlen * (activation_bytes_per_token(shape, q.b) + 2 * shape.vocab * 4)
+        )
+        dense_copies = shape.layers * (shape.heads * shape.head_dim + shape.intermediate) * shape.hidden * q.b
+        if q.stream:  # the layers wait on the host in the run dtype (the saved copy is counted above)
+            res.host += max(0, P * q.b - P * q.saved) + dense_copies
+        else:
+            res.terms["dense o/down copies"] = dense_copies
+        hessians, inverse = hessian_bytes(shape)
+        res.terms["one layer (float32)"] = (shape.layer_linear + 2 * shape.hidden) * 4
+        res.terms["hessians"] = hessians
+        res.terms["Hessian inverse (working copies)"] = inverse
+        res.disk += sum(cls.work_folder_bytes(q, o))
+        candidates = o.iterations * o.generations * o.offspring
+        res.flops += candidates * 2 * P * q.calib_tokens / 4
+        if o.final_prune == "sequential":  # o's and down's statistics, advance
+            res.flops += 3 * 2 * P * q.calib_tokens
+        res.transfers = candidates * math.ceil(q.nsamples / 4 / max(q.batch, 1)) * q.streamed_bytes
+        return res
+
+    @staticmethod
+    def work_folder_bytes(q: Request, o: TyrOptions) -> tuple[int, int]:
+        """Peak work-folder disk, (largest supernet, dense top-k cache), at the uniform start
+        widths, the supernet compact in the run dtype (2-byte dtypes take the same space)."""
+        shape = q.shape
+        geom = Geometry(shape.hidden, shape.heads, shape.kv_heads, shape.head_dim, shape.intermediate, shape.layers)
+        types, k_attn, k_mlp = start_widths(q.settings, o, geom)
+        dtype = torch.float32 if q.b == 4 else torch.bfloat16
+        rows = q.nsamples if o.search_nsamples is None else min(o.search_nsamples, q.nsamples)
+        return disk_need(o, types, k_attn, k_mlp, dtype, rows * q.seqlen, shape.vocab)
 
     def search_config(self) -> SearchConfig:
         o = self.options
@@ -401,7 +452,7 @@ def disk_need(
 ) -> tuple[int, int]:
     """Bytes on disk at the peak: (the largest supernet, the dense top-k cache of the search's
     ``search_tokens``: int32 index + float32 log-probability per kept logit). Used by the
-    pre-check and by ``llmprune.estimate``."""
+    pre-check and by the memory model (:meth:`GlobalTyr.resources`)."""
     n_layers = types["o"].geom.num_layers
     first = SupernetSpec(
         centers={"o": [k_attn] * n_layers, "down": [k_mlp] * n_layers},

@@ -26,10 +26,10 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from llmprune import atomic, distributed
-from llmprune.arch import ArchAdapter
+from llmprune.model.arch import ArchAdapter
 from llmprune.pruners.tyr.supernet import KEYS, LEVELS, ModuleType, Supernet
-from llmprune.training import load_artefact, save_artefact
+from llmprune.runtime import atomic, distributed
+from llmprune.train.loop import load_artefact, save_artefact
 
 LOW, HIGH = LEVELS[0], LEVELS[-1]
 

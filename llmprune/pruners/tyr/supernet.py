@@ -31,12 +31,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from llmprune import distributed
-from llmprune.alignment import Alignment
-from llmprune.arch import ArchAdapter, Geometry
-from llmprune.capture import LayerwiseRunner
-from llmprune.masks import attn_grid_step, attn_params_kept
+from llmprune.core.masks import attn_grid_step, attn_params_kept
+from llmprune.data.capture import LayerwiseRunner
+from llmprune.model.alignment import Alignment
+from llmprune.model.arch import ArchAdapter, Geometry
 from llmprune.pruners.tyr.local_prune import LocalSettings, prune_module_levels, scatter_columns, unit_rows
+from llmprune.runtime import distributed
 
 #: Level offsets k of a supernet (methods.md §3: center ± kΔ, k = −4..4). Positive = denser.
 LEVELS: tuple[int, ...] = tuple(range(-4, 5))
