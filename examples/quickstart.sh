@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Offline tour on the reference model shipped in examples/refmodel (a copy of ../shared/refmodel);
-# measured times: README (benchmarks/quickstart_time.py).
+# measured times: docs/benchmarks.md (benchmarks/quickstart_time.py).
 # Run from the repository root after the two set-up commands of the README (CPU torch, then pip install -e ".[dev]").
 set -euo pipefail
 MODEL=${MODEL:-examples/refmodel}
