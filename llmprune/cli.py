@@ -439,8 +439,10 @@ def _prune_command(strategy: str) -> Callable[..., None]:
         if planning["estimate"] or planning["json_path"] is not None:
             estimate_only(settings, planning["json_path"])
             return
+        from llmprune.model.loading import resolve_device
         from llmprune.run.estimate import preflight
 
+        resolve_device(settings.device)  # a device this machine lacks: one line, before any work
         preflight(settings, planning["gpu_memory"], planning["force"])
         report = run_prune(settings)
         from llmprune.runtime.distributed import env_rank
@@ -551,6 +553,9 @@ def _recover_command() -> Callable[..., None]:
         options = _recovery_options(kwargs, "")
         values = {p.name: kwargs[p.name] for p in spec}
         settings = validated(RecoverSettings, options=options, **values)
+        from llmprune.model.loading import resolve_device
+
+        resolve_device(settings.device)  # a device this machine lacks: one line, before any work
         report = run_recover(settings)
         from llmprune.runtime.distributed import env_rank
 

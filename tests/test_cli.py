@@ -263,6 +263,17 @@ BAD_CASES = {
         "mlp_rounds",
     ),
     "eval missing data": (lambda d, c, t: ["eval", d, "--data", t / "none.txt", "--seqlen", "32"], 5, "not found"),
+    # A device this machine lacks, named once where the options are resolved (was a traceback).
+    **{
+        f"{strategy} device {device}": (
+            lambda d, c, t, s=strategy, v=device: [s, d, "-o", t / "o", "--device", v, "--calib", c, *SMALL],
+            2,
+            f"--device {device}",
+        )
+        for strategy in ("uniform", "global", "semi24")
+        for device in (["cuda", "cuda:1", "mps"] if not torch.cuda.is_available() else ["cuda:99"])
+    },
+    "device unknown kind": (lambda d, c, t: ["uniform", d, "-o", t / "o", "--device", "xla", "--calib", c], 2, "xla"),
 }
 
 

@@ -28,8 +28,16 @@ def resolve_device(device: str) -> torch.device:
         dev = torch.device(device)
     except RuntimeError as err:
         raise UsageError(f"invalid --device {device!r}: {err}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} requested but CUDA is not available")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {device} requested but MPS is not available")
+    elif dev.type != "cpu":
+        raise UsageError(f"--device {device}: choose auto, cpu, cuda, cuda:N or mps")
     return dev
 
 
