@@ -9,16 +9,71 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
+import typer.core
 
 from llmprune.errors import LlmpruneError
 from llmprune.runtime.progress import console
 
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors the argument parser catches (a bad value, a missing argument) are one
+    ``error:`` line and exit 2, like every other usage error, instead of a boxed panel."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except usage_error_type() as error:
+            err: Any = error
+            where = f" (see {err.ctx.command_path} --help)" if err.ctx is not None else ""
+            console.print(
+                f"[bold red]error:[/] {escape_markup(err.format_message())}{where}", highlight=False, soft_wrap=True
+            )
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            console.print("Aborted.", highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_error_type() -> Any:
+    """The argument parser's usage error: typer vendors click in recent versions, used it before."""
+    try:
+        from typer._click.exceptions import UsageError
+    except ImportError:  # older typer: click itself
+        from click.exceptions import UsageError  # type: ignore[assignment]
+    return UsageError
+
+
+def output_path(value: str) -> Path:
+    """``-o``: an empty value (a script's unset ``$OUT``) is refused, not read as the current folder."""
+    if not str(value).strip():
+        raise typer.BadParameter("must not be empty (an unset variable?); name the output folder")
+    return Path(value)
+
+
+def escape_markup(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(" ".join(text.split()))
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="llmprune",
     help="Prune Hugging Face causal LMs: uniform structured, global structured, and 2:4.",
     no_args_is_help=True,
@@ -104,6 +159,7 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
                 "--output",
                 help="Output folder (written atomically; must not exist unless --overwrite). Required unless --estimate.",
                 show_default=False,
+                parser=output_path,
             ),
         ),
         ("sparsity", Optional[float], typer.Option(None, help=sparsity_help, show_default=False)),
@@ -462,11 +518,14 @@ def estimate_only(settings: Any, json_path: Path | None) -> None:
     import json
 
     from llmprune.run.estimate import from_settings, print_estimate
+    from llmprune.runtime.atomic import check_file_writable, write_text
 
+    if json_path is not None:  # an unwritable path is one line, before the config is read
+        check_file_writable(json_path, "--json")
     est = from_settings(settings)
     print_estimate(est)
     if json_path is not None:
-        json_path.write_text(json.dumps(est.to_json(), indent=2) + "\n")
+        write_text(json_path, json.dumps(est.to_json(), indent=2) + "\n")
 
 
 def _version(value: bool) -> None:
@@ -501,6 +560,14 @@ def _recover_command() -> Callable[..., None]:
 
     P = inspect.Parameter
     common = {p.name: p for p in _common_parameters("uniform")}
+    output = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        help="Output folder (written atomically; must not exist unless --overwrite).",
+        show_default=False,
+        parser=output_path,
+    )
     spec = [
         P(
             "model",
@@ -508,7 +575,7 @@ def _recover_command() -> Callable[..., None]:
             default=typer.Argument(..., help="The pruned model folder (an llmprune output).", show_default=False),
             annotation=str,
         ),
-        common["output"],
+        common["output"].replace(default=output, annotation=Path),
         P(
             "teacher",
             P.KEYWORD_ONLY,
@@ -679,6 +746,7 @@ def remask_command(
         "--output",
         help="Output folder (written atomically; must not exist unless --overwrite).",
         show_default=False,
+        parser=output_path,
     ),
     like: Path = typer.Option(
         ...,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -636,3 +637,54 @@ def test_global_has_uniform_width_baselines(model_dir, calib, tmp_path, method):
     assert (report["strategy"], report["method"]) == ("global", method)
     assert len({(w["heads"], w["kv_heads"], w["channels"]) for w in report["layer_widths"]}) == 1, "uniform widths"
     assert (outs["global"] / "model.safetensors").read_bytes() == (outs["uniform"] / "model.safetensors").read_bytes()
+
+
+# ----- clean edges (issue 30) -------------------------------------------------------------------------
+def _cli_subprocess(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmprune", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["uniform", "{model}", "-o", "{tmp}/o", "--sparsity", "abc"], "Invalid value for '--sparsity'"),
+        (["uniform"], "Missing argument 'model'"),
+        (["bogus"], "No such command 'bogus'"),
+    ],
+)
+def test_parser_usage_errors_are_one_line(args, message, model_dir, tmp_path):
+    """The argument parser's errors are one ``error:`` line and exit 2, like every other usage error."""
+    proc = _cli_subprocess(*(a.format(model=model_dir, tmp=tmp_path) for a in args))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("command", ["uniform", "recover", "remask"])
+def test_an_empty_output_path_is_refused(command, model_dir, tmp_path):
+    """``-o ""`` (a script's unset $OUT) was read as ``.``: with --overwrite it replaced the working folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    extra = {"uniform": ["--method", "wanda"], "recover": ["--teacher", model_dir], "remask": ["--like", model_dir]}
+    proc = _cli_subprocess(command, model_dir, "-o", "", *extra[command], "--overwrite", cwd=work)
+    assert proc.returncode == 2 and "must not be empty" in proc.stderr, proc.stderr
+    assert work.is_dir() and not list(work.iterdir())
+
+
+def test_estimate_json_under_a_file_is_one_line(model_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("uniform", model_dir, "--estimate", "--json", blocker / "plan.json")
+    assert result.exit_code == 6 and "is a file" in result.output and "Traceback" not in result.output
+
+
+def test_inspect_of_a_folder_whose_config_is_not_json_is_one_line(model_dir, tmp_path):
+    folder = tmp_path / "broken"
+    shutil.copytree(model_dir, folder)
+    (folder / "config.json").write_text("{not json")
+    result = run("inspect", folder)
+    assert result.exit_code == 3 and "not valid JSON" in result.output and "Traceback" not in result.output
+
+
+def test_recover_help_does_not_mention_estimate():
+    assert "--estimate" not in run("recover", "--help").output

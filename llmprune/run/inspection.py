@@ -20,7 +20,13 @@ from llmprune.model.plan import PLAN_FILE
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A JSON file of the folder, None when absent; one line naming it when it is not JSON."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{path} is not valid JSON ({err})") from err
 
 
 def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
