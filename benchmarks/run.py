@@ -23,12 +23,18 @@ Standard settings: calibration 64 × 256 tokens of calib.txt, seed 0, each metho
 perplexity on the whole evaluation text in non-overlapping windows (methods.md §0): this is the
 final table, nothing here chooses a default (benchmarks/selection.py does, on held-out calib text).
 Each prune and recovery runs as its own ``llmprune`` process, so wall time and peak memory are its
-own. Rows are cached in ``benchmarks/results/summary_rows.json`` in two parts: the one-shot part
-by its prune command, the method's defaults and the hashes of the text files; the recovery part by
-that and the recovery defaults. The pruned outputs are kept (``benchmarks/results/work/run-*``,
+own. Rows are cached in ``benchmarks/results/summary_rows.json`` in two parts, each under a
+``common.row_key`` (shared with benchmarks/selection.py): the one-shot part by its prune command,
+the method's option defaults, the hashes of the text files and the code version (a content hash of
+``llmprune/``); the recovery part by its recover command, the recovery defaults, the code version
+and the one-shot key it continues. The pruned outputs are kept (``benchmarks/results/work/run-*``,
 marked with their one-shot key), so a change of the recovery defaults re-runs only the recoveries.
-Each part records the code version it ran at (``scripts/check_identical.py`` guards that later
-changes keep the outputs).
+
+    python benchmarks/run.py --stale         # run nothing: each stale row and why, counts by reason
+    python benchmarks/run.py --cached-only   # the page from cached rows, stale ones marked with why
+
+A row cached under another key is *stale*: ``--cached-only`` shows it (marked, with the component
+that changed: code version, a default, a text) instead of leaving it out; any other run re-runs it.
 """
 
 from __future__ import annotations

@@ -1,20 +1,30 @@
 """One held-out selection protocol for every method's defaults (never the evaluation text).
 
-calib.txt is split **by document** (documents are separated by a blank line, as
-``llmprune.data.text`` joins them): every fourth document (index ≡ 3 mod 4) goes to the *select*
-split (25%), the rest to the *fit* split (75%). Interleaving keeps both splits drawn from the
-same mix of sources; the split depends only on calib.txt. Every run prunes / learns on the fit
-split only (64 × 256 tokens, seed 0, unless its grid sets ``nsamples``/``seqlen``, as
-``benchmarks/proxsparse_budget.py``'s do) and is scored by perplexity on the select split in
-256-token windows. ``eval.txt`` is never read, so these numbers may choose defaults (README, data hygiene).
+calib.txt is split into **contiguous regions** (issue 30): its paragraphs, in order, grouped into
+runs of at least ``REGION_CHARS`` (8,192) characters, a region never ending on a section title;
+every fourth region (index ≡ 3 mod 4) is the *select* split (10 of 41 regions, 24% of the text),
+the rest the *fit* split. Documents cannot be recovered (paragraphs and documents are both
+separated by blank lines), so the regions are what keeps a title, its body and its neighbours on
+one side: text crosses between the splits only where a region boundary cuts a document. (Until
+2026-12-07 every fourth *paragraph* was held out, which put a title in one split and its body in
+the other: rows measured so are stale, their key's split is ``LEGACY_SPLIT``.) The split depends
+only on calib.txt. Every run prunes / learns on the fit split only (64 × 256 tokens, seed 0,
+unless its grid sets ``nsamples``/``seqlen``, as ``benchmarks/proxsparse_budget.py``'s do) and is
+scored by perplexity on the select split in 256-token windows (dense reference model: 39.25;
+``--dense`` prints it). ``eval.txt`` is never read, so these numbers may choose defaults (README,
+data hygiene).
 
 Each method has a small grid (``GRIDS``: the product of the listed values on top of fixed base
-options). Rows are cached in ``benchmarks/results/select.json`` under a key made of the code
-version (a content hash of every ``llmprune/**/*.py``) and the full command, so a row is re-run
-when the code or its options change and reused otherwise.
+options). Rows are cached in ``benchmarks/results/select.json`` under ``common.row_key``: the
+command, the method's option defaults (and the recovery's, for ``--recover`` rows), the hash of
+calib.txt, the split's identity (``split_identity``) and the code version (a content hash of every
+``llmprune/**/*.py``), so a row is re-run when any of them changes and reused otherwise.
 
     python benchmarks/selection.py --grids tyr-local,tyr   # the grids to run (default: tyr-local,tyr)
     python benchmarks/selection.py --list                  # the declared grids and their size
+    python benchmarks/selection.py --stale                 # each cached row's staleness, and why
+    python benchmarks/selection.py --cached-only           # the page from cached rows, stale ones marked
+    python benchmarks/selection.py --dense                 # the split's sizes, dense select perplexity
 
 Writes ``benchmarks/results/select.json`` and ``docs/benchmarks/select.md`` (winning setting of
 each grid, its margin over the runner-up, and per option the margin of the winning value over
