@@ -114,6 +114,8 @@ def prune_command(
 
 def display_path(path: str | Path) -> str:
     """Paths under the shared folder as the README writes them (``../shared/...``)."""
+    if not Path(path).is_absolute() and not Path(path).exists():
+        return str(path)  # a placeholder (CALIB_FIT, OUT): the same whatever the working directory
     resolved = Path(path).resolve()
     for base, shown in ((SHARED, "../shared/"), (ROOT, "")):
         try:
@@ -319,13 +321,28 @@ def stale_reasons(
             reasons += stale_reasons(old, new, path + ".", None if name in NESTED_KEYS else kind)
         else:
             shown = path.replace("defaults.", "", 1) if kind == "default" else path
-            reasons.append((kind, f"{shown}: {_short(old)} → {_short(new)}"))
+            reasons.append((kind, f"{shown}: {_changed(old, new)}"))
     return reasons
 
 
 #: Key components that are keys themselves (a recovery row's one-shot key).
 NESTED_KEYS = ("oneshot",)
 _MISSING = object()
+
+
+def _changed(old: Any, new: Any) -> str:
+    """``old → new``; of two long strings (commands) only the words that differ, in brackets."""
+    if isinstance(old, str) and isinstance(new, str) and max(len(old), len(new)) > 60:
+        a, b = old.split(), new.split()
+        n = min(len(a), len(b))
+        head = 0
+        while head < n and a[head] == b[head]:
+            head += 1
+        tail = 0
+        while tail < n - head and a[-1 - tail] == b[-1 - tail]:
+            tail += 1
+        return f"[{' '.join(a[head : len(a) - tail])}] → [{' '.join(b[head : len(b) - tail])}]"
+    return f"{_short(old)} → {_short(new)}"
 
 
 def _short(value: Any) -> str:

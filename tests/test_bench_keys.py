@@ -158,3 +158,36 @@ def test_select_stale_report_reads_keys_only(tmp_path, monkeypatch):
     cache = {r["key"]: r for r in rows[1:]}
     row = selection.stale_row(cache, current, "tyr-seeds", vary)
     assert row is not None and row["stale"].startswith("code version")
+
+
+def test_key_does_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    grid = selection.GRIDS["tyr-seeds"]
+    options = {**grid.base, **grid.jobs()[0]}
+    here = selection.select_key(grid, options, "v1", "s")
+    monkeypatch.chdir(tmp_path)
+    assert selection.select_key(grid, options, "v1", "s") == here
+    assert "--calib CALIB_FIT " in here["command"]
+
+
+def test_stale_command_names_the_words_that_differ():
+    old = {"command": "llmprune global examples/refmodel -o OUT --method tyr --sparsity 0.5 --seqlen 256"}
+    new = {"command": "llmprune global ../shared/refmodel -o OUT --method tyr --sparsity 0.5 --seqlen 256"}
+    assert stale_reasons(old, new) == [("command", "command: [examples/refmodel] → [../shared/refmodel]")]
+
+
+def test_cached_only_names_a_stale_recovery_part():
+    """The one-shot part current, the recovery part measured at another code version: only the
+    recovery is named."""
+    job = run.Job("uniform", "wanda", 0.5, "wanda")
+    a = args()
+    real = {"calib": run.text_hash(CALIB), "eval": run.text_hash(EVAL)}
+    oneshot, recovery = run.keys_of(job, {}, a, real)
+    old = {**recovery, "code": "0" * 16}
+    cache = {
+        "oneshot": {key_text(oneshot): cached_part("wanda")},
+        "recovery": {key_text(old): {"perplexity_recovered": 45.0}},
+    }
+    rows, _, stale = run.collect([job], cache, a, set(), stale_ok=True)
+    assert rows[0]["perplexity_recovered"] == 45.0
+    ((_, reasons),) = stale
+    assert reasons == [("code version", f"recovery code: {'0' * 16} → {recovery['code']}")]
