@@ -114,6 +114,8 @@ def prune_command(
 
 def display_path(path: str | Path) -> str:
     """Paths under the shared folder as the README writes them (``../shared/...``)."""
+    if not Path(path).is_absolute() and not Path(path).exists():
+        return str(path)  # a placeholder (CALIB_FIT, OUT): the same whatever the working directory
     resolved = Path(path).resolve()
     for base, shown in ((SHARED, "../shared/"), (ROOT, "")):
         try:
@@ -220,6 +222,160 @@ def code_version() -> str:
     for path in sorted((ROOT / "llmprune").rglob("*.py")):
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def text_hash(path: str | Path) -> str:
+    """Content hash of a text file (a row key's ``texts`` component)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+# ----- row keys ---------------------------------------------------------------------------------
+# One key for every cached benchmark row (benchmarks/run.py's summary rows, benchmarks/selection.py's
+# select rows): a row is reused only when everything that reaches its run is what it was. A key is
+# a dict of components, stored as sorted JSON:
+#
+# - ``command``: the command line (repository-relative paths, outputs as OUT);
+# - ``defaults``: the defaults the command relies on: the method's ``Options`` defaults
+#   (``llmprune.pruners.base.option_defaults``) and, when the row recovers, the recovery's;
+# - ``texts``: content hashes of the text files it reads (calibration, evaluation);
+# - ``split``: the held-out split's identity (selection rows only);
+# - ``code``: ``code_version()``, the content hash of ``llmprune/``;
+# - anything else the caller names (model, seqlen, the one-shot key a recovery continues).
+#
+# ``stale_reasons`` compares a cached key with the key a run would use now and names each
+# component that changed, so a table built from cached rows can say why a row is out of date.
+
+
+def run_defaults(strategy: str | None, method: str | None, recovery: str | None = None) -> dict[str, Any]:
+    """The defaults a row's commands rely on: ``{"method": {...}}`` (the pruner's ``Options``) and,
+    with ``recovery``, ``{"recover": {...}}`` (``RecoveryOptions`` and the default LoRA rate).
+    ``recovery`` is ``"command"`` for ``llmprune recover`` (which takes ``--nsamples``, not
+    ``--recover-nsamples``) or ``"flag"`` for a pruning command's ``--recover``."""
+    from llmprune.pruners.base import get_pruner_class, option_defaults
+
+    found: dict[str, dict[str, Any]] = {}
+    if strategy and method:
+        found["method"] = option_defaults(get_pruner_class(strategy, method))
+    if recovery:
+        from llmprune.train.recovery import DEFAULT_LR, RecoveryOptions
+
+        found["recover"] = {
+            k: f.get_default(call_default_factory=True) for k, f in RecoveryOptions.model_fields.items()
+        }
+        found["recover"]["default_lr"] = DEFAULT_LR["lora"]  # --lr not given
+        if recovery == "command":
+            found["recover"].pop("recover_nsamples")  # `recover` takes --nsamples instead
+    for options in found.values():  # when to checkpoint never changes a result (resume is bitwise)
+        options.pop("checkpoint_every", None)
+    return json.loads(json.dumps(found, default=str))
+
+
+def row_key(
+    command: str,
+    *,
+    texts: dict[str, str],
+    strategy: str | None = None,
+    method: str | None = None,
+    recovery: str | None = None,
+    code: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The key of one cached row (see above); ``key_text`` turns it into the cache's string."""
+    key: dict[str, Any] = {"command": command, "texts": dict(texts), "code": code or code_version(), **extra}
+    defaults = run_defaults(strategy, method, recovery)
+    if defaults:  # none for a dense evaluation
+        key["defaults"] = defaults
+    return key
+
+
+def key_text(key: dict[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True)
+
+
+#: The kind of each top-level key component, as ``stale_reasons`` names it.
+KEY_KINDS = {"code": "code version", "defaults": "default", "texts": "text", "split": "split", "command": "command"}
+
+
+def stale_reasons(
+    cached: dict[str, Any], wanted: dict[str, Any], _path: str = "", _kind: str | None = None
+) -> list[tuple[str, str]]:
+    """Why a cached row's key is not the key wanted now: ``(kind, detail)`` per changed value,
+    kind one of ``KEY_KINDS``' values (or the component's own name); ``[]`` when the keys are
+    equal. A whole component the cached key lacks (a key written before it was part of the key)
+    is ``"<kind> not recorded"``. A nested key (``NESTED_KEYS``: the one-shot key a recovery
+    continues) is compared component by component."""
+    reasons: list[tuple[str, str]] = []
+    for name in sorted(set(cached) | set(wanted)):
+        path = f"{_path}{name}"
+        kind = _kind or KEY_KINDS.get(name, name)
+        old, new = cached.get(name, _MISSING), wanted.get(name, _MISSING)
+        if old == new:
+            continue
+        if _kind is None and old is _MISSING:
+            reasons.append((f"{kind} not recorded", path))
+        elif _kind is None and new is _MISSING:
+            reasons.append((f"{kind} no longer in the key", path))
+        elif isinstance(old, dict) and isinstance(new, dict):
+            reasons += stale_reasons(old, new, path + ".", None if name in NESTED_KEYS else kind)
+        else:
+            shown = path.replace("defaults.", "", 1) if kind == "default" else path
+            reasons.append((kind, f"{shown}: {_changed(old, new)}"))
+    return reasons
+
+
+#: Key components that are keys themselves (a recovery row's one-shot key).
+NESTED_KEYS = ("oneshot",)
+_MISSING = object()
+
+
+def _changed(old: Any, new: Any) -> str:
+    """``old → new``; of two long strings (commands) only the words that differ, in brackets."""
+    if isinstance(old, str) and isinstance(new, str) and max(len(old), len(new)) > 60:
+        a, b = old.split(), new.split()
+        n = min(len(a), len(b))
+        head = 0
+        while head < n and a[head] == b[head]:
+            head += 1
+        tail = 0
+        while tail < n - head and a[-1 - tail] == b[-1 - tail]:
+            tail += 1
+        return f"[{' '.join(a[head : len(a) - tail])}] → [{' '.join(b[head : len(b) - tail])}]"
+    return f"{_short(old)} → {_short(new)}"
+
+
+def _short(value: Any) -> str:
+    if value is _MISSING:
+        return "(none)"
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def nearest_stale(
+    cached: dict[str, Any], wanted: dict[str, Any], same: tuple[str, ...] = ("command",)
+) -> tuple[str, list[tuple[str, str]]] | None:
+    """The cached key (of ``cached``'s key strings) measuring the same thing as ``wanted`` (equal
+    at the dotted paths ``same``) that differs from it in the fewest components, with its
+    reasons; None when no cached key measures the same thing."""
+    best: tuple[str, list[tuple[str, str]]] | None = None
+    for text in cached:
+        key = json.loads(text)
+        if all(_at(key, p) == _at(wanted, p) for p in same):
+            reasons = stale_reasons(key, wanted)
+            if best is None or len(reasons) < len(best[1]):
+                best = (text, reasons)
+    return best
+
+
+def _at(key: Any, path: str) -> Any:
+    for part in path.split("."):
+        key = key.get(part, _MISSING) if isinstance(key, dict) else _MISSING
+    return key
+
+
+def format_reasons(reasons: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{kind} ({detail})" for kind, detail in reasons)
 
 
 def command_line() -> str:

@@ -183,8 +183,9 @@ def main() -> None:
         "ProxSparse at its own budget (held-out calibration text)",
         rows,
         COLUMNS,
-        intro="Protocol of `benchmarks/selection.py`: calib.txt split by document, every fourth document is the "
-        f"*select* split, the rest the *fit* split (CALIB_FIT, ~74K tokens). Every run prunes on the fit split "
+        intro="Protocol of `benchmarks/selection.py`: calib.txt split into contiguous regions of whole "
+        "paragraphs (8 KB or more), every fourth region is the "
+        f"*select* split, the rest the *fit* split (CALIB_FIT). Every run prunes on the fit split "
         f"(seed {SEED}, batch {BATCH}, lr {BASE['lr']:g} with 10% warm-up and linear decay over the run's steps, "
         f"λ₁ {BASE['lambda1']:g}); perplexity on the select split in {SEQLEN}-token windows. eval.txt is not read. "
         f"Dense perplexity on the select split: {dense['perplexity']:.2f}. One seed per row. Prune times are "

@@ -23,18 +23,23 @@ Standard settings: calibration 64 × 256 tokens of calib.txt, seed 0, each metho
 perplexity on the whole evaluation text in non-overlapping windows (methods.md §0): this is the
 final table, nothing here chooses a default (benchmarks/selection.py does, on held-out calib text).
 Each prune and recovery runs as its own ``llmprune`` process, so wall time and peak memory are its
-own. Rows are cached in ``benchmarks/results/summary_rows.json`` in two parts: the one-shot part
-by its prune command, the method's defaults and the hashes of the text files; the recovery part by
-that and the recovery defaults. The pruned outputs are kept (``benchmarks/results/work/run-*``,
+own. Rows are cached in ``benchmarks/results/summary_rows.json`` in two parts, each under a
+``common.row_key`` (shared with benchmarks/selection.py): the one-shot part by its prune command,
+the method's option defaults, the hashes of the text files and the code version (a content hash of
+``llmprune/``); the recovery part by its recover command, the recovery defaults, the code version
+and the one-shot key it continues. The pruned outputs are kept (``benchmarks/results/work/run-*``,
 marked with their one-shot key), so a change of the recovery defaults re-runs only the recoveries.
-Each part records the code version it ran at (``scripts/check_identical.py`` guards that later
-changes keep the outputs).
+
+    python benchmarks/run.py --stale         # run nothing: each stale row and why, counts by reason
+    python benchmarks/run.py --cached-only   # the page from cached rows, stale ones marked with why
+
+A row cached under another key is *stale*: ``--cached-only`` shows it (marked, with the component
+that changed: code version, a default, a text) instead of leaving it out; any other run re-runs it.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import shutil
@@ -53,10 +58,15 @@ from common import (
     code_version,
     display_path,
     evaluate,
+    format_reasons,
+    key_text,
+    nearest_stale,
     option_flags,
     prune,
     prune_command,
+    row_key,
     run_llmprune,
+    text_hash,
     write_results,
 )
 
@@ -150,28 +160,6 @@ def with_recovered_again(job: Job) -> list[Job]:
     ]
 
 
-def defaults_of(job: Job) -> dict[str, Any]:
-    """The defaults a row's commands rely on (the method's options, and recovery's): a change of
-    default reruns the row although its command line is the same."""
-    from llmprune.pruners.base import get_pruner_class, option_defaults
-    from llmprune.train.recovery import DEFAULT_LR, RecoveryOptions
-
-    found = {"method": option_defaults(get_pruner_class(job.strategy, job.method))}
-    if job.recover:
-        found["recover"] = {
-            k: f.get_default(call_default_factory=True) for k, f in RecoveryOptions.model_fields.items()
-        }
-        found["recover"]["default_lr"] = DEFAULT_LR["lora"]  # --lr not given
-        found["recover"].pop("recover_nsamples")  # `recover` takes --nsamples (recover_args), not this
-    for options in found.values():  # when to checkpoint never changes a result (resume is bitwise)
-        options.pop("checkpoint_every", None)
-    return json.loads(json.dumps(found, default=str))
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def recover_args(pruned: Path, out: Path, args: argparse.Namespace, options: dict[str, Any]) -> list[str]:
     return [
         "recover",
@@ -203,32 +191,45 @@ def output_of(job: Job) -> Path:
     return WORK / f"run-{job.strategy}-{label.replace(' ', '_')}-{job.sparsity}"
 
 
-def keys_of(job: Job, options: dict[str, Any], args: argparse.Namespace, texts: dict[str, str]) -> tuple[str, str]:
-    """(one-shot key, recovery key): the second adds the recovery defaults to the first."""
-    defaults = defaults_of(job)
-    oneshot = json.dumps(
-        {
-            "model": display_path(args.model),
-            "prune": prune_command(job.strategy, job.method, job.sparsity, nsamples=args.nsamples, **options),
-            "recover": job.recover,
-            "defaults": {"method": defaults["method"]},
-            "seqlen": args.seqlen,
-            "texts": texts,
-        },
-        sort_keys=True,
+def recover_command(args: argparse.Namespace, options: dict[str, Any]) -> str:
+    """The shown ``llmprune recover`` command of a row (repository-relative paths, OUT → OUT2)."""
+    shown = recover_args(Path("OUT"), Path("OUT2"), args, options)
+    shown[shown.index("--teacher") + 1] = display_path(args.model)
+    shown[shown.index("--calib") + 1] = display_path(args.calib)
+    return shlex.join(["llmprune", *shown])
+
+
+def keys_of(
+    job: Job, options: dict[str, Any], args: argparse.Namespace, texts: dict[str, str], version: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(one-shot key, recovery key), both ``common.row_key``s: the prune command, the method's
+    defaults, the text hashes and the code version; the recovery key holds the recover command,
+    the recovery defaults, the code version and the one-shot key it continues."""
+    oneshot = row_key(
+        prune_command(job.strategy, job.method, job.sparsity, nsamples=args.nsamples, **options),
+        texts=texts,
+        strategy=job.strategy,
+        method=job.method,
+        code=version,
+        model=display_path(args.model),
+        recover=job.recover,
+        seqlen=args.seqlen,
     )
-    recovery = {"oneshot": oneshot, "recover": defaults.get("recover")}
+    recovery = row_key(
+        recover_command(args, job.recover_options), texts=texts, recovery="command", code=version, oneshot=oneshot
+    )
     if job.recover_options:
         recovery["recover_options"] = job.recover_options
-    return oneshot, json.dumps(recovery, sort_keys=True)
+    return oneshot, recovery
 
 
 def load_cache() -> dict[str, dict[str, Any]]:
-    """``{"oneshot": {key: part}, "recovery": {key: part}}``; a cache of whole rows (the format
-    before 2026-11-30, keyed by command + method and recovery defaults) is split into the two."""
+    """``{"oneshot": {key: part}, "recovery": {key: part}}`` with every key in today's form
+    (``upgrade_keys``); a cache of whole rows (the format before 2026-11-30, keyed by command +
+    method and recovery defaults) is first split into the two."""
     raw: dict[str, Any] = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
     if "oneshot" in raw:
-        return raw
+        return upgrade_keys(raw)
     cache: dict[str, dict[str, Any]] = {"oneshot": {}, "recovery": {}}
     for old_key, row in raw.items():
         k = json.loads(old_key)
@@ -239,7 +240,41 @@ def load_cache() -> dict[str, dict[str, Any]]:
             recovery = json.dumps({"oneshot": oneshot, "recover": defaults.get("recover")}, sort_keys=True)
             part = {f: row[f] for f in RECOVERY_FIELDS if f in row}
             cache["recovery"][recovery] = {**part, "recover_code_version": row.get("code_version")}
-    return cache
+    return upgrade_keys(cache)
+
+
+def upgrade_keys(cache: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Keys written before issue 30 (``prune`` command, no code version; a recovery key nesting
+    the one-shot key's text) in today's form, with what each part recorded: its command and the
+    code version it ran at. Keys already in today's form are kept."""
+    oneshot: dict[str, dict[str, Any]] = {}
+    renamed: dict[str, dict[str, Any]] = {}  # old one-shot key text -> today's form
+    for text, part in cache["oneshot"].items():
+        key = json.loads(text)
+        if "prune" in key:
+            key["command"] = key.pop("prune")
+            if part.get("code_version"):
+                key["code"] = part["code_version"]
+        renamed[text] = key
+        oneshot[key_text(key)] = part
+    recovery: dict[str, dict[str, Any]] = {}
+    for text, part in cache["recovery"].items():
+        key = json.loads(text)
+        if isinstance(key.get("oneshot"), str):
+            new: dict[str, Any] = {
+                "oneshot": renamed.get(key["oneshot"]) or json.loads(key["oneshot"]),
+                "defaults": {"recover": key["recover"]},
+            }
+            new["texts"] = new["oneshot"].get("texts")
+            if part.get("recover_command"):
+                new["command"] = part["recover_command"]
+            if part.get("recover_code_version"):
+                new["code"] = part["recover_code_version"]
+            if "recover_options" in key:
+                new["recover_options"] = key["recover_options"]
+            key = new
+        recovery[key_text(key)] = part
+    return {"oneshot": oneshot, "recovery": recovery}
 
 
 def prune_part(job: Job, options: dict[str, Any], args: argparse.Namespace, oneshot_key: str) -> dict[str, Any]:
@@ -277,10 +312,7 @@ def recovery_part(job: Job, args: argparse.Namespace) -> dict[str, Any]:
     recovered = out.with_name(out.name + "-recovered")
     part: dict[str, Any] = {"time_recover_s": run_llmprune(recover_args(out, recovered, args, job.recover_options))}
     part["perplexity_recovered"] = evaluate(recovered, Path(args.eval), args.seqlen)["perplexity"]
-    shown = recover_args(Path("OUT"), Path("OUT2"), args, job.recover_options)
-    shown[shown.index("--teacher") + 1] = display_path(args.model)
-    shown[shown.index("--calib") + 1] = display_path(args.calib)
-    part["recover_command"] = shlex.join(["llmprune", *shown])
+    part["recover_command"] = recover_command(args, job.recover_options)
     part["recover_code_version"] = code_version()
     shutil.rmtree(recovered)
     return part
@@ -347,6 +379,91 @@ def plot_global_widths(rows: list[dict], dense_geometry: dict, path: Path) -> bo
     return True
 
 
+def stale_parts(
+    cache: dict[str, dict[str, Any]], job: Job, oneshot: dict[str, Any], recovery: dict[str, Any], one: Any, rec: Any
+) -> tuple[Any, Any, list[tuple[str, str]]]:
+    """For ``--cached-only``: the parts missing at today's keys taken from the cached parts of the
+    same commands whose keys differ least, and why they are stale (``common.stale_reasons``,
+    details prefixed with the part)."""
+    reasons: list[tuple[str, str]] = []
+    if one is None and (found := nearest_stale(cache["oneshot"], oneshot)):
+        one = cache["oneshot"][found[0]]
+        reasons += [(kind, "one-shot " + detail) for kind, detail in found[1]]
+    if job.recover and rec is None:
+        found = nearest_stale(cache["recovery"], recovery, same=("command", "oneshot.command"))
+        if found:
+            rec = cache["recovery"][found[0]]
+            # the one-shot key it continues: already named above when that part is stale itself
+            again = bool(reasons)
+            reasons += [(k, "recovery " + d) for k, d in found[1] if not (again and d.startswith("oneshot."))]
+    return one, rec, reasons
+
+
+def collect(
+    jobs: list[Job], cache: dict[str, dict[str, Any]], args: argparse.Namespace, rerun: set[str], stale_ok: bool
+) -> tuple[list[dict[str, Any]], list[str], list[tuple[str, list[tuple[str, str]]]]]:
+    """The table's rows (run when not cached, unless ``stale_ok``), the rows left out, and the
+    stale rows with their reasons. ``stale_ok`` (``--cached-only``, ``--stale``) runs nothing: a
+    row missing at today's key is the cached row of the same commands, marked stale."""
+    texts = {"calib": text_hash(args.calib), "eval": text_hash(args.eval)}
+    version = code_version()
+    rows: list[dict[str, Any]] = []
+    by_label: dict[str, dict[str, Any]] = {}
+    fresh = 0
+    missing: list[str] = []  # rows neither cached nor run (--cached-only, --max-rows)
+    stale: list[tuple[str, list[tuple[str, str]]]] = []
+    for job in jobs:
+        name = f"{job.strategy} {job.label}" + (f" {job.sparsity:.0%}" if job.sparsity else " 2:4")
+        options = dict(job.options)
+        if job.widths_from:
+            source = by_label.get(job.widths_from)
+            if source is None or not source.get("layer_widths"):
+                print(f"skip {job.label} {job.sparsity}: no {job.widths_from} row", flush=True)
+                missing.append(name)
+                continue
+            w = source["layer_widths"][0]
+            options["widths"] = f"{w['kv_heads']},{w['channels']}"
+        oneshot, recovery = keys_of(job, options, args, texts, version)
+        oneshot_key, recovery_key = key_text(oneshot), key_text(recovery)
+        one = None if job.method in rerun else cache["oneshot"].get(oneshot_key)
+        rec = None if job.method in rerun else cache["recovery"].get(recovery_key)
+        reasons: list[tuple[str, str]] = []
+        if stale_ok and (one is None or (job.recover and rec is None)):
+            one, rec, reasons = stale_parts(cache, job, oneshot, recovery, one, rec)
+        if args.oneshot_only and one is None and not stale_ok:
+            one = cache["oneshot"][oneshot_key] = prune_part(job, options, args, oneshot_key)
+            CACHE.write_text(json.dumps(cache, indent=2) + "\n")
+        if one is None or (job.recover and rec is None):
+            if stale_ok or args.oneshot_only or (args.max_rows and fresh >= args.max_rows):
+                print(f"not run: {job.label} {job.sparsity}", flush=True)
+                missing.append(name)
+                continue
+            if one is None or not kept_output(job, oneshot_key):  # recovery needs the pruned output
+                one = cache["oneshot"][oneshot_key] = prune_part(job, options, args, oneshot_key)
+            if job.recover and rec is None:
+                rec = cache["recovery"][recovery_key] = recovery_part(job, args)
+            fresh += 1
+            CACHE.write_text(json.dumps(cache, indent=2) + "\n")
+        row = {**one, **(rec or {}), "label": job.label}  # a recovery-only row shares its source's one-shot part
+        if reasons:
+            row["stale"] = format_reasons(reasons)
+            stale.append((name, reasons))
+            print(f"stale: {name}: {row['stale']}", flush=True)
+        by_label[f"{job.label}@{job.sparsity}"] = row
+        rows.append(row)
+        shown = {k: row.get(k) for k in ("perplexity", "perplexity_recovered", "perplexity_own_training")}
+        print(f"{job.strategy:8s} {job.label:28s} {row['achieved_sparsity']:.3f} {shown}", flush=True)
+    return rows, missing, stale
+
+
+def print_stale_counts(stale: list[tuple[str, list[tuple[str, str]]]], total: int) -> None:
+    counts: dict[str, int] = {}
+    for _, reasons in stale:
+        for kind in dict.fromkeys(k for k, _ in reasons):
+            counts[kind] = counts.get(kind, 0) + 1
+    print(f"{total} cached rows: {total - len(stale)} current; stale by reason: {counts}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(REFMODEL))
@@ -358,7 +475,15 @@ def main() -> None:
     parser.add_argument("--methods", default="", help="comma-separated subset of method names (default: all)")
     parser.add_argument("--rerun", default="", help="comma-separated methods whose cached rows are run again")
     parser.add_argument("--max-rows", type=int, default=0, help="run at most this many uncached rows, then write")
-    parser.add_argument("--cached-only", action="store_true", help="run nothing: write the page from cached rows")
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="run nothing (but the dense evaluation): write the page from cached rows; a row cached under another "
+        "key is used, marked stale, and printed with why (code version, a default, a text)",
+    )
+    parser.add_argument(
+        "--stale", action="store_true", help="run nothing: print each stale row with why, and the count by reason"
+    )
     parser.add_argument(
         "--oneshot-only",
         action="store_true",
@@ -370,7 +495,12 @@ def main() -> None:
     jobs = jobs_for(sparsities, set(filter(None, args.methods.split(","))))
 
     cache = load_cache()
-    texts = {"calib": sha(Path(args.calib)), "eval": sha(Path(args.eval))}
+    if args.stale:
+        found, missing, stale = collect(jobs, cache, args, set(), stale_ok=True)
+        print_stale_counts(stale, len(found))
+        if missing:
+            print(f"not cached at all: {', '.join(missing)}")
+        return
     dense = evaluate(Path(args.model), Path(args.eval), args.seqlen)
     rows: list[dict[str, Any]] = [
         {
@@ -381,41 +511,10 @@ def main() -> None:
             "perplexity": dense["perplexity"],
         }
     ]
-    by_label: dict[str, dict[str, Any]] = {}
-    fresh = 0
-    missing: list[str] = []  # rows neither cached nor run (--cached-only, --max-rows)
-    for job in jobs:
-        options = dict(job.options)
-        if job.widths_from:
-            source = by_label.get(job.widths_from)
-            if source is None or not source.get("layer_widths"):
-                print(f"skip {job.label} {job.sparsity}: no {job.widths_from} row", flush=True)
-                missing.append(f"{job.strategy} {job.label} {job.sparsity:.0%}")
-                continue
-            w = source["layer_widths"][0]
-            options["widths"] = f"{w['kv_heads']},{w['channels']}"
-        oneshot_key, recovery_key = keys_of(job, options, args, texts)
-        one = None if job.method in rerun else cache["oneshot"].get(oneshot_key)
-        rec = None if job.method in rerun else cache["recovery"].get(recovery_key)
-        if args.oneshot_only and one is None and not args.cached_only:
-            one = cache["oneshot"][oneshot_key] = prune_part(job, options, args, oneshot_key)
-            CACHE.write_text(json.dumps(cache, indent=2) + "\n")
-        if one is None or (job.recover and rec is None):
-            if args.cached_only or args.oneshot_only or (args.max_rows and fresh >= args.max_rows):
-                print(f"not run: {job.label} {job.sparsity}", flush=True)
-                missing.append(f"{job.strategy} {job.label}" + (f" {job.sparsity:.0%}" if job.sparsity else " 2:4"))
-                continue
-            if one is None or not kept_output(job, oneshot_key):  # recovery needs the pruned output
-                one = cache["oneshot"][oneshot_key] = prune_part(job, options, args, oneshot_key)
-            if job.recover and rec is None:
-                rec = cache["recovery"][recovery_key] = recovery_part(job, args)
-            fresh += 1
-            CACHE.write_text(json.dumps(cache, indent=2) + "\n")
-        row = {**one, **(rec or {}), "label": job.label}  # a recovery-only row shares its source's one-shot part
-        by_label[f"{job.label}@{job.sparsity}"] = row
-        rows.append(row)
-        shown = {k: row.get(k) for k in ("perplexity", "perplexity_recovered", "perplexity_own_training")}
-        print(f"{job.strategy:8s} {job.label:28s} {row['achieved_sparsity']:.3f} {shown}", flush=True)
+    found, missing, stale = collect(jobs, cache, args, rerun, stale_ok=args.cached_only)
+    rows += found
+    if stale:
+        print_stale_counts(stale, len(found))
 
     for row in rows:
         own = row.get("perplexity_own_training")
@@ -435,6 +534,11 @@ def main() -> None:
             f"**Not measured yet** (no cached row; run the command again to add them): {', '.join(missing)}.\n\n"
             + notes
         )
+    if stale:
+        notes = (
+            f"**Stale** (cached under another key, shown until re-run; the `stale` column says why): "
+            f"{', '.join(name for name, _ in stale)}.\n\n" + notes
+        )
     if has_widths:
         notes += "\n![per-layer kept fractions of global](global_kept_fraction.png)\n"
     notes += (
@@ -445,7 +549,7 @@ def main() -> None:
         "summary",
         "All strategies on one model: one-shot and + the same recovery",
         rows,
-        COLUMNS,
+        COLUMNS + ([("stale", "stale (why its key changed)", "")] if stale else []),
         intro=(
             f"Model `{display_path(args.model)}`; calibration {args.nsamples} × {args.seqlen} tokens of "
             f"`{display_path(args.calib)}`, seed 0, each method at its defaults; perplexity on "

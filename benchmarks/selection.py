@@ -1,20 +1,30 @@
 """One held-out selection protocol for every method's defaults (never the evaluation text).
 
-calib.txt is split **by document** (documents are separated by a blank line, as
-``llmprune.data.text`` joins them): every fourth document (index ≡ 3 mod 4) goes to the *select*
-split (25%), the rest to the *fit* split (75%). Interleaving keeps both splits drawn from the
-same mix of sources; the split depends only on calib.txt. Every run prunes / learns on the fit
-split only (64 × 256 tokens, seed 0, unless its grid sets ``nsamples``/``seqlen``, as
-``benchmarks/proxsparse_budget.py``'s do) and is scored by perplexity on the select split in
-256-token windows. ``eval.txt`` is never read, so these numbers may choose defaults (README, data hygiene).
+calib.txt is split into **contiguous regions** (issue 30): its paragraphs, in order, grouped into
+runs of at least ``REGION_CHARS`` (8,192) characters, a region never ending on a section title;
+every fourth region (index ≡ 3 mod 4) is the *select* split (10 of 41 regions, 24% of the text),
+the rest the *fit* split. Documents cannot be recovered (paragraphs and documents are both
+separated by blank lines), so the regions are what keeps a title, its body and its neighbours on
+one side: text crosses between the splits only where a region boundary cuts a document. (Until
+2026-12-07 every fourth *paragraph* was held out, which put a title in one split and its body in
+the other: rows measured so are stale, their key's split is ``LEGACY_SPLIT``.) The split depends
+only on calib.txt. Every run prunes / learns on the fit split only (64 × 256 tokens, seed 0,
+unless its grid sets ``nsamples``/``seqlen``, as ``benchmarks/proxsparse_budget.py``'s do) and is
+scored by perplexity on the select split in 256-token windows (dense reference model: 39.25;
+``--dense`` prints it). ``eval.txt`` is never read, so these numbers may choose defaults (README,
+data hygiene).
 
 Each method has a small grid (``GRIDS``: the product of the listed values on top of fixed base
-options). Rows are cached in ``benchmarks/results/select.json`` under a key made of the code
-version (a content hash of every ``llmprune/**/*.py``) and the full command, so a row is re-run
-when the code or its options change and reused otherwise.
+options). Rows are cached in ``benchmarks/results/select.json`` under ``common.row_key``: the
+command, the method's option defaults (and the recovery's, for ``--recover`` rows), the hash of
+calib.txt, the split's identity (``split_identity``) and the code version (a content hash of every
+``llmprune/**/*.py``), so a row is re-run when any of them changes and reused otherwise.
 
     python benchmarks/selection.py --grids tyr-local,tyr   # the grids to run (default: tyr-local,tyr)
     python benchmarks/selection.py --list                  # the declared grids and their size
+    python benchmarks/selection.py --stale                 # each cached row's staleness, and why
+    python benchmarks/selection.py --cached-only           # the page from cached rows, stale ones marked
+    python benchmarks/selection.py --dense                 # the split's sizes, dense select perplexity
 
 Writes ``benchmarks/results/select.json`` and ``docs/benchmarks/select.md`` (winning setting of
 each grid, its margin over the runner-up, and per option the margin of the winning value over
@@ -27,13 +37,31 @@ import argparse
 import hashlib
 import itertools
 import json
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import CALIB, REFMODEL, RESULTS, WORK, code_version, evaluate, prune, prune_command, write_results
+from common import (
+    CALIB,
+    REFMODEL,
+    RESULTS,
+    WORK,
+    code_version,
+    display_path,
+    evaluate,
+    format_reasons,
+    key_text,
+    nearest_stale,
+    prune,
+    prune_command,
+    row_key,
+    stale_reasons,
+    text_hash,
+    write_results,
+)
 
 NAME = "select"
 SELECT_WORK = WORK / "select"
@@ -230,15 +258,71 @@ GRIDS: dict[str, Grid] = {
 }
 
 
+#: The held-out split (issue 30). calib.txt's documents are separated by blank lines, but so are
+#: their paragraphs, and no marker tells a document boundary from a paragraph boundary (a
+#: Python-docs document is a 4 KB cut of a page, often starting mid-section), so documents cannot
+#: be recovered reliably. The split is made of **contiguous regions** instead: the paragraphs, in
+#: order, grouped into runs of at least ``REGION_CHARS`` characters (a region closes at the first
+#: paragraph boundary past that size, never right after a heading, so a heading stays with its
+#: body; a short remainder joins the last region); every ``SELECT_EVERY``-th region (index ≡
+#: ``SELECT_EVERY - 1``) is the *select* split, the rest the *fit* split. Text crosses between the
+#: two only where a region boundary cuts a document (at most one per boundary).
+REGION_CHARS = 8192
+SELECT_EVERY = 4
+SPLIT_RULE = f"regions>={REGION_CHARS}ch,select=i%{SELECT_EVERY}=={SELECT_EVERY - 1}"
+#: The split rows were measured on before 2026-12-07: blank-line paragraphs, every fourth one.
+LEGACY_SPLIT = "paragraphs,select=i%4==3"
+_BLANK = re.compile(r"\n(?:[ \t]*\n)+")
+_UNDERLINE = re.compile(r"([=\-~^*#\"+`':.])\1{2,}")
+
+
+def is_heading(paragraph: str) -> bool:
+    """A reStructuredText section title standing as its own paragraph (title underlined, or over-
+    and underlined, by a repeated punctuation character)."""
+    lines = paragraph.strip("\n").split("\n")
+    return 2 <= len(lines) <= 3 and bool(_UNDERLINE.fullmatch(lines[-1].strip())) and bool(lines[-2].strip())
+
+
+def calibration_regions(text: str, min_chars: int = REGION_CHARS) -> list[tuple[int, int]]:
+    """``(start, end)`` offsets of the contiguous regions of ``text`` (see ``REGION_CHARS``): they
+    tile the text exactly, each holds whole paragraphs (with the blank lines after them) and at
+    least ``min_chars`` characters (unless the whole text is shorter)."""
+    cuts = [m.end() for m in _BLANK.finditer(text) if m.end() < len(text)]  # where paragraphs start
+    regions: list[tuple[int, int]] = []
+    start = previous = 0
+    for cut in cuts:
+        if cut - start >= min_chars and not is_heading(text[previous:cut]):
+            regions.append((start, cut))
+            start = cut
+        previous = cut
+    if regions and len(text) - start < min_chars:
+        regions[-1] = (regions[-1][0], len(text))
+    else:
+        regions.append((start, len(text)))
+    return regions
+
+
+def split_text(text: str) -> tuple[list[str], list[str]]:
+    """(fit regions, select regions) of ``text``, each a list of region texts in order."""
+    regions = [text[a:b] for a, b in calibration_regions(text)]
+    held = [r for i, r in enumerate(regions) if i % SELECT_EVERY == SELECT_EVERY - 1]
+    fit = [r for i, r in enumerate(regions) if i % SELECT_EVERY != SELECT_EVERY - 1]
+    return fit, held
+
+
+def split_identity(text: str | None = None) -> str:
+    """The split's identity in row keys: its rule and a hash of the select text it gives."""
+    held = "".join(split_text(CALIB.read_text() if text is None else text)[1])
+    return f"{SPLIT_RULE}:{hashlib.sha256(held.encode()).hexdigest()[:12]}"
+
+
 def split_calibration(folder: Path = SELECT_WORK) -> tuple[Path, Path]:
-    """Write the fit (documents i mod 4 ≠ 3) and select (i mod 4 = 3) parts of calib.txt."""
-    docs = [d.strip("\n") for d in CALIB.read_text().split("\n\n") if d.strip()]
-    fit = [d for i, d in enumerate(docs) if i % 4 != 3]
-    held = [d for i, d in enumerate(docs) if i % 4 == 3]
+    """Write the fit and select parts of calib.txt (``split_text``); their paths."""
+    fit, held = split_text(CALIB.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     fit_path, held_path = folder / "calib_fit.txt", folder / "calib_select.txt"
-    fit_path.write_text("\n\n".join(fit) + "\n")
-    held_path.write_text("\n\n".join(held) + "\n")
+    fit_path.write_text("".join(fit))
+    held_path.write_text("".join(held))
     return fit_path, held_path
 
 
@@ -263,19 +347,45 @@ def grid_command(grid: Grid, options: dict[str, Any]) -> str:
     )
 
 
-def row_key(version: str, grid: Grid, options: dict[str, Any]) -> str:
-    return json.dumps(
-        {
-            "code": version,
-            "command": grid_command(grid, options),
-            "seed": budget(options)[3],
-            "calib_sha256": hashlib.sha256(CALIB.read_bytes()).hexdigest()[:16],
-        },
-        sort_keys=True,
+#: The dense row's command (its key's ``command``): the reference model on the select split.
+DENSE_COMMAND = f"llmprune eval {display_path(REFMODEL)} --data CALIB_SELECT --seqlen {SEQLEN}"
+
+
+def select_key(grid: Grid, options: dict[str, Any], version: str | None = None, split: str | None = None) -> dict:
+    """A row's key (``common.row_key``): its command, the method's defaults (and the recovery's,
+    for a ``--recover`` row), the calib.txt hash, the split's identity and the code version."""
+    return row_key(
+        grid_command(grid, options),
+        texts={"calib": text_hash(CALIB)},
+        strategy=grid.strategy,
+        method=grid.method,
+        recovery="flag" if options.get("recover") else None,
+        code=version,
+        split=split or split_identity(),
     )
 
 
-def run_row(name: str, grid: Grid, vary: dict[str, Any], fit: Path, held: Path, version: str) -> dict[str, Any]:
+def dense_key(version: str | None = None, split: str | None = None) -> dict:
+    return row_key(DENSE_COMMAND, texts={"calib": text_hash(CALIB)}, code=version, split=split or split_identity())
+
+
+def upgraded(text: str) -> dict[str, Any]:
+    """A stored key in today's form: keys written before issue 30 (code, command, seed, calib
+    hash; no defaults, measured on ``LEGACY_SPLIT``) keep what they recorded."""
+    key = json.loads(text)
+    if "calib_sha256" not in key:
+        return key
+    old: dict[str, Any] = {"texts": {"calib": key["calib_sha256"]}, "split": LEGACY_SPLIT}
+    if key.get("dense"):
+        old["command"] = DENSE_COMMAND
+    else:
+        old.update(command=key["command"], code=key["code"])
+    return old
+
+
+def run_row(
+    name: str, grid: Grid, vary: dict[str, Any], fit: Path, held: Path, version: str, split: str
+) -> dict[str, Any]:
     options = {**grid.base, **vary}
     rest, nsamples, seqlen, seed = budget(options)
     out = SELECT_WORK / f"{name}-run"
@@ -301,7 +411,7 @@ def run_row(name: str, grid: Grid, vary: dict[str, Any], fit: Path, held: Path, 
         "wall_time_s": report.get("time_prune_s"),
         "search_final_fitness": report.get("search_final_fitness"),
         "code_version": version,
-        "key": row_key(version, grid, options),
+        "key": key_text(select_key(grid, options, version, split)),
         "command": f"`{grid_command(grid, options)}`",
         "details": method_details(report, grid.method),
     }
@@ -346,34 +456,95 @@ COLUMNS = [
 ]
 
 
-def measure(names: list[str], grids: dict[str, Grid] = GRIDS, name: str = NAME) -> list[dict[str, Any]]:
+def measure(
+    names: list[str], grids: dict[str, Grid] = GRIDS, name: str = NAME, cached_only: bool = False
+) -> list[dict[str, Any]]:
     """Rows of the named grids (cached ones reused, new ones measured), the dense row first, then
-    every row of ``benchmarks/results/<name>.json`` from other grids; saved after every new row."""
+    every row of ``benchmarks/results/<name>.json`` from other grids; saved after every new row.
+
+    ``cached_only``: prune nothing (the dense row is evaluated if not cached: seconds). A row
+    without a row at its key takes the cached row of the same command whose key differs least,
+    marked ``stale`` with the reasons (``common.stale_reasons``: code version, a default, the
+    text, the split), which are printed; a row with no cached command at all is left out."""
     unknown = [n for n in names if n not in grids]
     if unknown:
         raise SystemExit(f"unknown grid(s) {', '.join(unknown)}; declared: {', '.join(grids)}")
     fit, held = split_calibration()
-    version = code_version()
+    version, split = code_version(), split_identity()
     path = RESULTS / f"{name}.json"
     previous = json.loads(path.read_text())["rows"] if path.is_file() else []
     kept = [r for r in previous if r.get("grid") not in names and r.get("grid") != "dense"]
-    cache = {r["key"]: r for r in previous if "key" in r}
-    dense_key = json.dumps({"dense": True, "calib_sha256": hashlib.sha256(CALIB.read_bytes()).hexdigest()[:16]})
-    dense = cache.get(dense_key)
+    cache = {key_text(upgraded(r["key"])): r for r in previous if "key" in r}
+    wanted = dense_key(version, split)
+    dense = cache.get(key_text(wanted))
     if dense is None:
         result = evaluate(REFMODEL, held, seqlen=SEQLEN)
-        dense = {"grid": "dense", "setting": "-", "vary": {}, "perplexity": result["perplexity"], "key": dense_key}
+        dense = {
+            "grid": "dense",
+            "setting": "-",
+            "vary": {},
+            "perplexity": result["perplexity"],
+            "key": key_text(wanted),
+            "code_version": version,
+        }
     rows: list[dict[str, Any]] = [dense]
     for grid_name in names:
         grid = grids[grid_name]
         for vary in grid.jobs():
-            key = row_key(version, grid, {**grid.base, **vary})
-            row = cache.get(key) or run_row(grid_name, grid, vary, fit, held, version)
+            wanted = select_key(grid, {**grid.base, **vary}, version, split)
+            row = cache.get(key_text(wanted))
+            if row is None and cached_only:
+                row = stale_row(cache, wanted, grid_name, vary)
+                if row is None:
+                    continue
+            elif row is None:
+                row = run_row(grid_name, grid, vary, fit, held, version, split)
             rows.append(row)
             print(f"{grid_name:10s} {row['setting']:40s} ppl {row['perplexity']:.2f}", flush=True)
-            # Save after every row so an interrupted run keeps what it measured.
-            path.write_text(json.dumps({"rows": rows + kept}, indent=2) + "\n")
+            if not cached_only:  # save after every row so an interrupted run keeps what it measured
+                path.write_text(json.dumps({"rows": rows + kept}, indent=2) + "\n")
     return rows + kept
+
+
+def stale_row(cache: dict[str, dict[str, Any]], wanted: dict, grid_name: str, vary: dict) -> dict[str, Any] | None:
+    """The cached row of the same grid and setting whose key is nearest ``wanted``, marked stale
+    (printed); None if there is none."""
+    setting = " ".join(f"{k}={v}" for k, v in vary.items()) or "(base)"
+    same = {text: row for text, row in cache.items() if row.get("grid") == grid_name and row.get("vary") == vary}
+    found = nearest_stale(same, wanted, same=())
+    if found is None:
+        print(f"not measured: {grid_name} {setting} (no cached row)", flush=True)
+        return None
+    text, reasons = found
+    row = {**cache[text], "stale": format_reasons(reasons)}
+    print(f"stale: {grid_name} {setting}: {row['stale']}", flush=True)
+    return row
+
+
+def stale_report(name: str = NAME, grids: dict[str, Grid] = GRIDS) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Every row of ``benchmarks/results/<name>.json`` with why its key is not today's (``[]``
+    when it is current): reads keys only, runs nothing."""
+    path = RESULTS / f"{name}.json"
+    version, split = code_version(), split_identity()
+    report = []
+    for row in json.loads(path.read_text())["rows"] if path.is_file() else []:
+        old = upgraded(row["key"])
+        if row.get("grid") == "dense":
+            wanted = dense_key(version, split)
+        elif row.get("grid") in grids:
+            grid = grids[row["grid"]]
+            wanted = select_key(grid, {**grid.base, **row["vary"]}, version, split)
+        else:
+            report.append((f"{row.get('grid')} {row.get('setting')}", [("grid", "no longer declared")]))
+            continue
+        report.append((f"{row['grid']} {row['setting']}", stale_reasons(old, wanted)))
+    return report
+
+
+def dense_select_perplexity() -> float:
+    """The dense reference model's perplexity on the select split (``SEQLEN``-token windows)."""
+    _, held = split_calibration()
+    return evaluate(REFMODEL, held, seqlen=SEQLEN)["perplexity"]
 
 
 def seed_spread(rows: list[dict[str, Any]]) -> str:
@@ -397,12 +568,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grids", default="tyr-local,tyr", help="comma-separated names from GRIDS")
     parser.add_argument("--list", action="store_true", help="print the declared grids and exit")
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="prune nothing: write the page from cached rows (of every grid select.json holds unless --grids "
+        "is given), printing each stale row with why its key changed",
+    )
+    parser.add_argument("--stale", action="store_true", help="print each cached row's staleness and exit")
+    parser.add_argument(
+        "--dense", action="store_true", help="print the split's sizes and the dense select-split perplexity"
+    )
     args = parser.parse_args()
     if args.list:
         for name, grid in GRIDS.items():
             print(f"{name}: {len(grid.jobs())} rows, {grid.strategy} --method {grid.method}, vary {grid.vary}")
         return
-    all_rows = measure([n for n in args.grids.split(",") if n])
+    if args.stale:
+        print_stale(stale_report())
+        return
+    if args.dense:
+        text = CALIB.read_text()
+        fit, held = split_text(text)
+        print(
+            f"split {split_identity(text)}: {len(fit) + len(held)} regions, {len(held)} select "
+            f"({sum(map(len, held)) / len(text):.1%} of {len(text):,} characters)"
+        )
+        print(
+            f"dense select-split perplexity ({display_path(REFMODEL)}, {SEQLEN}-token windows): "
+            f"{dense_select_perplexity():.2f}"
+        )
+        return
+    names = [n for n in args.grids.split(",") if n]
+    if args.cached_only and "--grids" not in sys.argv:
+        path = RESULTS / f"{NAME}.json"
+        held = {r.get("grid") for r in json.loads(path.read_text())["rows"]} if path.is_file() else set()
+        names = [n for n in GRIDS if n in held]
+    all_rows = measure(names, cached_only=args.cached_only)
     # the page's "reproduce" line names every grid it shows (cached rows are reused, not re-run)
     shown = [name for name in GRIDS if any(r.get("grid") == name for r in all_rows)]
     sys.argv = [sys.argv[0], "--grids", ",".join(shown)]
@@ -412,18 +613,35 @@ def main() -> None:
         for name in GRIDS
         if any(r.get("grid") == name for r in all_rows)
     ]
+    stale = [r for r in all_rows if r.get("stale")]
+    columns = COLUMNS + ([("stale", "stale (why its key changed)", "")] if stale else [])
     write_results(
         NAME,
         "Defaults selected on held-out calibration text",
         all_rows,
-        COLUMNS,
-        intro="calib.txt split by document: every fourth document is the *select* split (25%), the rest the "
-        f"*fit* split (CALIB_FIT, 75%). Every run prunes on the fit split ({NSAMPLES} × {SEQLEN} tokens, seed "
+        columns,
+        intro=f"calib.txt split into contiguous regions of whole paragraphs, at least {REGION_CHARS:,} characters "
+        f"each (documents cannot be told from paragraphs: both are blank-line separated): every "
+        f"{SELECT_EVERY}th region is the *select* split, the rest the *fit* split (CALIB_FIT); split "
+        f"`{split_identity()}`. Every run prunes on the fit split ({NSAMPLES} × {SEQLEN} tokens, seed "
         f"{SEED}); perplexity is measured on the select split in {SEQLEN}-token windows. eval.txt is not read. "
         f"Dense perplexity on the select split: {dense['perplexity']:.2f}. One seed per row{seed_spread(all_rows)}. "
-        "`code` is the content hash of `llmprune/` the row was measured with (the cache key).",
+        "`code` is the content hash of `llmprune/` the row was measured with (part of the cache key)."
+        + (f" **{len(stale)} rows are stale** (cached under another key; the last column says why)." if stale else ""),
         notes="\n\n".join(summaries),
     )
+
+
+def print_stale(report: list[tuple[str, list[tuple[str, str]]]]) -> None:
+    """Each stale row with its reasons, then the count of rows per reason kind."""
+    counts: dict[str, int] = {}
+    for label, reasons in report:
+        if reasons:
+            print(f"stale: {label}: {format_reasons(reasons)}")
+        for kind in dict.fromkeys(k for k, _ in reasons):
+            counts[kind] = counts.get(kind, 0) + 1
+    fresh = sum(1 for _, reasons in report if not reasons)
+    print(f"{len(report)} rows: {fresh} current; stale by reason: {counts}")
 
 
 if __name__ == "__main__":
