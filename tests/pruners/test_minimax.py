@@ -302,3 +302,56 @@ def test_resume_refuses_a_checkpoint_from_other_options(model_dir, calib, tmp_pa
         assert run("uniform", model_dir, "-o", tmp_path / "o", *args).exit_code == 130
     result = run("uniform", model_dir, "-o", tmp_path / "o", *args, "--lm-weight", "0.9", "--resume")
     assert result.exit_code == 9 and "different settings" in result.output
+
+
+def test_prox_soft_thresholds_the_pruned_scores_by_hand():
+    """One ``update`` with no score gradient: Adam leaves the scores alone, so only the proximal step
+    of ``(λ + y_ℓ)·‖z outside the kept set‖₁`` moves them: pruned scores shrink towards 0 by
+    ``lr·(λ + y_ℓ)`` (sign kept, clamped at 0), kept scores are untouched."""
+    model = make_tiny_model("llama")
+    adapter = ArchAdapter.for_model(model)
+    geom = adapter.geometry(model)  # 2 layers, 2 KV groups, 96 MLP channels
+    settings = PruneSettings(strategy="uniform", method="minimax", model="tiny", output="o", sparsity=0.4)
+    ctx = PruneContext(
+        model=model,
+        adapter=adapter,
+        tokenizer=None,
+        calib=None,
+        settings=settings,
+        device=torch.device("cpu"),
+        work_dir=None,
+    )
+    pruner = minimax.MinimaxPruner({"lr": 0.1, "prox": 0.5, "lora_rank": 0, "steps": 10})
+    z_a = torch.tensor([[0.3, -0.4], [0.1, 0.9]])
+    z_f = torch.stack([torch.full((96,), 0.25), torch.full((96,), -0.02)])
+    scores = {"z_a": z_a, "z_f": z_f, "prior_a": z_a.clone(), "prior_f": z_f.clone()}
+    method = minimax.MinimaxTraining(pruner, ctx, geom, None, scores, {})
+    method.begin_stage(0, None)
+    try:
+        # per-layer multipliers y_ℓ (attention row, MLP row): thresholds lr·(λ + y_ℓ)
+        method.y_layer.copy_(torch.tensor([[0.0, 1.0], [0.5, 0.0]]))  # attn 0.05, 0.15; MLP 0.1, 0.05
+        m_a = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view_as(method.z_a)
+        m_f = torch.zeros(2, 96)
+        m_f[:, :48] = 1.0
+        method.current = {
+            "sa": torch.tensor(1.0),
+            "sf": torch.tensor(48.0),
+            "m_a": m_a,
+            "m_f": m_f.view_as(method.z_f),
+            "frac": 0.6,
+            "violation": 0.0,
+            "layer_viol": torch.zeros(2, 2),
+        }
+        batch = training.Batch(
+            stage=0, step=0, rows=torch.arange(1), tokens=torch.zeros(1, 2, dtype=torch.long), global_rows=1
+        )
+        method.update(batch, {"loss": 0.0, "kl": 0.0, "lm": 0.0})
+    finally:
+        method.hooks.remove()
+    # attention: kept 0.3 and 0.9; pruned −0.4 → −(0.4 − 0.05) = −0.35; pruned 0.1 − 0.15 < 0 → 0
+    torch.testing.assert_close(method.z_a.detach().flatten(1), torch.tensor([[0.3, -0.35], [0.0, 0.9]]))
+    zf = method.z_f.detach().flatten(1)
+    torch.testing.assert_close(zf[0, :48], torch.full((48,), 0.25))  # kept
+    torch.testing.assert_close(zf[0, 48:], torch.full((48,), 0.15))  # 0.25 − 0.1
+    torch.testing.assert_close(zf[1, :48], torch.full((48,), -0.02))  # kept
+    assert torch.equal(zf[1, 48:], torch.zeros(48))  # |−0.02| < 0.05: exactly 0

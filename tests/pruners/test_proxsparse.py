@@ -4,6 +4,7 @@ plain-transformers reload, stages, init masks, bf16 masters, resume, errors."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from llmprune.core.prox import share_24
 from llmprune.pruners.base import default_method
-from llmprune.pruners.proxsparse import ProxSparseTraining
+from llmprune.pruners.proxsparse import ProxSparsePruner, ProxSparseTraining
 from llmprune.train import loop as training
 
 SMALL = ["--seqlen", "32", "--nsamples", "8", "--batch-size", "4"]
@@ -271,3 +272,34 @@ def test_refit_obs_keeps_the_learned_mask_and_updates_kept_weights(model_dir, ca
         else:
             assert torch.equal(w, before[key])
     assert updated > 0
+
+
+def test_lambda_is_scale_free_per_matrix():
+    """λ = λ₁ / rms(W₀) in the prox metric: a matrix and the same matrix ×10 get λ's in the ratio
+    10 : 1, and one training step's prox gives ×10 the weights (the same masks)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 32, generator=g)
+    targets = {"a": torch.nn.Linear(32, 8, bias=False), "b": torch.nn.Linear(32, 8, bias=False)}
+    w0 = {"a": w.clone(), "b": 10.0 * w}
+    col = torch.rand(32, generator=g) + 0.5  # activation norms (--metric wanda), normalised to rms 1
+    scales = {n: col / col.pow(2).mean().sqrt() for n in targets}
+    ctx = SimpleNamespace(
+        adapter=SimpleNamespace(layers=lambda model: [None]), model=None, device=torch.device("cpu"), stream=None
+    )
+    pruner = ProxSparsePruner({"lambda1": 0.5, "steps": 4})
+    method = ProxSparseTraining(pruner, ctx, targets, {"a": 0, "b": 0}, w0, scales, None, [], {}, per_stage=1)
+    for name in targets:
+        assert method.lam[name] == pytest.approx(0.5 / float((w0[name] * scales[name]).pow(2).mean().sqrt()))
+    assert method.lam["a"] == pytest.approx(10.0 * method.lam["b"], rel=1e-6)
+
+    method.begin_stage(0, None)
+    batch = training.Batch(
+        stage=0, step=0, rows=torch.arange(1), tokens=torch.zeros(1, 2, dtype=torch.long), global_rows=1
+    )
+    method.step(batch, lambda tokens: torch.zeros(1, 2, 5))  # no gradient reaches the weights: the prox alone
+    method.update(batch, {"loss": 0.0})
+    a, b = method.masters["a"].detach(), method.masters["b"].detach()
+    assert not torch.allclose(a, w, atol=1e-3)  # the prox moved the weights
+    torch.testing.assert_close(b, 10.0 * a, rtol=1e-4, atol=1e-4)
+    method.end_stage(0)
+    assert torch.equal(method.masks["a"], method.masks["b"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,7 +28,15 @@ from llmprune.pruners.tyr.local_prune import (
     unit_scores,
 )
 from llmprune.pruners.tyr.pruner import TyrOptions
-from llmprune.pruners.tyr.search import SearchSpace, cross_ratio, mutate
+from llmprune.pruners.tyr.search import (
+    Evaluator,
+    IterationState,
+    SearchConfig,
+    SearchSpace,
+    cross_ratio,
+    mutate,
+    run_generations,
+)
 from llmprune.pruners.tyr.supernet import (
     KEYS,
     LEVELS,
@@ -587,3 +597,85 @@ def test_cli_global_end_to_end_and_eval(tmp_path, tiny_model_dir, tiny_text):
         app, args[:3] + [str(tmp_path / "bad"), "--select-tokens", "64,32", "--calib", str(tiny_text)]
     )
     assert bad.exit_code == 2 and "select-tokens" in bad.output
+
+
+# ----- fitness: KL(dense ‖ pruned) on the dense top-k -----------------------------------------
+# A stand-in model over a 3-token vocabulary: each input token id yields a fixed row of logits, and
+# ``state`` picks which table (the dense model or a pruned candidate) is in place.
+_LN = torch.log(torch.tensor([1.0, 2.0, 3.0, 6.0]))
+_ONE, _TWO, _THREE, _SIX = _LN.tolist()
+_TABLES = {
+    # token 0: p = (6, 2, 1)/9, top-2 renormalised p̃ = (3/4, 1/4) on tokens (0, 1)
+    # token 1: p = (2, 6, 1)/9, top-2 renormalised p̃ = (3/4, 1/4) on tokens (1, 0)
+    "dense": [[_SIX, _TWO, _ONE], [_TWO, _SIX, _ONE]],
+    "A": [[_TWO, _ONE, _ONE], [_ONE, _ONE, _ONE]],  # q = (1/2, 1/4, 1/4); uniform
+    "B": [[_ONE, _TWO, _ONE], [_ONE, _ONE, _ONE]],  # q = (1/4, 1/2, 1/4); uniform
+    "P": [[_ONE, _ONE, _ONE], [_ONE, _ONE, _ONE]],  # uniform; uniform
+}
+_LOG = math.log
+_KL = {  # KL(p̃ ‖ q) = Σ p̃ log(p̃ / q) for token 0
+    "dense": _LOG(9 / 8),  # −log of the dense top-2 mass 8/9
+    "A": 0.75 * _LOG(1.5) + 0.25 * _LOG(1.0),
+    "B": 0.75 * _LOG(3.0) + 0.25 * _LOG(0.5),
+    "P": 0.75 * _LOG(2.25) + 0.25 * _LOG(0.75),
+}
+
+
+class _TableModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=3)
+        self.state = "dense"
+
+    def forward(self, tokens: torch.Tensor, use_cache: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(logits=torch.tensor(_TABLES[self.state])[tokens])
+
+
+def _evaluator(model: _TableModel, tokens: torch.Tensor) -> Evaluator:
+    adapter = SimpleNamespace(layers=lambda m: [])  # no projections: candidates are swapped by hand
+    return Evaluator(model, adapter, tokens, topk=2, device=torch.device("cpu"), batch_size=1)
+
+
+def test_search_fitness_is_the_top_k_kl_computed_by_hand():
+    model = _TableModel()
+    ev = _evaluator(model, torch.tensor([[0], [1]]))
+    assert ev.top_idx.tolist() == [[[0, 1]], [[1, 0]]]
+    torch.testing.assert_close(ev.top_logp.exp(), torch.tensor([[[0.75, 0.25]], [[0.75, 0.25]]]))
+    first, second = torch.tensor([0]), torch.tensor([1])
+    for state in ("dense", "A", "B", "P"):
+        model.state = state
+        assert ev.kl(first) == pytest.approx(_KL[state], rel=1e-5)
+    assert _KL["A"] < _KL["P"] < _KL["B"]  # 0.304 < 0.536 < 0.651
+    # the second token: p̃ on (1, 0); A and B are uniform there, like P
+    model.state = "A"
+    assert ev.kl(second) == pytest.approx(_KL["P"], rel=1e-5)
+    assert ev.kl(torch.tensor([0, 1])) == pytest.approx((_KL["A"] + _KL["P"]) / 2, rel=1e-5)  # mean over tokens
+    model.state = "dense"
+    assert ev.kl(second) == pytest.approx(_KL["dense"], rel=1e-5)
+
+
+def test_search_keeps_the_candidate_with_the_lower_kl(monkeypatch):
+    """Parent P and two offspring: A (lower KL than P) and B (higher). The generation must end on A
+    with A's KL as the fitness; an objective that maximised the divergence would pick B."""
+    import llmprune.pruners.tyr.search as search_mod
+
+    model = _TableModel()
+    ev = _evaluator(model, torch.tensor([[0]]))
+    # two "o" modules whose levels keep 0..8 units at one parameter per unit: (1, −1) and (−1, 1)
+    # are budget-preserving swaps from (0, 0)
+    unit = SimpleNamespace(params=lambda kept: kept)
+    space = SearchSpace([(0, "o"), (1, "o")], [list(range(9)), list(range(9))], {"o": unit})
+    by_first = {4: "P", 5: "A", 3: "B"}  # units kept by module 0 → candidate
+    monkeypatch.setattr(ev, "load", lambda supernet, kept: setattr(model, "state", by_first[kept[(0, "o")]]))
+    children = iter([(1, -1), (-1, 1)])
+    monkeypatch.setattr(search_mod, "mutate", lambda *a, **k: next(children, (1, -1)))
+    gen = torch.Generator().manual_seed(0)
+    state = IterationState(
+        iteration=0, generation=0, parent=(0, 0), parent_fitness=None, centers={}, rng=gen.get_state()
+    )
+    config = SearchConfig(generations=1, offspring=2, select_tokens=(1, 1, 1), survivors=(2, 2))
+    out = run_generations(space, SimpleNamespace(), ev, config, state, gen, 0.125, lambda s: None)
+    assert out.log[0]["best_fitness"] == pytest.approx(_KL["P"], rel=1e-5)  # generation 0: the parent
+    assert out.parent == (1, -1)
+    assert out.parent_fitness == pytest.approx(_KL["A"], rel=1e-5)
+    assert out.log[1]["improved"] is True
