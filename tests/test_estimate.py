@@ -224,3 +224,31 @@ def test_memory_per_layer_is_the_estimates_slope(tmp_path, method):
     for a, b in ((1, 2), (2, 3)):
         measured = peaks[b] - peaks[a]
         assert abs(measured - per_layer) <= 0.05 * per_layer, (a, b, measured / per_layer)
+
+
+def test_a_plan_for_a_gpu_this_machine_lacks_assumes_80_gib_and_says_so(tmp_path, monkeypatch):
+    """``semi24 <8B config> --device cuda --estimate`` on a laptop printed 150 GiB: with no budget,
+    ``--layers-per-stage auto`` took every layer. It now plans for an assumed 80 GiB device (a plan
+    that GPU would accept) and prints the assumption; ``--gpu-memory`` still plans for another."""
+    from transformers import LlamaConfig
+
+    from llmprune.runtime import memory
+
+    monkeypatch.setattr(memory, "device_type", lambda device: "cuda" if device.startswith("cuda") else "cpu")
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    folder = tmp_path / "llama8b"
+    folder.mkdir()
+    LlamaConfig(**LLAMA_8B).save_pretrained(folder)
+    common = ["semi24", folder, "--method", "proxsparse", "--device", "cuda", "--dtype", "bfloat16", "--estimate"]
+    result = run_cli(*common, "--json", tmp_path / "plan.json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["settings"]["device_budget_gib"] == memory.ASSUMED_GPU_GIB and plan["settings"]["device_budget_assumed"]
+    assert plan["peak_device_gib"] <= memory.ASSUMED_GPU_GIB < 150  # staged to fit, not every layer at once
+    assert plan["settings"]["layers_per_stage"] < LLAMA_8B["num_hidden_layers"]
+    assert "assumed" in result.output
+    result = run_cli(*common, "--gpu-memory", "40", "--json", tmp_path / "plan40.json")
+    plan40 = json.loads((tmp_path / "plan40.json").read_text())
+    assert not plan40["settings"]["device_budget_assumed"] and plan40["peak_device_gib"] <= 40

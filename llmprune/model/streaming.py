@@ -165,4 +165,4 @@ def weights_fit(weight_bytes: int, settings: Any) -> bool:
     device budget (``--gpu-memory`` or the free GPU memory)? The other half is for activations,
     the loss head and the trainable state."""
     budget = memory_budget(settings)
-    return budget is None or weight_bytes <= budget / 2
+    return weight_bytes <= budget / 2

@@ -184,7 +184,7 @@ class ProxSparsePruner(Pruner):
         if value != "auto":
             return int(value) or n_layers
 
-        def choose() -> tuple[int, float, int | None]:
+        def choose() -> tuple[int, float, int]:
             # the estimate counts the model's weights, which are already loaded: add them back
             loaded = sum(
                 p.numel() * p.element_size() for p in ctx.model.parameters() if p.device.type == ctx.device.type
@@ -195,7 +195,7 @@ class ProxSparsePruner(Pruner):
             return k, self.resources_at(q, k).peak_device(q) / GIB, budget
 
         k, peak, budget = distributed.on_main(choose)
-        room = f"{budget / GIB:.1f} GiB" if budget is not None else "an unknown budget"
+        room = f"{budget / GIB:.1f} GiB"
         if k < n_layers:  # staging changes the run: say so (all layers, the usual case, is in the report only)
             ctx.progress.log(
                 f"proxsparse: --layers-per-stage auto: {k} of {n_layers} layers per stage "
@@ -204,7 +204,7 @@ class ProxSparsePruner(Pruner):
         self.auto_staging = {
             "layers_per_stage": k,
             "predicted_peak_gib": peak,
-            "budget_gib": None if budget is None else budget / GIB,
+            "budget_gib": budget / GIB,
         }
         return k
 

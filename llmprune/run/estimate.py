@@ -137,6 +137,8 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
         "batch_size": q.batch,
         "ranks": ranks,
         "stream_weights": bool(stream),
+        "device_budget_gib": None if q.budget is None else round(q.budget / GIB, 3),
+        "device_budget_assumed": memory.budget_assumed(settings),
         **q.options,
         **res.shown,
     }
@@ -161,13 +163,11 @@ def streams(pruner: type[Pruner]) -> bool:
 
 def streaming_needed(settings: Any, config: Any, ranks: int = 1) -> bool:
     """``--stream-weights auto`` resolved: on a GPU, stream when the estimate with the weights on
-    the device (and ``--layers-per-stage auto`` chosen that way) exceeds the memory budget; never
-    on the CPU or without a budget to plan for (``--estimate --device cuda`` without ``--gpu-memory``)."""
+    the device (and ``--layers-per-stage auto`` chosen that way) exceeds the memory budget (on a
+    machine without the GPU, an assumed :data:`~llmprune.runtime.memory.ASSUMED_GPU_GIB`); never on the CPU."""
     if memory.device_type(settings.device) != "cuda":
         return False
     budget = memory.memory_budget(settings)
-    if budget is None:
-        return False
     plain = estimate(settings.model_copy(update={"stream_weights": "off"}), config, ranks)
     return plain.peak_device_gib * GIB > budget
 
@@ -231,6 +231,14 @@ def print_estimate(est: Estimate) -> None:
     table = Table(title=f"llmprune {est.method}: predicted resources ({est.settings['model']})")
     table.add_column("quantity")
     table.add_column("predicted", justify="right")
+    budget = est.settings.get("device_budget_gib")
+    if budget is not None:
+        note = (
+            f" (assumed: no {est.settings['device']} device here; --gpu-memory GIB plans for another)"
+            if est.settings.get("device_budget_assumed")
+            else ""
+        )
+        table.add_row("device budget", f"{budget:.1f} GiB{note}")
     table.add_row("peak device memory", f"{est.peak_device_gib:.2f} GiB ({est.settings['device']})")
     for name, gib in est.terms.items():
         table.add_row(f"  {name}", f"{gib:.2f} GiB")

@@ -21,19 +21,31 @@ def device_type(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def memory_budget(settings: Any, in_use: int = 0) -> int | None:
+#: The device size a plan assumes when it names a CUDA device this machine does not have and
+#: ``--gpu-memory`` is not given (``--estimate --device cuda`` on a laptop): printed as an assumption.
+ASSUMED_GPU_GIB = 80.0
+
+
+def budget_assumed(settings: Any) -> bool:
+    """True when :func:`memory_budget` plans for :data:`ASSUMED_GPU_GIB` (no such device here)."""
+    if device_type(settings.device) != "cuda" or getattr(settings, "gpu_memory", None) is not None:
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def memory_budget(settings: Any, in_use: int = 0) -> int:
     """Bytes the predicted peak must fit: ``--gpu-memory`` if given, else the free memory of the
-    CUDA device (None when this machine has none, e.g. ``--estimate --device cuda`` on a laptop),
-    else (CPU) the available host RAM. ``in_use``: bytes of what the estimate counts that is
-    already loaded (the model's weights, during a run), added back to the free memory."""
+    CUDA device (:data:`ASSUMED_GPU_GIB` when this machine has none, so that a plan for a GPU is
+    one that GPU would accept), else (CPU) the available host RAM. ``in_use``: bytes of what the
+    estimate counts that is already loaded (the model's weights, during a run), added back."""
     if device_type(settings.device) == "cuda":
         gib = getattr(settings, "gpu_memory", None)
         if gib is not None:
             return int(gib * GIB)
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
+        if budget_assumed(settings):
+            return int(ASSUMED_GPU_GIB * GIB)
         return free_device_bytes(settings.device) + in_use
     return available_host_bytes() + in_use
 
