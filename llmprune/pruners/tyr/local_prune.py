@@ -44,12 +44,17 @@ ROUNDS = {"o": 1, "down": 16}
 FirstOrder = Literal["paper", "code", "none"]
 
 
+#: ``--percdamp``'s default (one source for the option and :class:`LocalSettings`): chosen on held-out
+#: calibration text (docs/benchmarks/select.md); methods.md's 0.01 over-regularises the refit.
+DEFAULT_PERCDAMP = 1e-4
+
+
 @dataclass(frozen=True)
 class LocalSettings:
     """The local pruner's options as the supernet and the final prune pass them on
-    (``--percdamp``, ``--first-order``, ``--mlp-rounds``)."""
+    (``--percdamp``, ``--first-order``, ``--mlp-rounds``); the defaults are the command line's."""
 
-    percdamp: float = 0.01
+    percdamp: float = DEFAULT_PERCDAMP
     first_order: FirstOrder = "none"
     mlp_rounds: int = ROUNDS["down"]
 

@@ -41,7 +41,7 @@ from llmprune.model.arch import Geometry
 from llmprune.model.plan import LayerPlan, PrunePlan, units_to_heads
 from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
 from llmprune.pruners.tyr.final_prune import prune_sequentially
-from llmprune.pruners.tyr.local_prune import ROUNDS, LocalSettings
+from llmprune.pruners.tyr.local_prune import DEFAULT_PERCDAMP, ROUNDS, LocalSettings
 from llmprune.pruners.tyr.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
 from llmprune.pruners.tyr.supernet import (
     KEYS,
@@ -104,7 +104,7 @@ class TyrOptions(BaseModel):
         description="Calibration sequences used by the search (default: all --nsamples); the supernet always uses all.",
     )
     percdamp: float = Field(
-        1e-4,
+        DEFAULT_PERCDAMP,
         ge=0.0,
         description="Hessian damping of the local pruner, as a fraction of mean(diag H) (the default: best "
         "on held-out calibration text, docs/benchmarks/select.md; methods.md's 0.01 over-regularises the "
