@@ -54,6 +54,7 @@ def test_gguf_logits_equal_the_folders(ref_gguf, dtype):
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
 
 
+@pytest.mark.slow
 def test_gguf_eval_matches_the_folder_under_dtype(ref_gguf, eval_text, tmp_path):
     reports = {}
     for name, model in (("gguf", ref_gguf), ("folder", REFMODEL)):
@@ -69,6 +70,7 @@ def test_gguf_eval_matches_the_folder_under_dtype(ref_gguf, eval_text, tmp_path)
     assert "input_model" not in reports["folder"]
 
 
+@pytest.mark.slow
 def test_prune_a_gguf_into_an_ordinary_folder_and_eval_it(ref_gguf, eval_text, tmp_path):
     out = tmp_path / "pruned"
     result = run("uniform", ref_gguf, "-o", out, "--method", "wanda", "--sparsity", "0.3", *FAST)
@@ -100,6 +102,7 @@ def test_prune_a_gguf_into_an_ordinary_folder_and_eval_it(ref_gguf, eval_text, t
     assert history[0]["model"] == str(ref_gguf) and history[0]["input_model"]["quantization"] == "F32"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["semi24", "global"])
 def test_other_strategies_take_a_gguf(ref_gguf, tmp_path, strategy):
     extra = ("--sparsity", "0.3") if strategy == "global" else ()
@@ -156,12 +159,9 @@ def _bad_files(ref_gguf: Path, folder: Path) -> dict[str, tuple[Path, int, str]]
 def test_bad_gguf_files_are_one_line_and_write_nothing(ref_gguf, tmp_path):
     for name, (path, code, text) in _bad_files(ref_gguf, tmp_path).items():
         out = tmp_path / f"out_{name}"
-        commands = [
-            ("uniform", path, "-o", out, "--method", "wanda", *FAST),
-            ("eval", path, "--data", CALIB),
-            ("inspect", path),
-            ("semi24", path, "--method", "magnitude", "--estimate"),
-        ]
+        commands = [("uniform", path, "-o", out, "--method", "wanda", *FAST)]
+        if name in ("truncated", "foreign"):  # every command reads the file through the same check
+            commands += [("eval", path, "--data", CALIB), ("inspect", path), ("semi24", path, "--estimate")]
         for args in commands:
             result = run(*args)
             lines = result.output.strip().splitlines()

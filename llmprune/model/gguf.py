@@ -221,7 +221,7 @@ def plain_config(config: Any, dtype: torch.dtype | None) -> Any:
     return config
 
 
-def load_model(name: str | Path, dtype: torch.dtype) -> torch.nn.Module:
+def load_model(name: str | Path, dtype: torch.dtype) -> Any:
     """The file's model, dequantized into ``dtype``, as a plain transformers model (saves and exports
     like any other): the dequantized tensors are moved (not copied) into a model built from the
     config on the meta device."""
@@ -244,7 +244,7 @@ def load_model(name: str | Path, dtype: torch.dtype) -> torch.nn.Module:
     return plain_model(loaded, plain_config(config, dtype), dtype)
 
 
-def plain_model(loaded: torch.nn.Module, config: Any, dtype: torch.dtype) -> torch.nn.Module:
+def plain_model(loaded: Any, config: Any, dtype: torch.dtype) -> Any:
     """``loaded``'s parameters and buffers in a model built from ``config`` (no quantizer attached)."""
     from transformers import AutoModelForCausalLM
 
