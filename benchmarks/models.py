@@ -117,7 +117,8 @@ def convert(gguf_file: Path, folder: Path, source: dict) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         portable_tokenizer_config(staging)
-        info = {**source, "gguf": describe(gguf_file, with_sha256=False)}
+        described = describe(gguf_file, with_sha256=False)  # its path was a temporary one
+        info = {**source, "gguf": {k: v for k, v in described.items() if k != "file"}}
         (staging / SOURCE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         apply_umask(staging)
         staging.rename(folder)
