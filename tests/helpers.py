@@ -170,8 +170,8 @@ _LLAMA_CPP_NAMES = {
 def write_gguf(folder: Path, out: Path, tensor_type: str = "F32", architecture: str = "llama") -> Path:
     """Write a Llama model folder (byte-level BPE tokenizer, e.g. the reference model) as a GGUF file
     the way llama.cpp's converter does: its metadata keys, tensor names, q/k row order and a gpt2
-    tokenizer. ``tensor_type`` F32 or F16 (norms stay F32); ``architecture`` other than llama
-    writes the same tensors under that name (an architecture llmprune does not read)."""
+    tokenizer. ``tensor_type`` F32, F16 or Q8_0 (the matrices; norms stay F32); ``architecture``
+    other than llama writes the same tensors under that name (an architecture llmprune does not read)."""
     import gguf
     import numpy as np
     from safetensors.torch import load_file
@@ -190,8 +190,8 @@ def write_gguf(folder: Path, out: Path, tensor_type: str = "F32", architecture: 
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
     writer.add_vocab_size(config["vocab_size"])
-    half = tensor_type == "F16"
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if half else gguf.LlamaFileType.ALL_F32)
+    file_types = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0"}
+    writer.add_file_type(gguf.LlamaFileType[file_types[tensor_type]])
     vocab = tok["model"]["vocab"]
     tokens = sorted(vocab, key=vocab.__getitem__)
     special = {added["id"] for added in tok["added_tokens"] if added["special"]}
@@ -222,8 +222,14 @@ def write_gguf(folder: Path, out: Path, tensor_type: str = "F32", architecture: 
                 array = _llama_cpp_permute(array, n_head, n_head)
             elif module_name == "self_attn.k_proj":
                 array = _llama_cpp_permute(array, n_head, n_kv)
-        array = array.astype(np.float16 if half and array.ndim == 2 else np.float32)
-        writer.add_tensor(name, np.ascontiguousarray(array))
+        array = np.ascontiguousarray(
+            array.astype(np.float16 if tensor_type == "F16" and array.ndim == 2 else np.float32)
+        )
+        if tensor_type == "Q8_0" and array.ndim == 2:
+            kind = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, gguf.quants.quantize(array, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -54,6 +54,26 @@ def test_gguf_logits_equal_the_folders(ref_gguf, dtype):
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
 
 
+def test_quantized_gguf_dequantizes_into_the_run_dtype(tmp_path):
+    """Q8_0 matrices: dequantized (close to the folder's values, not equal), the quantization type
+    recorded, a plain float32 model under ``--save-dtype auto``."""
+    from llmprune.model.loading import checkpoint_dtype, describe_input, load_config, load_model
+
+    path = write_gguf(REFMODEL, tmp_path / "q8.gguf", tensor_type="Q8_0")
+    assert checkpoint_dtype(load_config(str(path))) is None  # no float type: saved in float32
+    described = describe_input(str(path))
+    assert described is not None and described["quantization"] == "Q8_0"
+    assert described["tensor_types"] == {"Q8_0": 57, "F32": 17}
+    folder_model, _, _ = load_model(str(REFMODEL), torch.device("cpu"), torch.float32)
+    expected = folder_model.model.layers[0].mlp.down_proj.weight
+    for dtype in (torch.float32, torch.bfloat16):
+        model, _, _ = load_model(str(path), torch.device("cpu"), dtype)
+        weight = model.model.layers[0].mlp.down_proj.weight
+        assert weight.dtype == dtype and not torch.equal(weight.float(), expected)
+        assert (weight.float() - expected).abs().max() <= expected.abs().max() / 100
+        assert getattr(model.config, "quantization_config", None) is None
+
+
 @pytest.mark.slow
 def test_gguf_eval_matches_the_folder_under_dtype(ref_gguf, eval_text, tmp_path):
     reports = {}
