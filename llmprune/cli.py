@@ -147,7 +147,9 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
             "model",
             str,
             typer.Argument(
-                ..., help="Hub id (e.g. meta-llama/Llama-3.1-8B) or local model folder.", show_default=False
+                ...,
+                help="Hub id (e.g. meta-llama/Llama-3.1-8B), local model folder, or .gguf file (needs the gguf extra).",
+                show_default=False,
             ),
         ),
         (
@@ -644,7 +646,7 @@ app.command(name="recover", help=RECOVER_HELP)(_recover_command())
 @friendly_errors
 def eval_command(
     model: str = typer.Argument(
-        ..., help="Hub id, local model folder, or an llmprune output folder.", show_default=False
+        ..., help="Hub id, local model folder, .gguf file, or an llmprune output folder.", show_default=False
     ),
     data: Optional[str] = typer.Option(
         None,
@@ -716,11 +718,11 @@ def eval_command(
 @friendly_errors
 def inspect_command(
     folder: str = typer.Argument(
-        ..., help="A model folder (llmprune output or any HF model folder).", show_default=False
+        ..., help="A model folder (llmprune output or any HF model folder) or a .gguf file.", show_default=False
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the description as JSON instead of tables."),
 ) -> None:
-    """Describe a model folder: how it was pruned, per-layer widths or 2:4 coverage, parameter counts,
+    """Describe a model folder or GGUF file: how it was pruned, per-layer widths or 2:4 coverage, parameter counts,
     and whether it loads without custom code. Reads headers only, never the weights."""
     import json
 

@@ -143,3 +143,95 @@ def run_cli(*args):
     from llmprune.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _llama_cpp_permute(weight, n_head: int, n_kv: int):
+    """llama.cpp's row order of a q/k projection (its converter's ``permute``; transformers undoes it)."""
+    heads = n_kv if n_kv != n_head else n_head
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
+
+
+#: transformers' Llama module names → llama.cpp's (``blk.N.`` + name).
+_LLAMA_CPP_NAMES = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def write_gguf(folder: Path, out: Path, tensor_type: str = "F32", architecture: str = "llama") -> Path:
+    """Write a Llama model folder (byte-level BPE tokenizer, e.g. the reference model) as a GGUF file
+    the way llama.cpp's converter does: its metadata keys, tensor names, q/k row order and a gpt2
+    tokenizer. ``tensor_type`` F32, F16 or Q8_0 (the matrices; norms stay F32); ``architecture``
+    other than llama writes the same tensors under that name (an architecture llmprune does not read)."""
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / "config.json").read_text())
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    writer = gguf.GGUFWriter(str(out), architecture)
+    writer.add_name(folder.name)
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_rope_dimension_count(config["head_dim"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
+    writer.add_vocab_size(config["vocab_size"])
+    file_types = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0"}
+    writer.add_file_type(gguf.LlamaFileType[file_types[tensor_type]])
+    vocab = tok["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    special = {added["id"] for added in tok["added_tokens"] if added["special"]}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(
+        [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))]
+    )
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    writer.add_bos_token_id(config["bos_token_id"])
+    writer.add_eos_token_id(config["eos_token_id"])
+    writer.add_add_bos_token(False)
+    n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
+    for key, tensor in load_file(str(folder / "model.safetensors")).items():
+        array = tensor.float().numpy()
+        if key == "model.embed_tokens.weight":
+            name = "token_embd.weight"
+        elif key == "model.norm.weight":
+            name = "output_norm.weight"
+        elif key == "lm_head.weight":
+            name = "output.weight"
+        else:
+            _, _, index, *module, _ = key.split(".")
+            module_name = ".".join(module)
+            name = f"blk.{index}.{_LLAMA_CPP_NAMES[module_name]}.weight"
+            if module_name == "self_attn.q_proj":
+                array = _llama_cpp_permute(array, n_head, n_head)
+            elif module_name == "self_attn.k_proj":
+                array = _llama_cpp_permute(array, n_head, n_kv)
+        array = np.ascontiguousarray(
+            array.astype(np.float16 if tensor_type == "F16" and array.ndim == 2 else np.float32)
+        )
+        if tensor_type == "Q8_0" and array.ndim == 2:
+            kind = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, gguf.quants.quantize(array, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out

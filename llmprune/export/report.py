@@ -76,6 +76,7 @@ class PruneReport(BaseModel):
     strategy: str | None = None
     method: str | None = None
     settings: dict[str, Any] = {}  # PruneSettings, as JSON
+    input_model: dict[str, Any] | None = None  # an input its path does not describe: a GGUF file's sha256, quantization
     options: dict[str, Any] = {}  # the method's validated Options, as JSON
     seed: int | None = None
     device: str | None = None
@@ -127,7 +128,7 @@ class PruneReport(BaseModel):
 
     def as_history_step(self) -> HistoryStep:
         """This run as one entry of the history of a model pruned from its output."""
-        return HistoryStep(
+        step = HistoryStep(
             strategy=self.strategy,
             method=self.method,
             achieved_sparsity=self.achieved_sparsity,
@@ -135,6 +136,9 @@ class PruneReport(BaseModel):
             calibration=self.calibration,
             model=self.settings.get("model"),
         )
+        if self.input_model is not None:  # a GGUF input's sha256 and quantization stay with its step
+            step = HistoryStep.model_validate({**step.model_dump(exclude_unset=True), "input_model": self.input_model})
+        return step
 
     def pruning_history(self) -> list[HistoryStep]:
         """Every pruning applied to this output, oldest first (the history a further run inherits)."""

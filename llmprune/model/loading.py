@@ -1,4 +1,5 @@
-"""Load a causal LM and its tokenizer from a hub id or a local folder, with clear errors."""
+"""Load a causal LM and its tokenizer from a hub id, a local folder or a GGUF file (:mod:`llmprune.model.gguf`),
+with clear errors."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, cast
 import torch
 
 from llmprune.errors import ModelLoadError, UnsupportedArchitectureError, UsageError
+from llmprune.model import gguf
 from llmprune.model.arch import ArchAdapter
 from llmprune.model.completeness import check_loading_info
 from llmprune.model.hub import require_hub
@@ -99,6 +101,10 @@ def load_config(name: str) -> Any:
     from llmprune.model.hetero import register_auto_classes
 
     register_auto_classes()  # heterogeneous-width outputs of `llmprune global` load without remote code
+    if gguf.is_gguf(name):  # a llama.cpp file: the config from its metadata (header only)
+        config = gguf.load_config(name)
+        ArchAdapter.for_config(config)
+        return config
     path = Path(name).expanduser()
     if _looks_local(name):
         if not path.exists():
@@ -131,6 +137,11 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype):
     config = load_config(name)
     adapter = ArchAdapter.for_config(config)
     source = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+    if gguf.is_gguf(name):
+        model = gguf.load_model(name, dtype)
+        model.to(device).eval()
+        model.config.use_cache = False
+        return model, adapter, load_tokenizer(source)
     try:
         # With output_loading_info the call returns (model, info); the stubs only know the model.
         model, info = cast(
@@ -149,10 +160,18 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype):
 def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
+    if gguf.is_gguf(source):
+        return gguf.load_tokenizer(source)
     try:
         return AutoTokenizer.from_pretrained(source)
     except Exception as err:
         raise ModelLoadError(f"cannot load tokenizer from {source!r}: {_first_line(err)}") from err
+
+
+def describe_input(name: str) -> dict[str, Any] | None:
+    """What a report records about an input that is not a folder (a GGUF file: sha256 and
+    quantization type); None for a folder or hub id, which the settings' ``model`` describes."""
+    return gguf.describe(name) if gguf.is_gguf(name) else None
 
 
 def _config_model_type(folder: Path) -> str | None:

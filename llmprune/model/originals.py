@@ -5,7 +5,7 @@ point, the OBS refit) used to keep a float32 copy of every targeted weight in ho
 at 8B, 280 GB at 70B. :class:`OriginalWeights` instead memory-maps the input safetensors (the OS
 pages them in and out; nothing is pinned) and hands out one weight at a time, cast to the dtype
 the model was loaded in (so its values are exactly those the model started with) and then to
-float32 for the arithmetic. When the checkpoint cannot serve a weight (not safetensors, a key
+float32 for the arithmetic. When the checkpoint cannot serve a weight (not safetensors, e.g. a GGUF file, a key
 renamed by transformers' conversion, a shape that differs, values that differ from the loaded
 model) it falls back to a copy in the model's own dtype, never float32.
 """
@@ -21,8 +21,12 @@ from torch import nn
 
 
 def safetensors_files(model: str) -> list[Path]:
-    """The ``*.safetensors`` files of a local folder, or of a hub id's cached snapshot (no download)."""
+    """The ``*.safetensors`` files of a local folder, or of a hub id's cached snapshot (no download);
+    none for a single-file input (a GGUF file: its quantized tensors cannot be memory-mapped as the
+    model's weights, so every weight is a copy)."""
     folder = Path(model).expanduser()
+    if folder.is_file():
+        return []
     if not folder.is_dir():
         try:
             from huggingface_hub import snapshot_download

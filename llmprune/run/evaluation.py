@@ -16,6 +16,7 @@ from llmprune.export.report import HistoryStep, PruneReport
 from llmprune.export.save import SPARSITY_FILE
 from llmprune.model.loading import (
     checkpoint_dtype,
+    describe_input,
     load_config,
     load_model,
     resolve_device,
@@ -131,6 +132,9 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict[s
     dtype = resolve_dtype(settings.dtype, device, checkpoint_dtype(config))
     model, adapter, tokenizer = load_model(settings.model, device, dtype)
     report: dict[str, Any] = {"model": settings.model, "data": data}
+    described = describe_input(settings.model)
+    if described is not None:  # a GGUF file: its sha256 and quantization type
+        report["input_model"] = described
     if data is not None:
         windows = evaluation_windows(tokenizer, data, seqlen)
         same = calibrated_on(settings.model, data)

@@ -1,7 +1,8 @@
-"""``llmprune inspect``: describe a model folder without loading its weights.
+"""``llmprune inspect``: describe a model folder or a GGUF file without loading its weights.
 
 Reads the config, the llmprune plan/report/sidecar, and the safetensors headers (shapes only),
-and checks on the meta device whether the config instantiates with plain transformers.
+and checks on the meta device whether the config instantiates with plain transformers. A GGUF
+file: its metadata and tensor table (:mod:`llmprune.model.gguf`), with its quantization type.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from llmprune.errors import ModelLoadError, UnsupportedArchitectureError
 from llmprune.export.report import PruneReport
 from llmprune.export.save import SPARSITY_FILE
+from llmprune.model import gguf
 from llmprune.model.arch import ArchAdapter, family_named
 from llmprune.model.completeness import expected_tensors, missing_tensor_error
 from llmprune.model.plan import PLAN_FILE
@@ -98,6 +100,8 @@ def _adapter(config: dict[str, Any]) -> ArchAdapter:
 
 
 def inspect_folder(path: str) -> dict[str, Any]:
+    if gguf.is_gguf(path):
+        return inspect_gguf(path)
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ModelLoadError(f"not a model folder: {path}")
@@ -108,6 +112,43 @@ def inspect_folder(path: str) -> dict[str, Any]:
     if not shapes:
         raise ModelLoadError(f"no safetensors weights in {path}")
     check_complete(folder, shapes)
+    report = PruneReport.load(folder)
+    sidecar = _read_json(folder / SPARSITY_FILE)
+    ok, how = loads_without_custom_code(folder)
+    info = describe(folder, config, shapes, report, sidecar)
+    info.update(has_plan=(folder / PLAN_FILE).is_file(), loads_without_custom_code=ok, loading=how)
+    return info
+
+
+def inspect_gguf(path: str) -> dict[str, Any]:
+    """A GGUF file: its metadata as a config, its tensor table under transformers' names (no tensor
+    data is read), its quantization; never an llmprune output."""
+    from llmprune.model.loading import load_config
+
+    header = gguf.read_header(path)
+    config = load_config(path)
+    shapes = header.hf_shapes()
+    expected = expected_tensors(config)
+    if expected is not None and expected - set(shapes):
+        raise missing_tensor_error(expected - set(shapes), f"GGUF file {path}")
+    info = describe(Path(path).expanduser(), config.to_dict(), shapes, None, None)
+    info.update(
+        has_plan=False,
+        loads_without_custom_code=True,
+        loading=f"transformers from_pretrained(gguf_file=...) dequantizes it ({config.model_type})",
+        gguf=gguf.describe(path, header, with_sha256=False),
+    )
+    return info
+
+
+def describe(
+    folder: Path,
+    config: dict[str, Any],
+    shapes: dict[str, tuple[int, ...]],
+    report: PruneReport | None,
+    sidecar: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The description common to folders and GGUF files: pruning record, counts, per-layer widths."""
     adapter = _adapter(config)
     linears = {name: where for name in shapes if (where := adapter.parse_linear_weight(name)) is not None}
     per_layer: dict[int, dict[str, tuple[int, ...]]] = {}
@@ -125,9 +166,6 @@ def inspect_folder(path: str) -> dict[str, Any]:
                 "channels": mods["down"][1] if "down" in mods else 0,
             }
         )
-    report = PruneReport.load(folder)
-    sidecar = _read_json(folder / SPARSITY_FILE)
-    ok, how = loads_without_custom_code(folder)
     linear = sum(_numel(shapes[name]) for name in linears)
     info: dict[str, Any] = {
         "folder": str(folder),
@@ -145,9 +183,6 @@ def inspect_folder(path: str) -> dict[str, Any]:
         "semi24": sidecar is not None,
         "semi24_targets": len(sidecar["targets"]) if sidecar else 0,
         "semi24_zero_fraction": sidecar.get("zero_fraction") if sidecar else None,
-        "has_plan": (folder / PLAN_FILE).is_file(),
-        "loads_without_custom_code": ok,
-        "loading": how,
     }
     return info
 

@@ -18,7 +18,7 @@ from llmprune.export.report import HistoryStep, PruneReport, package_versions
 from llmprune.export.save import save_pruned
 from llmprune.model.alignment import Alignment, alignment_report
 from llmprune.model.arch import ArchAdapter, Geometry
-from llmprune.model.loading import load_model
+from llmprune.model.loading import describe_input, load_model
 from llmprune.model.plan import PrunePlan
 from llmprune.model.streaming import HOST, WeightStream, active, streamed, streaming_on, weights_fit
 from llmprune.model.surgery import apply_plan, exported_config
@@ -48,6 +48,13 @@ def previous_pruning(model: str) -> list[HistoryStep]:
     """The pruning history of an input that is itself an llmprune output (stacking, e.g. uniform → 2:4)."""
     previous = PruneReport.load(model)
     return previous.pruning_history() if previous is not None else []
+
+
+def input_model(model: str) -> dict[str, Any]:
+    """``{"input_model": ...}`` for an input the path alone does not describe (a GGUF file: its
+    sha256 and quantization type), else nothing."""
+    described = describe_input(model)
+    return {"input_model": described} if described is not None else {}
 
 
 def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> PruneReport:
@@ -229,6 +236,7 @@ def report_fields(
         "strategy": settings.strategy,
         "method": settings.method,
         "settings": settings.model_dump(mode="json"),
+        **input_model(settings.model),
         "options": pruner.options.model_dump(mode="json"),
         "seed": settings.seed,
         "device": str(run.device),

@@ -131,6 +131,9 @@ def print_inspect(info: dict[str, Any]) -> None:
     table.add_column("", style="bold")
     table.add_column("")
     table.add_row("model type", str(info["model_type"]))
+    if info.get("gguf"):
+        kinds = ", ".join(f"{k} {n}" for k, n in info["gguf"]["tensor_types"].items())
+        table.add_row("GGUF", f"{info['gguf']['quantization']} (tensors: {kinds})")
     if info["pruned_by_llmprune"]:
         table.add_row(
             "pruned by",
