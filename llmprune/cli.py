@@ -757,11 +757,14 @@ def remask_command(
         show_default=False,
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    save_dtype: str = typer.Option(
+        "auto", help="Dtype of the exported weights: auto (MODEL's), float32, bfloat16, float16."
+    ),
 ) -> None:
     """Re-apply a 2:4 output's zero pattern after fine-tuning (a merged LoRA makes every weight dense)."""
     from llmprune.run.remask import remask
 
-    report = remask(model, like, output, overwrite)
+    report = remask(model, like, output, overwrite, save_dtype)
     console.print(f"restored 2:4 in {output} ({report['zeros_restored']} weights zeroed again)", highlight=False)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import sys
 import types
 
@@ -68,6 +69,68 @@ def test_hub_dataset_failure_is_a_clear_error(monkeypatch):
     fake_datasets(monkeypatch, offline)
     with pytest.raises(DataError, match="cannot load hub dataset 'wikitext2'.*local"):
         data.read_text("wikitext2")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """HF_HUB_OFFLINE unset and every TCP connection refused (counted); ``datasets`` is a stand-in
+    that records its calls (the real one would retry five times before failing)."""
+    from llmprune.model import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    seen = {"connections": 0, "load_dataset": 0}
+
+    def refused(address, *args, **kwargs):
+        seen["connections"] += 1
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    def load_dataset(*args, **kwargs):
+        seen["load_dataset"] += 1
+        raise ConnectionError("retried five times")
+
+    def blocked(sock, address, *args, **kwargs):  # anything else that would open a socket
+        seen["other"] = seen.get("other", 0) + 1
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(hub.socket, "create_connection", refused)
+    monkeypatch.setattr(socket.socket, "connect", blocked)
+    monkeypatch.setattr(socket.socket, "connect_ex", blocked)
+    fake_datasets(monkeypatch, load_dataset)
+    return seen
+
+
+@pytest.mark.parametrize("source", ["wikitext2", "c4"])
+def test_a_hub_dataset_fails_on_the_first_refused_connection(no_network, source):
+    """issue 30: without HF_HUB_OFFLINE and without network, datasets retried five times."""
+    with pytest.raises(DataError, match=f"cannot reach the Hugging Face hub at .* for dataset '{source}'") as err:
+        data.read_text(source, "evaluation")
+    assert "Connection refused" in str(err.value) and "HF_HUB_OFFLINE=1" in str(err.value)
+    assert no_network == {"connections": 1, "load_dataset": 0}
+
+
+def test_calib_auto_falls_back_on_the_first_refused_connection(no_network):
+    source, warning = data.resolve_calibration_source(data.AUTO)
+    assert source == data.BUILTIN and warning is not None and "cannot reach the Hugging Face hub" in warning
+    assert no_network == {"connections": 1, "load_dataset": 0}
+
+
+def test_offline_hub_datasets_read_the_cache_without_a_probe(no_network, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="cannot load hub dataset 'wikitext2'"):
+        data.read_text("wikitext2")
+    assert no_network == {"connections": 0, "load_dataset": 1}
+
+
+def test_eval_without_data_fails_on_the_first_refused_connection(no_network, model_dir):
+    from helpers import run_cli
+
+    result = run_cli("eval", model_dir, "--seqlen", "32")
+    assert result.exit_code == 5, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach the Hugging Face hub"), result.output
+    assert "dataset 'wikitext2'" in lines[0] and "local .txt/.jsonl file" in lines[0]
+    assert no_network["load_dataset"] == 0 and no_network["connections"] == 1 and "other" not in no_network
 
 
 def test_hub_dataset_without_the_datasets_package_is_a_clear_error(monkeypatch):

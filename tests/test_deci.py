@@ -167,6 +167,31 @@ def test_cli_uniform_deci_and_refusals(tmp_path, model_dir, calib):
     assert result.exit_code == 4 and "deci" in result.output and not (tmp_path / "q").exists()
 
 
+def test_uniform_deci_summary_states_the_padding(tmp_path, model_dir):
+    """issue 30: the summary printed only the pruned counts while the deci weights were padded back
+    towards the dense widths; it now states the stored count, the padding and the way to avoid it."""
+    from llmprune.export.report import PruneReport
+    from llmprune.run.summary import deci_padding_line
+
+    out = tmp_path / "u"
+    args = ["--sparsity", "0.3", "--method", "magnitude", "--export-format", "deci"]
+    result = run_cli("uniform", model_dir, "-o", out, *args)
+    assert result.exit_code == 0, result.output
+    assert "stored (deci)" in result.stderr, result.stderr
+    report = PruneReport.load(out)
+    deci = read_json(out / "llmprune_report.json")["deci"]
+    assert deci["padding_params"] > 0
+    line = deci_padding_line(report)
+    assert line == (
+        f"{deci['params_decoder_linear_padded'] / 1e6:,.2f}M decoder linear params, "
+        f"{deci['padding_params'] / 1e6:,.2f}M of them zero padding; --export-format hf stores none (a plain config)"
+    )
+    hf = tmp_path / "h"
+    assert run_cli("uniform", model_dir, "-o", hf, *args[:-2]).exit_code == 0
+    hf_report = PruneReport.load(hf)
+    assert hf_report is not None and deci_padding_line(hf_report) is None
+
+
 def test_tyr_deci_search_space_needs_no_padding(tmp_path, calib):
     model_dir = save_tiny_model(tmp_path / "wide", "llama", num_hidden_layers=3, intermediate_size=768)
     out = tmp_path / "g"

@@ -300,6 +300,37 @@ def test_a_teacher_with_another_vocabulary_fails_in_one_line(pruned, calib, tmp_
     assert re.search(r"vocabulary of 320 tokens", line) and not (tmp_path / "o").exists()
 
 
+def _warnings(result) -> list[str]:
+    """The ``warning:`` lines of a run, each joined back into one line (rich wraps at 80 columns)."""
+    text = " ".join(result.output.split())
+    return ["warning:" + part.split(" warning:")[0] for part in text.split("warning:")[1:]]
+
+
+def test_a_teacher_that_is_not_the_pruned_from_model_is_one_warning(pruned, model_dir, calib, tmp_path):
+    """issue 30: any teacher of the same vocabulary was accepted silently."""
+    other = save_tiny_model(tmp_path / "other", "llama", seed=7)
+    out = tmp_path / "o"
+    result = _recover(pruned["uniform"], out, other, calib)
+    assert result.exit_code == 0, result.output
+    ours = [w for w in _warnings(result) if "--teacher" in w or "does not look pruned" in w]
+    assert len(ours) == 1, result.output
+    assert ours[0].startswith(f"warning: --teacher {other} is not the model {pruned['uniform']} was pruned from")
+    assert f"({model_dir}, per its report)" in ours[0]
+    report = read_json(out / "llmprune_report.json")
+    assert report["recovery"]["teacher"] == str(other) and report["recovery"]["student"] == str(pruned["uniform"])
+    same = _recover(pruned["uniform"], tmp_path / "same", model_dir, calib)
+    assert same.exit_code == 0 and not [w for w in _warnings(same) if "--teacher" in w or "look pruned" in w]
+
+
+def test_a_dense_student_is_one_warning(model_dir, calib, tmp_path):
+    """issue 30: the dense model itself was accepted as the "pruned" input silently."""
+    result = _recover(model_dir, tmp_path / "o", model_dir, calib)
+    assert result.exit_code == 0, result.output
+    ours = [w for w in _warnings(result) if "--teacher" in w or "does not look pruned" in w]
+    assert len(ours) == 1 and ours[0].startswith(f"warning: {model_dir} does not look pruned"), result.output
+    assert read_json(tmp_path / "o" / "llmprune_report.json")["recovery"]["student"] == str(model_dir)
+
+
 # ----- slow: the reference model ------------------------------------------------------------------
 def _held_out_split(tmp: Path) -> tuple[Path, Path]:
     """calib.txt split by document: the first 75% to train on, the last 25% held out (never eval.txt)."""

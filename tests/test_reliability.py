@@ -607,6 +607,39 @@ def test_missing_tensor_is_a_load_error_for_eval_and_inspect(command, pristine, 
     assert folder_hash(folder) == before
 
 
+def _narrow_tensor(name: str):
+    def breaker(folder: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(folder / "model.safetensors")
+        weights[name] = weights[name][:, :-4].contiguous()
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+    return breaker
+
+
+@pytest.mark.parametrize("command", ["inspect", "eval", "uniform"])
+def test_tensor_of_the_wrong_shape_is_one_line_naming_both_shapes(command, pristine, tmp_path):
+    """issue 30: inspect printed a normal table (exit 0); eval and the pruning commands ended on
+    the last line of transformers' many-line report ("For details look at the above report!")."""
+    folder = _broken_copy(pristine, tmp_path, _narrow_tensor(MISSING))
+    before = folder_hash(folder)
+    data = tmp_path / "eval.txt"
+    data.write_text(SAMPLE_TEXT)
+    args = {
+        "inspect": [],
+        "eval": ["--data", data, "--seqlen", "32"],
+        "uniform": ["-o", tmp_path / "o", "--calib", data, *SMALL],
+    }[command]
+    result = run(command, folder, *args)
+    assert result.exit_code == 3, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert f"tensor {MISSING} of shape (64, 92), but its config.json implies (64, 96)" in lines[0], lines[0]
+    assert folder_hash(folder) == before
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.llmprune-*"))
+
+
 def test_tied_lm_head_is_not_missing(tmp_path, calib_text=SAMPLE_TEXT):
     """A tied lm_head is stored once (as the embedding): every command accepts the folder."""
     folder = save_tiny_model(tmp_path / "tied", "llama", tie_word_embeddings=True)

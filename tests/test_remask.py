@@ -63,3 +63,29 @@ def test_remask_accepts_string_paths(tmp_path, model_dir):
     merged = _merged_copy(semi, tmp_path / "merged")
     report = remask(str(merged), str(semi), str(tmp_path / "fixed"))
     assert report["zeros_restored"] > 0 and (tmp_path / "fixed" / "llmprune_sparsity.json").is_file()
+
+
+def test_remask_keeps_the_input_dtype(tmp_path, model_dir):
+    """issue 30: a bfloat16 merge was written as float32 (twice the size); auto keeps MODEL's dtype."""
+    from transformers import AutoModelForCausalLM
+
+    semi = tmp_path / "semi"
+    assert run_cli("semi24", model_dir, "-o", semi, "--method", "magnitude").exit_code == 0
+    merged = _merged_copy(semi, tmp_path / "merged")
+    AutoModelForCausalLM.from_pretrained(merged, dtype=torch.bfloat16).save_pretrained(merged)
+    assert {t.dtype for t in load_file(str(merged / "model.safetensors")).values()} == {torch.bfloat16}
+
+    out = tmp_path / "fixed"
+    result = run_cli("remask", merged, "-o", out, "--like", semi)
+    assert result.exit_code == 0, result.output
+    fixed = load_file(str(out / "model.safetensors"))
+    assert {t.dtype for t in fixed.values()} == {torch.bfloat16}
+    assert read_json(out / "config.json")["dtype"] == "bfloat16"
+    assert max_nonzeros_per_group(fixed[read_json(semi / "llmprune_sparsity.json")["targets"][0] + ".weight"]) <= 2
+
+    wide = tmp_path / "wide"
+    assert run_cli("remask", merged, "-o", wide, "--like", semi, "--save-dtype", "float32").exit_code == 0
+    assert {t.dtype for t in load_file(str(wide / "model.safetensors")).values()} == {torch.float32}
+    bad = run_cli("remask", merged, "-o", tmp_path / "bad", "--like", semi, "--save-dtype", "int8")
+    assert bad.exit_code == 2 and bad.output.startswith("error: invalid --save-dtype 'int8'"), bad.output
+    assert not (tmp_path / "bad").exists()

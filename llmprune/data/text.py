@@ -125,6 +125,12 @@ def _read_hub(name: str, split: str) -> str:
         import datasets
     except ImportError as err:
         raise DataError(f"hub dataset {name!r} needs the 'datasets' package (pip install datasets)") from err
+    from llmprune.model.hub import datasets_offline, unreachable_message
+
+    if not datasets_offline():  # one refused connection, not five retries (offline: the cache decides)
+        message = unreachable_message(f"dataset {name!r} ({dataset})")
+        if message is not None:
+            raise DataError(f"{message}, or pass a local .txt/.jsonl file")
     try:
         if name == "c4":
             ds = datasets.load_dataset(dataset, data_files={hub_split: _C4_FILES[hub_split]}, split=hub_split)

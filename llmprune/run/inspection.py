@@ -17,7 +17,7 @@ from llmprune.export.report import PruneReport
 from llmprune.export.save import SPARSITY_FILE
 from llmprune.model import gguf
 from llmprune.model.arch import ArchAdapter, family_named
-from llmprune.model.completeness import expected_tensors, missing_tensor_error
+from llmprune.model.completeness import check_shapes, expected_shapes, missing_tensor_error
 from llmprune.model.plan import PLAN_FILE
 
 
@@ -48,16 +48,20 @@ def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
 
 def check_complete(folder: Path, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Raise when the headers lack a tensor the config's model needs (it would load as random values)."""
+    """Raise when the headers lack a tensor the config's model needs (it would load as random values)
+    or hold one of another shape than the config implies."""
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(folder)
     except Exception:  # reported by loads_without_custom_code
         return
-    expected = expected_tensors(config)
-    if expected is not None and expected - set(shapes):
-        raise missing_tensor_error(expected - set(shapes), f"model folder {folder}")
+    expected = expected_shapes(config)
+    if expected is None:
+        return
+    if set(expected) - set(shapes):
+        raise missing_tensor_error(set(expected) - set(shapes), f"model folder {folder}")
+    check_shapes(shapes, expected, f"model folder {folder}")
 
 
 def loads_without_custom_code(folder: Path) -> tuple[bool, str]:

@@ -202,6 +202,59 @@ def check_teacher(student: str, student_config: Any, teacher: str, teacher_confi
         )
 
 
+def _model_key(name: str) -> str:
+    """A model named by a path or a hub id, comparable: an existing path resolved, else the name."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name.rstrip("/")
+
+
+def _widths(config: Any) -> dict[str, int] | None:
+    from llmprune.model.arch import ArchAdapter
+    from llmprune.model.plan import geometry_dict
+
+    try:
+        return geometry_dict(ArchAdapter.for_config(config).geometry(config))
+    except Exception:  # a config the adapter cannot read: nothing to compare
+        return None
+
+
+def source_warnings(student: str, student_config: Any, teacher: str, teacher_config: Any) -> list[str]:
+    """Why the run may not be what the user meant, one line each; neither refuses it.
+
+    A teacher other than every model the student's report says it came from (the pruned input,
+    earlier stacked steps, an earlier recovery's teacher) distils the student towards another
+    model; a student with the teacher's widths and no pruning record (no report with a sparsity,
+    no 2:4 sidecar, not heterogeneous) is the dense model, not a pruned one.
+    """
+    from llmprune.model.hetero import is_hetero_config
+
+    folder = Path(student).expanduser()
+    report = PruneReport.load(folder) if folder.is_dir() else None
+    warnings = []
+    if report is not None:
+        sources = [report.settings.get("model")] + [step.model for step in report.history]
+        if report.recovery is not None:
+            sources.append(report.recovery.teacher)
+        named = [str(s) for s in sources if s]
+        if named and _model_key(teacher) not in {_model_key(s) for s in named}:
+            warnings.append(
+                f"--teacher {teacher} is not the model {student} was pruned from ({named[0]}, per its "
+                f"report); recovery distils it towards {teacher}"
+            )
+    pruned = (
+        is_hetero_config(student_config)
+        or (folder / SPARSITY_FILE).is_file()
+        or (report is not None and bool(report.achieved_sparsity))
+    )
+    widths = _widths(student_config)
+    if not pruned and widths is not None and widths == _widths(teacher_config):
+        warnings.append(
+            f"{student} does not look pruned (the teacher's widths, no {SPARSITY_FILE}, no pruning in a "
+            "report): recovery will distil the teacher into a model of its own size"
+        )
+    return warnings
+
+
 # ----- the command ------------------------------------------------------------------------------------
 def run_recover(settings: RecoverSettings, reporter: Reporter | None = None) -> PruneReport:
     """Recover one pruned folder into OUT; returns the report (also written to OUT)."""
@@ -249,7 +302,10 @@ def _run_recover(settings: RecoverSettings, reporter: Reporter | None, claim: li
     reporter = rank_reporter(reporter, distributed.is_main())
     options = RecoveryOptions.model_validate(settings.options)
     config = load_config(settings.model)
-    check_teacher(settings.model, config, settings.teacher, load_config(settings.teacher))
+    teacher_config = load_config(settings.teacher)
+    check_teacher(settings.model, config, settings.teacher, teacher_config)
+    for warning in source_warnings(settings.model, config, settings.teacher, teacher_config):
+        reporter.log(f"[yellow]warning:[/] {warning}")
     teacher_path = Path(settings.teacher).expanduser()
     if teacher_path.exists() and overlaps(settings.output.expanduser().resolve(), teacher_path.resolve()):
         raise UsageError(f"output {settings.output} overlaps the teacher folder {settings.teacher}; choose another -o")

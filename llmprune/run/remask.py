@@ -48,18 +48,35 @@ def reference_masks(like: Path) -> tuple[list[str], dict[str, Path]]:
 
 @torch.no_grad()
 def remask(
-    model_source: str, like: Path, output: Path, overwrite: bool = False, save_dtype: torch.dtype | None = None
+    model_source: str,
+    like: Path,
+    output: Path,
+    overwrite: bool = False,
+    save_dtype: str | torch.dtype = "auto",
 ) -> dict[str, Any]:
-    """Re-apply ``like``'s 2:4 zero pattern to ``model_source`` and export to ``output``."""
+    """Re-apply ``like``'s 2:4 zero pattern to ``model_source`` and export to ``output``.
+
+    ``save_dtype`` ``auto`` writes the dtype MODEL is stored in (a bfloat16 merge stays bfloat16;
+    it was written as float32, twice the size); the model is loaded in that dtype, which zeroing
+    positions leaves exact.
+    """
     from safetensors import safe_open
 
-    from llmprune.model.loading import checkpoint_dtype, load_model
+    from llmprune.model.loading import checkpoint_dtype, load_config, load_model, resolve_dtype
 
     like, output = Path(like).expanduser(), Path(output)
+    if isinstance(save_dtype, torch.dtype):
+        dtype = save_dtype
+    elif save_dtype == "auto":
+        dtype = checkpoint_dtype(load_config(model_source)) or torch.float32
+    else:
+        try:
+            dtype = resolve_dtype(save_dtype, torch.device("cpu"), None)
+        except UsageError as err:
+            raise UsageError(f"invalid --save-dtype {save_dtype!r}; choose auto, float32, bfloat16, float16") from err
     check_output(output, model_source, overwrite)
     targets, files = reference_masks(like)
-    model, adapter, tokenizer = load_model(model_source, torch.device("cpu"), save_dtype or torch.float32)
-    dtype = save_dtype or checkpoint_dtype(model.config) or torch.float32
+    model, adapter, tokenizer = load_model(model_source, torch.device("cpu"), dtype)
     modules = dict(model.named_modules())
     restored = 0
     for name in targets:

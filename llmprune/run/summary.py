@@ -34,6 +34,9 @@ def print_prune_summary(report: PruneReport) -> None:
         f"{_millions(report.params_decoder_linear_dense)} → {_millions(report.params_decoder_linear)}",
     )
     table.add_row("total params", f"{_millions(report.params_total_dense)} → {_millions(report.params_total)}")
+    padding = deci_padding_line(report)
+    if padding:
+        table.add_row("stored (deci)", padding)
     if report.layer_widths:
         shapes = {(w["heads"], w["kv_heads"], w["channels"]) for w in report.layer_widths}
         if len(shapes) == 1:
@@ -48,6 +51,27 @@ def print_prune_summary(report: PruneReport) -> None:
         table.add_row("peak memory", f"{report.peak_rss_mib:.0f} MiB RSS")
     table.add_row("output", str(report.output))
     console.print(table)
+
+
+def deci_padding_line(report: PruneReport) -> str | None:
+    """What ``--export-format deci`` stored beyond the pruned widths, and the format that avoids it.
+
+    The DeciLM format keeps every layer's query-head count and rounds MLP widths up to 256, so the
+    exporter pads with zeros: the stored decoder-linear weights can be as many as the dense model's
+    (a uniform 30% output of a 6.29M model stored 6.29M). ``None`` for other formats.
+    """
+    deci = (report.model_extra or {}).get("deci")
+    if not isinstance(deci, dict) or "padding_params" not in deci:
+        return None
+    padded, padding = deci.get("params_decoder_linear_padded"), int(deci["padding_params"])
+    if padding == 0:
+        return f"{_millions(padded)} decoder linear params, no zero padding"
+    hf = (
+        "--export-format hf stores none (a plain config)"
+        if report.strategy == "uniform"
+        else "--export-format hf stores none (transformers only, not vLLM or llama.cpp)"
+    )
+    return f"{_millions(padded)} decoder linear params, {_millions(padding)} of them zero padding; {hf}"
 
 
 def recovery_line(r: RecoveryReport) -> str:

@@ -146,7 +146,10 @@ def finish_run(
     fields["time_total_s"] = time.perf_counter() - t_start
     report = PruneReport.model_validate(fields)
     if distributed.is_main():
-        save(report.as_json())
+        written = report.as_json()
+        save(written)
+        for key in written.keys() - report.as_json().keys():  # what the export added (the deci layout)
+            setattr(report, key, written[key])
         claim[0].close()
     else:
         shutil.rmtree(work, ignore_errors=True)
