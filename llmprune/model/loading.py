@@ -32,7 +32,9 @@ def resolve_device(device: str) -> torch.device:
         if not torch.cuda.is_available():
             raise UsageError(f"--device {device} requested but CUDA is not available")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(
+                f"--device {device} requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise UsageError(f"--device {device} requested but MPS is not available")
