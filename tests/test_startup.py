@@ -97,3 +97,65 @@ def test_every_declared_method_is_implemented_by_a_subclass_of_its_declaration()
             assert issubclass(impl, decl) and issubclass(impl, Pruner), (strategy, name)
             assert (impl.strategy, impl.method, impl.Options) == (strategy, name, decl.Options)
             assert impl.summary == decl.summary and impl.summary
+
+
+REFMODEL = ROOT / "examples" / "refmodel"
+
+
+def test_estimate_of_a_local_folder_imports_no_transformers():
+    code = (
+        "from llmprune.cli import app\n"
+        "try:\n"
+        f"    app(['uniform', {str(REFMODEL)!r}, '--estimate', '--device', 'cpu'], prog_name='llmprune')\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code"
+    )
+    assert imported_after(code)["transformers"] is False
+
+
+@pytest.mark.parametrize(
+    "strategy, method",
+    [
+        ("uniform", "wanda"),
+        ("uniform", "minimax"),
+        ("global", "tyr"),
+        ("semi24", "proxsparse"),
+        ("semi24", "sparsegpt"),
+    ],
+)
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_plain_config_gives_the_estimate_transformers_config_gives(strategy, method, device):
+    from llmprune.model.config_file import read_plain_config
+    from llmprune.model.loading import load_config
+    from llmprune.pruners.registry import declared, option_defaults
+    from llmprune.run.estimate import estimate
+    from llmprune.settings import PruneSettings
+
+    settings = PruneSettings(
+        model=str(REFMODEL),
+        output=Path("<estimate>"),
+        strategy=strategy,
+        method=method,
+        method_options=option_defaults(declared(strategy, method)),
+        device=device,
+        gpu_memory=40.0,
+    )
+    plain = read_plain_config(str(REFMODEL))
+    assert plain is not None
+    first, second = (estimate(settings, config).to_json() for config in (plain, load_config(str(REFMODEL))))
+    for est in (first, second):  # on the CPU the budget is the available host memory, which moves
+        est["settings"].pop("device_budget_gib")
+    assert first == second
+
+
+def test_a_config_that_leaves_a_key_to_its_class_default_is_read_by_transformers(tmp_path):
+    from llmprune.model.config_file import read_plain_config
+
+    config = json.loads((REFMODEL / "config.json").read_text())
+    for key, value in (("head_dim", None), ("model_type", "llmprune_hetero_llama"), ("model_type", "nemotron-nas")):
+        folder = tmp_path / f"{key}-{value}"
+        folder.mkdir()
+        changed = {k: v for k, v in config.items() if k != key} | ({key: value} if value else {})
+        (folder / "config.json").write_text(json.dumps(changed))
+        assert read_plain_config(str(folder)) is None, (key, value)
+    assert read_plain_config(str(tmp_path / "missing")) is None
