@@ -51,8 +51,8 @@ def time_command(tree: Path, args: list[str], expected: int, repeats: int) -> fl
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "llmprune", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        proc = subprocess.run(  # in the tree: ``-m`` puts the working folder first on sys.path
+            [sys.executable, "-m", "llmprune", *args], cwd=tree, env=env, capture_output=True, text=True, check=False
         )
         wall = time.perf_counter() - start
         if proc.returncode != expected:
@@ -63,10 +63,13 @@ def time_command(tree: Path, args: list[str], expected: int, repeats: int) -> fl
 
 def imports_heavy(tree: Path) -> dict[str, bool]:
     """Whether ``import llmprune.cli`` imports torch / transformers on that tree."""
-    code = "import sys, llmprune.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys, llmprune.cli; print(llmprune.__file__, 'torch' in sys.modules, 'transformers' in sys.modules)"
     env = dict(os.environ, PYTHONPATH=str(tree))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    torch, transformers = out.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    where, torch, transformers = out.split()
+    assert Path(where).resolve().is_relative_to(tree.resolve()), f"measured {where}, not the code in {tree}"
     return {"torch": torch == "True", "transformers": transformers == "True"}
 
 
