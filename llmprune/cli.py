@@ -1,7 +1,10 @@
 """Command-line interface: parse, validate, call the pipeline, print a summary. Nothing else.
 
 The three pruning commands share one option list; each adds flags generated from the ``Options``
-fields of its registered methods (``pruners.base.cli_options``), so new methods never edit this file.
+fields of its registered methods (``pruners.registry.cli_options``), so new methods never edit this file.
+Building the commands imports no torch or transformers (the method table and the recovery options
+are declared torch-free): ``--help``, ``--version`` and usage errors answer at once; a run imports
+what it needs when it starts.
 A method flag (or recipe key) the chosen method does not use is a usage error.
 """
 
@@ -129,7 +132,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _common_parameters(strategy: str) -> list[inspect.Parameter]:
-    from llmprune.pruners.base import default_method, methods
+    from llmprune.pruners.registry import default_method, methods
     from llmprune.settings import DEFAULT_SPARSITY, SEMI24_SPARSITY
 
     known = methods(strategy)
@@ -351,15 +354,15 @@ RECOVER_OWN_FLAGS = {"recover_nsamples": "nsamples"}
 def _recovery_parameters(prefix: str) -> list[inspect.Parameter]:
     """One keyword parameter per field of ``RecoveryOptions``, named ``prefix + field`` (fields that
     already start with ``recover_`` keep their name)."""
-    from llmprune.pruners.base import _flag_type
-    from llmprune.train.recovery import RecoveryOptions
+    from llmprune.pruners.registry import flag_type
+    from llmprune.train.recovery_options import RecoveryOptions
 
     params = []
     for name, f in RecoveryOptions.model_fields.items():
         if not prefix and name in RECOVER_OWN_FLAGS:
             continue
         pname = name if name.startswith("recover_") else prefix + name
-        kind = _flag_type(f.annotation, f"recovery option {name!r}")
+        kind = flag_type(f.annotation, f"recovery option {name!r}")
         default = f.get_default(call_default_factory=True)
         flag = "--" + pname.replace("_", "-")
         option = typer.Option(default, flag, help=str(f.description), show_default=default is not None)
@@ -375,7 +378,7 @@ def _recovery_options(values: dict[str, Any], prefix: str) -> dict[str, Any]:
     from pydantic import ValidationError
 
     from llmprune.errors import UsageError
-    from llmprune.train.recovery import RecoveryOptions
+    from llmprune.train.recovery_options import RecoveryOptions
 
     def flag(name: str) -> str:
         return "--" + (name if name.startswith("recover_") else prefix + name).replace("_", "-")
@@ -397,7 +400,7 @@ def _recovery_options(values: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 def _method_parameters(strategy: str) -> list[inspect.Parameter]:
     """One keyword parameter per method option of ``strategy`` (generated from the pruners' Options)."""
-    from llmprune.pruners.base import cli_options
+    from llmprune.pruners.registry import cli_options
 
     params = []
     for opt in cli_options(strategy):
@@ -432,9 +435,9 @@ def _method_options(strategy: str, method: str, given: dict[str, Any], origin: d
     A given option the method does not declare is a usage error naming the methods that do.
     """
     from llmprune.errors import UsageError
-    from llmprune.pruners.base import cli_options, get_pruner_class, option_defaults
+    from llmprune.pruners.registry import cli_options, declared, option_defaults
 
-    defaults = option_defaults(get_pruner_class(strategy, method))
+    defaults = option_defaults(declared(strategy, method))
     declared_by = {opt.name: opt.methods for opt in cli_options(strategy)}
     for name in given:
         if name not in defaults:
@@ -460,9 +463,7 @@ def _prune_command(strategy: str) -> Callable[..., None]:
     @friendly_errors
     def command(ctx: typer.Context, **kwargs: Any) -> None:
         from llmprune.errors import UsageError
-        from llmprune.pruners.base import default_method
-        from llmprune.run.pipeline import run_prune
-        from llmprune.run.summary import print_prune_summary
+        from llmprune.pruners.registry import default_method
         from llmprune.settings import PruneSettings, check_recipe_types, load_recipe, validated
 
         recipe_path = kwargs.pop("config")
@@ -499,6 +500,8 @@ def _prune_command(strategy: str) -> Callable[..., None]:
             return
         from llmprune.model.loading import resolve_device
         from llmprune.run.estimate import preflight
+        from llmprune.run.pipeline import run_prune
+        from llmprune.run.summary import print_prune_summary
 
         resolve_device(settings.device)  # a device this machine lacks: one line, before any work
         preflight(settings, planning["gpu_memory"], planning["force"])
@@ -558,7 +561,7 @@ RECOVER_HELP = (
 
 
 def _recover_command() -> Callable[..., None]:
-    from llmprune.train.recovery import DEFAULT_RECOVER_NSAMPLES
+    from llmprune.train.recovery_options import DEFAULT_RECOVER_NSAMPLES
 
     P = inspect.Parameter
     common = {p.name: p for p in _common_parameters("uniform")}

@@ -89,7 +89,7 @@ class PruneSettings(RunSettings):
     gpu_memory: float | None = None
     method_options: dict[str, Any] = Field(default_factory=dict)
     #: The recovery stage's options (``--recover``), None without it: validated, with their defaults,
-    #: by their owner (llmprune.train.recovery.RecoveryOptions) when the run is planned.
+    #: by their owner (llmprune.train.recovery_options.RecoveryOptions) when the run is planned.
     recover: dict[str, Any] | None = None
 
     @model_validator(mode="before")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, cast
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, cast
 
 from llmprune.errors import UnsupportedArchitectureError
+
+if TYPE_CHECKING:  # torch is imported by the code that has a model, not by the tables here
+    import torch
+    from torch import nn
 
 #: Short names of the prunable projections of one decoder layer, in a fixed order.
 LINEAR_KEYS: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
@@ -172,17 +173,17 @@ class ArchAdapter:
 
     # ----- structure ------------------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        return cast(nn.ModuleList, cast(nn.Module, model.model).layers)
+        return cast("nn.ModuleList", cast("nn.Module", model.model).layers)
 
     def decoder(self, model: nn.Module) -> nn.Module:
         """The backbone (embeddings, layers, final norm, rotary embedding)."""
-        return cast(nn.Module, model.model)
+        return cast("nn.Module", model.model)
 
     def attention(self, layer: nn.Module) -> nn.Module:
-        return cast(nn.Module, layer.self_attn)
+        return cast("nn.Module", layer.self_attn)
 
     def mlp(self, layer: nn.Module) -> nn.Module:
-        return cast(nn.Module, layer.mlp)
+        return cast("nn.Module", layer.mlp)
 
     def linear(self, layer: nn.Module, key: str) -> nn.Linear:
         parent, child = _PATHS[key]
@@ -291,4 +292,6 @@ def weight_dtype(model: nn.Module) -> torch.dtype:
     for p in model.parameters():
         if p.is_floating_point():
             return p.dtype
+    import torch
+
     return torch.float32

@@ -100,9 +100,6 @@ def load_config(name: str) -> Any:
     from transformers import AutoConfig
 
     quiet_transformers()
-    from llmprune.model.hetero import register_auto_classes
-
-    register_auto_classes()  # heterogeneous-width outputs of `llmprune global` load without remote code
     if gguf.is_gguf(name):  # a llama.cpp file: the config from its metadata (header only)
         config = gguf.load_config(name)
         ArchAdapter.for_config(config)
@@ -117,11 +114,19 @@ def load_config(name: str) -> Any:
             raise ModelLoadError(f"no config.json in model folder {name}")
         from llmprune.model.deci import MODEL_TYPE as DECI_MODEL_TYPE
 
-        if _config_model_type(path) == DECI_MODEL_TYPE:
+        model_type = _config_model_type(path)
+        if model_type == DECI_MODEL_TYPE:
             raise UnsupportedArchitectureError(
                 f"{name} is a DeciLM (--export-format deci) folder, for vLLM and llama.cpp; llmprune reads "
                 "the default hf export of the same model (load this one with trust_remote_code=True)"
             )
+        from llmprune.model.hetero import MODEL_TYPE_PREFIX, family_of, register_family
+
+        if model_type is not None and model_type.startswith(MODEL_TYPE_PREFIX):
+            # A heterogeneous-width output of `llmprune global` loads without remote code. Only its
+            # own family: registering every family imports every family's modeling code (seconds,
+            # and --estimate reads only the config); `import llmprune` registers any other lazily.
+            register_family(family_of(model_type))
     else:
         require_hub(name)  # one quick connection instead of half a minute of retries
     try:

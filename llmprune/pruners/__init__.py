@@ -1,8 +1,3 @@
-"""Built-in pruning methods: every module in this package registers its pruners on import."""
-
-import importlib
-import pkgutil
-
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
-        importlib.import_module(f"{__name__}.{_module.name}")
+"""Pruning methods. Each is declared in a torch-free ``<name>_options.py`` (names, summary,
+``Options``; the registry imports every such module, so the command line knows every method without
+torch) and implemented in ``<name>.py`` (or a package), imported when a run needs it."""

@@ -1,78 +1,61 @@
-"""The Pruner interface and the registry of (strategy, method) pairs.
+"""The Pruner interface: a declared method (``registry.Method``) with its ``prune``.
 
 A pruner receives a ``PruneContext`` (model, adapter, calibration tokens, settings) and returns a
 ``PrunePlan``. It may edit the model in place while it works (sequential layer-wise methods do);
 surgery then applies the plan, which is idempotent on an already-masked model.
 
-Method-specific options are declared once, as the fields of the pruner's pydantic ``Options``
-model (type, default, limits, ``Field(description=...)``); the command-line flags are generated from
-them (``cli_options``), so adding a method never touches the CLI module.
+What the command line needs of a method (names, summary, ``Options``, behaviour flags) is declared
+in a torch-free module, ``llmprune/pruners/<name>_options.py`` (see :mod:`llmprune.pruners.registry`),
+so building the commands imports no torch; the pruner subclasses its declaration. The registry's
+functions are re-exported here for the code that runs a method.
 """
 
 from __future__ import annotations
 
-import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from llmprune.core.memory_model import Request, Resources, layerwise_resources
 from llmprune.data.capture import LayerwiseRunner
-from llmprune.errors import UnknownMethodError, UsageError
 from llmprune.model.arch import ArchAdapter
 from llmprune.model.plan import PrunePlan
+from llmprune.pruners import registry
+from llmprune.pruners.registry import (
+    _REGISTRY,
+    DEFAULT_METHODS,
+    STRATEGIES,
+    Method,
+    MethodOption,
+    NoOptions,
+    cli_options,
+    default_method,
+    methods,
+    option_defaults,
+    register,
+)
 
-STRATEGIES: tuple[str, ...] = ("uniform", "global", "semi24")
-
-#: Preferred default method per strategy: the first one that is registered wins.
-DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
-    "uniform": ("minimax", "wanda"),
-    "global": ("tyr",),
-    "semi24": ("proxsparse", "wanda"),
-}
-
-
-class NoOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-@dataclass(frozen=True)
-class MethodOption:
-    """One method-specific flag of a strategy, generated from the ``Options`` fields declaring it.
-
-    Several methods of a strategy may declare the same name: their flag types must agree, their
-    defaults may differ (``defaults`` keeps each method's own, applied when the flag is not given).
-    """
-
-    name: str  # python identifier, e.g. "lora_rank" -> --lora-rank
-    type: type  # bool, int, float or str
-    help: str
-    defaults: dict[str, Any]  # method -> its default, in registration order
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def methods(self) -> tuple[str, ...]:
-        return tuple(self.defaults)
-
-    @property
-    def shared_default(self) -> bool:
-        """True when every declaring method has the same default (the flag can show it)."""
-        values = list(self.defaults.values())
-        return all(v == values[0] and type(v) is type(values[0]) for v in values)
-
-    @property
-    def default(self) -> Any:
-        """The flag's own default: the common default, or None when the methods disagree."""
-        return next(iter(self.defaults.values())) if self.shared_default else None
+__all__ = [
+    "_REGISTRY",
+    "DEFAULT_METHODS",
+    "STRATEGIES",
+    "MethodOption",
+    "NoOptions",
+    "PruneContext",
+    "PruneResult",
+    "Pruner",
+    "cli_options",
+    "default_method",
+    "get_pruner_class",
+    "methods",
+    "option_defaults",
+    "register",
+    "skipped_semi24",
+]
 
 
 @dataclass
@@ -144,159 +127,19 @@ class PruneResult:
         return value if isinstance(value, PruneResult) else cls(plan=value)
 
 
-class Pruner(ABC):
-    """One pruning method of one strategy."""
-
-    strategy: ClassVar[str]
-    method: ClassVar[str]
-    summary: ClassVar[str] = ""
-    needs_calibration: ClassVar[bool] = True
-    #: True when --resume is meaningful (the method checkpoints into ctx.work_dir).
-    resumable: ClassVar[bool] = False
-    #: True for methods that only ever need one layer at a time on the device (Wanda, SparseGPT):
-    #: the pipeline then keeps the model on CPU in its storage dtype and the runner moves and
-    #: upcasts one layer at a time, so peak memory is the stored model plus one layer's work.
-    layerwise: ClassVar[bool] = False
-    #: The method's options (pydantic): each field becomes a ``--flag`` of the strategy's command,
-    #: with its type, default and ``Field(description=...)`` as the help text.
-    Options: ClassVar[type[BaseModel]] = NoOptions
-    #: The setting ``--estimate`` and the pre-flight check name when this device term is the largest.
-    advice: ClassVar[dict[str, str]] = {}
-
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
-        try:
-            self.options = self.Options.model_validate(options or {})
-        except Exception as err:  # pydantic ValidationError -> one line
-            raise UsageError(f"invalid option for {self.strategy} --method {self.method}: {_first_error(err)}") from err
-
-    @classmethod
-    def has_checkpoint(cls, work_dir: Path) -> bool:
-        """Whether ``work_dir`` holds a checkpoint ``--resume`` continues from (kept after a failure).
-
-        Resumable methods save their state as ``*_state.pt``; caches alone (teacher logits, top-k)
-        are not worth keeping a work folder for.
-        """
-        return cls.resumable and any(work_dir.glob("*_state.pt"))
-
-    def check(self, settings: Any, geometry: Any) -> None:
-        """Refuse options that cannot work on this model before any weight is read (the pipeline
-        calls it with the config's geometry); raise a UsageError naming the option. Default: none."""
-
-    @classmethod
-    def resources(cls, request: Request) -> Resources:
-        """What a run of this method costs (``--estimate``, the pre-flight check, ``--stream-weights
-        auto``): its device terms, host memory, disk, FLOPs. Default: a one-shot layer-wise pass
-        (the model on the host, one layer on the device, no Hessians)."""
-        return layerwise_resources(request, hessians=False)
+class Pruner(Method, ABC):
+    """One pruning method of one strategy: its declaration (a ``registry.Method`` subclass, listed
+    after this class among the bases) and the work."""
 
     @abstractmethod
     def prune(self, ctx: PruneContext) -> PrunePlan | PruneResult:
         """Decide what to remove; may edit ``ctx.model`` in place."""
 
 
-def _first_error(err: Exception) -> str:
-    errors = getattr(err, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ()))
-        return f"{loc}: {str(first.get('msg', '')).removeprefix('Value error, ')}"
-    return str(err)
-
-
-_REGISTRY: dict[str, dict[str, type[Pruner]]] = {s: {} for s in STRATEGIES}
-
-
-def register(cls: type[Pruner]) -> type[Pruner]:
-    """Class decorator adding a pruner to the registry."""
-    _REGISTRY[cls.strategy][cls.method] = cls
-    return cls
-
-
-def methods(strategy: str) -> dict[str, type[Pruner]]:
-    """Registered methods of a strategy, by name."""
-    _load_builtin()
-    return dict(_REGISTRY[strategy])
-
-
-def default_method(strategy: str) -> str | None:
-    known = methods(strategy)
-    for name in DEFAULT_METHODS.get(strategy, ()):
-        if name in known:
-            return name
-    return next(iter(known), None)
-
-
 def get_pruner_class(strategy: str, method: str) -> type[Pruner]:
-    known = methods(strategy)
-    if method not in known:
-        listing = ", ".join(sorted(known)) or "none yet"
-        raise UnknownMethodError(f"unknown method {method!r} for {strategy}; known methods: {listing}")
-    return known[method]
-
-
-def option_defaults(cls: type[Pruner]) -> dict[str, Any]:
-    """Every option of a method with its default, in declaration order."""
-    return {name: f.get_default(call_default_factory=True) for name, f in cls.Options.model_fields.items()}
-
-
-def _flag_type(annotation: Any, where: str) -> type:
-    """The command-line type of an option field: bool, int, float or str (``X | None`` -> X, Literal -> str)."""
-    if get_origin(annotation) is Literal:
-        kinds = {type(a) for a in get_args(annotation)}
-        if len(kinds) == 1:
-            return kinds.pop()
-    elif get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return _flag_type(args[0], where)
-    elif annotation in (bool, int, float, str):
-        return annotation
-    raise TypeError(
-        f"{where}: option type {annotation!r} cannot be a command-line flag (use bool, int, float, str, "
-        "a Literal of one of them, or one of them | None)"
-    )
-
-
-def cli_options(strategy: str) -> list[MethodOption]:
-    """The method-specific flags of a strategy, generated from its methods' ``Options`` fields.
-
-    A name declared by several methods becomes one flag whose help lists each method's text; its
-    type must be the same everywhere (a ``TypeError`` otherwise: a programming error).
-    """
-    kinds: dict[str, type] = {}
-    helps: dict[str, dict[str, str]] = {}
-    defaults: dict[str, dict[str, Any]] = {}
-    for method, cls in methods(strategy).items():
-        for name, f in cls.Options.model_fields.items():
-            where = f"{strategy} --method {method} option {name!r}"
-            kind = _flag_type(f.annotation, where)
-            if not f.description:
-                raise TypeError(f"{where} has no Field(description=...) (it is the --help text)")
-            if kinds.setdefault(name, kind) is not kind:
-                raise TypeError(
-                    f"{where} is a {kind.__name__}, but another method of {strategy} declares it "
-                    f"as a {kinds[name].__name__}: one flag cannot have both types"
-                )
-            helps.setdefault(name, {})[method] = f.description
-            defaults.setdefault(name, {})[method] = f.get_default(call_default_factory=True)
-    result = []
-    for name, kind in kinds.items():
-        by_text: dict[str, list[str]] = {}
-        for method, text in helps[name].items():
-            by_text.setdefault(text, []).append(method)
-        text = " ".join(f"{', '.join(ms)}: {t}" for t, ms in by_text.items())
-        result.append(MethodOption(name=name, type=kind, help=text, defaults=defaults[name]))
-    return result
-
-
-_loaded = False
-
-
-def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        import llmprune.pruners  # noqa: F401  (registers the built-in methods)
+    """The implementation of ``strategy --method method`` (imported now)."""
+    cls: type[Pruner] = registry.get_pruner_class(strategy, method)
+    return cls
 
 
 ProgressFn = Callable[[int], None]

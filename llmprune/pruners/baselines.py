@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from llmprune.core.masks import explicit_widths, nm_eligible, nm_mask, uniform_widths
@@ -23,29 +22,22 @@ from llmprune.model.alignment import Alignment
 from llmprune.model.arch import LINEAR_KEYS, Geometry
 from llmprune.model.plan import PrunePlan, geometry_dict
 from llmprune.model.surgery import mask_layer
-from llmprune.pruners.base import PruneContext, Pruner, register, skipped_semi24
-
-
-class UniformOptions(BaseModel):
-    """The options of the uniform baselines; each field is also a command-line flag."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    widths: str = Field(
-        "",
-        description="keep exactly ATTN,MLP per layer (attention units of --attn-unit, MLP channels) "
-        "instead of the even split of --sparsity: the widths another method chose (see `llmprune "
-        "inspect`), to compare scores at equal widths. The run still reports how far it is from --sparsity.",
-    )
+from llmprune.pruners.base import PruneContext, Pruner, skipped_semi24
+from llmprune.pruners.baselines_options import (
+    GlobalMagnitudeMethod,
+    GlobalWandaMethod,
+    Semi24MagnitudeMethod,
+    Semi24SparseGPTMethod,
+    Semi24WandaMethod,
+    UniformMagnitudeMethod,
+    UniformWandaMethod,
+)
 
 
 class _UniformScored(Pruner):
     """Uniform-width structured pruning by a per-unit score (shared by magnitude and Wanda-sp)."""
 
-    strategy: ClassVar[str] = "uniform"
     uses_activations: ClassVar[bool] = True
-    layerwise = True
-    Options: ClassVar[type[BaseModel]] = UniformOptions
 
     def widths(self, settings: Any, geom: Geometry) -> tuple[int, int]:
         """Kept (attention units, MLP channels) per layer: ``--widths`` if given, else the even split."""
@@ -73,27 +65,19 @@ class _UniformScored(Pruner):
         return plan
 
 
-@register
-class UniformMagnitude(_UniformScored):
-    method = "magnitude"
-    summary = "L2 norm of each unit's weights; no calibration"
-    needs_calibration = False
+class UniformMagnitude(_UniformScored, UniformMagnitudeMethod):
     uses_activations = False
 
 
-@register
-class UniformWanda(_UniformScored):
-    method = "wanda"
-    summary = "Wanda-sp: sum of |w|·||X|| over each unit's weights"
+class UniformWanda(_UniformScored, UniformWandaMethod):
+    pass
 
 
 # ----- 2:4 ------------------------------------------------------------------------------------
 class _Semi24Layerwise(Pruner):
     """2:4 masks chosen layer by layer, applied in place."""
 
-    strategy: ClassVar[str] = "semi24"
     needs_hessian: ClassVar[bool] = False
-    layerwise = True
 
     def new_weight(self, weight: torch.Tensor, stats: InputStats | None, name: str) -> torch.Tensor:
         raise NotImplementedError
@@ -125,29 +109,17 @@ def report_skipped_semi24(ctx: PruneContext, skipped: list[str]) -> None:
     ctx.extras.setdefault("report", {}).update(skipped_semi24(ctx, skipped))
 
 
-@register
-class Semi24Magnitude(_Semi24Layerwise):
-    method = "magnitude"
-    summary = "keep the 2 largest |w| of every 4 inputs; no calibration"
-    needs_calibration = False
-
+class Semi24Magnitude(_Semi24Layerwise, Semi24MagnitudeMethod):
     def new_weight(self, weight, stats, name):
         return weight * nm_mask(weight.float().abs())
 
 
-@register
-class Semi24Wanda(_Semi24Layerwise):
-    method = "wanda"
-    summary = "keep the 2 largest |w|·||X|| of every 4 inputs"
-
+class Semi24Wanda(_Semi24Layerwise, Semi24WandaMethod):
     def new_weight(self, weight, stats, name):
         return weight * nm_mask(weight_importance(weight, stats))
 
 
-@register
-class Semi24SparseGPT(_Semi24Layerwise):
-    method = "sparsegpt"
-    summary = "OBS mask selection with weight update (column blocks of 128, 1% damping)"
+class Semi24SparseGPT(_Semi24Layerwise, Semi24SparseGPTMethod):
     needs_hessian = True
 
     @classmethod
@@ -159,13 +131,9 @@ class Semi24SparseGPT(_Semi24Layerwise):
 
 
 # ----- global: the same scores at uniform widths, the reference a searched distribution must beat --
-@register
-class GlobalMagnitude(UniformMagnitude):
-    strategy = "global"
-    summary = "baseline: magnitude at uniform widths (no search)"
+class GlobalMagnitude(_UniformScored, GlobalMagnitudeMethod):
+    uses_activations = False
 
 
-@register
-class GlobalWanda(UniformWanda):
-    strategy = "global"
-    summary = "baseline: Wanda-sp at uniform widths (no search)"
+class GlobalWanda(_UniformScored, GlobalWandaMethod):
+    pass

@@ -174,11 +174,17 @@ def streaming_needed(settings: Any, config: Any, ranks: int = 1) -> bool:
 
 # ----- the command-line side ------------------------------------------------------------------------
 def from_settings(settings: Any) -> Estimate:
-    """Read only the config (a hub id downloads config.json alone) and estimate."""
-    from llmprune.model.loading import load_config
+    """Read only the config (a hub id downloads config.json alone) and estimate. A local folder's
+    complete config.json is read as plain JSON, without transformers (``model.config_file``)."""
+    from llmprune.model.config_file import read_plain_config
     from llmprune.runtime.distributed import env_world_size
 
-    return estimate(settings, load_config(settings.model), ranks=env_world_size())
+    config = read_plain_config(settings.model)
+    if config is None:
+        from llmprune.model.loading import load_config
+
+        config = load_config(settings.model)
+    return estimate(settings, config, ranks=env_world_size())
 
 
 def advice(est: Estimate, settings: Any) -> str:

@@ -17,7 +17,7 @@ from llmprune.export.report import PruneReport
 from llmprune.export.save import SPARSITY_FILE
 from llmprune.model import gguf
 from llmprune.model.arch import ArchAdapter, family_named
-from llmprune.model.completeness import check_shapes, expected_shapes, missing_tensor_error
+from llmprune.model.completeness import check_shapes, expected_shapes, expected_tensors, missing_tensor_error
 from llmprune.model.plan import PLAN_FILE
 
 

@@ -18,8 +18,6 @@ from typing import Annotated
 
 from pydantic import BeforeValidator
 
-from llmprune.runtime import distributed
-
 #: The default of every learned method's ``--checkpoint-every`` (see the module docstring).
 DEFAULT_EVERY = "10m"
 #: Seconds per unit of a duration.
@@ -97,6 +95,8 @@ class Cadence:
         if self.every.steps is not None:
             return steps_done % self.every.steps == 0
         assert self.every.seconds is not None  # parse_every sets exactly one
+        from llmprune.runtime import distributed  # torch: not needed to declare an option
+
         return distributed.main_decides(self.now() - self.last >= self.every.seconds)
 
 

@@ -27,7 +27,7 @@ from llmprune.pruners.tyr.local_prune import (
     unit_rows,
     unit_scores,
 )
-from llmprune.pruners.tyr.pruner import TyrOptions
+from llmprune.pruners.tyr.pruner import TyrOptions, local_settings
 from llmprune.pruners.tyr.search import (
     Evaluator,
     IterationState,
@@ -322,7 +322,7 @@ def test_mlp_rounds_reach_the_supernet_and_the_final_prune(tmp_path, monkeypatch
     ctx = _ctx(tmp_path, model)
     adapter = ctx.adapter
     types = module_types(adapter.geometry(model), "group")
-    local = TyrOptions(mlp_rounds=5).local_settings()
+    local = local_settings(TyrOptions(mlp_rounds=5))
     assert local == LocalSettings(1e-4, "none", 5)
     net = Supernet(tmp_path / "net", SupernetSpec({"o": [1], "down": [48]}, {"o": 1, "down": 12}, 0.125), types, 1)
     net.build(model, adapter, LayerwiseRunner(model, adapter, ctx.calib, ctx.device, 4), ctx.device, local)

@@ -35,18 +35,10 @@ import torch
 
 from llmprune.core.obs import cholesky_damped, damp_hessian
 from llmprune.errors import NumericalError
-
-#: Rounds of progressive pruning per module type (methods.md §3: MLP 16, heads 1); ``--mlp-rounds``
-#: sets the MLP's.
-ROUNDS = {"o": 1, "down": 16}
+from llmprune.pruners.tyr_options import DEFAULT_PERCDAMP, ROUNDS
 
 #: How the first-order term ⟨V_p, G_p⟩ enters a unit's score (``--first-order``).
 FirstOrder = Literal["paper", "code", "none"]
-
-
-#: ``--percdamp``'s default (one source for the option and :class:`LocalSettings`): chosen on held-out
-#: calibration text (docs/benchmarks/select.md); methods.md's 0.01 over-regularises the refit.
-DEFAULT_PERCDAMP = 1e-4
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,9 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, cast
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmprune.core.masks import uniform_widths
 from llmprune.core.memory_model import (
@@ -39,9 +38,9 @@ from llmprune.errors import OutputExistsError, ResumeError, UsageError
 from llmprune.model.alignment import Alignment
 from llmprune.model.arch import Geometry
 from llmprune.model.plan import LayerPlan, PrunePlan, units_to_heads
-from llmprune.pruners.base import PruneContext, Pruner, PruneResult, register
+from llmprune.pruners.base import PruneContext, Pruner, PruneResult
 from llmprune.pruners.tyr.final_prune import prune_sequentially
-from llmprune.pruners.tyr.local_prune import DEFAULT_PERCDAMP, ROUNDS, LocalSettings
+from llmprune.pruners.tyr.local_prune import LocalSettings
 from llmprune.pruners.tyr.search import Evaluator, IterationState, SearchConfig, SearchSpace, run_generations
 from llmprune.pruners.tyr.supernet import (
     KEYS,
@@ -51,6 +50,7 @@ from llmprune.pruners.tyr.supernet import (
     module_types,
     supernet_disk_need,
 )
+from llmprune.pruners.tyr_options import TyrMethod, TyrOptions, _int_list
 from llmprune.runtime import distributed
 from llmprune.train.loop import Event, check_fingerprint, fingerprint, notify
 from llmprune.train.trace import pyplot, save_figure
@@ -60,108 +60,12 @@ LOG_FILE = "tyr_search_log.json"
 PLOT_FILE = "tyr_kept_fraction.png"
 
 
-def _int_list(value: str | list[int] | tuple[int, ...], n: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, str):
-        try:
-            parts = tuple(int(p) for p in value.replace(" ", "").split(",") if p)
-        except ValueError as err:
-            raise ValueError(f"{name} must be {n} comma-separated integers, got {value!r}") from err
-    else:
-        parts = tuple(int(p) for p in value)
-    if len(parts) != n or min(parts) < 1:
-        raise ValueError(f"{name} must be {n} comma-separated positive integers, got {value!r}")
-    return parts
+def local_settings(o: TyrOptions) -> LocalSettings:
+    """The local pruner's options, as the supernet and the final prune take them."""
+    return LocalSettings(o.percdamp, o.first_order, o.mlp_rounds)
 
 
-class TyrOptions(BaseModel):
-    """The options of ``global --method tyr``; each field is also a command-line flag."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    generations: int = Field(8, ge=0, description="Generations per coarse-to-fine iteration (paper: 50).")
-    offspring: int = Field(16, ge=1, description="Offspring per generation (paper: 128).")
-    select_tokens: str = Field(
-        "1024,2048,4096",
-        description="Calibration tokens of the three selection stages: small,medium,large (paper: 2K,16K,128K).",
-    )
-    survivors: str = Field("4,2", description="Offspring kept after the small and the medium stage (paper: 16,4).")
-    iterations: int = Field(4, ge=1, le=12, description="Coarse-to-fine iterations; Δ halves each time.")
-    delta: float = Field(
-        0.125, gt=0.0, le=0.5, description="Initial step Δ as a fraction of each module's units (at least one unit)."
-    )
-    budget_split: Literal["fixed", "free"] = Field(
-        "free",
-        description="free: the search may move parameters between attention and MLP (the default: best "
-        "on held-out calibration text, docs/benchmarks/select.md); fixed: they keep their uniform "
-        "parameter shares (the paper's search space).",
-    )
-    topk_logits: int = Field(
-        256, ge=1, description="Dense top-k logits cached per token for the KL fitness (paper: up to 8192)."
-    )
-    search_nsamples: int | None = Field(
-        None,
-        ge=1,
-        description="Calibration sequences used by the search (default: all --nsamples); the supernet always uses all.",
-    )
-    percdamp: float = Field(
-        DEFAULT_PERCDAMP,
-        ge=0.0,
-        description="Hessian damping of the local pruner, as a fraction of mean(diag H) (the default: best "
-        "on held-out calibration text, docs/benchmarks/select.md; methods.md's 0.01 over-regularises the "
-        "refit; raised ×10 automatically when a Cholesky fails).",
-    )
-    first_order: Literal["paper", "code", "none"] = Field(
-        "none",
-        description="First-order term of the local pruner's unit score, added to the OBS cost: paper: "
-        "|<V_p, G_p>| with G = H·V_dense; code: the signed <V_p, G_p>; none: OBS cost only (the default: "
-        "best on held-out calibration text, docs/benchmarks/select.md).",
-    )
-    mlp_rounds: int = Field(
-        ROUNDS["down"],
-        ge=1,
-        description="Rounds in which the local pruner removes MLP channels, each followed by OBS "
-        "compensation of the rest (methods.md: 16; attention heads go in one round).",
-    )
-    final_prune: Literal["supernet", "sequential"] = Field(
-        "supernet",
-        description="How the searched widths become weights: supernet: the supernet's variants, pruned "
-        "on expected inputs (the paper's; the default: sequential was no better on held-out "
-        "calibration text, docs/global.md); sequential: pruned again layer by layer with the local "
-        "pruner on the inputs of the already pruned layers.",
-    )
-    search_space: Literal["full", "deci"] = Field(
-        "full",
-        description="full: any widths; deci: only widths the DeciLM format (vLLM, llama.cpp) expresses "
-        "without padding: attention whole or removed, MLP widths multiples of 256 (use with --export-format deci).",
-    )
-
-    @field_validator("select_tokens")
-    @classmethod
-    def _tokens(cls, v: str) -> str:
-        parts = _int_list(v, 3, "--select-tokens")
-        if list(parts) != sorted(parts):
-            raise ValueError(f"--select-tokens must be increasing (small, medium, large), got {v!r}")
-        return v
-
-    @field_validator("survivors")
-    @classmethod
-    def _survivors(cls, v: str) -> str:
-        _int_list(v, 2, "--survivors")
-        return v
-
-    def local_settings(self) -> LocalSettings:
-        """The local pruner's options, as the supernet and the final prune take them."""
-        return LocalSettings(self.percdamp, self.first_order, self.mlp_rounds)
-
-
-@register
-class GlobalTyr(Pruner):
-    strategy: ClassVar[str] = "global"
-    method: ClassVar[str] = "tyr"
-    summary: ClassVar[str] = "Týr-the-Pruner: supernet of locally pruned variants + evolutionary search, coarse to fine"
-    needs_calibration: ClassVar[bool] = True
-    resumable: ClassVar[bool] = True
-    Options: ClassVar[type[BaseModel]] = TyrOptions
+class GlobalTyr(Pruner, TyrMethod):
     options: TyrOptions
 
     @classmethod
@@ -320,7 +224,7 @@ class GlobalTyr(Pruner):
                 evaluator.restore_dense()
                 t1 = time.perf_counter()
                 task = ctx.progress.task(f"supernet {it + 1}/{o.iterations} Δ={delta:.4g}", total=n_layers)
-                supernet.build(model, adapter, ctx.layerwise_runner(), ctx.device, o.local_settings(), task)
+                supernet.build(model, adapter, ctx.layerwise_runner(), ctx.device, local_settings(o), task)
                 state.supernet_seconds += time.perf_counter() - t1
                 save_state(state)
             space = SearchSpace.from_supernet(supernet)
@@ -371,7 +275,7 @@ class GlobalTyr(Pruner):
         plan = PrunePlan.dense_structured(geom, self.strategy, self.method, s.attn_unit)
         if o.final_prune == "sequential":
             task = ctx.progress.task("final prune at the searched widths", total=geom.num_layers)
-            final = prune_sequentially(ctx.adapter, ctx.layerwise_runner(), kept, types, o.local_settings(), task)
+            final = prune_sequentially(ctx.adapter, ctx.layerwise_runner(), kept, types, local_settings(o), task)
             variant = {k: (r.weight, r.kept) for k, r in final.items()}
         else:
             variant = {(i, key): supernet.load_dense(i, key, kept[(i, key)]) for (i, key) in kept}
