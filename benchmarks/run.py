@@ -113,7 +113,12 @@ COLUMNS = [
     ("perplexity_recovered", "+ recovery ppl", ".2f"),
     ("time_prune_s", "prune wall (s)", ".0f"),
     ("time_recover_s", "recovery wall (s)", ".0f"),
+    ("time_total_s", "prune total (s)", ".0f"),
     ("peak_rss_mib", "prune peak RSS (MiB)", ".0f"),
+    ("predicted_peak_host_mib", "predicted peak (MiB)", ".0f"),
+    ("peak_ratio", "measured / predicted", ".2f"),
+    ("speedup_prefill", "prefill × dense", ".2f"),
+    ("speedup_decode", "decode × dense", ".2f"),
 ]
 
 
@@ -589,6 +594,22 @@ def collect(
     return rows, missing, stale
 
 
+def dense_eval(cache: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """The dense model's evaluation, cached beside the one-shot parts under its own key (its eval
+    command, the evaluation text's hash, the code version, the model)."""
+    command = f"llmprune eval {args.model_shown} --data {display_path(args.eval)} --seqlen {args.seqlen}"
+    key = row_key(command, texts={"eval": text_hash(args.eval)}, model=args.model_shown, seqlen=args.seqlen)
+    if args.model_source:
+        key["model_source"] = args.model_source
+    text = key_text(key)
+    if text not in cache["oneshot"]:
+        result = evaluate(Path(args.model), Path(args.eval), args.seqlen)
+        part = {k: result[k] for k in ("perplexity", "params_decoder_linear")}
+        cache["oneshot"][text] = {**part, "strategy": "dense", "command": command, "code_version": code_version()}
+        CACHE.write_text(json.dumps(cache, indent=2) + "\n")
+    return cache["oneshot"][text]
+
+
 def print_stale_counts(stale: list[tuple[str, list[tuple[str, str]]]], total: int) -> None:
     counts: dict[str, int] = {}
     for _, reasons in stale:
@@ -645,7 +666,7 @@ def main() -> None:
         if missing:
             print(f"not cached at all: {', '.join(missing)}")
         return
-    dense = evaluate(Path(args.model), Path(args.eval), args.seqlen)
+    dense = dense_eval(cache, args)
     rows: list[dict[str, Any]] = [
         {
             "strategy": "dense",
