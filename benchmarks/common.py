@@ -189,7 +189,7 @@ def write_results(
     return path
 
 
-INDEX_ORDER = ("summary", "baselines", "minimax", "tyr", "proxsparse", "speed", "memory")
+INDEX_ORDER = ("summary", "smollm2", "baselines", "minimax", "tyr", "proxsparse", "speed", "memory")
 
 
 def rebuild_index() -> Path:

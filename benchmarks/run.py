@@ -724,34 +724,52 @@ def main() -> None:
         else f"{args.page}: one-shot pruning, every strategy side by side",
         rows,
         columns + ([("stale", "stale (why its key changed)", "")] if stale else []),
-        intro=page_intro(args, rows)
-        + (
-            f"Model `{args.model_shown}`; calibration {args.nsamples} × {args.seqlen} tokens of "
-            f"`{display_path(args.calib)}`, seed 0, each method at its defaults; perplexity on "
-            f"`{display_path(args.eval)}` in non-overlapping {args.seqlen}-token windows (dense "
-            f"{dense['perplexity']:.2f}). Sparsity is the fraction of decoder-layer linear weights removed "
-            "(2:4 always removes half).\n\n"
-            "- **one-shot**: no weight training after the structure or mask is fixed (minimax: masks learned, "
-            "`--lora-rank 0`; SparseGPT's and Týr's weight updates are part of pruning).\n"
-            "- **+ recovery**: the same output after the same `llmprune recover` budget for every row "
-            f"(top-k KD from the dense model, LoRA rank 16 merged, 100 steps × 8 × {args.seqlen} tokens of the "
-            "calibration text, its defaults).\n"
-            "- *wanda @ minimax widths*: Wanda-sp scores at the attention/MLP split minimax learned "
-            "(`--widths`), the control for minimax's learned widths.\n"
-            "- *minimax default (own LoRA)*: minimax as it ships, training LoRA jointly with the masks "
-            "(not one-shot, not the shared recovery); shown in the one-shot column for reference only.\n"
-            "- Wall times are of separate processes on a machine that was running other jobs: compare "
-            "within this page only loosely.\n"
-            "- **prune total (s)** is the report's `time_total_s` (load, calibrate, prune, save); **peak RSS** "
-            "is the prune process's own, beside the peak host memory `--estimate` predicts for the same "
-            "command (config only) and their ratio (measured / predicted).\n"
-            "- **prefill × / decode ×**: the output's tokens/s over the dense model's, both timed in one "
-            f"`llmprune eval --speed --baseline` process ({args.seqlen}-token prefill; decode one token at a "
-            "time; median of 5); the dense model's own tokens/s are in the JSON."
-        ),
+        intro=page_intro(args, rows) + intro_text(args, rows, dense["perplexity"]),
         notes=notes,
     )
     print(f"wrote {path}")
+
+
+def intro_text(args: argparse.Namespace, rows: list[dict[str, Any]], dense: float) -> str:
+    """The settings and what each column means (the bullets of rows the page does not hold left out)."""
+    labels = {r.get("label", "") for r in rows}
+    bullets = [
+        "- **one-shot**: no weight training after the structure or mask is fixed (minimax: masks learned, "
+        "`--lora-rank 0`; SparseGPT's and Týr's weight updates are part of pruning)."
+    ]
+    if any(r.get("perplexity_recovered") is not None for r in rows):
+        bullets.append(
+            "- **+ recovery**: the same output after the same `llmprune recover` budget for every row "
+            f"(top-k KD from the dense model, LoRA rank 16 merged, 100 steps × 8 × {args.seqlen} tokens of the "
+            "calibration text, its defaults)."
+        )
+    if any(label.startswith("wanda @ minimax widths") for label in labels):
+        bullets.append(
+            "- *wanda @ minimax widths*: Wanda-sp scores at the attention/MLP split minimax learned "
+            "(`--widths`), the control for minimax's learned widths."
+        )
+    if any(label.startswith("minimax default") for label in labels):
+        bullets.append(
+            "- *minimax default (own LoRA)*: minimax as it ships, training LoRA jointly with the masks "
+            "(not one-shot, not the shared recovery); shown in the one-shot column for reference only."
+        )
+    bullets += [
+        "- Wall times are of separate processes on a machine that was running other jobs: compare "
+        "within this page only loosely.",
+        "- **prune total (s)** is the report's `time_total_s` (load, calibrate, prune, save); **peak RSS** "
+        "is the prune process's own, beside the peak host memory `--estimate` predicts for the same "
+        "command (config only) and their ratio (measured / predicted).",
+        "- **prefill × / decode ×**: the output's tokens/s over the dense model's, both timed in one "
+        f"`llmprune eval --speed --baseline` process (one {args.seqlen}-token prefill; greedy decoding of 64 "
+        "tokens with the KV cache; median of 5 after 2 warm-ups); both models' tokens/s are in the JSON.",
+    ]
+    return (
+        f"Model `{args.model_shown}`; calibration {args.nsamples} × {args.seqlen} tokens of "
+        f"`{display_path(args.calib)}`, seed 0, each method at its defaults; perplexity on "
+        f"`{display_path(args.eval)}` in non-overlapping {args.seqlen}-token windows (dense "
+        f"{dense:.2f}). Sparsity is the fraction of decoder-layer linear weights removed "
+        "(2:4 always removes half).\n\n" + "\n".join(bullets)
+    )
 
 
 def resolve_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
