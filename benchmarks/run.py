@@ -805,12 +805,12 @@ def page_intro(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
         return ""
     missing = []
     if not any(r.get("perplexity_recovered") is not None for r in rows):
-        missing.append("**recovery rows are not measured yet** (no `llmprune recover` run on this model)")
+        missing.append("recovery rows (no `llmprune recover` has run on this model's outputs)")
     if not any(r.get("method") in ("minimax", "proxsparse") for r in rows):
-        missing.append("**learned methods' rows (uniform minimax, semi24 proxsparse) are not measured yet**")
+        missing.append("the learned methods' rows (uniform minimax, semi24 proxsparse)")
     if not any(r.get("method") == "tyr" for r in rows):
-        missing.append("global tyr is not measured yet")
-    text = "Not measured yet: " + "; ".join(missing) + ".\n\n" if missing else ""
+        missing.append("global tyr")
+    text = "**Not measured yet on this page:** " + "; ".join(missing) + ".\n\n" if missing else ""
     if args.model_shown != display_path(args.model):
         name = args.model_shown.lower()
         text += (
