@@ -658,6 +658,8 @@ def main() -> None:
     sparsities = [float(s) for s in args.sparsities.split(",")]
     rerun = set(filter(None, args.rerun.split(",")))
     jobs = jobs_for(sparsities, set(filter(None, args.methods.split(","))))
+    if args.oneshot_only:  # a row that only recovers another row's output again has no one-shot part
+        jobs = [j for j in jobs if not j.output_from]
 
     cache = load_cache()
     if args.stale:
@@ -811,6 +813,17 @@ def page_intro(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     if not any(r.get("method") == "tyr" for r in rows):
         missing.append("global tyr")
     text = "**Not measured yet on this page:** " + "; ".join(missing) + ".\n\n" if missing else ""
+    if args.cached_only:
+        text += "This page was written from the cached rows (`--cached-only`); without it the missing rows are run.\n\n"
+    timed = [r for r in rows if r.get("baseline_prefill_tokens_per_s")]
+    if timed:
+        prefill = [r["baseline_prefill_tokens_per_s"] for r in timed]
+        decode = [r["baseline_decode_tokens_per_s"] for r in timed]
+        text += (
+            f"The speed columns are noisy here: the machine ran other jobs, and the dense model itself was timed at "
+            f"{min(prefill):.0f}–{max(prefill):.0f} prefill and {min(decode):.1f}–{max(decode):.1f} decode tokens/s "
+            "across the rows' processes; read a ratio only as measured in that one process.\n\n"
+        )
     if args.model_shown != display_path(args.model):
         name = args.model_shown.lower()
         text += (
