@@ -353,7 +353,7 @@ SPEED_KEYS = (
     "torch_threads",
 )
 #: Fields ``measurements`` adds (a cached row without them gets them while its output is kept).
-MEASURED_FIELDS = ("time_total_s", "predicted_peak_host_mib", "peak_ratio", *SPEED_KEYS)
+MEASURED_FIELDS = ("time_total_s", "predicted_peak_host_mib", "peak_ratio", "time_eval_s", *SPEED_KEYS)
 
 
 def predicted_peak_mib(job: Job, options: dict[str, Any], args: argparse.Namespace) -> float:
@@ -400,6 +400,7 @@ def measurements(
         "time_total_s": report.get("time_total_s"),
         "predicted_peak_host_mib": predicted,
         "peak_ratio": measured / predicted if measured and predicted else None,
+        "time_eval_s": result.get("time_s"),  # the eval process's own (perplexity, then both speeds)
         **{k: result.get(k) for k in SPEED_KEYS},
     }
 
