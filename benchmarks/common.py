@@ -63,12 +63,13 @@ def option_flags(options: dict[str, Any]) -> list[str]:
     return args
 
 
-def run_llmprune(argv: list[str]) -> float:
-    """Run ``llmprune argv --overwrite`` as its own process (so peak memory is its own); its wall
-    time in seconds. A failure raises with the command and the end of its stderr."""
+def run_llmprune(argv: list[str], overwrite: bool = True) -> float:
+    """Run ``llmprune argv --overwrite`` (``llmprune argv`` when not ``overwrite``: commands that
+    write no folder) as its own process (so peak memory is its own); its wall time in seconds. A
+    failure raises with the command and the end of its stderr."""
     import time
 
-    cmd = [sys.executable, "-m", "llmprune", *argv, "--overwrite"]
+    cmd = [sys.executable, "-m", "llmprune", *argv, *(["--overwrite"] if overwrite else [])]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -188,7 +189,7 @@ def write_results(
     return path
 
 
-INDEX_ORDER = ("summary", "baselines", "minimax", "tyr", "proxsparse", "speed", "memory")
+INDEX_ORDER = ("summary", "smollm2", "baselines", "minimax", "tyr", "proxsparse", "speed", "memory")
 
 
 def rebuild_index() -> Path:

@@ -33,6 +33,19 @@ marked with their one-shot key), so a change of the recovery defaults re-runs on
     python benchmarks/run.py --stale         # run nothing: each stale row and why, counts by reason
     python benchmarks/run.py --cached-only   # the page from cached rows, stale ones marked with why
 
+Another model's page (``--page NAME``: ``benchmarks/results/NAME.json``, ``docs/benchmarks/NAME.md``
+and its own plots; the reference model's ``summary`` page is left alone). ``--model`` takes a model
+folder or a name of ``benchmarks/models.py`` (fetched and converted once), whose page is its name:
+
+    python benchmarks/run.py --model smollm2 --oneshot-only --methods magnitude,wanda,sparsegpt
+
+Every row also measures, besides its perplexity: the prune run's own wall time (``time_total_s``
+of its report) and peak RSS beside the peak host memory ``--estimate`` predicts for the same
+command (config only) and their ratio, and the pruned output's prefill and decode speed against
+the dense model timed in the same process (``llmprune eval OUT --speed --baseline DENSE``, which
+also gives the row's perplexity). A cached row measured before these columns gets them when its
+pruned output is still kept; otherwise they are blank.
+
 A row cached under another key is *stale*: ``--cached-only`` shows it (marked, with the component
 that changed: code version, a default, a text) instead of leaving it out; any other run re-runs it.
 """
@@ -43,11 +56,13 @@ import argparse
 import json
 import shlex
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import models
 from common import (
     CALIB,
     DOCS,
@@ -63,6 +78,7 @@ from common import (
     nearest_stale,
     option_flags,
     prune,
+    prune_args,
     prune_command,
     row_key,
     run_llmprune,
@@ -97,7 +113,12 @@ COLUMNS = [
     ("perplexity_recovered", "+ recovery ppl", ".2f"),
     ("time_prune_s", "prune wall (s)", ".0f"),
     ("time_recover_s", "recovery wall (s)", ".0f"),
+    ("time_total_s", "prune total (s)", ".0f"),
     ("peak_rss_mib", "prune peak RSS (MiB)", ".0f"),
+    ("predicted_peak_host_mib", "predicted peak (MiB)", ".0f"),
+    ("peak_ratio", "measured / predicted", ".2f"),
+    ("speedup_prefill", "prefill × dense", ".2f"),
+    ("speedup_decode", "decode × dense", ".2f"),
 ]
 
 
@@ -186,15 +207,18 @@ RECOVERY_FIELDS = ("perplexity_recovered", "time_recover_s", "recover_command", 
 MARKER = "bench_oneshot_key.txt"
 
 
-def output_of(job: Job) -> Path:
+def output_of(job: Job, page: str = "summary") -> Path:
+    """A row's kept pruned output; another page's outputs are prefixed with the page's name (the
+    summary's keep their names), so two models never overwrite each other's."""
     label = job.output_from or job.label  # a recovery-only row reuses its source row's output
-    return WORK / f"run-{job.strategy}-{label.replace(' ', '_')}-{job.sparsity}"
+    prefix = "" if page == "summary" else f"{page}-"
+    return WORK / f"{prefix}run-{job.strategy}-{label.replace(' ', '_')}-{job.sparsity}"
 
 
 def recover_command(args: argparse.Namespace, options: dict[str, Any]) -> str:
     """The shown ``llmprune recover`` command of a row (repository-relative paths, OUT → OUT2)."""
     shown = recover_args(Path("OUT"), Path("OUT2"), args, options)
-    shown[shown.index("--teacher") + 1] = display_path(args.model)
+    shown[shown.index("--teacher") + 1] = args.model_shown
     shown[shown.index("--calib") + 1] = display_path(args.calib)
     return shlex.join(["llmprune", *shown])
 
@@ -205,15 +229,25 @@ def keys_of(
     """(one-shot key, recovery key), both ``common.row_key``s: the prune command, the method's
     defaults, the text hashes and the code version; the recovery key holds the recover command,
     the recovery defaults, the code version and the one-shot key it continues."""
+    shown = prune_command(
+        job.strategy,
+        job.method,
+        job.sparsity,
+        model=args.model_shown,
+        calib=args.calib,
+        nsamples=args.nsamples,
+        **options,
+    )
     oneshot = row_key(
-        prune_command(job.strategy, job.method, job.sparsity, nsamples=args.nsamples, **options),
+        shown,
         texts=texts,
         strategy=job.strategy,
         method=job.method,
         code=version,
-        model=display_path(args.model),
+        model=args.model_shown,
         recover=job.recover,
         seqlen=args.seqlen,
+        **({"model_source": args.model_source} if args.model_source else {}),
     )
     recovery = row_key(
         recover_command(args, job.recover_options), texts=texts, recovery="command", code=version, oneshot=oneshot
@@ -280,12 +314,12 @@ def upgrade_keys(cache: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def prune_part(job: Job, options: dict[str, Any], args: argparse.Namespace, oneshot_key: str) -> dict[str, Any]:
     """Prune and evaluate one row's output (kept on disk, marked with its key); the one-shot part."""
     common = dict(model=args.model, calib=args.calib, seqlen=args.seqlen, nsamples=args.nsamples)
-    out = output_of(job)
+    out = output_of(job, args.page)
     t0 = time.perf_counter()
     report = prune(job.strategy, job.method, out, sparsity=job.sparsity, **common, **options)
     time_prune = time.perf_counter() - t0
     (out / MARKER).write_text(oneshot_key)
-    result = evaluate(out, Path(args.eval), args.seqlen)
+    measured = measurements(job, options, args, out, report)
     row: dict[str, Any] = {
         "strategy": job.strategy,
         "method": job.method,
@@ -293,11 +327,13 @@ def prune_part(job: Job, options: dict[str, Any], args: argparse.Namespace, ones
         "requested_sparsity": job.sparsity,
         "achieved_sparsity": report["achieved_sparsity"],
         "params_decoder_linear": report["params_decoder_linear"],
-        "perplexity": result["perplexity"],
         "time_prune_s": time_prune,
         "peak_rss_mib": report["peak_rss_mib"],
+        **measured,
         "layer_widths": report.get("layer_widths"),
-        "command": prune_command(job.strategy, job.method, job.sparsity, **common, **options),
+        "command": prune_command(
+            job.strategy, job.method, job.sparsity, **{**common, "model": args.model_shown}, **options
+        ),
         "code_version": code_version(),
     }
     if not job.recover:  # minimax's default: its own weight training, reported in its own row
@@ -306,9 +342,72 @@ def prune_part(job: Job, options: dict[str, Any], args: argparse.Namespace, ones
     return row
 
 
+#: What ``llmprune eval OUT --speed --baseline DENSE --json F`` writes that a row keeps.
+SPEED_KEYS = (
+    "prefill_tokens_per_s",
+    "decode_tokens_per_s",
+    "baseline_prefill_tokens_per_s",
+    "baseline_decode_tokens_per_s",
+    "speedup_prefill",
+    "speedup_decode",
+    "torch_threads",
+)
+#: Fields ``measurements`` adds (a cached row without them gets them while its output is kept).
+MEASURED_FIELDS = ("time_total_s", "predicted_peak_host_mib", "peak_ratio", "time_eval_s", *SPEED_KEYS)
+
+
+def predicted_peak_mib(job: Job, options: dict[str, Any], args: argparse.Namespace) -> float:
+    """``--estimate``'s predicted peak host memory (MiB) of the row's own prune command (same
+    flags, config only; the CPU run's peak RSS is host memory)."""
+    with tempfile.TemporaryDirectory(prefix="bench-estimate-") as tmp:
+        f = Path(tmp) / "estimate.json"
+        argv = prune_args(
+            job.strategy,
+            job.method,
+            Path(tmp) / "OUT",
+            model=args.model,
+            sparsity=job.sparsity,
+            seqlen=args.seqlen,
+            nsamples=args.nsamples,
+            calib=args.calib,
+            **options,
+        )
+        run_llmprune([*argv, "--estimate", "--json", str(f)])
+        return json.loads(f.read_text())["peak_host_gib"] * 1024
+
+
+def speed_eval(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``llmprune eval OUT --data EVAL --seqlen N --speed --baseline DENSE --json F`` as its own
+    process: the output's perplexity and its prefill/decode speed against the dense model's,
+    both timed in that one process."""
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
+        f = Path(tmp) / "eval.json"
+        argv = ["eval", str(out), "--data", str(args.eval), "--seqlen", str(args.seqlen), "--speed"]
+        run_llmprune([*argv, "--baseline", str(args.model), "--json", str(f)], overwrite=False)
+        return json.loads(f.read_text())
+
+
+def measurements(
+    job: Job, options: dict[str, Any], args: argparse.Namespace, out: Path, report: dict[str, Any]
+) -> dict[str, Any]:
+    """A row's perplexity and the columns beside it: the prune's own total time, its measured
+    against its predicted peak, and the output's speed against the dense model."""
+    predicted = predicted_peak_mib(job, options, args)
+    result = speed_eval(out, args)
+    measured = report.get("peak_rss_mib")
+    return {
+        "perplexity": result["perplexity"],
+        "time_total_s": report.get("time_total_s"),
+        "predicted_peak_host_mib": predicted,
+        "peak_ratio": measured / predicted if measured and predicted else None,
+        "time_eval_s": result.get("time_s"),  # the eval process's own (perplexity, then both speeds)
+        **{k: result.get(k) for k in SPEED_KEYS},
+    }
+
+
 def recovery_part(job: Job, args: argparse.Namespace) -> dict[str, Any]:
     """Recover the row's kept pruned output and evaluate it; the recovery part."""
-    out = output_of(job)
+    out = output_of(job, args.page)
     recovered = out.with_name(out.name + "-recovered")
     part: dict[str, Any] = {"time_recover_s": run_llmprune(recover_args(out, recovered, args, job.recover_options))}
     part["perplexity_recovered"] = evaluate(recovered, Path(args.eval), args.seqlen)["perplexity"]
@@ -318,30 +417,59 @@ def recovery_part(job: Job, args: argparse.Namespace) -> dict[str, Any]:
     return part
 
 
-def kept_output(job: Job, oneshot_key: str) -> bool:
-    marker = output_of(job) / MARKER
+def complete_part(
+    job: Job, options: dict[str, Any], args: argparse.Namespace, part: dict[str, Any], oneshot_key: str
+) -> bool:
+    """Add ``MEASURED_FIELDS`` to a cached one-shot part measured before them, when its pruned
+    output is still kept (its report gives the total time; the estimate and the speed run are
+    measured now); whether it changed."""
+    if "speedup_decode" in part or not kept_output(job, oneshot_key, args.page):
+        return False
+    out = output_of(job, args.page)
+    report = json.loads((out / "llmprune_report.json").read_text())
+    measured = measurements(job, options, args, out, report)
+    part.update({k: v for k, v in measured.items() if k != "perplexity"})
+    return True
+
+
+def kept_output(job: Job, oneshot_key: str, page: str = "summary") -> bool:
+    marker = output_of(job, page) / MARKER
     return marker.is_file() and marker.read_text() == oneshot_key
 
 
-def plot_perplexity(rows: list[dict], dense: float, path: Path) -> None:
+def plot_perplexity(rows: list[dict], dense: float, path: Path, model: str = "the reference model") -> None:
+    """Perplexity against achieved sparsity: one line per structured method (one-shot solid, +
+    recovery dashed, when measured), each 2:4 method a single marker, dense a horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
-    for i, (strategy, method) in enumerate(STRUCTURED):
+    recovered = False
+    lines = list(dict.fromkeys((r["strategy"], r["label"]) for r in rows if r["strategy"] in ("uniform", "global")))
+    structured = [(st, m) for st, m in lines if m == m.split()[0] and registered(st, m)]
+    for i, (strategy, method) in enumerate(structured):
         ours = [r for r in rows if r["strategy"] == strategy and r["label"] == method]
         color = f"C{i}"
         for key, style, name in (("perplexity", "-", "one-shot"), ("perplexity_recovered", "--", "+ recovery")):
             points = sorted((r["achieved_sparsity"], r[key]) for r in ours if r.get(key) is not None)
             if points:
+                recovered |= key == "perplexity_recovered"
                 ax.plot(*zip(*points), style, marker="o", color=color, label=f"{strategy} {method}, {name}")
-    ax.axhline(dense, color="grey", linestyle=":", label="dense")
+    markers = iter("s^Dv")
+    for i, row in enumerate(r for r in rows if r["strategy"] == "semi24" and r["label"] == r["method"]):
+        color, marker = f"C{len(structured) + i}", next(markers, "x")
+        for key, filled, name in (("perplexity", True, "one-shot"), ("perplexity_recovered", False, "+ recovery")):
+            if row.get(key) is not None:
+                face = color if filled else "none"
+                label = f"2:4 {row['method']}, {name}"
+                ax.plot([row["achieved_sparsity"]], [row[key]], marker, color=color, mfc=face, label=label)
+    ax.axhline(dense, color="grey", linestyle=":", label=f"dense ({dense:.2f})")
     ax.set_yscale("log")
     ax.set_xlabel("achieved sparsity (decoder linear weights)")
     ax.set_ylabel("perplexity (log scale)")
-    ax.set_title("Structured pruning on the reference model: one-shot and + recovery")
+    ax.set_title(f"Pruning {model}: one-shot" + (" and + recovery" if recovered else ""))
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -430,15 +558,26 @@ def collect(
         reasons: list[tuple[str, str]] = []
         if stale_ok and (one is None or (job.recover and rec is None)):
             one, rec, reasons = stale_parts(cache, job, oneshot, recovery, one, rec)
-        if args.oneshot_only and one is None and not stale_ok:
+        if args.oneshot_only and one is None and not stale_ok and not job.output_from:
+            if args.max_rows and fresh >= args.max_rows:
+                print(f"not run: {job.label} {job.sparsity}", flush=True)
+                missing.append(name)
+                continue
             one = cache["oneshot"][oneshot_key] = prune_part(job, options, args, oneshot_key)
+            fresh += 1
             CACHE.write_text(json.dumps(cache, indent=2) + "\n")
-        if one is None or (job.recover and rec is None):
+        if one is not None and not stale_ok and not reasons and not job.output_from:
+            if complete_part(job, options, args, one, oneshot_key):  # measured before the new columns
+                CACHE.write_text(json.dumps(cache, indent=2) + "\n")
+        # --oneshot-only: a row's one-shot part is shown without its recovery (a row that only
+        # recovers another row's output again is left out)
+        oneshot_row = args.oneshot_only and one is not None and not job.output_from
+        if not oneshot_row and (one is None or (job.recover and rec is None)):
             if stale_ok or args.oneshot_only or (args.max_rows and fresh >= args.max_rows):
                 print(f"not run: {job.label} {job.sparsity}", flush=True)
                 missing.append(name)
                 continue
-            if one is None or not kept_output(job, oneshot_key):  # recovery needs the pruned output
+            if one is None or not kept_output(job, oneshot_key, args.page):  # recovery needs the pruned output
                 one = cache["oneshot"][oneshot_key] = prune_part(job, options, args, oneshot_key)
             if job.recover and rec is None:
                 rec = cache["recovery"][recovery_key] = recovery_part(job, args)
@@ -456,6 +595,22 @@ def collect(
     return rows, missing, stale
 
 
+def dense_eval(cache: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """The dense model's evaluation, cached beside the one-shot parts under its own key (its eval
+    command, the evaluation text's hash, the code version, the model)."""
+    command = f"llmprune eval {args.model_shown} --data {display_path(args.eval)} --seqlen {args.seqlen}"
+    key = row_key(command, texts={"eval": text_hash(args.eval)}, model=args.model_shown, seqlen=args.seqlen)
+    if args.model_source:
+        key["model_source"] = args.model_source
+    text = key_text(key)
+    if text not in cache["oneshot"]:
+        result = evaluate(Path(args.model), Path(args.eval), args.seqlen)
+        part = {k: result[k] for k in ("perplexity", "params_decoder_linear")}
+        cache["oneshot"][text] = {**part, "strategy": "dense", "command": command, "code_version": code_version()}
+        CACHE.write_text(json.dumps(cache, indent=2) + "\n")
+    return cache["oneshot"][text]
+
+
 def print_stale_counts(stale: list[tuple[str, list[tuple[str, str]]]], total: int) -> None:
     counts: dict[str, int] = {}
     for _, reasons in stale:
@@ -466,7 +621,17 @@ def print_stale_counts(stale: list[tuple[str, list[tuple[str, str]]]], total: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REFMODEL))
+    parser.add_argument(
+        "--model",
+        default=str(REFMODEL),
+        help=f"a model folder or a name of benchmarks/models.py ({', '.join(models.MODELS)}; fetched once)",
+    )
+    parser.add_argument(
+        "--page",
+        default=None,
+        help="the page written: benchmarks/results/PAGE.json, docs/benchmarks/PAGE.md and its plots [default: "
+        "summary for the reference model, the name for a benchmarks/models.py model; required for another folder]",
+    )
     parser.add_argument("--calib", default=str(CALIB))
     parser.add_argument("--eval", default=str(EVAL))
     parser.add_argument("--seqlen", type=int, default=256)
@@ -490,9 +655,12 @@ def main() -> None:
         help="prune and evaluate the one-shot parts only (outputs kept for a later run's recoveries)",
     )
     args = parser.parse_args()
+    resolve_model(parser, args)
     sparsities = [float(s) for s in args.sparsities.split(",")]
     rerun = set(filter(None, args.rerun.split(",")))
     jobs = jobs_for(sparsities, set(filter(None, args.methods.split(","))))
+    if args.oneshot_only:  # a row that only recovers another row's output again has no one-shot part
+        jobs = [j for j in jobs if not j.output_from]
 
     cache = load_cache()
     if args.stale:
@@ -501,7 +669,7 @@ def main() -> None:
         if missing:
             print(f"not cached at all: {', '.join(missing)}")
         return
-    dense = evaluate(Path(args.model), Path(args.eval), args.seqlen)
+    dense = dense_eval(cache, args)
     rows: list[dict[str, Any]] = [
         {
             "strategy": "dense",
@@ -522,13 +690,16 @@ def main() -> None:
             row["perplexity"] = own
             row["label"] = row["label"].replace("(own LoRA)", "(own LoRA: not one-shot)")
     DOCS.mkdir(parents=True, exist_ok=True)
-    plot_perplexity(rows, dense["perplexity"], DOCS / "perplexity_vs_sparsity.png")
-    has_widths = plot_global_widths(rows, _geometry(args.model), DOCS / "global_kept_fraction.png")
+    prefix = "" if args.page == "summary" else f"{args.page}_"
+    ppl_png, widths_png = f"{prefix}perplexity_vs_sparsity.png", f"{prefix}global_kept_fraction.png"
+    model_name = "the reference model" if args.page == "summary" else args.page
+    plot_perplexity(rows, dense["perplexity"], DOCS / ppl_png, model_name)
+    has_widths = plot_global_widths(rows, _geometry(args.model), DOCS / widths_png)
     commands = "\n".join(
         f"- `{r['command']}`" + (f" then `{r['recover_command']}`" if r.get("recover_command") else "")
         for r in rows[1:]
     )
-    notes = "![perplexity against sparsity, one-shot and + recovery](perplexity_vs_sparsity.png)\n"
+    notes = f"![perplexity against sparsity, one-shot and + recovery]({ppl_png})\n"
     if missing:
         notes = (
             f"**Not measured yet** (no cached row; run the command again to add them): {', '.join(missing)}.\n\n"
@@ -540,37 +711,127 @@ def main() -> None:
             f"{', '.join(name for name, _ in stale)}.\n\n" + notes
         )
     if has_widths:
-        notes += "\n![per-layer kept fractions of global](global_kept_fraction.png)\n"
+        notes += f"\n![per-layer kept fractions of global]({widths_png})\n"
     notes += (
         f"\nCommands (each output evaluated with `llmprune eval OUT --data {display_path(args.eval)} "
-        f"--seqlen {args.seqlen}`; OUT2 is the recovered copy of OUT):\n\n{commands}\n"
+        f"--seqlen {args.seqlen} --speed --baseline {args.model_shown}`, which gives its perplexity and its "
+        f"speed against the dense model's in the same process; OUT2 is the recovered copy of OUT):\n\n"
+        f"{commands}\n"
     )
+    shows_recovery = any(r.get("perplexity_recovered") is not None for r in rows)
+    columns = [c for c in COLUMNS if shows_recovery or c[0] not in ("perplexity_recovered", "time_recover_s")]
     path = write_results(
-        "summary",
-        "All strategies on one model: one-shot and + the same recovery",
+        args.page,
+        "All strategies on one model: one-shot and + the same recovery"
+        if args.page == "summary"
+        else f"{args.page}: one-shot pruning, every strategy side by side",
         rows,
-        COLUMNS + ([("stale", "stale (why its key changed)", "")] if stale else []),
-        intro=(
-            f"Model `{display_path(args.model)}`; calibration {args.nsamples} × {args.seqlen} tokens of "
-            f"`{display_path(args.calib)}`, seed 0, each method at its defaults; perplexity on "
-            f"`{display_path(args.eval)}` in non-overlapping {args.seqlen}-token windows (dense "
-            f"{dense['perplexity']:.2f}). Sparsity is the fraction of decoder-layer linear weights removed "
-            "(2:4 always removes half).\n\n"
-            "- **one-shot**: no weight training after the structure or mask is fixed (minimax: masks learned, "
-            "`--lora-rank 0`; SparseGPT's and Týr's weight updates are part of pruning).\n"
-            "- **+ recovery**: the same output after the same `llmprune recover` budget for every row "
-            f"(top-k KD from the dense model, LoRA rank 16 merged, 100 steps × 8 × {args.seqlen} tokens of the "
-            "calibration text, its defaults).\n"
-            "- *wanda @ minimax widths*: Wanda-sp scores at the attention/MLP split minimax learned "
-            "(`--widths`), the control for minimax's learned widths.\n"
-            "- *minimax default (own LoRA)*: minimax as it ships, training LoRA jointly with the masks "
-            "(not one-shot, not the shared recovery); shown in the one-shot column for reference only.\n"
-            "- Wall times are of separate processes on a machine that was running other jobs: compare "
-            "within this page only loosely."
-        ),
+        columns + ([("stale", "stale (why its key changed)", "")] if stale else []),
+        intro=page_intro(args, rows) + intro_text(args, rows, dense["perplexity"]),
         notes=notes,
     )
     print(f"wrote {path}")
+
+
+def intro_text(args: argparse.Namespace, rows: list[dict[str, Any]], dense: float) -> str:
+    """The settings and what each column means (the bullets of rows the page does not hold left out)."""
+    labels = {r.get("label", "") for r in rows}
+    bullets = [
+        "- **one-shot**: no weight training after the structure or mask is fixed (minimax: masks learned, "
+        "`--lora-rank 0`; SparseGPT's and Týr's weight updates are part of pruning)."
+    ]
+    if any(r.get("perplexity_recovered") is not None for r in rows):
+        bullets.append(
+            "- **+ recovery**: the same output after the same `llmprune recover` budget for every row "
+            f"(top-k KD from the dense model, LoRA rank 16 merged, 100 steps × 8 × {args.seqlen} tokens of the "
+            "calibration text, its defaults)."
+        )
+    if any(label.startswith("wanda @ minimax widths") for label in labels):
+        bullets.append(
+            "- *wanda @ minimax widths*: Wanda-sp scores at the attention/MLP split minimax learned "
+            "(`--widths`), the control for minimax's learned widths."
+        )
+    if any(label.startswith("minimax default") for label in labels):
+        bullets.append(
+            "- *minimax default (own LoRA)*: minimax as it ships, training LoRA jointly with the masks "
+            "(not one-shot, not the shared recovery); shown in the one-shot column for reference only."
+        )
+    bullets += [
+        "- Wall times are of separate processes on a machine that was running other jobs: compare "
+        "within this page only loosely.",
+        "- **prune total (s)** is the report's `time_total_s` (load, calibrate, prune, save); **peak RSS** "
+        "is the prune process's own, beside the peak host memory `--estimate` predicts for the same "
+        "command (config only) and their ratio (measured / predicted).",
+        "- **prefill × / decode ×**: the output's tokens/s over the dense model's, both timed in one "
+        f"`llmprune eval --speed --baseline` process (one {args.seqlen}-token prefill; greedy decoding of 64 "
+        "tokens with the KV cache; median of 5 after 2 warm-ups); both models' tokens/s are in the JSON.",
+    ]
+    return (
+        f"Model `{args.model_shown}`; calibration {args.nsamples} × {args.seqlen} tokens of "
+        f"`{display_path(args.calib)}`, seed 0, each method at its defaults; perplexity on "
+        f"`{display_path(args.eval)}` in non-overlapping {args.seqlen}-token windows (dense "
+        f"{dense:.2f}). Sparsity is the fraction of decoder-layer linear weights removed "
+        "(2:4 always removes half).\n\n" + "\n".join(bullets)
+    )
+
+
+def resolve_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``args.model`` as a folder (a ``benchmarks/models.py`` name fetched once), ``args.page``,
+    ``args.model_shown`` (the model as commands and row keys write it) and ``args.model_source``
+    (the checksum a fetched model was converted from, part of its rows' keys)."""
+    name = args.model if args.model in models.MODELS else None
+    if name:
+        try:
+            args.model = str(models.fetch(name))
+        except models.FetchError as err:
+            parser.error(str(err))
+    reference = Path(args.model).resolve() == REFMODEL.resolve()
+    if args.page is None:
+        if not (reference or name):
+            parser.error("--page is required for a model other than the reference model or a benchmarks/models.py name")
+        args.page = "summary" if reference else name
+    if args.page == "summary" and not reference:
+        parser.error("--page summary is the reference model's page; name another page for this model")
+    args.model_shown = display_path(args.model)
+    args.model_source = None
+    for known in models.MODELS:  # a placeholder, as OUT: the page says what it stands for
+        if Path(args.model).resolve() == models.default_folder(known).resolve():
+            args.model_shown = known.upper()
+    source = Path(args.model) / models.SOURCE_FILE
+    if source.is_file():
+        args.model_source = json.loads(source.read_text()).get("member_sha256")
+
+
+def page_intro(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+    """What a page other than the summary measures and does not (yet)."""
+    if args.page == "summary":
+        return ""
+    missing = []
+    if not any(r.get("perplexity_recovered") is not None for r in rows):
+        missing.append("recovery rows (no `llmprune recover` has run on this model's outputs)")
+    if not any(r.get("method") in ("minimax", "proxsparse") for r in rows):
+        missing.append("the learned methods' rows (uniform minimax, semi24 proxsparse)")
+    if not any(r.get("method") == "tyr" for r in rows):
+        missing.append("global tyr")
+    text = "**Not measured yet on this page:** " + "; ".join(missing) + ".\n\n" if missing else ""
+    if args.cached_only:
+        text += "This page was written from the cached rows (`--cached-only`); without it the missing rows are run.\n\n"
+    timed = [r for r in rows if r.get("baseline_prefill_tokens_per_s")]
+    if timed:
+        prefill = [r["baseline_prefill_tokens_per_s"] for r in timed]
+        decode = [r["baseline_decode_tokens_per_s"] for r in timed]
+        text += (
+            f"The speed columns are noisy here: the machine ran other jobs, and the dense model itself was timed at "
+            f"{min(prefill):.0f}–{max(prefill):.0f} prefill and {min(decode):.1f}–{max(decode):.1f} decode tokens/s "
+            "across the rows' processes; read a ratio only as measured in that one process.\n\n"
+        )
+    if args.model_shown != display_path(args.model):
+        name = args.model_shown.lower()
+        text += (
+            f"`{args.model_shown}` in the commands below is the converted model folder, "
+            f"`$(python benchmarks/models.py fetch {name})`.\n\n"
+        )
+    return text
 
 
 def _geometry(model: str) -> dict[str, int]:

@@ -22,7 +22,16 @@ from llmprune.pruners.base import get_pruner_class  # noqa: E402
 
 def args() -> argparse.Namespace:
     return argparse.Namespace(
-        model=str(REFMODEL), calib=str(CALIB), eval=str(EVAL), seqlen=256, nsamples=64, oneshot_only=False, max_rows=0
+        model=str(REFMODEL),
+        calib=str(CALIB),
+        eval=str(EVAL),
+        seqlen=256,
+        nsamples=64,
+        oneshot_only=False,
+        max_rows=0,
+        page="summary",
+        model_shown=run.display_path(REFMODEL),
+        model_source=None,
     )
 
 
@@ -191,3 +200,58 @@ def test_cached_only_names_a_stale_recovery_part():
     assert rows[0]["perplexity_recovered"] == 45.0
     ((_, reasons),) = stale
     assert reasons == [("code version", f"recovery code: {'0' * 16} → {recovery['code']}")]
+
+
+def other_model(tmp_path: Path) -> argparse.Namespace:
+    """args() for another model's page (run.py --model FOLDER --page other)."""
+    folder = tmp_path / "other-model"
+    folder.mkdir(exist_ok=True)
+    a = args()
+    a.model, a.page, a.model_shown, a.model_source = str(folder), "other", "OTHER", "f" * 64
+    return a
+
+
+def test_rows_of_two_models_never_share_a_key_or_an_output(tmp_path):
+    """run.py --page: another model's rows are keyed by that model (its placeholder in the command
+    and the ``model`` component, its source checksum) and keep their pruned outputs apart."""
+    job = run.Job("uniform", "wanda", 0.5, "wanda")
+    ref, ref_recovery = run.keys_of(job, {}, args(), texts(), "v1")
+    other, other_recovery = run.keys_of(job, {}, other_model(tmp_path), texts(), "v1")
+    assert ref["model"] == "../shared/refmodel" and other["model"] == "OTHER"
+    assert "llmprune uniform OTHER -o OUT" in other["command"] and other["model_source"] == "f" * 64
+    assert "model_source" not in ref  # the reference model's keys are as before
+    assert key_text(ref) != key_text(other) and key_text(ref_recovery) != key_text(other_recovery)
+    assert run.output_of(job) != run.output_of(job, "other")
+    assert run.output_of(job).name == "run-uniform-wanda-0.5"  # the summary's kept outputs keep their names
+
+
+def test_page_follows_the_model(tmp_path):
+    parser = argparse.ArgumentParser()
+    a = argparse.Namespace(model=str(REFMODEL), page=None)
+    run.resolve_model(parser, a)
+    assert a.page == "summary" and a.model_shown == "../shared/refmodel" and a.model_source is None
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for page in (None, "summary"):  # another folder: a page of its own, never the summary
+        with pytest.raises(SystemExit):
+            run.resolve_model(parser, argparse.Namespace(model=str(folder), page=page))
+    (folder / "llmprune_source.json").write_text(json.dumps({"member_sha256": "a" * 64}))
+    a = argparse.Namespace(model=str(folder), page="mine")
+    run.resolve_model(parser, a)
+    assert a.page == "mine" and a.model_source == "a" * 64
+
+
+def test_oneshot_only_shows_one_shot_rows_without_recovery(tmp_path):
+    """--oneshot-only: a cached one-shot part is a row (no recovery column); a row that only
+    recovers another row's output again is left out, named as not measured."""
+    a = other_model(tmp_path)
+    a.oneshot_only = True
+    job = run.Job("uniform", "wanda", 0.5, "wanda")
+    again = run.with_recovered_again(job)[1]
+    part = {**cached_part("wanda"), "speedup_decode": 1.5}  # measured: nothing to complete
+    real = {"calib": run.text_hash(CALIB), "eval": run.text_hash(EVAL)}
+    oneshot, _ = run.keys_of(job, {}, a, real)
+    cache = {"oneshot": {key_text(oneshot): part}, "recovery": {}}
+    rows, missing, stale = run.collect([job, again], cache, a, set(), stale_ok=False)
+    assert [r["perplexity"] for r in rows] == [50.0] and rows[0].get("perplexity_recovered") is None
+    assert missing == ["uniform wanda, recovery --nsamples 256 50%"] and stale == []
