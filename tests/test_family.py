@@ -59,7 +59,7 @@ def test_projection_names_come_from_the_adapter():
 
 
 def test_capture_uses_the_shared_inputs_of_arch():
-    from llmprune.data.text import capture
+    from llmprune.data import capture
 
     assert capture.INPUT_SOURCES is arch.INPUT_SOURCES
     assert set(arch.INPUT_SOURCES) == set(LINEAR_KEYS)
