@@ -30,6 +30,13 @@ from llmprune.runtime.memory import GIB
 
 #: CUDA context, allocator fragmentation and kernels' workspaces (GiB), added on GPUs only.
 OVERHEAD_GIB = 2.0
+#: What every run's process holds besides the model (GiB), added to the host peak: Python, torch and
+#: transformers once imported (0.25 measured with the CPU wheel), a fast tokenizer (0.07) and the
+#: calibration text tokenized (0.05).
+PROCESS_GIB = 0.35
+#: ``save_pretrained``'s shard size: safetensors serialises a shard in memory before writing it, so
+#: saving holds up to one shard of the output beside the model.
+SAVE_SHARD_BYTES = 5e9
 #: Sustained FLOP/s ranges (low, high) used for the time range.
 THROUGHPUT = {"cuda": (150e12, 400e12), "cpu": (2e10, 2e11)}
 #: Host-to-device bandwidth range (bytes/s) per rank for --stream-weights (PCIe 4/5 x16, shared).

@@ -48,8 +48,11 @@ pruned copy) ``+ Hessians (SparseGPT, Týr: (2H² + (n_h·d)² + I²) · 4 + 3·
 copy, factor and inverse of the largest one, :mod:`llmprune.core.obs`) ``) + 2·N·L·H·4`` (a layer's
 inputs and outputs, or on disk with ``--offload-dir``); on CPU the two are the same memory; Týr's search then runs
 whole-model forwards (``P·b`` + one batch of activations without gradient).
-Host peak: the model in its checkpoint dtype while it loads, the calibration activations of a
-layer-wise pass, the teacher's top-k logits ``N·L·k·12`` and one checkpoint's serialised state.
+Host peak: :data:`PROCESS_GIB` (Python, torch, transformers and a tokenizer, with the text tokenized) plus the larger of the
+run's working set (the model in its checkpoint dtype while it loads, the calibration activations of a
+layer-wise pass, the teacher's top-k logits ``N·L·k·12`` and one checkpoint's serialised state; on
+CPU the device peak) and the save (the model in its saved dtype plus one shard of the output,
+at most :data:`SAVE_SHARD_BYTES`, which safetensors serialises in memory before writing it).
 Checkpoint writes over a run: per stage ⌊(steps − 1) / N⌋ lean checkpoints with ``--checkpoint-every N``
 (steps), or ⌊stage time / D⌋ (at most steps − 1) with a duration D (the default ``10m``; the
 stage time at the slow end of the time range, so a bound), each the stage's trainable state and
@@ -74,7 +77,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmprune.core.memory_model import OVERHEAD_GIB, THROUGHPUT, TRANSFER, Request, saved_bytes_of
+from llmprune.core.memory_model import (
+    OVERHEAD_GIB,
+    PROCESS_GIB,
+    SAVE_SHARD_BYTES,
+    THROUGHPUT,
+    TRANSFER,
+    Request,
+    saved_bytes_of,
+)
 from llmprune.errors import WontFitError
 from llmprune.pruners.base import Pruner, get_pruner_class
 from llmprune.runtime import memory
@@ -123,7 +134,10 @@ def estimate(settings: Any, config: Any, ranks: int = 1) -> Estimate:
     out_params = shape.params - shape.layers * shape.layer_linear * (1 - keep)
     disk = out_params * q.saved + res.disk
     peak_device = res.peak_device(q)
-    host = max(res.host, peak_device) if q.device == "cpu" else max(res.host, shape.params * saved_bytes_of(config))
+    loaded = shape.params * saved_bytes_of(config)  # the model as it loads (checkpoint dtype)
+    saving = shape.params * q.saved + min(out_params * q.saved, SAVE_SHARD_BYTES)  # model + one shard's bytes
+    work = max(res.host, peak_device) if q.device == "cpu" else max(res.host, loaded)
+    host = PROCESS_GIB * GIB + max(work, saving)
     slow, fast = THROUGHPUT[q.device]
     time_h = (res.flops / fast / 3600 / ranks, res.flops / slow / 3600 / ranks)
     if stream and q.device == "cuda":  # every rank streams its own copy; transfers do not overlap compute here
