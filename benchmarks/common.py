@@ -214,15 +214,45 @@ def rebuild_index() -> Path:
     return index
 
 
-def code_version() -> str:
+def code_version(strategy: str | None = None, method: str | None = None) -> str:
     """Content hash of the package's Python sources (uncommitted edits count): part of every row
-    cache key, so a cached number is reused only with the code that measured it."""
+    cache key, so a cached number is reused only with the code that measured it.
+
+    The files of *other* methods are left out (for a dense or recovery row, of every method): the
+    layering contract "Methods never import each other" (``pyproject.toml``, checked in CI) means
+    an edit to Týr cannot change a Wanda row, so it does not make that row stale."""
     import hashlib
 
+    skipped = set().union(*(method_files(s, m) for s, m in registered_methods() if (s, m) != (strategy, method)))
+    skipped -= method_files(strategy, method) if strategy and method else set()
     digest = hashlib.sha256()
     for path in sorted((ROOT / "llmprune").rglob("*.py")):
+        if path in skipped:
+            continue
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def registered_methods() -> list[tuple[str, str]]:
+    from llmprune.pruners.registry import STRATEGIES, methods
+
+    return [(strategy, name) for strategy in STRATEGIES for name in methods(strategy)]
+
+
+def method_files(strategy: str, method: str) -> set[Path]:
+    """A method's own sources: its declaration (``pruners/<name>_options.py``) and its
+    implementation's module, or the whole sub-package when the implementation lives in one
+    (``pruners/tyr/``)."""
+    import sys
+
+    from llmprune.pruners.registry import declared
+
+    cls = declared(strategy, method)
+    files = {Path(sys.modules[cls.__module__].__file__ or "").resolve()}
+    module = ROOT.joinpath(*cls.implementation.split(":")[0].split("."))
+    while module.parent.name != "pruners":  # inside a sub-package of pruners/: all of it is the method's
+        module = module.parent
+    return files | ({p.resolve() for p in module.rglob("*.py")} if module.is_dir() else {module.with_suffix(".py")})
 
 
 def text_hash(path: str | Path) -> str:
@@ -242,7 +272,8 @@ def text_hash(path: str | Path) -> str:
 #   (``llmprune.pruners.base.option_defaults``) and, when the row recovers, the recovery's;
 # - ``texts``: content hashes of the text files it reads (calibration, evaluation);
 # - ``split``: the held-out split's identity (selection rows only);
-# - ``code``: ``code_version()``, the content hash of ``llmprune/``;
+# - ``code``: ``code_version(strategy, method)``, the content hash of ``llmprune/`` without the
+#   other methods' files (methods never import each other);
 # - anything else the caller names (model, seqlen, the one-shot key a recovery continues).
 #
 # ``stale_reasons`` compares a cached key with the key a run would use now and names each
@@ -284,7 +315,12 @@ def row_key(
     **extra: Any,
 ) -> dict[str, Any]:
     """The key of one cached row (see above); ``key_text`` turns it into the cache's string."""
-    key: dict[str, Any] = {"command": command, "texts": dict(texts), "code": code or code_version(), **extra}
+    key: dict[str, Any] = {
+        "command": command,
+        "texts": dict(texts),
+        "code": code or code_version(strategy, method),
+        **extra,
+    }
     defaults = run_defaults(strategy, method, recovery)
     if defaults:  # none for a dense evaluation
         key["defaults"] = defaults

@@ -74,7 +74,7 @@ def row_key(method: str, sparsity: float, batch_size: int, options: dict) -> str
     from llmprune.pruners.base import get_pruner_class, option_defaults
 
     key = {
-        "code": code_version(),
+        "code": code_version("uniform", "minimax"),
         "command": prune_command("uniform", method, sparsity, **options),
         "batch_size": batch_size,
         "defaults": option_defaults(get_pruner_class("uniform", method)),

@@ -26,7 +26,7 @@ Each prune and recovery runs as its own ``llmprune`` process, so wall time and p
 own. Rows are cached in ``benchmarks/results/summary_rows.json`` in two parts, each under a
 ``common.row_key`` (shared with benchmarks/selection.py): the one-shot part by its prune command,
 the method's option defaults, the hashes of the text files and the code version (a content hash of
-``llmprune/``); the recovery part by its recover command, the recovery defaults, the code version
+``llmprune/`` without the other methods' files); the recovery part by its recover command, the recovery defaults, the code version
 and the one-shot key it continues. The pruned outputs are kept (``benchmarks/results/work/run-*``,
 marked with their one-shot key), so a change of the recovery defaults re-runs only the recoveries.
 
@@ -334,7 +334,7 @@ def prune_part(job: Job, options: dict[str, Any], args: argparse.Namespace, ones
         "command": prune_command(
             job.strategy, job.method, job.sparsity, **{**common, "model": args.model_shown}, **options
         ),
-        "code_version": code_version(),
+        "code_version": code_version(job.strategy, job.method),
     }
     if not job.recover:  # minimax's default: its own weight training, reported in its own row
         row["perplexity_own_training"], row["perplexity"] = row["perplexity"], None
@@ -534,7 +534,6 @@ def collect(
     stale rows with their reasons. ``stale_ok`` (``--cached-only``, ``--stale``) runs nothing: a
     row missing at today's key is the cached row of the same commands, marked stale."""
     texts = {"calib": text_hash(args.calib), "eval": text_hash(args.eval)}
-    version = code_version()
     rows: list[dict[str, Any]] = []
     by_label: dict[str, dict[str, Any]] = {}
     fresh = 0
@@ -551,7 +550,7 @@ def collect(
                 continue
             w = source["layer_widths"][0]
             options["widths"] = f"{w['kv_heads']},{w['channels']}"
-        oneshot, recovery = keys_of(job, options, args, texts, version)
+        oneshot, recovery = keys_of(job, options, args, texts)  # code versions per method
         oneshot_key, recovery_key = key_text(oneshot), key_text(recovery)
         one = None if job.method in rerun else cache["oneshot"].get(oneshot_key)
         rec = None if job.method in rerun else cache["recovery"].get(recovery_key)

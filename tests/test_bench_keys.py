@@ -255,3 +255,30 @@ def test_oneshot_only_shows_one_shot_rows_without_recovery(tmp_path):
     rows, missing, stale = run.collect([job, again], cache, a, set(), stale_ok=False)
     assert [r["perplexity"] for r in rows] == [50.0] and rows[0].get("perplexity_recovered") is None
     assert missing == ["uniform wanda, recovery --nsamples 256 50%"] and stale == []
+
+
+def test_an_edit_to_one_method_stales_its_rows_and_no_other_methods(monkeypatch):
+    """The code version leaves out the other methods' files (methods never import each other, a
+    contract CI checks): an edit to Týr's search changes Týr's key only; an edit to shared code
+    (the masks) changes every method's and the recovery's."""
+    import common
+
+    def versions() -> dict[str, str]:
+        pairs = [("global", "tyr"), ("uniform", "wanda"), ("semi24", "proxsparse"), ("uniform", "minimax")]
+        return {m: common.code_version(s, m) for s, m in pairs} | {"recovery": common.code_version()}
+
+    before = versions()
+    real = Path.read_bytes
+
+    def edited(target: str):
+        def read(path: Path) -> bytes:
+            return real(path) + (b"# edit" if path.as_posix().endswith(target) else b"")
+
+        return read
+
+    monkeypatch.setattr(Path, "read_bytes", edited("llmprune/pruners/tyr/search.py"))
+    after = versions()
+    assert [m for m in before if before[m] != after[m]] == ["tyr"]
+    monkeypatch.setattr(Path, "read_bytes", edited("llmprune/core/masks.py"))
+    assert all(before[m] != v for m, v in versions().items())
+    assert common.method_files("uniform", "wanda") == common.method_files("semi24", "sparsegpt")  # one module
