@@ -1,11 +1,13 @@
-"""Print README's results table from ``benchmarks/results/summary.json`` (written by run.py), so the
+"""Print README's results tables from ``benchmarks/results/<page>.json`` (written by run.py), so the
 README's figures are copied by a script, not by hand.
 
-    python benchmarks/readme_table.py
+    python benchmarks/readme_table.py                 # SmolLM2-135M (README's Results)
+    python benchmarks/readme_table.py --page summary  # the reference model (docs/benchmarks.md)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from typing import Any
@@ -72,9 +74,40 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def model_table(rows: list[dict[str, Any]]) -> str:
+    """A real model's table: perplexity (one-shot, + recovery when measured), the prune run's time
+    and peak RSS beside ``--estimate``'s prediction, and the output's speed against the dense model."""
+    lines = [
+        "| strategy | method | sparsity | one-shot | + recovery | prune time | peak RSS (predicted) "
+        "| prefill / decode vs dense |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row["strategy"] == "dense":
+            lines.append(f"| dense | – | 0% | {row['perplexity']:.2f} | – | – | – | 1× / 1× |")
+            continue
+        sparsity = "2:4" if row["strategy"] == "semi24" else f"{row['requested_sparsity']:.0%}"
+        rss, predicted = row.get("peak_rss_mib"), row.get("predicted_peak_host_mib")
+        memory = "–" if rss is None else f"{rss / 1024:.2f} GiB" + (f" ({predicted / 1024:.2f})" if predicted else "")
+        speed = f"{ratio(row.get('speedup_prefill'))} / {ratio(row.get('speedup_decode'))}"
+        perplexity = "–" if row.get("perplexity") is None else f"{row['perplexity']:,.2f}"
+        lines.append(
+            f"| {row['strategy']} | {method_cell(row)} | {sparsity} | {perplexity} | "
+            f"{cell(row.get('perplexity_recovered'))} | {duration(row.get('time_prune_s'))} | {memory} | {speed} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
-    data = json.loads((RESULTS / "summary.json").read_text())
-    print(table(data["rows"]))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--page", default="smollm2", help="a run.py page: smollm2 (default) or summary")
+    page = parser.parse_args().page
+    data = json.loads((RESULTS / f"{page}.json").read_text())
+    print(table(data["rows"]) if page == "summary" else model_table(data["rows"]))
 
 
 if __name__ == "__main__":
