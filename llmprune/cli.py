@@ -260,7 +260,7 @@ def _common_parameters(strategy: str) -> list[inspect.Parameter]:
             str,
             typer.Option(
                 "auto",
-                help="Learned methods: recompute each decoder layer's activations in backward instead of keeping them (same gradients, ~1/3 more compute). auto: on when a step's activations would outweigh a quarter of the model; on; off.",
+                help="Learned methods: recompute each decoder layer's activations in backward instead of keeping them (same gradients, ~1/3 more compute). auto: on only when the weights plus a step's activations would exceed half the device's memory; on; off.",
             ),
         ),
         (

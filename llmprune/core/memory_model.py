@@ -122,13 +122,19 @@ def weight_terms(weights: int, layers: int, layer_bytes: int, stream: bool) -> d
     }
 
 
-def checkpointing_on(settings: Any, shape: Shape, tokens: int, b: int, params: int) -> bool:
-    """``--grad-checkpoint`` resolved (the training loop and the estimate both ask here): auto turns
-    it on when the activations a step would save exceed a quarter of the weight bytes."""
+def checkpointing_on(settings: Any, shape: Shape, tokens: int, b: int, params: int, budget: int | None = None) -> bool:
+    """``--grad-checkpoint`` resolved (the training loop and the estimate both ask here). Auto turns
+    it on only when memory asks for it: when the weights plus the activations a step would save
+    without it exceed half the device budget (``budget`` bytes; without a budget, when those
+    activations exceed a quarter of the weight bytes). Recomputation costs a third more compute
+    per step (one more forward) and changes no gradient, so with memory to spare it stays off."""
     mode = getattr(settings, "grad_checkpoint", "auto")
     if mode != "auto":
         return bool(mode == "on")
-    return saved_activation_bytes(shape, tokens, b, checkpointed=False) > params * b / 4
+    plain = saved_activation_bytes(shape, tokens, b, checkpointed=False)
+    if budget is None:
+        return plain > params * b / 4
+    return params * b + plain > budget / 2
 
 
 def run_bytes(dtype: str, device_type: str, config: Any) -> int:
@@ -241,7 +247,7 @@ def learned_resources(q: Request, steps: int, kl: bool) -> tuple[Resources, bool
     a step saves, the loss head, the host copy of streamed layers, ``steps`` steps of compute and
     traffic. Returns the resources, whether recomputation is on, and one step's FLOPs."""
     P = q.shape.params
-    recompute = checkpointing_on(q.settings, q.shape, q.tokens, q.b, P)
+    recompute = checkpointing_on(q.settings, q.shape, q.tokens, q.b, P, q.budget)
     res = Resources(host=P * q.b if q.stream else 0.0)
     res.terms.update(weight_terms(P * q.b, q.shape.layers, q.layer_bytes, q.stream))
     res.terms["activations"] = saved_activation_bytes(q.shape, q.tokens, q.b, recompute)

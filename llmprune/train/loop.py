@@ -41,7 +41,7 @@ from torch import nn
 from llmprune.core.memory_model import checkpointing_on, shape_of_model
 from llmprune.errors import NumericalError, ResumeError
 from llmprune.model.layer_forward import wrapped_forwards
-from llmprune.runtime import distributed
+from llmprune.runtime import distributed, memory
 from llmprune.runtime.atomic import save_torch
 from llmprune.train.cadence import Cadence, parse_every
 from llmprune.train.trace import batch_rows
@@ -445,14 +445,14 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
 def use_layer_checkpointing(
     settings: Any, model: nn.Module, layers: Sequence[nn.Module], batch: int, seqlen: int
 ) -> bool:
-    """``--grad-checkpoint``: on, off, or auto, which turns it on when the activations a step
-    would save for backward without it exceed a quarter of the model's weight bytes (the
-    regime where activations, not weights, set the peak; :mod:`llmprune.core.memory_model` has the model)."""
+    """``--grad-checkpoint``: on, off, or auto, which turns it on when the weights plus the
+    activations a step would save without it exceed half the device budget (the rule is
+    :func:`llmprune.core.memory_model.checkpointing_on`, which the estimate asks too)."""
     params = list(model.parameters())
     b = params[0].element_size()
-    return checkpointing_on(
-        settings, shape_of_model(model, len(layers)), batch * seqlen, b, sum(p.numel() for p in params)
-    )
+    weights = sum(p.numel() for p in params)
+    budget = memory.memory_budget(settings, in_use=weights * b)
+    return checkpointing_on(settings, shape_of_model(model, len(layers)), batch * seqlen, b, weights, budget)
 
 
 @contextlib.contextmanager
