@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import tempfile
@@ -255,6 +256,19 @@ def keys_of(
     if job.recover_options:
         recovery["recover_options"] = job.recover_options
     return oneshot, recovery
+
+
+def save_cache(cache: dict[str, dict[str, Any]]) -> None:
+    """Write the row cache, merged into what the file holds now: two run.py processes (say one
+    model's baselines and its learned rows, one core each) keep each other's rows. A key this
+    process holds wins; the file is replaced atomically."""
+    merged = load_cache() if CACHE.is_file() else {"oneshot": {}, "recovery": {}}
+    for part in ("oneshot", "recovery"):
+        merged[part].update(cache[part])
+        cache[part].update(merged[part])
+    tmp = CACHE.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    tmp.replace(CACHE)
 
 
 def load_cache() -> dict[str, dict[str, Any]]:
@@ -564,10 +578,10 @@ def collect(
                 continue
             one = cache["oneshot"][oneshot_key] = prune_part(job, options, args, oneshot_key)
             fresh += 1
-            CACHE.write_text(json.dumps(cache, indent=2) + "\n")
+            save_cache(cache)
         if one is not None and not stale_ok and not reasons and not job.output_from:
             if complete_part(job, options, args, one, oneshot_key):  # measured before the new columns
-                CACHE.write_text(json.dumps(cache, indent=2) + "\n")
+                save_cache(cache)
         # --oneshot-only: a row's one-shot part is shown without its recovery (a row that only
         # recovers another row's output again is left out)
         oneshot_row = args.oneshot_only and one is not None and not job.output_from
@@ -581,7 +595,7 @@ def collect(
             if job.recover and rec is None:
                 rec = cache["recovery"][recovery_key] = recovery_part(job, args)
             fresh += 1
-            CACHE.write_text(json.dumps(cache, indent=2) + "\n")
+            save_cache(cache)
         row = {**one, **(rec or {}), "label": job.label}  # a recovery-only row shares its source's one-shot part
         if reasons:
             row["stale"] = format_reasons(reasons)
@@ -606,7 +620,7 @@ def dense_eval(cache: dict[str, dict[str, Any]], args: argparse.Namespace) -> di
         result = evaluate(Path(args.model), Path(args.eval), args.seqlen)
         part = {k: result[k] for k in ("perplexity", "params_decoder_linear")}
         cache["oneshot"][text] = {**part, "strategy": "dense", "command": command, "code_version": code_version()}
-        CACHE.write_text(json.dumps(cache, indent=2) + "\n")
+        save_cache(cache)
     return cache["oneshot"][text]
 
 
