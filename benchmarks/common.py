@@ -174,7 +174,12 @@ def write_results(
     md = [
         f"# {title}",
         "",
-        f"Measured {payload['date']} on {payload['machine']}.",
+        (
+            f"Page written {payload['date']} from cached rows (measured earlier; each row's code version is in "
+            "its key, and a row cached under another key is marked stale)."
+            if "--cached-only" in payload["command"]
+            else f"Measured {payload['date']} on {payload['machine']} (rows cached earlier are reused; see each row's key)."
+        ),
         f"Reproduce with `{payload['command']}` (writes this page and `benchmarks/results/{name}.json`).",
         "",
     ]
