@@ -6,8 +6,9 @@
     python benchmarks/profile_methods.py --report     # rebuild the page from the recorded profiles
 
 The command runs at the standard settings (64 × 256 tokens of calib.txt, seed 0) unless its own
-flags say otherwise, under ``py-spy record --format raw`` (10 samples a second, the process is
-never paused long enough to change its wall time measurably); ``--attach`` samples a job already
+flags say otherwise, under ``py-spy record --format raw --idle`` (10 samples a second, never
+pausing the process; ``--idle`` keeps the samples taken inside torch's kernels, which release the
+GIL and would otherwise be dropped as idle); ``--attach`` samples a job already
 running (a benchmark row) until it ends. Each sample's stack is attributed twice:
 
 * its **stage**: the outermost ``llmprune`` frame below the command (loading, calibration, the
@@ -89,6 +90,8 @@ def read_raw(path: Path) -> Counter[str]:
     stacks: Counter[str] = Counter()
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if "(threading.py" in stack:  # helper threads (progress display), idle by design
+            continue
         if stack and count.isdigit():
             stacks[stack] += int(count)
     return stacks
@@ -99,7 +102,7 @@ def record(name: str, argv: list[str] | None, pid: int | None) -> Path:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     PROFILES.mkdir(parents=True, exist_ok=True)
     raw = PROFILES / f"{name}.txt"
-    spy = ["py-spy", "record", "--format", "raw", "--rate", str(RATE), "--nonblocking", "-o", str(raw)]
+    spy = ["py-spy", "record", "--format", "raw", "--rate", str(RATE), "--nonblocking", "--idle", "-o", str(raw)]
     if pid is not None:
         subprocess.run([*spy, "--pid", str(pid)], check=True)
     else:
