@@ -498,6 +498,13 @@ def measure(
     path = RESULTS / f"{name}.json"
     previous = json.loads(path.read_text())["rows"] if path.is_file() else []
     kept = [r for r in previous if r.get("grid") not in names and r.get("grid") != "dense"]
+
+    def not_yet_rerun() -> list[dict[str, Any]]:
+        """Rows of the named grids this run has not reached yet: kept, so that an interrupted run
+        loses none of what the file held (they stay marked stale until re-run)."""
+        done = {(r.get("grid"), r.get("setting")) for r in rows}
+        return [r for r in previous if r.get("grid") in names and (r.get("grid"), r.get("setting")) not in done]
+
     cache = {key_text(upgraded(r["key"])): r for r in previous if "key" in r}
     wanted = dense_key(code_version(), split)
     dense = cache.get(key_text(wanted))
@@ -527,7 +534,7 @@ def measure(
             rows.append(row)
             print(f"{grid_name:10s} {row['setting']:40s} ppl {row['perplexity']:.2f}", flush=True)
             if not cached_only:  # save after every row so an interrupted run keeps what it measured
-                path.write_text(json.dumps({"rows": rows + kept}, indent=2) + "\n")
+                path.write_text(json.dumps({"rows": rows + kept + not_yet_rerun()}, indent=2) + "\n")
     return rows + kept
 
 
