@@ -108,11 +108,13 @@ def test_an_interrupted_grid_run_keeps_the_rows_it_has_not_reached(tmp_path, mon
     import json
 
     import pytest
-
     import selection
 
     grid = selection.Grid("uniform", "wanda", 0.5, vary={"sparsity_note": ["a", "b"]})
-    old = [{"grid": "g", "setting": f"sparsity_note={v}", "vary": {"sparsity_note": v}, "perplexity": 1.0, "key": "{}"} for v in "ab"]
+    old = [
+        {"grid": "g", "setting": f"sparsity_note={v}", "vary": {"sparsity_note": v}, "perplexity": 1.0, "key": "{}"}
+        for v in "ab"
+    ]
     monkeypatch.setattr(selection, "RESULTS", tmp_path)
     monkeypatch.setattr(selection, "SELECT_WORK", tmp_path / "work")
     (tmp_path / "select.json").write_text(json.dumps({"rows": old}))
