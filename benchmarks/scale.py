@@ -358,16 +358,20 @@ def report() -> None:
         "",
         "What a real model found (2026-12-08, SmolLM2-135M on this CPU, `docs/benchmarks/smollm2.md`): the "
         "host peak was under-predicted 1.7–2× (magnitude 50%: 1.03 GiB measured, 0.60 predicted). Two terms "
-        "were missing: the process itself (Python, torch, transformers and a tokenizer with the text "
-        "tokenized, `PROCESS_GIB` = 0.35 GiB) and the save, where safetensors serialises a shard of the "
-        "output in memory beside the model (`SAVE_SHARD_BYTES`, at most one 5 GB shard). With both, the "
-        "same run predicts 1.15 GiB; a refmodel run within 25% and the one-shard cap at 8B are tests in "
-        "`tests/test_estimate.py`. `--grad-checkpoint auto` now recomputes only when the weights plus a "
-        "plain step's activations exceed half the device budget (it used to whenever activations "
-        "outweighed a quarter of the weights, so every small model paid a third more compute per step); "
-        "the per-layer fits above pin `--grad-checkpoint on`, the regime they stand for. Without "
-        "recomputation the ProxSparse per-layer fit measures 0.57 of the estimate's per-layer term (the "
-        "estimate is high there, on the safe side; not yet modelled).",
+        "were added: the process itself (Python, torch, transformers and a tokenizer with the text "
+        "tokenized, `PROCESS_GIB` = 0.35 GiB, measured) and a second copy of the output beside the model at "
+        "save time, which the code attributes to safetensors serialising a shard in memory "
+        "(`SAVE_SHARD_BYTES`). That attribution is wrong: safetensors 0.8 writes from the tensors' memory, "
+        "and the 2:4 rows, whose masks are applied in place, show no second copy (magnitude 2:4: 869 MiB "
+        "measured against 1384 predicted, 0.63). The copy is the structured surgery's pruned weights beside "
+        "the dense ones, so the term is right for `uniform`/`global` (0.94–1.03 of the measured peak on "
+        "SmolLM2) and too high for `semi24` (0.63–0.82); the fix (no copy for in-place masks, no shard cap "
+        "for the surgery copy) changes shared code and waits for the next re-run of every row. "
+        "`--grad-checkpoint auto` now recomputes only when the weights plus a plain step's activations "
+        "exceed half the device budget (it used to whenever activations outweighed a quarter of the "
+        "weights, so every small model paid a third more compute per step); the per-layer fits above pin "
+        "`--grad-checkpoint on`, the regime they stand for. Without recomputation the ProxSparse per-layer "
+        "fit measures 0.57 of the estimate's per-layer term (high, on the safe side; not yet modelled).",
     ]
     lines += [
         "",
