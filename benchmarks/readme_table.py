@@ -99,7 +99,21 @@ def model_table(rows: list[dict[str, Any]]) -> str:
             f"| {row['strategy']} | {method_cell(row)} | {sparsity} | {perplexity} | "
             f"{cell(row.get('perplexity_recovered'))} | {duration(row.get('time_prune_s'))} | {memory} | {speed} |"
         )
+    missing = [name for name, found in missing_parts(rows).items() if not found]
+    if missing:
+        lines += ["", "Not measured yet on this model: " + "; ".join(missing) + "."]
     return "\n".join(lines)
+
+
+def missing_parts(rows: list[dict[str, Any]]) -> dict[str, bool]:
+    """Which parts of the full table a model's page has rows for."""
+    methods = {(r["strategy"], r.get("method")) for r in rows}
+    return {
+        "uniform minimax and its control (Wanda-sp at minimax's widths)": ("uniform", "minimax") in methods,
+        "global tyr": ("global", "tyr") in methods,
+        "semi24 proxsparse": ("semi24", "proxsparse") in methods,
+        "every + recovery column": any(r.get("perplexity_recovered") is not None for r in rows),
+    }
 
 
 def main() -> None:
