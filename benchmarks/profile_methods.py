@@ -133,6 +133,8 @@ def write_page(entries: dict[str, dict[str, Any]]) -> Path:
     for name, entry in entries.items():
         lines += [f"## {name}", "", f"`{entry['command']}`" + (f" — {entry['note']}" if entry.get("note") else ""), ""]
         lines += [f"{entry['samples']} samples ({entry['samples'] / RATE / 60:.1f} min sampled).", ""]
+        if entry.get("analysis"):  # written by hand into profile.json after reading the profile
+            lines += [entry["analysis"], ""]
         lines += ["| stage | share |", "|---|---|"]
         lines += [f"| {k} | {v:.1%} |" for k, v in entry["stages"] if v >= 0.005]
         lines += ["", "| hot spot (innermost llmprune frame) | share |", "|---|---|"]
