@@ -248,12 +248,11 @@ def method_files(strategy: str, method: str) -> set[Path]:
     """A method's own sources: its declaration (``pruners/<name>_options.py``) and its
     implementation's module, or the whole sub-package when the implementation lives in one
     (``pruners/tyr/``)."""
-    import sys
-
     from llmprune.pruners.registry import declared
 
     cls = declared(strategy, method)
-    files = {Path(sys.modules[cls.__module__].__file__ or "").resolve()}
+    # paths under ROOT, not the imported modules' files: an editable install may point elsewhere
+    files = {ROOT.joinpath(*cls.__module__.split(".")).with_suffix(".py")}
     module = ROOT.joinpath(*cls.implementation.split(":")[0].split("."))
     while module.parent.name != "pruners":  # inside a sub-package of pruners/: all of it is the method's
         module = module.parent

@@ -822,8 +822,9 @@ def page_intro(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     missing = []
     if not any(r.get("perplexity_recovered") is not None for r in rows):
         missing.append("recovery rows (no `llmprune recover` has run on this model's outputs)")
-    if not any(r.get("method") in ("minimax", "proxsparse") for r in rows):
-        missing.append("the learned methods' rows (uniform minimax, semi24 proxsparse)")
+    for strategy, method in (("uniform", "minimax"), ("semi24", "proxsparse")):
+        if not any(r.get("strategy") == strategy and r.get("method") == method for r in rows):
+            missing.append(f"{strategy} {method} (learned)")
     if not any(r.get("method") == "tyr" for r in rows):
         missing.append("global tyr")
     text = "**Not measured yet on this page:** " + "; ".join(missing) + ".\n\n" if missing else ""
