@@ -81,6 +81,8 @@ CASES: dict[str, list[str]] = {
         "0.4",
         "--steps",
         "8",
+        "--lr",  # the default until 2026-12-08, when the hashes were recorded (now 0.01)
+        "0.02",
         "--lora-rank",
         "4",
         "--teacher-topk",

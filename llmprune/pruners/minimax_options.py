@@ -26,7 +26,7 @@ class MinimaxOptions(BaseModel):
         "Small CPU models: 80-300; " + GPU_HINT + ".",
     )
     lr: float = Field(
-        0.02,
+        0.01,
         gt=0,
         description="Adam step size of the mask scores (scores start at normalised Wanda-sp importance, mean 1).",
     )
