@@ -194,7 +194,7 @@ def write_results(
     return path
 
 
-INDEX_ORDER = ("summary", "smollm2", "baselines", "minimax", "tyr", "proxsparse", "speed", "memory")
+INDEX_ORDER = ("smollm2", "summary", "baselines", "minimax", "tyr", "proxsparse", "speed", "memory")
 
 
 def rebuild_index() -> Path:
